@@ -1,0 +1,5 @@
+import sys
+
+from semoe.cli import main
+
+sys.exit(main())

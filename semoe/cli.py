@@ -1,0 +1,159 @@
+"""The ``semoe`` command line. Heavy libraries (torch, transformers, prefect) are
+imported only by the subcommands that need them, so ``--help`` and ``ls`` are instant."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from typing import Sequence
+
+DEFAULT_STORE = "results/semoe.duckdb"
+
+
+def _friendly_errors() -> tuple[type[BaseException], ...]:
+    from semoe.config import ConfigError
+    from semoe.data.schema import DataFormatError
+    from semoe.models.loading import ModelLoadError
+    from semoe.registry import UnknownNameError
+    from semoe.retrieval.base import RetrievalError
+    from semoe.storage.artifacts import CacheError
+    from semoe.storage.results import StoreError
+
+    return (ConfigError, UnknownNameError, DataFormatError, StoreError, RetrievalError, ModelLoadError, CacheError)
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence], fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}".rstrip("0").rstrip(".") if v == v else "nan"
+        return "" if v is None else str(v)
+
+    text = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in text])
+
+
+def _load(args) -> "SemoeConfig":  # noqa: F821
+    from semoe.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    cfg.check_names()
+    return cfg
+
+
+def _prefect_defaults() -> None:
+    """Offline-friendly Prefect settings unless the user chose otherwise."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS", "false")
+
+
+def cmd_run(args) -> int:
+    import time
+
+    cfg = _load(args)
+    _prefect_defaults()
+    from semoe.flows.pipeline import LEADERBOARD_COLUMNS, pipeline
+
+    t0 = time.perf_counter()
+    result = pipeline(cfg)
+    cols = LEADERBOARD_COLUMNS
+    print()
+    print(format_table(cols, [[r[c] for c in cols] for r in result["leaderboard"]]))
+    print()
+    print(f"run {result['run_id']}: {result['produced']} new answers in {time.perf_counter() - t0:.1f} s")
+    print(f"results: {result['store']}  (try: semoe sql \"select method, avg(f1) from predictions group by 1\")")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from semoe.config import config_yaml
+
+    cfg = _load(args)
+    print(config_yaml(cfg), end="")
+    print(f"# config hash: {cfg.config_hash()}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from semoe.data import CORPORA, DATASETS
+    from semoe.generation import METHODS
+    from semoe.models.loading import EMBEDDED_MODELS
+    from semoe.retrieval import RETRIEVERS
+
+    sections = {
+        "datasets": DATASETS.describe(),
+        "corpus formats": CORPORA.describe(),
+        "retrievers": RETRIEVERS.describe(),
+        "methods": METHODS.describe(),
+        "embedded models": {k: v.description for k, v in EMBEDDED_MODELS.items()},
+    }
+    for title, items in sections.items():
+        print(f"{title}:")
+        for name, desc in items.items():
+            print(f"  {name:<24} {desc}")
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from semoe.storage.results import ResultStore
+
+    import duckdb
+
+    from semoe.storage.results import StoreError
+
+    store = ResultStore(args.store, read_only=True)
+    try:
+        table = store.query_table(args.query)
+    except duckdb.Error as e:
+        raise StoreError(f"query failed: {e}") from None
+    rows = list(zip(*[col.to_pylist() for col in table.columns])) if table.num_columns else []
+    print(format_table(table.column_names, rows, args.format))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="semoe", description="Sparse and Extendable MoE evaluation pipeline")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("config", help="YAML config file (see configs/)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. retrieval.top_k=5")
+
+    with_config(sub.add_parser("run", help="run the pipeline flow (index → evaluate → store)"))
+    with_config(sub.add_parser("validate", help="check a config and print it resolved, with its hash"))
+    sub.add_parser("ls", help="list registered datasets, corpus formats, retrievers, methods")
+    sq = sub.add_parser("sql", help="read-only SQL against the results store")
+    sq.add_argument("query")
+    sq.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
+    sq.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    return p
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "sql": cmd_sql}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except _friendly_errors() as e:
+        print(f"semoe: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Datasets (questions) and corpora (passages), registered by name.
+
+``DATASETS``: name → ``loader(cfg: DatasetConfig, ctx: DataContext) -> list[Example]``.
+``CORPORA``: name → ``reader(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]`` (streaming).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from semoe.registry import Registry
+
+if TYPE_CHECKING:
+    from semoe.config import SyntheticConfig
+
+DATASETS: Registry = Registry("dataset", "semoe.data.sources")
+CORPORA: Registry = Registry("corpus format", "semoe.data.sources")
+
+
+@dataclass(frozen=True)
+class DataContext:
+    """What a loader may need beyond its own config section."""
+
+    synthetic: "SyntheticConfig"

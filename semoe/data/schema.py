@@ -1,0 +1,44 @@
+"""The unified records every loader produces and every stage consumes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: str
+    title: str
+    text: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Example:
+    """One question. ``answers`` holds the gold answer first, then its aliases.
+
+    Gold evidence is given as passage ids when the corpus is known (synthetic) or
+    as titles (2Wiki/HotpotQA supporting facts); recall@k uses whichever exists.
+    """
+
+    id: str
+    question: str
+    answers: list[str]
+    dataset: str
+    type: str = ""
+    gold_passage_ids: list[str] = field(default_factory=list)
+    gold_titles: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Example":
+        return cls(**d)
+
+
+class DataFormatError(ValueError):
+    """A dataset or corpus file is missing, malformed, or has an unusable row."""

@@ -1,0 +1,1 @@
+"""Dataset and corpus readers; each module registers itself in semoe.data."""

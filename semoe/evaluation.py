@@ -1,0 +1,138 @@
+"""Evaluation logic, free of Prefect: plan the work a run still needs, answer a chunk of
+questions with one method, turn outputs into store rows.
+
+The Prefect flows (``semoe.flows``) only wrap these functions in tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import semoe
+from semoe.config import SemoeConfig
+from semoe.data import DataContext
+from semoe.data.schema import Example
+from semoe.generation import METHODS
+from semoe.generation.base import MethodContext, MethodOutput
+from semoe.metrics import exact_match, f1_score, recall_at_k
+from semoe.storage.results import utcnow
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus a hash of the package's source, so a code change is a new run."""
+    h = hashlib.sha256()
+    root = Path(semoe.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return f"{semoe.__version__}+{h.hexdigest()[:12]}"
+
+
+def run_id_for(cfg: SemoeConfig) -> str:
+    return hashlib.sha256(f"{cfg.config_hash()}:{code_version()}".encode()).hexdigest()[:16]
+
+
+def data_context(cfg: SemoeConfig) -> DataContext:
+    return DataContext(synthetic=cfg.synthetic)
+
+
+def method_uses_retrieval(name: str) -> bool:
+    return METHODS.get(name).uses_retrieval
+
+
+def needs_retrieval(cfg: SemoeConfig) -> bool:
+    return any(method_uses_retrieval(m) for m in cfg.methods)
+
+
+
+@dataclass
+class WorkItem:
+    dataset: str
+    method: str
+    examples: list[Example]
+
+
+def plan_work(
+    cfg: SemoeConfig, examples_by_dataset: dict[str, list[Example]], done: set[tuple[str, str, str]]
+) -> list[WorkItem]:
+    """Chunks of (dataset, method, examples) not yet stored, in store-commit-sized pieces."""
+    size = cfg.store.write_every
+    items: list[WorkItem] = []
+    for dataset, examples in examples_by_dataset.items():
+        for method in cfg.methods:
+            todo = [ex for ex in examples if (dataset, ex.id, method) not in done]
+            items.extend(WorkItem(dataset, method, todo[i : i + size]) for i in range(0, len(todo), size))
+    return items
+
+
+def method_context(cfg: SemoeConfig, retriever=None) -> MethodContext:
+    from semoe.generation.lm import ChatLM
+    from semoe.models.loading import load_model
+
+    model, tokenizer = load_model(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device)
+    return MethodContext(cfg=cfg, lm=ChatLM(model, tokenizer, cfg.generation.system_prompt), retriever=retriever)
+
+
+def answer_chunk(item: WorkItem, ctx: MethodContext) -> list[MethodOutput]:
+    method = METHODS.get(item.method)()
+    if method.uses_retrieval and ctx.retriever is None:
+        raise RuntimeError(f"method {item.method!r} needs a retriever but none was opened")
+    return method.run(item.examples, ctx)
+
+
+def to_rows(
+    run_id: str, dataset: str, method: str, examples: Sequence[Example], outputs: Sequence[MethodOutput]
+) -> tuple[list[dict], list[dict]]:
+    """Score outputs and build ``predictions`` and ``retrievals`` rows."""
+    now = utcnow()
+    preds, rets = [], []
+    for ex, out in zip(examples, outputs, strict=True):
+        hits = [h for step in out.retrievals for h in step.hits]
+        key = {"run_id": run_id, "dataset": dataset, "example_id": ex.id, "method": method}
+        recall = (
+            recall_at_k([h.passage.id for h in hits], [h.passage.title for h in hits], ex.gold_passage_ids, ex.gold_titles)
+            if out.retrievals
+            else None
+        )
+        preds.append(
+            {
+                **key,
+                "question": ex.question,
+                "question_type": ex.type,
+                "golds": list(ex.answers),
+                "prediction": out.prediction,
+                "raw_output": out.raw_output,
+                "em": exact_match(out.prediction, ex.answers),
+                "f1": f1_score(out.prediction, ex.answers),
+                "recall": recall,
+                "retrieval_count": len(out.retrievals),
+                "generation_count": out.generation_count,
+                "prompt_tokens": out.prompt_tokens,
+                "generated_tokens": out.generated_tokens,
+                "latency_s": sum(out.latency.values()),
+                "latency_retrieve_s": out.latency.get("retrieve", 0.0),
+                "latency_generate_s": out.latency.get("generate", 0.0),
+                "extra": json.dumps(out.extra, sort_keys=True, default=str),
+                "created_at": now,
+            }
+        )
+        for step in out.retrievals:
+            for h in step.hits:
+                rets.append(
+                    {
+                        **key,
+                        "step": step.step,
+                        "rank": h.rank,
+                        "query": step.query,
+                        "passage_id": h.passage.id,
+                        "title": h.passage.title,
+                        "score": float(h.score),
+                    }
+                )
+    return preds, rets

@@ -1,0 +1,53 @@
+"""What a generation method is given and what it returns."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+from semoe.data.schema import Example
+
+if TYPE_CHECKING:
+    from semoe.config import SemoeConfig
+    from semoe.generation.lm import ChatLM
+    from semoe.retrieval.base import Hit, Retriever
+
+
+@dataclass
+class RetrievalStep:
+    step: int
+    query: str
+    hits: list["Hit"]
+
+
+@dataclass
+class MethodOutput:
+    prediction: str
+    raw_output: str
+    retrievals: list[RetrievalStep] = field(default_factory=list)
+    generation_count: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    latency: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    cfg: "SemoeConfig"
+    lm: "ChatLM"
+    retriever: "Retriever | None" = None
+
+
+class Method(ABC):
+    """A way of answering questions; registered in ``semoe.generation.METHODS``.
+
+    ``run`` gets a batch so methods can batch model calls; per-question latencies are
+    the question's share of the batch's wall time.
+    """
+
+    uses_retrieval: bool = False
+
+    @abstractmethod
+    def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]: ...

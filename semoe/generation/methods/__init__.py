@@ -1,0 +1,1 @@
+"""Generation methods; each module registers itself in semoe.generation.METHODS."""

@@ -1,0 +1,61 @@
+"""Corpus → BM25 index in the artifact cache (or on an Elasticsearch cluster), reused
+when the corpus content key and backend are unchanged."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass
+
+from semoe.config import CorpusConfig, RetrievalConfig, SemoeConfig
+from semoe.data.loading import corpus_key, iter_passages
+from semoe.retrieval import RETRIEVERS
+from semoe.retrieval.base import Retriever
+from semoe.storage.artifacts import ArtifactCache
+
+
+@dataclass
+class IndexInfo:
+    backend: str
+    corpus_key: str
+    index_dir: str
+    reused: bool
+    passages: int | None
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _index_dir(cache_root: str, backend: str, key: str):
+    return ArtifactCache(cache_root).path("indexes", f"{backend}-{key}")
+
+
+@functools.lru_cache(maxsize=4)
+def _open(backend: str, retrieval_json: str, cache_root: str, key: str) -> Retriever:
+    cls = RETRIEVERS.get(backend)
+    return cls(RetrievalConfig.model_validate_json(retrieval_json), _index_dir(cache_root, backend, key), key)
+
+
+def open_retriever(cfg: SemoeConfig, key: str) -> Retriever:
+    """One retriever per process and index (searchers are reused across tasks)."""
+    return _open(cfg.retrieval.backend, cfg.retrieval.model_dump_json(), cfg.cache.root, key)
+
+
+def build_index(cfg: SemoeConfig) -> IndexInfo:
+    from semoe.evaluation import data_context
+
+    ctx = data_context(cfg)
+    key = corpus_key(cfg.corpus, ctx)
+    retriever = open_retriever(cfg, key)
+    if retriever.is_built():
+        return IndexInfo(cfg.retrieval.backend, key, str(retriever.index_dir), True, None, 0.0)
+    t0 = time.perf_counter()
+    stats = retriever.build(iter_passages(cfg.corpus, ctx), total=None)
+    return IndexInfo(
+        cfg.retrieval.backend, key, str(retriever.index_dir), False, stats.get("passages"), time.perf_counter() - t0
+    )
+
+
+def describe_corpus(corpus: CorpusConfig) -> str:
+    return f"{corpus.format}:{corpus.path}" if corpus.path else corpus.format

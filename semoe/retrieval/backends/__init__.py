@@ -1,0 +1,1 @@
+"""Retrieval backends; each module registers itself in semoe.retrieval.RETRIEVERS."""

@@ -1,0 +1,204 @@
+"""Embedded BM25 with tantivy: nothing to install or run beside the pipeline.
+
+Layout: ``index_dir`` is the tantivy index directory plus ``manifest.json``. A build
+writes into a hidden sibling temp directory, renames it onto ``index_dir`` and only
+then writes the manifest, so a build killed at any point is never taken as complete.
+
+Queries never go through tantivy's query parser (free text from a question or an
+LLM holds quotes, colons, parentheses, ``AND``...): they are split by the same
+analyzer the fields are indexed with and turned into a flat disjunction of term
+queries over title and text, i.e. what the parser makes of plain words, without its
+syntax. BM25 uses tantivy's fixed parameters (k1=1.2, b=0.75).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import tantivy
+
+from semoe.data.schema import Passage
+from semoe.retrieval import RETRIEVERS
+from semoe.retrieval.base import Hit, RetrievalError, Retriever
+
+if TYPE_CHECKING:
+    from semoe.config import RetrievalConfig
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+COMMIT_EVERY = 100_000
+SEARCH_FIELDS = ("title", "text")
+
+
+def _schema() -> tantivy.Schema:
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("id", stored=True, tokenizer_name="raw")
+    sb.add_text_field("title", stored=True)
+    sb.add_text_field("text", stored=True)
+    return sb.build()
+
+
+def _query_analyzer() -> tantivy.TextAnalyzer:
+    """The analyzer behind tantivy's "default" tokenizer (the one title/text use), so
+    query terms are exactly the indexed terms."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(40))
+        .filter(tantivy.Filter.lowercase())
+        .build()
+    )
+
+
+@RETRIEVERS.register("tantivy", "embedded BM25 (tantivy), zero setup")
+class TantivyRetriever(Retriever):
+    """BM25 over title+text in an on-disk tantivy index inside the artifact cache."""
+
+    def __init__(self, cfg: "RetrievalConfig", index_dir: Path, corpus_key: str):
+        super().__init__(cfg, index_dir, corpus_key)
+        self._schema = _schema()
+        self._analyzer = _query_analyzer()
+        self._searcher: tantivy.Searcher | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.index_dir / MANIFEST
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_built(self) -> bool:
+        m = self.manifest()
+        return (
+            isinstance(m, dict)
+            and m.get("backend") == "tantivy"
+            and m.get("corpus_key") == self.corpus_key
+            and m.get("schema_version") == SCHEMA_VERSION
+            and tantivy.Index.exists(str(self.index_dir))
+        )
+
+    @contextlib.contextmanager
+    def _build_lock(self) -> Iterator[None]:
+        """Two processes building the same index would delete each other's work."""
+        lock_path = self.index_dir.parent / f".{self.index_dir.name}.lock"
+        with open(lock_path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def build(self, passages: Iterable[Passage], total: int | None = None) -> dict:
+        from tqdm import tqdm
+
+        parent = self.index_dir.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        with self._build_lock():
+            self._searcher = None
+            self.manifest_path.unlink(missing_ok=True)
+            for stale in parent.glob(f".{self.index_dir.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = parent / f".{self.index_dir.name}.tmp-{os.getpid()}"
+            tmp.mkdir()
+            started = time.perf_counter()
+            writer = None
+            try:
+                index = tantivy.Index(self._schema, path=str(tmp), reuse=False)
+                writer = index.writer(self.cfg.writer_heap_mb * 1_000_000, 0)
+                n = 0
+                progress = tqdm(total=total, unit=" passages", unit_scale=True, desc="tantivy index", mininterval=1.0)
+                with progress:
+                    for p in passages:
+                        writer.add_document(tantivy.Document(id=str(p.id), title=p.title or "", text=p.text or ""))
+                        n += 1
+                        progress.update(1)
+                        if n % COMMIT_EVERY == 0:
+                            writer.commit()
+                writer.commit()
+                writer.wait_merging_threads()
+                del index
+            except BaseException:
+                self._discard(writer, tmp)
+                raise
+            shutil.rmtree(self.index_dir, ignore_errors=True)
+            os.rename(tmp, self.index_dir)
+            seconds = round(time.perf_counter() - started, 3)
+            manifest = {
+                "backend": "tantivy",
+                "corpus_key": self.corpus_key,
+                "passages": n,
+                "seconds": seconds,
+                "schema_version": SCHEMA_VERSION,
+                "tantivy": tantivy.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            marker_tmp = self.index_dir / f".{MANIFEST}.tmp"
+            marker_tmp.write_text(json.dumps(manifest, indent=2))
+            os.replace(marker_tmp, self.manifest_path)
+        return {"passages": n, "seconds": seconds}
+
+    @staticmethod
+    def _discard(writer: tantivy.IndexWriter | None, tmp: Path) -> None:
+        """Stop the writer's indexing threads before deleting the directory they write to."""
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.rollback()
+            with contextlib.suppress(Exception):
+                writer.wait_merging_threads()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def _get_searcher(self) -> tantivy.Searcher:
+        if self._searcher is None:
+            if not self.is_built():
+                raise RetrievalError(
+                    f"no complete tantivy index for corpus {self.corpus_key} at {self.index_dir}; build it first"
+                )
+            try:
+                self._searcher = tantivy.Index.open(str(self.index_dir)).searcher()
+            except (OSError, ValueError) as e:
+                raise RetrievalError(
+                    f"tantivy index at {self.index_dir} cannot be opened (delete it to rebuild): {e}"
+                ) from None
+        return self._searcher
+
+    def _query(self, text: str) -> tantivy.Query | None:
+        terms = list(dict.fromkeys(self._analyzer.analyze(text or "")))
+        if not terms:
+            return None
+        return tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self._schema, f, t)) for t in terms for f in SEARCH_FIELDS]
+        )
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        searcher = self._get_searcher()
+        results: list[list[Hit]] = []
+        for text in queries:
+            query = self._query(text)
+            if query is None or k < 1:
+                results.append([])
+                continue
+            try:
+                found = searcher.search(query, k, count=False).hits
+            except ValueError as e:
+                raise RetrievalError(f"tantivy search in {self.index_dir} failed: {e}") from None
+            hits = []
+            for rank, (score, address) in enumerate(found, start=1):
+                doc = searcher.doc(address)
+                passage = Passage(
+                    id=doc.get_first("id"), title=doc.get_first("title") or "", text=doc.get_first("text") or ""
+                )
+                hits.append(Hit(passage=passage, score=float(score), rank=rank))
+            results.append(hits)
+        return results
+
+    def close(self) -> None:
+        self._searcher = None

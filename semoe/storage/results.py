@@ -1,0 +1,218 @@
+"""The DuckDB results store.
+
+DuckDB allows one writing process per file, so the store opens a short-lived
+connection per operation (retrying briefly while another process holds the lock)
+instead of holding the file for a whole run; tasks return rows and the flow process
+is the single writer. Every write is keyed (INSERT OR REPLACE on the primary key) and
+happens in one transaction per batch, so reruns never duplicate rows and a killed
+run resumes from its last committed batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from semoe.storage.schema import MIGRATIONS
+
+LOCK_WAIT_S = 15.0
+
+
+class StoreError(RuntimeError):
+    """The results store cannot be opened or written."""
+
+
+class StoreLockedError(StoreError):
+    pass
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamp (DuckDB TIMESTAMP columns are zone-less)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _is_lock_error(err: Exception) -> bool:
+    msg = str(err).lower()
+    return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
+
+
+class ResultStore:
+    def __init__(self, path: str | Path, read_only: bool = False, lock_wait_s: float = LOCK_WAIT_S):
+        self.path = Path(path).expanduser()
+        self.read_only = read_only
+        self.lock_wait_s = lock_wait_s
+        if read_only:
+            if not self.path.is_file():
+                raise StoreError(f"no results store at {self.path}; run `semoe run CONFIG` first")
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the results directory {self.path.parent}: {e}") from None
+            with self.connect() as con:
+                migrate(con)
+
+    @contextmanager
+    def connect(self) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
+        import duckdb
+
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=self.read_only)
+                break
+            except duckdb.Error as e:
+                if _is_lock_error(e):
+                    if time.monotonic() < deadline:
+                        time.sleep(0.25)
+                        continue
+                    raise StoreLockedError(
+                        f"results store {self.path} is locked by another process "
+                        f"(waited {self.lock_wait_s:.0f} s): {str(e).splitlines()[0]}"
+                    ) from None
+                raise StoreError(f"cannot open results store {self.path}: {e}") from None
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # --- runs -----------------------------------------------------------------
+    def start_run(self, run_id: str, name: str, config_hash: str, code_version: str, config_json: str) -> str:
+        """Register (or resume) a run; returns its previous status ('new' if none)."""
+        with self.connect() as con:
+            row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                con.execute(
+                    "INSERT INTO runs (run_id, name, config_hash, code_version, config_json, status, started_at)"
+                    " VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                    [run_id, name, config_hash, code_version, config_json, utcnow()],
+                )
+                return "new"
+            if row[0] != "finished":
+                con.execute(
+                    "UPDATE runs SET status = 'running', started_at = ?, finished_at = NULL, error = NULL WHERE run_id = ?",
+                    [utcnow(), run_id],
+                )
+            return row[0]
+
+    def finish_run(self, run_id: str, status: str = "finished", error: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, error = ?,"
+                " n_predictions = (SELECT count(*) FROM predictions WHERE run_id = ?) WHERE run_id = ?",
+                [status, utcnow(), error, run_id, run_id],
+            )
+
+    def run_status(self, run_id: str) -> str | None:
+        with self.connect() as con:
+            row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        return row[0] if row else None
+
+    # --- per-example rows ------------------------------------------------------
+    def done_keys(self, run_id: str) -> set[tuple[str, str, str]]:
+        """(dataset, example_id, method) already stored for this run: what a resume skips."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT dataset, example_id, method FROM predictions WHERE run_id = ?", [run_id]
+            ).fetchall()
+        return {tuple(r) for r in rows}
+
+    def write_predictions(self, predictions: Sequence[dict], retrievals: Sequence[dict]) -> None:
+        """Write a batch of predictions with their retrieval rows in one transaction.
+
+        Retrieval rows of the batch's examples are replaced whole, so a rerun that
+        retrieves differently leaves no stale ranks behind.
+        """
+        if not predictions:
+            return
+        import polars as pl
+
+        pred_df = pl.DataFrame(list(predictions), infer_schema_length=None)
+        keys_df = pred_df.select("run_id", "dataset", "example_id", "method")
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(
+                    "DELETE FROM retrievals r USING keys_df k WHERE r.run_id = k.run_id AND r.dataset = k.dataset"
+                    " AND r.example_id = k.example_id AND r.method = k.method"
+                )
+                if retrievals:
+                    ret_df = pl.DataFrame(list(retrievals), infer_schema_length=None)  # noqa: F841 (used by SQL)
+                    con.execute("INSERT OR REPLACE INTO retrievals BY NAME SELECT * FROM ret_df")
+                con.execute("INSERT OR REPLACE INTO predictions BY NAME SELECT * FROM pred_df")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+
+    def write_rows(self, table: str, rows: Sequence[dict]) -> None:
+        """Keyed insert of generic rows (metrics, index stats, ...)."""
+        if not rows:
+            return
+        import polars as pl
+
+        df = pl.DataFrame(list(rows), infer_schema_length=None)  # noqa: F841 (used by SQL)
+        with self.connect() as con:
+            con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
+
+    def compute_metrics(self, run_id: str) -> None:
+        """Aggregate a run's predictions into ``metrics`` (recomputed whole, idempotent)."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            con.execute(
+                """
+                INSERT INTO metrics BY NAME
+                SELECT run_id, dataset, method, count(*) AS n,
+                       avg(em) AS em, avg(f1) AS f1, avg(recall) AS recall,
+                       avg(retrieval_count) AS retrievals_per_question,
+                       avg(latency_s) AS seconds_per_question,
+                       now()::TIMESTAMP AS computed_at
+                FROM predictions WHERE run_id = ? GROUP BY run_id, dataset, method
+                """,
+                [run_id],
+            )
+            con.execute("COMMIT")
+
+    def leaderboard(self, run_id: str | None = None) -> list[dict]:
+        where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        return self.query(f"SELECT * FROM leaderboard {where} ORDER BY dataset, em DESC, f1 DESC", params)
+
+    def query(self, sql: str, params: Sequence | None = None) -> list[dict]:
+        with self.connect() as con:
+            cur = con.execute(sql, list(params or []))
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def query_table(self, sql: str):
+        """Run SQL and return a pyarrow Table (for the CLI's formatted output)."""
+        with self.connect() as con:
+            return con.sql(sql).to_arrow_table()
+
+
+def json_dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def migrate(con) -> int:
+    """Bring the store to the latest schema version; returns that version."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    for version, statements in MIGRATIONS:
+        if version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for stmt in statements:
+                con.execute(stmt)
+            con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, utcnow()])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        current = version
+    return current

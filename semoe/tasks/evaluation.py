@@ -1,0 +1,35 @@
+"""Prefect tasks of the evaluate flow. Inputs are configs, strings and plain rows —
+never models or clients; models and searchers are memoised per worker process."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from semoe import evaluation
+from semoe.config import DatasetConfig, SemoeConfig
+from semoe.data.loading import load_examples
+from semoe.data.schema import Example
+from semoe.tasks.common import retry_on_transient_io
+
+
+@task(name="load-examples", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient_io)
+def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict]:
+    return [ex.as_dict() for ex in load_examples(dataset, evaluation.data_context(config))]
+
+
+@task(
+    name="answer-chunk",
+    task_run_name="{method}-{dataset}-{first_id}",
+    cache_policy=NONE,  # the results store is the record; resumes skip stored rows
+)
+def answer_chunk_task(
+    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], corpus_key: str | None, first_id: str
+) -> tuple[list[dict], list[dict]]:
+    from semoe.indexing import open_retriever
+
+    items = [Example.from_dict(e) for e in examples]
+    retriever = open_retriever(config, corpus_key) if corpus_key else None
+    ctx = evaluation.method_context(config, retriever)
+    outputs = evaluation.answer_chunk(evaluation.WorkItem(dataset, method, items), ctx)
+    return evaluation.to_rows(run_id, dataset, method, items, outputs)

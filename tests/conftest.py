@@ -1,0 +1,56 @@
+"""Test isolation: Prefect state and the artifact cache live in a per-session temp dir
+(Prefect's cached task results would otherwise leak between sessions)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="semoe-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect API for the flow tests, shut down cleanly at session end."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def model_cache_root() -> str:
+    """Where the converted embedded model is cached. Shared with the user's cache by
+    default (converting the GGUF takes ~20 s); SEMOE_TEST_MODEL_CACHE overrides."""
+    return os.environ.get("SEMOE_TEST_MODEL_CACHE", str(Path("~/.cache/semoe").expanduser()))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> str:
+    """A tiny random Llama with a real tokenizer: generation logic without real weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from semoe.models.loading import resolve_model_dir
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    real = resolve_model_dir("smollm2-135m-instruct", os.environ.get("SEMOE_TEST_MODEL_CACHE", str(Path("~/.cache/semoe").expanduser())))
+    tok = AutoTokenizer.from_pretrained(real)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -1,0 +1,339 @@
+"""Corpus readers: DPR TSV streaming and quoting, wiki18 JSONL, JSON passage lists, dataset
+contexts, bad rows, and the corpus content key."""
+
+import csv
+import gzip
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from semoe.config import CorpusConfig, SyntheticConfig
+from semoe.data import CORPORA, DataContext
+from semoe.data.loading import corpus_key, iter_passages
+from semoe.data.schema import DataFormatError, Passage
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CTX = DataContext(synthetic=SyntheticConfig())
+
+
+def shared_file(rel: str) -> Path:
+    path = SHARED / rel
+    if not path.is_file():
+        pytest.skip(f"../shared/data not present: {path}")
+    return path
+
+
+def read(fmt: str, path, **kw) -> list[Passage]:
+    return list(iter_passages(CorpusConfig(format=fmt, path=str(path), **kw), CTX))
+
+
+def write_dpr(path: Path, rows, header=("id", "text", "title")) -> Path:
+    """Written the way DPR's psgs_w100.tsv is: tab-separated, quotes doubled inside quoted text."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_registered_formats():
+    assert {"dpr-tsv", "jsonl", "json-passages", "dataset-contexts"} <= set(CORPORA.names())
+
+
+# --- dpr-tsv -------------------------------------------------------------------------
+
+
+def test_dpr_tsv_quoting_and_header(tmp_path):
+    path = tmp_path / "psgs_w100.tsv"
+    path.write_text(
+        "id\ttext\ttitle\n"
+        '1\t"Aaron Aaron ( or ; ""Ahärôn"") is a prophet"\tAaron\n'
+        '2\tplain text, no quotes\t"Title ""quoted"""\n'
+        "\n"
+        "3\tthird\tC\n",
+        encoding="utf-8",
+    )
+    assert read("dpr-tsv", path) == [
+        Passage("1", "Aaron", 'Aaron Aaron ( or ; "Ahärôn") is a prophet'),
+        Passage("2", 'Title "quoted"', "plain text, no quotes"),
+        Passage("3", "C", "third"),
+    ]
+
+
+def test_dpr_tsv_header_order_and_headerless(tmp_path):
+    reordered = write_dpr(tmp_path / "a.tsv", [["T", "1", "body"]], header=("title", "id", "text"))
+    assert read("dpr-tsv", reordered) == [Passage("1", "T", "body")]
+    headerless = write_dpr(tmp_path / "b.tsv", [["7", "body", "T"]], header=None)
+    assert read("dpr-tsv", headerless) == [Passage("7", "T", "body")]
+
+
+def test_dpr_tsv_gz_and_limit(tmp_path):
+    path = write_dpr(tmp_path / "psgs_w100.tsv.gz", [[str(i), f"text {i}", f"T{i}"] for i in range(1, 101)])
+    assert len(read("dpr-tsv", path)) == 100
+    assert [p.id for p in read("dpr-tsv", path, limit=3)] == ["1", "2", "3"]
+
+
+def test_dpr_tsv_streams(tmp_path):
+    """Reading 10 passages of a 200k-row file neither parses ahead (a bad last row is not
+    reached) nor holds the file in memory."""
+    path = tmp_path / "psgs_w100.tsv"
+    body = 'Aaron Aaron ( or ; "Ahärôn") is a prophet, high priest, and the brother of Moses. ' * 2
+    rows = [[str(i), body, f"Title {i}"] for i in range(1, 200_001)]
+    write_dpr(path, rows + [["", "empty id", "bad"]])
+    size = path.stat().st_size
+    assert size > 30_000_000
+
+    tracemalloc.start()
+    try:
+        passages = iter_passages(CorpusConfig(format="dpr-tsv", path=str(path)), CTX)
+        first = [next(passages) for _ in range(10)]
+        _, peak = tracemalloc.get_traced_memory()
+        passages.close()
+    finally:
+        tracemalloc.stop()
+    assert [p.id for p in first] == [str(i) for i in range(1, 11)]
+    assert first[0].text == body
+    assert peak < size / 100, f"peak {peak} bytes for a {size}-byte file"
+
+    with pytest.raises(DataFormatError, match=r"line 200002: empty passage id"):
+        sum(1 for _ in read("dpr-tsv", path))
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("4\tonly two columns\n", r"line 3: expected 3 tab-separated columns \(id, text, title\), got 2"),
+        ("4\ta\tb\tc\n", "line 3: expected 3 tab-separated columns .*got 4"),
+        ("\ttext\ttitle\n", "line 3: empty passage id"),
+        ('4\t"unclosed\tT\n5\tx\tU\n', r"line 3: expected 3 .*got 2 \(row runs to line 4: unbalanced quote\?\)"),
+    ],
+)
+def test_dpr_tsv_bad_row_names_file_and_line(tmp_path, line, problem):
+    path = tmp_path / "psgs.tsv"
+    path.write_text("id\ttext\ttitle\n1\tok\tA\n" + line)
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}: {problem}"):
+        read("dpr-tsv", path)
+
+
+def test_dpr_tsv_skip_bad_rows_counts_them(tmp_path, caplog):
+    path = tmp_path / "psgs.tsv"
+    path.write_text("id\ttext\ttitle\n1\tok\tA\n2\tbroken\n\tno id\tX\n3\tfine\tC\n")
+    with caplog.at_level(logging.WARNING):
+        got = read("dpr-tsv", path, options={"skip_bad_rows": True})
+    assert [p.id for p in got] == ["1", "3"]
+    assert "skipped 2 malformed rows" in caplog.text
+
+
+def test_dpr_tsv_non_utf8(tmp_path):
+    path = tmp_path / "psgs.tsv"
+    path.write_bytes(b"id\ttext\ttitle\n1\tok\tA\n2\tcaf\xe9\tB\n")
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}: line 3: not valid UTF-8"):
+        read("dpr-tsv", path)
+    got = read("dpr-tsv", path, options={"skip_bad_rows": True})
+    assert got[1] == Passage("2", "B", "caf\ufffd")
+
+
+def test_missing_corpus_file(tmp_path):
+    missing = tmp_path / "psgs_w100.tsv"
+    for fmt in ("dpr-tsv", "jsonl", "json-passages", "dataset-contexts"):
+        with pytest.raises(DataFormatError, match=f"^corpus file not found: {re.escape(str(missing))}$"):
+            read(fmt, missing)
+    with pytest.raises(DataFormatError, match="no corpus path configured"):
+        list(iter_passages(CorpusConfig(format="jsonl"), CTX))
+
+
+# --- jsonl ---------------------------------------------------------------------------
+
+
+def test_jsonl_both_forms(tmp_path):
+    path = tmp_path / "wiki.jsonl"
+    rows = [
+        {"id": "a", "title": "Alpha", "text": "alpha text"},
+        {"id": 7, "contents": '"Beta"\nBeta is second.\nMore.'},
+        {"contents": "no title line"},
+        {"id": "u", "contents": "Unquoted\nTitle on the first line."},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert read("jsonl", path) == [
+        Passage("a", "Alpha", "alpha text"),
+        Passage("7", "Beta", "Beta is second.\nMore."),
+        Passage("2", "", "no title line"),
+        Passage("u", "Unquoted", "Title on the first line."),
+    ]
+
+
+def test_jsonl_bad_lines(tmp_path):
+    path = tmp_path / "wiki.jsonl"
+    path.write_text(
+        '{"id": 1, "text": "ok"}\n{"id": 2, "text": \n{"id": 3, "title": "no text"}\n{"id": 4, "text": "x"}\n'
+    )
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}: line 2: invalid JSON"):
+        read("jsonl", path)
+    assert [p.id for p in read("jsonl", path, options={"skip_bad_rows": True})] == ["1", "4"]
+
+
+def test_real_wiki18_sample():
+    got = read("jsonl", shared_file("wiki/wiki18_sample_1000.jsonl"))
+    assert len(got) == len({p.id for p in got}) == 1000
+    assert got[0].id == "0" and got[0].title == "Evan Morris"
+    assert got[0].text.startswith("Evan Morris Evan L. Morris (January 26, 1977")
+    assert not any(p.title.startswith('"') for p in got)
+    assert any(p.title == "Absalon" for p in got)  # some titles come unquoted
+
+
+# --- json-passages -------------------------------------------------------------------
+
+
+def test_real_2wiki_open_corpus():
+    got = read("json-passages", shared_file("2wikimultihopqa/open_corpus_6119.json"))
+    assert len(got) == len({p.id for p in got}) == 6119
+    assert got[0] == Passage("Teutberga", "Teutberga", got[0].text)
+
+
+def test_json_passages_ids_unique_and_stable(tmp_path):
+    path = tmp_path / "corpus.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"title": "X", "text": "one"},
+                {"title": "X", "text": "two"},
+                {"title": "", "text": "three"},
+                {"title": "X#2", "text": "four"},
+            ]
+        )
+    )
+    first = read("json-passages", path)
+    assert [p.id for p in first] == ["X", "X#2", "passage-2", "X#2#2"]
+    assert read("json-passages", path) == first
+
+
+def test_json_passages_bad_input(tmp_path):
+    path = tmp_path / "corpus.json"
+    path.write_text(json.dumps([{"title": "A", "text": "a"}, {"title": "B"}]))
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}: index 1: missing field 'text'"):
+        read("json-passages", path)
+    path.write_text(json.dumps([{"id": 1, "text": "a"}, {"id": "1", "text": "b"}]))
+    with pytest.raises(DataFormatError, match="index 1: duplicate passage id '1'"):
+        read("json-passages", path)
+    path.write_text('[{"title": "A", "text": "a"},,]')
+    with pytest.raises(DataFormatError, match="invalid JSON at line 1, column 30"):
+        read("json-passages", path)
+
+
+# --- dataset-contexts ----------------------------------------------------------------
+
+
+def test_dataset_contexts_dedup(tmp_path):
+    q1 = {
+        "_id": "1",
+        "context": [["Ed Wood", ["Edward Wood", " was a filmmaker."]], ["Scott", ["Scott is a director."]]],
+    }
+    q2 = {
+        "id": "2",
+        "context": {
+            "title": ["Ed Wood", "Ed Wood"],
+            "sentences": [["Edward Wood", " was a filmmaker."], ["Another Ed Wood."]],
+        },
+    }  # hub layout
+    path = tmp_path / "hotpot_dev_distractor_v1.json"
+    path.write_text(json.dumps([q1, q2]))
+    assert read("dataset-contexts", path) == [
+        Passage("Ed Wood", "Ed Wood", "Edward Wood was a filmmaker."),
+        Passage("Scott", "Scott", "Scott is a director."),
+        Passage("Ed Wood#2", "Ed Wood", "Another Ed Wood."),
+    ]
+
+
+def test_dataset_contexts_bad_entry(tmp_path):
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps([{"_id": "1", "context": [["only a title"]]}]))
+    with pytest.raises(DataFormatError, match=r"index 0: context entry 0 is not \[title, sentences\]"):
+        read("dataset-contexts", path)
+    path.write_text(json.dumps([{"_id": "1", "context": {"title": ["A", "B"], "sentences": [["a"]]}}]))
+    with pytest.raises(DataFormatError, match="index 0: context has 2 titles but 1 sentence lists"):
+        read("dataset-contexts", path)
+    path.write_text(json.dumps([{"_id": "1"}]))
+    with pytest.raises(DataFormatError, match="index 0: missing field 'context' or 'paragraphs'"):
+        read("dataset-contexts", path)
+
+
+def test_real_2wiki_contexts_hold_every_supporting_title():
+    path = shared_file("2wikimultihopqa/dev_random500_with_context.json")
+    got = read("dataset-contexts", path)
+    assert len(got) == len({p.id for p in got}) < 5000
+    titles = {p.title.lower() for p in got}
+    for rec in json.loads(path.read_text()):
+        assert {t.lower() for t, _ in rec["supporting_facts"]} <= titles
+
+
+def test_real_popqa_paragraphs():
+    got = read("dataset-contexts", shared_file("popqa/first1000_with_paragraphs.json"))
+    assert len(got) == len({p.id for p in got}) and 1000 < len(got) < 2000
+    assert got[0].title == "George Rankin"
+
+
+# --- corpus key ----------------------------------------------------------------------
+
+
+def key(fmt="dpr-tsv", path=None, ctx=CTX, **kw) -> str:
+    return corpus_key(CorpusConfig(format=fmt, path=str(path) if path else None, **kw), ctx)
+
+
+def test_corpus_key_follows_content_and_settings(tmp_path):
+    path = write_dpr(tmp_path / "psgs.tsv", [["1", "a", "A"]])
+    k = key(path=path)
+    assert re.fullmatch(r"[0-9a-f]{16}", k) and key(path=path) == k
+    assert key(path=path, limit=5) != k
+    assert key(path=path, options={"skip_bad_rows": True}) != k
+    assert key("jsonl", path) != k
+    stat = path.stat()
+    path.write_text(path.read_text().replace("\ta\t", "\tb\t"))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and same mtime: the content hash still tells
+    assert key(path=path) != k
+
+
+def test_corpus_key_large_file_changes_at_the_end(tmp_path):
+    path = write_dpr(tmp_path / "psgs.tsv", [[str(i), "x" * 100, "T"] for i in range(1, 50_001)])
+    k = key(path=path)
+    stat = path.stat()
+    with path.open("r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"U\n\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and key(path=path) != k
+
+
+def test_corpus_key_bad_config(tmp_path):
+    with pytest.raises(DataFormatError, match="corpus file not found"):
+        key(path=tmp_path / "missing.tsv")
+    with pytest.raises(KeyError, match="unknown corpus format 'nope'"):
+        key("nope", tmp_path)
+
+
+def test_corpus_key_synthetic_follows_generator_settings():
+    other = DataContext(synthetic=SyntheticConfig(seed=1))
+    assert key("synthetic") == key("synthetic") != key("synthetic", ctx=other)
+    assert key("synthetic", limit=10) != key("synthetic")
+    # Question settings do not change the passages, so they must not invalidate the index.
+    more_questions = DataContext(synthetic=SyntheticConfig(n_questions=99))
+    assert key("synthetic", ctx=more_questions) == key("synthetic")
+
+
+def test_loading_does_not_import_torch(tmp_path):
+    path = write_dpr(tmp_path / "psgs.tsv", [["1", "a", "A"]])
+    code = (
+        "import sys; from semoe.config import CorpusConfig, SyntheticConfig; from semoe.data import DataContext;"
+        "from semoe.data.loading import corpus_key, iter_passages;"
+        f"c = CorpusConfig(format='dpr-tsv', path={str(path)!r}); ctx = DataContext(SyntheticConfig());"
+        "corpus_key(c, ctx); list(iter_passages(c, ctx)); assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

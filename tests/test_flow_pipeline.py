@@ -1,0 +1,72 @@
+"""The whole Prefect pipeline on a tiny synthetic corpus with a tiny random model:
+rows land in DuckDB, a rerun adds nothing, a killed run resumes, a failing run is
+never marked finished."""
+
+from __future__ import annotations
+
+import pytest
+
+from semoe.config import SemoeConfig
+from semoe.storage.results import ResultStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_lm_dir) -> SemoeConfig:
+    return SemoeConfig.model_validate(
+        {
+            "name": "flow-test",
+            "synthetic": {"seed": 3, "n_entities": 12, "n_questions": 6},
+            "datasets": [{"name": "synthetic"}],
+            "model": {"spec": tiny_lm_dir},
+            "generation": {"max_new_tokens": 4, "batch_size": 4, "few_shot": 1},
+            "methods": ["no-retrieval", "single-retrieval"],
+            "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 4},
+            "cache": {"root": str(tmp_path / "cache")},
+        }
+    )
+
+
+def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefect_api):
+    from semoe.flows.pipeline import pipeline
+
+    first = pipeline(tiny_config)
+    store = ResultStore(tiny_config.store.path)
+    run_id = first["run_id"]
+    assert first["produced"] == 12
+    counts = store.query("select method, count(*) n, count(distinct example_id) u from predictions group by 1 order by 1")
+    assert counts == [{"method": "no-retrieval", "n": 6, "u": 6}, {"method": "single-retrieval", "n": 6, "u": 6}]
+    rets = store.query("select count(*) n, max(rank) k, count(distinct example_id) e from retrievals")[0]
+    assert rets == {"n": 18, "k": 3, "e": 6}
+    assert store.query("select status, n_predictions from runs")[0] == {"status": "finished", "n_predictions": 12}
+    assert {r["method"] for r in first["leaderboard"]} == {"no-retrieval", "single-retrieval"}
+    assert store.query("select count(*) n from indexes")[0]["n"] == 1
+    before = store.query("select * exclude (created_at, latency_s, latency_retrieve_s, latency_generate_s) from predictions order by all")
+
+    second = pipeline(tiny_config)
+    assert second["run_id"] == run_id and second["produced"] == 0
+    assert store.query("select count(*) n from predictions")[0]["n"] == 12
+
+    # Simulate a run killed after its first committed chunk: rows partly gone, status running.
+    with store.connect() as con:
+        con.execute("delete from predictions where method = 'single-retrieval' and example_id in "
+                    "(select example_id from predictions where method = 'single-retrieval' order by example_id limit 4)")
+        con.execute("update runs set status = 'running'")
+    third = pipeline(tiny_config)
+    assert third["produced"] == 4
+    assert store.query("select * exclude (created_at, latency_s, latency_retrieve_s, latency_generate_s) from predictions order by all") == before
+    assert store.query("select count(*) n from retrievals")[0]["n"] == 18
+
+
+def test_failing_run_is_marked_failed_not_finished(tiny_config, tmp_path, prefect_api):
+    from semoe.data.schema import DataFormatError
+    from semoe.flows.pipeline import evaluate
+
+    data = tiny_config.model_dump()
+    data["datasets"].append({"name": "custom", "path": str(tmp_path / "missing.json")})
+    cfg = SemoeConfig.model_validate(data)
+    with pytest.raises(DataFormatError, match="missing.json"):
+        evaluate(cfg)
+    rows = ResultStore(cfg.store.path).query("select status, error from runs")
+    assert rows[0]["status"] == "failed" and "missing.json" in rows[0]["error"]
