@@ -56,6 +56,16 @@ def make_queries(passages: list[Passage], n: int, query_words: int, seed: int) -
     return out
 
 
+def encyclopedia_corpus(config_path: str, n_queries: int) -> tuple[list[Passage], list[tuple[str, str]]]:
+    """The config's synthetic passages; queries are its questions (source = first gold passage)."""
+    from semoe.config import load_config
+    from semoe.data.synthetic import build_encyclopedia
+
+    enc = build_encyclopedia(load_config(config_path).synthetic)
+    questions = [(q.gold_passage_ids[0], q.question) for q in enc.questions]
+    return enc.passages, [questions[i % len(questions)] for i in range(n_queries)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--passages", type=int, default=100_000)
@@ -68,14 +78,22 @@ def main() -> None:
     ap.add_argument("--query-words", type=int, default=8)
     ap.add_argument("--batch", type=int, default=256, help="queries per search() call")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", help="benchmark on a config's synthetic encyclopedia instead (e.g. configs/demo.yaml): "
+                    "its passages, and its questions repeated up to --queries as queries")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    vocab = make_vocab(random.Random(args.seed), args.vocab)
-    passages = make_passages(args.passages, args.words_per_passage, vocab, args.seed, args.distribution == "zipf")
-    queries = make_queries(passages, args.queries, args.query_words, args.seed)
-    print(f"generated {len(passages):,} passages x {args.words_per_passage} words (vocab {len(vocab):,}, {args.distribution}) "
-          f"and {len(queries):,} queries of {args.query_words} words in {time.perf_counter() - t0:.1f} s")
+    if args.config:
+        passages, queries = encyclopedia_corpus(args.config, args.queries)
+        print(f"{args.config}: {len(passages):,} synthetic passages and {len(queries):,} question queries "
+              f"in {time.perf_counter() - t0:.1f} s")
+    else:
+        vocab = make_vocab(random.Random(args.seed), args.vocab)
+        passages = make_passages(args.passages, args.words_per_passage, vocab, args.seed, args.distribution == "zipf")
+        queries = make_queries(passages, args.queries, args.query_words, args.seed)
+        print(f"generated {len(passages):,} passages x {args.words_per_passage} words (vocab {len(vocab):,}, "
+              f"{args.distribution}) and {len(queries):,} queries of {args.query_words} words "
+              f"in {time.perf_counter() - t0:.1f} s")
 
     cfg = RetrievalConfig(backend=args.backend, es_index=f"semoe-bench-{uuid.uuid4().hex[:8]}")
     with tempfile.TemporaryDirectory(prefix="semoe-bench-") as tmp:

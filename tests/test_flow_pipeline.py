@@ -44,7 +44,9 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
     assert store.query("select count(*) n from indexes")[0]["n"] == 1
     before = store.query("select * exclude (created_at, latency_s, latency_retrieve_s, latency_generate_s) from predictions order by all")
 
+    index_row = store.query("select * from indexes")
     second = pipeline(tiny_config)
+    assert store.query("select * from indexes") == index_row  # reused, not rebuilt or re-recorded
     assert second["run_id"] == run_id and second["produced"] == 0
     assert store.query("select count(*) n from predictions")[0]["n"] == 12
 

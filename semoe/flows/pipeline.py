@@ -28,7 +28,7 @@ def index_corpus(config: SemoeConfig) -> dict:
     key = corpus_key(config.corpus, evaluation.data_context(config))
     built = open_retriever(config, key).is_built()
     info = build_index_task.with_options(refresh_cache=not built)(config, key)
-    if info["reused"]:
+    if built:  # the task's (possibly cached) result describes an earlier build
         logger.info("index %s for %s reused (%s)", info["backend"], describe_corpus(config.corpus), info["index_dir"])
     else:
         rate = info["passages"] / info["seconds"] if info["seconds"] else None

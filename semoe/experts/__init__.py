@@ -1,0 +1,1 @@
+"""Parametric passage experts (PRAG-style): augmentation, LoRA training, insertion."""
