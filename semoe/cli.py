@@ -64,7 +64,10 @@ def _prefect_defaults() -> None:
 def cmd_run(args) -> int:
     import time
 
+    from semoe.evaluation import preflight
+
     cfg = _load(args)
+    preflight(cfg)
     _prefect_defaults()
     from semoe.flows.pipeline import LEADERBOARD_COLUMNS, pipeline
 

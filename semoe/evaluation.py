@@ -136,3 +136,23 @@ def to_rows(
                     }
                 )
     return preds, rets
+
+
+def preflight(cfg: SemoeConfig) -> None:
+    """Check everything that can be checked before a run starts, so bad input fails with
+    one clear error and no run row: registered names, the results store (locked?), the
+    dataset files (parsed whole: they are small), the corpus file, the retrieval backend
+    (an Elasticsearch ping) and the model spec."""
+    from semoe.data.loading import corpus_key, load_examples
+    from semoe.indexing import open_retriever
+    from semoe.models.loading import check_model_spec
+    from semoe.storage.results import ResultStore
+
+    cfg.check_names()
+    ResultStore(cfg.store.path)
+    ctx = data_context(cfg)
+    for ds in cfg.datasets:
+        load_examples(ds, ctx)
+    if needs_retrieval(cfg):
+        open_retriever(cfg, corpus_key(cfg.corpus, ctx)).is_built()
+    check_model_spec(cfg.model.spec)

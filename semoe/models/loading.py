@@ -71,6 +71,23 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict:
     return {"source": str(gguf_path), "bytes": gguf_path.stat().st_size}
 
 
+def check_model_spec(spec: str) -> None:
+    """Fail early on an embedded alias whose wheel is missing or a local path that is not a model."""
+    if spec in EMBEDDED_MODELS:
+        _embedded_gguf_path(spec)
+    elif Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
+        _local_model_dir(spec)
+
+
+def _local_model_dir(spec: str) -> str:
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"model directory not found: {spec}")
+    if not (p / "config.json").is_file():
+        raise ModelLoadError(f"model directory {p} has no config.json")
+    return str(p)
+
+
 def resolve_model_dir(spec: str, cache_root: str | Path) -> str:
     """Return something ``from_pretrained`` accepts: a directory or a hub id."""
     if spec in EMBEDDED_MODELS:
@@ -80,13 +97,8 @@ def resolve_model_dir(spec: str, cache_root: str | Path) -> str:
         key = content_key(spec, gguf.stat().st_size, gguf.stat().st_mtime_ns, transformers.__version__)
         cache = ArtifactCache(cache_root)
         return str(cache.get_or_build("models", f"{spec}-{key}", lambda out: _convert_gguf(gguf, out)))
-    p = Path(spec).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise ModelLoadError(f"model directory {p} has no config.json")
-        return str(p)
-    if spec.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model directory not found: {spec}")
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
+        return _local_model_dir(spec)
     return spec  # HF hub id
 
 
