@@ -19,15 +19,9 @@ from semoe.data import CORPORA, DataContext
 from semoe.data.loading import corpus_key, iter_passages
 from semoe.data.schema import DataFormatError, Passage
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from helpers import SHARED, shared_file  # noqa: E402
+
 CTX = DataContext(synthetic=SyntheticConfig())
-
-
-def shared_file(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.is_file():
-        pytest.skip(f"../shared/data not present: {path}")
-    return path
 
 
 def read(fmt: str, path, **kw) -> list[Passage]:

@@ -16,15 +16,9 @@ from semoe.data.loading import load_examples
 from semoe.data.schema import DataFormatError
 from semoe.registry import UnknownNameError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from helpers import SHARED, shared_file  # noqa: E402
+
 CTX = DataContext(synthetic=SyntheticConfig())
-
-
-def shared_file(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.is_file():
-        pytest.skip(f"../shared/data not present: {path}")
-    return path
 
 
 def load(name: str, path, **kw):
