@@ -14,6 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator
 
+# Sections owned by feature packages live beside the code they configure.
+from semoe.experts.augment_config import AugmentConfig
+from semoe.experts.expert_config import ExpertConfig
+from semoe.generation.trigger_config import TriggerConfig
+
 
 class ConfigError(ValueError):
     """The configuration file or an override is invalid."""
@@ -94,6 +99,7 @@ class CacheConfig(_Section):
 OPERATIONAL_SECTIONS = ("store", "cache", "name")
 
 
+
 class SemoeConfig(_Section):
     name: str = "semoe"
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -103,6 +109,9 @@ class SemoeConfig(_Section):
     model: ModelConfig = ModelConfig()
     generation: GenerationConfig = GenerationConfig()
     methods: list[str] = Field(default_factory=lambda: ["no-retrieval", "single-retrieval"])
+    trigger: TriggerConfig = TriggerConfig()
+    augment: AugmentConfig = AugmentConfig()
+    experts: ExpertConfig = ExpertConfig()
     store: StoreConfig = StoreConfig()
     cache: CacheConfig = CacheConfig()
 

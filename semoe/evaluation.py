@@ -50,6 +50,18 @@ def needs_retrieval(cfg: SemoeConfig) -> bool:
     return any(method_uses_retrieval(m) for m in cfg.methods)
 
 
+def needs_experts(cfg: SemoeConfig) -> bool:
+    return any(METHODS.get(m).uses_experts for m in cfg.methods)
+
+
+def expert_passages(cfg: SemoeConfig, examples: Sequence[Example], retriever) -> list:
+    """PRAG's offline step: the passages whose experts the questions will ask for first —
+    the top-k retrieved with each question (triggered methods may ask for more, trained on
+    demand)."""
+    hits = retriever.search([ex.question for ex in examples], cfg.retrieval.top_k)
+    return list({h.passage.id: h.passage for hs in hits for h in hs}.values())
+
+
 
 @dataclass
 class WorkItem:
@@ -75,8 +87,11 @@ def method_context(cfg: SemoeConfig, retriever=None) -> MethodContext:
     from semoe.generation.lm import ChatLM
     from semoe.models.loading import load_model
 
+    from semoe.experts.provider import ExpertProvider
+
     model, tokenizer = load_model(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device)
-    return MethodContext(cfg=cfg, lm=ChatLM(model, tokenizer, cfg.generation.system_prompt), retriever=retriever)
+    lm = ChatLM(model, tokenizer, cfg.generation.system_prompt)
+    return MethodContext(cfg=cfg, lm=lm, retriever=retriever, experts=ExpertProvider(cfg, lm))
 
 
 def answer_chunk(item: WorkItem, ctx: MethodContext) -> list[MethodOutput]:
@@ -88,10 +103,12 @@ def answer_chunk(item: WorkItem, ctx: MethodContext) -> list[MethodOutput]:
 
 def to_rows(
     run_id: str, dataset: str, method: str, examples: Sequence[Example], outputs: Sequence[MethodOutput]
-) -> tuple[list[dict], list[dict]]:
-    """Score outputs and build ``predictions`` and ``retrievals`` rows."""
+) -> dict[str, list[dict]]:
+    """Score outputs and build the rows of ``predictions`` and its per-example tables."""
+    from semoe.generation.triggered import trigger_event_rows
+
     now = utcnow()
-    preds, rets = [], []
+    tables: dict[str, list[dict]] = {"predictions": [], "retrievals": [], "trigger_events": []}
     for ex, out in zip(examples, outputs, strict=True):
         hits = [h for step in out.retrievals for h in step.hits]
         key = {"run_id": run_id, "dataset": dataset, "example_id": ex.id, "method": method}
@@ -100,7 +117,7 @@ def to_rows(
             if out.retrievals
             else None
         )
-        preds.append(
+        tables["predictions"].append(
             {
                 **key,
                 "question": ex.question,
@@ -115,27 +132,24 @@ def to_rows(
                 "generation_count": out.generation_count,
                 "prompt_tokens": out.prompt_tokens,
                 "generated_tokens": out.generated_tokens,
+                "hallucination_events": out.extra.get("hallucination_events"),
+                "sentences": out.extra.get("sentences"),
                 "latency_s": sum(out.latency.values()),
                 "latency_retrieve_s": out.latency.get("retrieve", 0.0),
                 "latency_generate_s": out.latency.get("generate", 0.0),
+                "latency_experts_s": out.latency.get("experts", 0.0),
                 "extra": json.dumps(out.extra, sort_keys=True, default=str),
                 "created_at": now,
             }
         )
-        for step in out.retrievals:
-            for h in step.hits:
-                rets.append(
-                    {
-                        **key,
-                        "step": step.step,
-                        "rank": h.rank,
-                        "query": step.query,
-                        "passage_id": h.passage.id,
-                        "title": h.passage.title,
-                        "score": float(h.score),
-                    }
-                )
-    return preds, rets
+        tables["retrievals"].extend(
+            {**key, "step": step.step, "rank": h.rank, "query": step.query, "passage_id": h.passage.id,
+             "title": h.passage.title, "score": float(h.score)}
+            for step in out.retrievals
+            for h in step.hits
+        )
+        tables["trigger_events"].extend(trigger_event_rows(run_id, dataset, ex.id, method, out.extra))
+    return tables
 
 
 def preflight(cfg: SemoeConfig) -> None:

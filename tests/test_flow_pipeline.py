@@ -21,7 +21,8 @@ def tiny_config(tmp_path, tiny_lm_dir) -> SemoeConfig:
             "datasets": [{"name": "synthetic"}],
             "model": {"spec": tiny_lm_dir},
             "generation": {"max_new_tokens": 4, "batch_size": 4, "few_shot": 1},
-            "methods": ["no-retrieval", "single-retrieval"],
+            "methods": ["no-retrieval", "single-retrieval", "prag"],
+            "augment": {"max_attempts": 1, "rewrite_max_new_tokens": 8, "qa_max_new_tokens": 8},
             "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 4},
             "cache": {"root": str(tmp_path / "cache")},
         }
@@ -34,13 +35,16 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
     first = pipeline(tiny_config)
     store = ResultStore(tiny_config.store.path)
     run_id = first["run_id"]
-    assert first["produced"] == 12
+    assert first["produced"] == 18
     counts = store.query("select method, count(*) n, count(distinct example_id) u from predictions group by 1 order by 1")
-    assert counts == [{"method": "no-retrieval", "n": 6, "u": 6}, {"method": "single-retrieval", "n": 6, "u": 6}]
+    assert counts == [{"method": m, "n": 6, "u": 6} for m in ("no-retrieval", "prag", "single-retrieval")]
     rets = store.query("select count(*) n, max(rank) k, count(distinct example_id) e from retrievals")[0]
-    assert rets == {"n": 18, "k": 3, "e": 6}
-    assert store.query("select status, n_predictions from runs")[0] == {"status": "finished", "n_predictions": 12}
-    assert {r["method"] for r in first["leaderboard"]} == {"no-retrieval", "single-retrieval"}
+    assert rets == {"n": 36, "k": 3, "e": 6}
+    assert store.query("select status, n_predictions from runs")[0] == {"status": "finished", "n_predictions": 18}
+    assert {r["method"] for r in first["leaderboard"]} == {"no-retrieval", "single-retrieval", "prag"}
+    # build_experts augmented every retrieved passage (the tiny model's output is garbage: failed, with a reason)
+    augs = store.query("select count(*) n, count(*) filter (where status = 'failed' and reason is not null) f from augmentations")[0]
+    assert augs["n"] > 0 and augs["f"] == augs["n"]
     assert store.query("select count(*) n from indexes")[0]["n"] == 1
     before = store.query("select * exclude (created_at, latency_s, latency_retrieve_s, latency_generate_s) from predictions order by all")
 
@@ -48,7 +52,7 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
     second = pipeline(tiny_config)
     assert store.query("select * from indexes") == index_row  # reused, not rebuilt or re-recorded
     assert second["run_id"] == run_id and second["produced"] == 0
-    assert store.query("select count(*) n from predictions")[0]["n"] == 12
+    assert store.query("select count(*) n from predictions")[0]["n"] == 18
 
     # Simulate a run killed after its first committed chunk: rows partly gone, status running.
     with store.connect() as con:
@@ -58,7 +62,7 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
     third = pipeline(tiny_config)
     assert third["produced"] == 4
     assert store.query("select * exclude (created_at, latency_s, latency_retrieve_s, latency_generate_s) from predictions order by all") == before
-    assert store.query("select count(*) n from retrievals")[0]["n"] == 18
+    assert store.query("select count(*) n from retrievals")[0]["n"] == 36
 
 
 def test_failing_run_is_marked_failed_not_finished(tiny_config, tmp_path, prefect_api):

@@ -23,8 +23,9 @@ def _ret(run_id, ex, rank, pid, method="m"):
 def test_rewrites_are_idempotent_and_replace_retrievals(tmp_path):
     store = ResultStore(tmp_path / "r.duckdb")
     assert store.start_run("r1", "t", "h", "v", "{}") == "new"
-    store.write_predictions([_pred("r1", "e1"), _pred("r1", "e2", em=0.0)], [_ret("r1", "e1", 1, "p1"), _ret("r1", "e1", 2, "p2")])
-    store.write_predictions([_pred("r1", "e1", em=0.0)], [_ret("r1", "e1", 1, "p9")])
+    store.write_predictions({"predictions": [_pred("r1", "e1"), _pred("r1", "e2", em=0.0)],
+                             "retrievals": [_ret("r1", "e1", 1, "p1"), _ret("r1", "e1", 2, "p2")]})
+    store.write_predictions({"predictions": [_pred("r1", "e1", em=0.0)], "retrievals": [_ret("r1", "e1", 1, "p9")]})
     assert store.query("select count(*) n from predictions")[0]["n"] == 2
     assert store.query("select em from predictions where example_id='e1'")[0]["em"] == 0.0
     assert [r["passage_id"] for r in store.query("select passage_id from retrievals order by rank")] == ["p9"]
@@ -34,7 +35,7 @@ def test_rewrites_are_idempotent_and_replace_retrievals(tmp_path):
 def test_metrics_leaderboard_and_run_status(tmp_path):
     store = ResultStore(tmp_path / "r.duckdb")
     store.start_run("r1", "t", "h", "v", "{}")
-    store.write_predictions([_pred("r1", "e1"), _pred("r1", "e2", em=0.0)], [])
+    store.write_predictions({"predictions": [_pred("r1", "e1"), _pred("r1", "e2", em=0.0)]})
     store.compute_metrics("r1")
     store.compute_metrics("r1")
     assert store.leaderboard("r1")[0]["status"] == "running"

@@ -18,6 +18,7 @@ from semoe.data.schema import Example
 from semoe.indexing import describe_corpus, open_retriever
 from semoe.storage.results import ResultStore, utcnow
 from semoe.tasks.evaluation import answer_chunk_task, load_examples_task
+from semoe.tasks.experts import build_experts_task
 from semoe.tasks.indexing import build_index_task
 
 
@@ -93,11 +94,13 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
             progress = create_progress_artifact(0.0, key="semoe-progress", description=f"run {run_id}")
             done = 0
             for item in items:
-                preds, rets = answer_chunk_task(
+                rows, catalogue = answer_chunk_task(
                     config, run_id, item.dataset, item.method, [e.as_dict() for e in item.examples],
                     corpus_key if evaluation.method_uses_retrieval(item.method) else None, item.examples[0].id,
                 )
-                store.write_predictions(preds, rets)
+                store.write_predictions(rows)
+                for table, table_rows in catalogue.items():
+                    store.write_rows(table, table_rows)
                 done += len(item.examples)
                 update_progress_artifact(progress, 100.0 * done / total)
         store.compute_metrics(run_id)
@@ -115,9 +118,32 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     return {"run_id": run_id, "store": str(store.path), "leaderboard": board, "produced": total}
 
 
+@flow(name="build_experts", log_prints=True)
+def build_experts(config: SemoeConfig, corpus_key: str) -> dict:
+    """Augment and train the experts of every question's top-k passages (PRAG's offline
+    step), chunk by chunk; cached per passage, catalogued in ``augmentations``/``experts``."""
+    logger = get_run_logger()
+    retriever = open_retriever(config, corpus_key)
+    examples = [Example.from_dict(e) for ds in config.datasets for e in load_examples_task(config, ds)]
+    passages = evaluation.expert_passages(config, examples, retriever)
+    store = ResultStore(config.store.path)
+    size, trained = config.augment.chunk_size, 0
+    for start in range(0, len(passages), size):
+        chunk = passages[start : start + size]
+        result = build_experts_task(config, [p.as_dict() for p in chunk], chunk[0].id)
+        for table, rows in result["rows"].items():
+            store.write_rows(table, rows)
+        trained += result["trained"]
+    logger.info("experts for %d passages (%d newly trained)", len(passages), trained)
+    return {"passages": len(passages), "trained": trained}
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(config: SemoeConfig) -> dict:
-    """The main job: index the corpus when a method retrieves, then evaluate."""
+    """The main job: index the corpus when a method retrieves, build passage experts when a
+    method inserts them, then evaluate."""
     config.check_names()
     key = index_corpus(config)["corpus_key"] if evaluation.needs_retrieval(config) else None
+    if evaluation.needs_experts(config):
+        build_experts(config, key)
     return evaluate(config, corpus_key=key)

@@ -10,6 +10,7 @@ from semoe.data.schema import Example
 
 if TYPE_CHECKING:
     from semoe.config import SemoeConfig
+    from semoe.experts.provider import ExpertProvider
     from semoe.generation.lm import ChatLM
     from semoe.retrieval.base import Hit, Retriever
 
@@ -38,6 +39,7 @@ class MethodContext:
     cfg: "SemoeConfig"
     lm: "ChatLM"
     retriever: "Retriever | None" = None
+    experts: "ExpertProvider | None" = None  # passage experts, for methods that insert them
 
 
 class Method(ABC):
@@ -48,6 +50,7 @@ class Method(ABC):
     """
 
     uses_retrieval: bool = False
+    uses_experts: bool = False  # needs passage experts (the pipeline builds them beforehand)
 
     @abstractmethod
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]: ...

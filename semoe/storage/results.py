@@ -20,6 +20,8 @@ from typing import Iterator, Sequence
 from semoe.storage.schema import MIGRATIONS
 
 LOCK_WAIT_S = 15.0
+# Tables whose rows belong to one (run, dataset, example, method) prediction.
+PER_EXAMPLE_TABLES = ("retrievals", "trigger_events")
 
 
 class StoreError(RuntimeError):
@@ -121,28 +123,35 @@ class ResultStore:
             ).fetchall()
         return {tuple(r) for r in rows}
 
-    def write_predictions(self, predictions: Sequence[dict], retrievals: Sequence[dict]) -> None:
-        """Write a batch of predictions with their retrieval rows in one transaction.
+    def write_predictions(self, tables: dict[str, Sequence[dict]]) -> None:
+        """Write a batch of predictions with their per-example rows in one transaction.
 
-        Retrieval rows of the batch's examples are replaced whole, so a rerun that
-        retrieves differently leaves no stale ranks behind.
+        ``tables`` maps "predictions" and the per-example child tables (PER_EXAMPLE_TABLES)
+        to rows. Child rows of the batch's examples are replaced whole, so a rerun that
+        retrieves or triggers differently leaves no stale rows behind.
         """
+        predictions = tables.get("predictions") or []
         if not predictions:
             return
         import polars as pl
 
+        unknown = set(tables) - {"predictions", *PER_EXAMPLE_TABLES}
+        if unknown:
+            raise StoreError(f"not per-example tables: {sorted(unknown)}")
         pred_df = pl.DataFrame(list(predictions), infer_schema_length=None)
-        keys_df = pred_df.select("run_id", "dataset", "example_id", "method")
+        keys_df = pred_df.select("run_id", "dataset", "example_id", "method")  # noqa: F841 (used by SQL)
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(
-                    "DELETE FROM retrievals r USING keys_df k WHERE r.run_id = k.run_id AND r.dataset = k.dataset"
-                    " AND r.example_id = k.example_id AND r.method = k.method"
-                )
-                if retrievals:
-                    ret_df = pl.DataFrame(list(retrievals), infer_schema_length=None)  # noqa: F841 (used by SQL)
-                    con.execute("INSERT OR REPLACE INTO retrievals BY NAME SELECT * FROM ret_df")
+                for table in PER_EXAMPLE_TABLES:
+                    con.execute(
+                        f"DELETE FROM {table} t USING keys_df k WHERE t.run_id = k.run_id AND t.dataset = k.dataset"
+                        " AND t.example_id = k.example_id AND t.method = k.method"
+                    )
+                    rows = tables.get(table)
+                    if rows:
+                        df = pl.DataFrame(list(rows), infer_schema_length=None)  # noqa: F841 (used by SQL)
+                        con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
                 con.execute("INSERT OR REPLACE INTO predictions BY NAME SELECT * FROM pred_df")
                 con.execute("COMMIT")
             except Exception:

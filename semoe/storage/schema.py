@@ -86,4 +86,58 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM metrics m JOIN runs r USING (run_id)""",
         ],
     ),
+    (
+        2,
+        [
+            # Triggered generation (DRAGIN family, SEMoE): per-question counters and each trigger.
+            "ALTER TABLE predictions ADD COLUMN hallucination_events INTEGER",
+            "ALTER TABLE predictions ADD COLUMN sentences INTEGER",
+            "ALTER TABLE predictions ADD COLUMN latency_experts_s DOUBLE",
+            """CREATE TABLE trigger_events (
+                run_id VARCHAR NOT NULL,
+                dataset VARCHAR NOT NULL,
+                example_id VARCHAR NOT NULL,
+                method VARCHAR NOT NULL,
+                step INTEGER NOT NULL,
+                token_index INTEGER,
+                token VARCHAR,
+                score DOUBLE,
+                query VARCHAR,
+                passage_ids VARCHAR[],
+                PRIMARY KEY (run_id, dataset, example_id, method, step)
+            )""",
+            # Passage experts and the augmentations they are trained from (catalogues of the artifact cache).
+            """CREATE TABLE experts (
+                expert_key VARCHAR PRIMARY KEY,
+                passage_id VARCHAR NOT NULL,
+                path VARCHAR NOT NULL,
+                base_model VARCHAR NOT NULL,
+                rank INTEGER NOT NULL,
+                alpha DOUBLE NOT NULL,
+                lr DOUBLE NOT NULL,
+                epochs INTEGER NOT NULL,
+                targets VARCHAR[] NOT NULL,
+                loss_before DOUBLE,
+                loss_after DOUBLE,
+                seconds DOUBLE,
+                bytes BIGINT,
+                sha256 VARCHAR
+            )""",
+            """CREATE TABLE augmentations (
+                passage_hash VARCHAR NOT NULL,
+                passage_id VARCHAR,
+                model VARCHAR NOT NULL,
+                prompt_version VARCHAR NOT NULL,
+                status VARCHAR NOT NULL,
+                rewrites VARCHAR[],
+                qa JSON,
+                qa_count INTEGER,
+                attempts INTEGER,
+                reason VARCHAR,
+                seconds DOUBLE,
+                created_at TIMESTAMP DEFAULT current_timestamp,
+                PRIMARY KEY (passage_hash, model, prompt_version)
+            )""",
+        ],
+    ),
 ]

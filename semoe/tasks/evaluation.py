@@ -25,11 +25,12 @@ def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict
 )
 def answer_chunk_task(
     config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], corpus_key: str | None, first_id: str
-) -> tuple[list[dict], list[dict]]:
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """(per-example rows, catalogue rows of experts built on demand) for the store writer."""
     from semoe.indexing import open_retriever
 
     items = [Example.from_dict(e) for e in examples]
     retriever = open_retriever(config, corpus_key) if corpus_key else None
     ctx = evaluation.method_context(config, retriever)
     outputs = evaluation.answer_chunk(evaluation.WorkItem(dataset, method, items), ctx)
-    return evaluation.to_rows(run_id, dataset, method, items, outputs)
+    return evaluation.to_rows(run_id, dataset, method, items, outputs), ctx.experts.drain_rows()

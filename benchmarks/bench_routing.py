@@ -1,0 +1,252 @@
+"""Cost of routing policies on a random OLMoE sized like a small real layer (CPU by default).
+
+Two targets are checked and printed with both sides of each ratio:
+
+* BH routing overhead ≤ 10% of a top-k forward: the model's own top-k routing runs while
+  BH (calibrated p-values, floor/ceiling, statistics) decides alongside (``analyze`` mode),
+  so the expert work is identical and only the routing decision is extra. Measured for a
+  prefill forward and for single-token decode steps; the end-to-end BH forward (``patch``,
+  a different number of experts per token) is printed for context.
+* RoE with K samples ≤ 2.5× the per-token decode time of greedy decoding, and clean-cache
+  KV memory ≤ 1.1× greedy's (bytes of the cache tensors' storage after decoding).
+
+Timings interleave the variants and keep the fastest of ``--repeats`` rounds, which is the
+least disturbed by other processes on a shared machine.
+
+    python benchmarks/bench_routing.py                      # hidden 512, 8 layers, 64 experts, top-8
+    python benchmarks/bench_routing.py --K 4 --tau 0.3 --experts-impl eager --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+from transformers import OlmoeConfig, OlmoeForCausalLM
+
+from semoe.routing import fit_empirical_null, roe_generate, route_with
+from semoe.routing.evaluation import PeakMemory, greedy_decode
+
+
+def build(args) -> OlmoeForCausalLM:
+    cfg = OlmoeConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        num_experts=args.experts, num_experts_per_tok=args.k, max_position_embeddings=4096,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, experts_implementation=args.experts_impl,
+    )  # fmt: skip
+    torch.manual_seed(args.seed)
+    model = OlmoeForCausalLM(cfg).eval()
+    if args.router_scale != 1.0:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.mlp.gate.weight.mul_(args.router_scale)
+    return model
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fastest(variants: dict, repeats: int) -> dict[str, list[float]]:
+    """Run every variant once per round, rounds interleaved; all timings per variant."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    return times
+
+
+def line(label: str, times: list[float], unit: float = 1e3, suffix: str = "ms") -> str:
+    best, median = min(times) * unit, statistics.median(times) * unit
+    return f"  {label:<34} min {best:9.2f} {suffix}   median {median:9.2f} {suffix}"
+
+
+def routing_share(model, spec, inputs, cache=None) -> float:
+    """Seconds one forward spends deciding routing (policy + statistics), measured inside the
+    patched routers, so it does not depend on how busy the machine is between calls."""
+    spent = [0.0]
+
+    def timing(fn):
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            out = fn(*a, **kw)
+            spent[0] += time.perf_counter() - start
+            return out
+
+        return wrapper
+
+    with route_with(model, spec, mode="analyze", guard=False) as session:
+        session.policy.route = timing(session.policy.route)
+        session.stats.record = timing(session.stats.record)
+        model(input_ids=inputs, cache=cache, use_cache=cache is not None)
+    if cache is not None:
+        cache.crop(-inputs.shape[1])
+    return spent[0]
+
+
+def forward_overhead(model, null, args) -> None:
+    bh = {"name": "bh", "params": {"alpha": args.alpha, "min_k": args.min_k, "max_k": args.max_k,
+                                   "p_values": "calibrated", "null": null}}  # fmt: skip
+    ids = torch.randint(3, args.vocab, (1, args.prefill), generator=torch.Generator().manual_seed(1))
+    step = ids[:, :1]
+    prefix = model(input_ids=ids[:, :64], use_cache=True).cache
+
+    def forward(spec, mode, inputs, cache=None):
+        def run():
+            if spec is None:
+                t = timed(lambda: model(input_ids=inputs, cache=cache, use_cache=cache is not None))
+            else:
+                with route_with(model, spec, mode=mode, guard=False):
+                    t = timed(lambda: model(input_ids=inputs, cache=cache, use_cache=cache is not None))
+            if cache is not None:
+                cache.crop(-inputs.shape[1])  # decode steps all start from the same 64-token prefix
+            return t
+
+        return run
+
+    with torch.no_grad():
+        model(input_ids=ids)  # warm-up
+        prefill = fastest(
+            {"top-k": forward(None, None, ids), "bh analyze": forward(bh, "analyze", ids),
+             "bh patch": forward(bh, "patch", ids)},
+            args.repeats,
+        )  # fmt: skip
+        decode = fastest(
+            {"top-k": forward(None, None, step, prefix), "bh analyze": forward(bh, "analyze", step, prefix)},
+            args.repeats * 5,
+        )
+        inside = {
+            "prefill": min(routing_share(model, bh, ids) for _ in range(args.repeats)),
+            "decode": min(routing_share(model, bh, step, prefix) for _ in range(args.repeats * 5)),
+        }
+        with route_with(model, bh, guard=False) as session:
+            model(input_ids=ids)
+        rows = session.stats.summary()
+
+    print(f"\nBH routing overhead (alpha={args.alpha}, min_k={args.min_k}, max_k={args.max_k}, calibrated p-values)")
+    for label, times, what in (("prefill", prefill, f"{args.prefill} tokens"), ("decode", decode, "1 token after 64")):
+        print(f" {label} forward, {what}:")
+        for name, t in times.items():
+            print(line(name, t))
+        base = min(times["top-k"])
+        wall = min(times["bh analyze"]) / base - 1
+        share = inside[label] / base
+        print(f"  overhead, wall clock        {wall * 100:+6.1f}%  (target ≤ +10%)  {verdict(wall <= 0.10)}")
+        print(f"  overhead, inside routers    {share * 100:+6.1f}%  ({inside[label] * 1e3:.2f} ms of BH decisions + "
+              f"statistics per forward)  {verdict(share <= 0.10)}")  # fmt: skip
+    n = sum(r["tokens"] for r in rows)
+    mean_k = sum(r["experts_mean"] * r["tokens"] for r in rows) / n
+    floor = sum(r["floor_rate"] * r["tokens"] for r in rows) / n
+    ceiling = sum(r["ceiling_rate"] * r["tokens"] for r in rows) / n
+    print(f"  bh patch: {mean_k:.2f} experts/token (top-k: {args.k}), "
+          f"floor hits {floor:.1%}, ceiling hits {ceiling:.1%}")  # fmt: skip
+
+
+def router_sharpness(model, args) -> str:
+    ids = torch.randint(3, args.vocab, (1, 128), generator=torch.Generator().manual_seed(3))
+    top1, entropy = [], []
+
+    def hook(module, inputs, output):
+        probs = torch.softmax(output[0].float(), dim=-1)
+        top1.append(probs.max(-1).values.mean())
+        entropy.append((-(probs * probs.clamp_min(1e-12).log()).sum(-1) / math.log(probs.shape[-1])).mean())
+
+    handles = [layer.mlp.gate.register_forward_hook(hook) for layer in model.model.layers]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    return (f"router top-1 probability {float(torch.stack(top1).mean()):.3f}, "
+            f"normalised entropy {float(torch.stack(entropy).mean()):.3f}")  # fmt: skip
+
+
+def roe_cost(model, args) -> None:
+    from semoe.routing.evaluation import cache_bytes
+
+    prompt = torch.randint(3, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(2))
+    results: dict = {}
+
+    def greedy():
+        with PeakMemory() as mem:
+            out = greedy_decode(model, prompt, args.new_tokens)
+        results["greedy"] = (out.kv_cache_bytes, mem.added_bytes)
+        return out.seconds_per_token
+
+    def roe(tau):
+        def run():
+            with PeakMemory() as mem:
+                out = roe_generate(model, prompt, args.K, tau, args.new_tokens, skip=args.skip, guard=False)
+            noisy = [r["overlap"] for r in out.stats.summary()][args.skip : -args.skip or None]
+            results[tau] = (cache_bytes(out.cache), mem.added_bytes, sum(noisy) / max(len(noisy), 1))
+            return out.decode_seconds / (out.sequences.shape[1] - prompt.shape[1])
+
+        return run
+
+    with torch.no_grad():
+        times = fastest({"greedy": greedy, **{f"tau={tau}": roe(tau) for tau in args.tau}}, args.repeats)
+    g_kv, g_peak = results["greedy"]
+    print(f"\nRoE decoding, K={args.K} (1 clean + {args.K - 1} noisy), tau=0 on the first/last {args.skip} MoE layers; "
+          f"prompt {args.prompt}, {args.new_tokens} new tokens; {router_sharpness(model, args)}")  # fmt: skip
+    print(line("greedy per token", times["greedy"]))
+    for tau in args.tau:
+        kv, peak, kept = results[tau]
+        ratio = min(times[f"tau={tau}"]) / min(times["greedy"])
+        print(line(f"roe tau={tau} per token", times[f"tau={tau}"]))
+        print(f"    time {ratio:5.2f}x greedy (target ≤ 2.5x) {verdict(ratio <= 2.5)};  "
+              f"KV cache {kv:,} B = {kv / g_kv:.3f}x greedy's {g_kv:,} B "
+              f"(target ≤ 1.1x) {verdict(kv <= 1.1 * g_kv)};  "
+              f"noisy layers keep {kept:.0%} of the model's experts;  peak RSS added {peak / 2**20:.1f} MiB "
+              f"(greedy {g_peak / 2**20:.1f} MiB)")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--intermediate", type=int, default=256, help="per-expert FFN width (OLMoE: hidden / 2)")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--experts", type=int, default=64)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=50304)
+    ap.add_argument("--experts-impl", default=None, help="eager, grouped_mm, batched_mm (default: transformers')")
+    ap.add_argument("--router-scale", type=float, default=1.0, help="multiply router weights (sharper routing)")
+    ap.add_argument("--prefill", type=int, default=256, help="tokens in the forward-overhead measurement")
+    ap.add_argument("--alpha", type=float, default=0.1)
+    ap.add_argument("--min-k", type=int, default=2)
+    ap.add_argument("--max-k", type=int, default=16)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--K", type=int, default=8)
+    ap.add_argument("--tau", type=float, nargs="+", default=[0.0, 0.2, 0.5],
+                    help="τ of the noisy layers, one RoE run each (0: the cost of K rows alone)")  # fmt: skip
+    ap.add_argument("--skip", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a shared box)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model = build(args)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"random OLMoE: hidden {args.hidden}, {args.layers} layers, {args.experts} experts × {args.intermediate}, "
+          f"top-{args.k}, vocab {args.vocab} ({n_params / 1e6:.0f}M params, "
+          f"experts={model.config._experts_implementation}); "
+          f"torch {torch.__version__}, {args.threads} thread(s)")  # fmt: skip
+    calib = [torch.randint(3, args.vocab, (1, 128), generator=torch.Generator().manual_seed(10 + i)) for i in range(4)]
+    null = fit_empirical_null(model, calib)
+    forward_overhead(model, null, args)
+    roe_cost(model, args)
+
+
+if __name__ == "__main__":
+    main()

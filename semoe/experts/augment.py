@@ -1,0 +1,613 @@
+"""PRAG-style data augmentation: for each passage the LM writes rewrites (same facts and
+entities, new wording) and a JSON list of QA pairs; a passage expert is later trained on
+the passage, its rewrites and its QA pairs.
+
+Small models write broken JSON, loop, copy the worked example and make answers up, so
+every output is parsed leniently (:func:`parse_qa_pairs`) and then checked against the
+passage; what fails is regenerated, greedily first and then with seeded sampling, at most
+``max_attempts`` times. A passage that still fails is recorded as ``"failed"`` with the
+reason: nothing is ever filled in. Results, failures included, are cached per passage text
+in the artifact cache, so reruns only generate what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable, Literal, Sequence
+
+from semoe.data.schema import Passage
+from semoe.experts.augment_config import AugmentConfig
+from semoe.generation.lm import ChatLM, Generation, Message
+from semoe.metrics import normalize_answer
+from semoe.storage.artifacts import MARKER, ArtifactCache, content_key
+
+log = logging.getLogger(__name__)
+
+# Bump when a prompt, the prefill or an acceptance check changes, so cached augmentations
+# made under the old wording are not reused.
+PROMPT_VERSION = "prag-1"
+CACHE_KIND = "augmentations"
+CACHE_FILE = "augmentation.json"
+
+AUGMENTATIONS_DDL = """CREATE TABLE augmentations (
+    passage_hash VARCHAR NOT NULL,
+    passage_id VARCHAR,
+    model VARCHAR NOT NULL,
+    prompt_version VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    rewrites VARCHAR[],
+    qa JSON,
+    qa_count INTEGER,
+    attempts INTEGER,
+    reason VARCHAR,
+    seconds DOUBLE,
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (passage_hash, model, prompt_version)
+)"""
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class QAPair:
+    question: str
+    answer: str
+    full_answer: str
+
+
+@dataclass
+class Augmentation:
+    passage_id: str
+    passage_text_hash: str
+    model: str
+    prompt_version: str
+    status: Literal["ok", "failed"]
+    rewrites: list[str] = field(default_factory=list)
+    qa: list[QAPair] = field(default_factory=list)
+    attempts: int = 0
+    reason: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Augmentation":
+        d = json.loads(text)
+        d["qa"] = [QAPair(**q) for q in d["qa"]]
+        return cls(**d)
+
+    def to_row(self) -> dict:
+        """A row of the ``augmentations`` table (AUGMENTATIONS_DDL)."""
+        return {
+            "passage_hash": self.passage_text_hash,
+            "passage_id": self.passage_id,
+            "model": self.model,
+            "prompt_version": self.prompt_version,
+            "status": self.status,
+            "rewrites": list(self.rewrites),
+            "qa": json.dumps([asdict(q) for q in self.qa], ensure_ascii=False),
+            "qa_count": len(self.qa),
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "seconds": self.seconds,
+        }
+
+
+def passage_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def augmentation_key(text_hash: str, model_spec: str, n_qa: int, n_rewrites: int) -> str:
+    """Cache key of one passage's augmentation; reads PROMPT_VERSION at call time."""
+    return content_key(text_hash, model_spec, PROMPT_VERSION, n_qa, n_rewrites)
+
+
+# --------------------------------------------------------------------------- prompts
+
+_REWRITE_PROMPT = (
+    "Rewrite the passage below. Keep the entities, proper nouns and key details (names, places, "
+    "dates, terminology) exactly as they are, but express the same ideas in different words and "
+    "sentences. Do not add or leave out facts. Reply with the rewritten passage only.\n\n"
+    "Passage:\n{passage}"
+)
+_QA_PROMPT = (
+    "Here is a passage. Write {count} that can be answered with the information in the passage. "
+    "For each question give a short answer taken from the passage and a full answer in one complete "
+    "sentence. Reply only with a JSON list in this format:\n"
+    '[{{"question": "...", "answer": "...", "full_answer": "..."}}]\n\n'
+    "Passage:\n{passage}"
+)
+# One worked example, given as an earlier turn of the chat: a 135M model follows a shown
+# reply far better than a described one. Its entities are invented and absent from any corpus.
+_EXAMPLE_PASSAGE = (
+    "Osric Pellane was a glassblower born in Tarrowmere in 1902. For many years Pellane worked for "
+    "the Hesk Glass Company, and his blue vases are still collected today."
+)
+_EXAMPLE_QA = (
+    QAPair("Where was Osric Pellane born?", "Tarrowmere", "Osric Pellane was born in Tarrowmere."),
+    QAPair("When was Osric Pellane born?", "1902", "Osric Pellane was born in 1902."),
+    QAPair("Which company did Osric Pellane work for?", "the Hesk Glass Company",
+           "Osric Pellane worked for the Hesk Glass Company."),
+)
+# The reply is started for the model, which keeps it from opening with prose.
+QA_PREFIX = '[{"question": "'
+_NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def rewrite_messages(passage_text: str) -> list[Message]:
+    return [{"role": "user", "content": _REWRITE_PROMPT.format(passage=passage_text)}]
+
+
+def qa_messages(passage_text: str, n_qa: int) -> list[Message]:
+    """The QA request with the worked example as a previous turn (the reply is prefilled with QA_PREFIX)."""
+    count = "one question" if n_qa == 1 else f"{_NUMBERS[n_qa - 1]} different questions"
+    example = json.dumps([asdict(q) for q in _EXAMPLE_QA[:n_qa]], ensure_ascii=False)
+    return [
+        {"role": "user", "content": _QA_PROMPT.format(count=count, passage=_EXAMPLE_PASSAGE)},
+        {"role": "assistant", "content": example},
+        {"role": "user", "content": _QA_PROMPT.format(count=count, passage=passage_text)},
+    ]
+
+
+# --------------------------------------------------------------------------- lenient JSON
+
+class QAParseError(ValueError):
+    """No usable QA pair in a model output; the message is the reason."""
+
+
+class _Truncated(Exception):
+    """The text ended inside a value; ``args[0]``, if any, is the enclosing object's complete fields."""
+
+
+class _Invalid(Exception):
+    pass
+
+
+_SMART_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‟": '"', "‘": "'", "’": "'", "‚": "'"})
+_FENCE = re.compile(r"```[A-Za-z]*")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+_BARE_END = ",:{}[]\n"
+
+
+def _skip_ws(s: str, i: int) -> int:
+    while i < len(s) and s[i].isspace():
+        i += 1
+    return i
+
+
+def _closes(s: str, i: int) -> bool:
+    """Whether a single quote before ``s[i]`` ends a string (else it is an apostrophe)."""
+    i = _skip_ws(s, i)
+    return i >= len(s) or s[i] in ",:}]"
+
+
+def _string(s: str, i: int) -> tuple[str, int]:
+    quote, i, buf = s[i], i + 1, []
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            nxt = s[i + 1]
+            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", s[i + 2 : i + 6]):
+                buf.append(chr(int(s[i + 2 : i + 6], 16)))
+                i += 6
+                continue
+            buf.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        if c == quote and (quote == '"' or _closes(s, i + 1)):
+            return "".join(buf), i + 1
+        buf.append(c)
+        i += 1
+    raise _Truncated
+
+
+def _bare(s: str, i: int) -> tuple[object, int]:
+    j = i
+    while j < len(s) and s[j] not in _BARE_END:
+        j += 1
+    if j >= len(s):
+        raise _Truncated
+    token = s[i:j].strip()
+    if not token:
+        raise _Invalid
+    literals = {"true": True, "false": False, "null": None}
+    if token in literals:
+        return literals[token], j
+    try:
+        return json.loads(token), j
+    except ValueError:
+        return token, j
+
+
+def _object(s: str, i: int) -> tuple[dict, int]:
+    obj: dict = {}
+    i += 1
+    try:
+        while True:
+            i = _skip_ws(s, i)
+            if i >= len(s):
+                raise _Truncated
+            if s[i] == "}":
+                return obj, i + 1
+            if s[i] == ",":
+                i += 1
+                continue
+            key, i = _string(s, i) if s[i] in "\"'" else _bare(s, i)
+            i = _skip_ws(s, i)
+            if i >= len(s):
+                raise _Truncated
+            if s[i] != ":" or not isinstance(key, str):
+                raise _Invalid
+            value, i = _value(s, i + 1)
+            obj.setdefault(key, value)  # a looping model repeats keys: its first value is the sane one
+    except _Truncated:
+        # A model that loops on a key never closes the object; the fields it finished still count.
+        raise _Truncated(obj) from None
+
+
+def _array(s: str, i: int) -> tuple[list, int]:
+    """Items up to the closing bracket; a cut-off list keeps its complete items."""
+    items: list = []
+    i += 1
+    while True:
+        i = _skip_ws(s, i)
+        if i >= len(s):
+            return items, i
+        if s[i] == "]":
+            return items, i + 1
+        if s[i] == ",":
+            i += 1
+            continue
+        try:
+            value, i = _value(s, i)
+        except _Truncated as cut:
+            return items + [a for a in cut.args if a], len(s)
+        items.append(value)
+
+
+def _value(s: str, i: int) -> tuple[object, int]:
+    i = _skip_ws(s, i)
+    if i >= len(s):
+        raise _Truncated
+    c = s[i]
+    if c == "{":
+        return _object(s, i)
+    if c == "[":
+        return _array(s, i)
+    if c in "\"'":
+        return _string(s, i)
+    return _bare(s, i)
+
+
+def _json_items(text: str) -> tuple[list, bool]:
+    """Every top-level item of the JSON lists and objects found in ``text`` (prose around
+    them skipped), and whether anything JSON-like was found at all.
+
+    Parsing starts at the first bracket; where a list is malformed inside, scanning resumes
+    just past its opening bracket, so its well-formed objects are still picked up one by one.
+    """
+    items: list = []
+    found = False
+    i = 0
+    while True:
+        starts = [j for j in (text.find("[", i), text.find("{", i)) if j >= 0]
+        if not starts:
+            return items, found
+        j = min(starts)
+        try:
+            value, i = _value(text, j)
+        except _Truncated as cut:
+            return items + [a for a in cut.args if a], True
+        except _Invalid:
+            i = j + 1
+            continue
+        found = True
+        items.extend(value if isinstance(value, list) else [value])
+
+
+def _field(value: object) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return " ".join(value.split()) if isinstance(value, str) else ""
+
+
+def parse_qa_pairs(text: str) -> list[QAPair]:
+    """QA pairs from a model output, repairing what can be repaired.
+
+    Accepted: a JSON list (or bare objects) with prose or markdown fences around it, single
+    quotes, smart quotes, unquoted keys, trailing or doubled commas, missing closing brackets
+    (output cut off by the token limit keeps every field it completed), repeated keys (the
+    first wins). Items without a complete question and answer are dropped; a missing
+    ``full_answer`` becomes the answer.
+    Raises :class:`QAParseError` with the reason when no pair remains.
+    """
+    items, found = _json_items(_FENCE.sub("", text.translate(_SMART_QUOTES)))
+    if not found:
+        raise QAParseError("no JSON list or object in the output")
+    pairs: list[QAPair] = []
+    dropped: Counter = Counter()
+    for item in items:
+        if not isinstance(item, dict):
+            dropped["not an object"] += 1
+            continue
+        fields = {re.sub(r"[\s-]+", "_", str(k).strip().lower()): v for k, v in reversed(item.items())}
+        question, answer = _field(fields.get("question")), _field(fields.get("answer"))
+        if not question or not answer:
+            dropped["no question" if not question else "no answer"] += 1
+            continue
+        pairs.append(QAPair(question, answer, _field(fields.get("full_answer")) or answer))
+    if not pairs:
+        detail = ", ".join(f"{n} {why}" for why, n in dropped.items())
+        raise QAParseError(f"no item with a question and an answer ({detail})" if detail else "empty JSON list")
+    return pairs
+
+
+# --------------------------------------------------------------------------- checks
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+_LABEL_LINE = re.compile(r"^[^\n]{0,80}:\s*\n")
+# A rewrite shorter than half the passage has lost facts; one keeping under 60 % of the
+# passage's names and numbers, or naming any the passage lacks, has changed the facts
+# (all three are common with SmolLM2-135M).
+_MIN_REWRITE_RATIO = 0.5
+_MIN_TERMS_KEPT = 0.6
+
+
+def _clean_rewrite(text: str) -> str:
+    """Strip fences and a "Here is the rewrite:" line; cut a sentence left unfinished by the token limit."""
+    text = _LABEL_LINE.sub("", _FENCE.sub("", text).strip(), count=1).strip().strip('"').strip()
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()] if ends else ""
+
+
+def _key_terms(text: str) -> set[str]:
+    """Names and numbers: capitalised words not opening a sentence, and digit runs."""
+    terms = set(re.findall(r"\b\d+\b", text))
+    for sentence in _SENTENCE_SPLIT.split(text):
+        terms.update(re.findall(r"\b[A-Z][\w-]+", sentence)[1:])
+    return terms
+
+
+def _new_terms(text: str, passage: str) -> list[str]:
+    """Names and numbers of ``text`` found nowhere in the passage: invented facts."""
+    known = set(re.findall(r"[\w-]+", passage.lower()))
+    return sorted(t for t in _key_terms(text) if t.lower() not in known)
+
+
+def _rewrite_problem(rewrite: str, passage: str, accepted: Sequence[str]) -> str | None:
+    if not rewrite:
+        return "no complete sentence"
+    words, passage_words = len(rewrite.split()), len(passage.split())
+    if words < _MIN_REWRITE_RATIO * passage_words:
+        return f"too short ({words} words for a {passage_words}-word passage)"
+    sentences = [normalize_answer(s) for s in _SENTENCE_SPLIT.split(rewrite)]
+    if len(set(sentences)) < len(sentences):
+        return "repeats a sentence"
+    norm = normalize_answer(rewrite)
+    if norm == normalize_answer(passage):
+        return "copies the passage"
+    if norm in (normalize_answer(a) for a in accepted):
+        return "same as another rewrite"
+    terms = _key_terms(passage)
+    missing = sorted(t for t in terms if not re.search(rf"\b{re.escape(t)}\b", rewrite))
+    if terms and len(missing) > (1 - _MIN_TERMS_KEPT) * len(terms):
+        return f"drops names or numbers ({', '.join(missing[:4])})"
+    added = _new_terms(rewrite, passage)
+    if added:
+        return f"adds names or numbers ({', '.join(added[:4])})"
+    return None
+
+
+_EXAMPLE_QUESTIONS = frozenset(normalize_answer(q.question) for q in _EXAMPLE_QA)
+
+
+def _contains(text: str, phrase: str) -> bool:
+    """Whether normalised ``phrase`` occurs in normalised ``text`` as whole words."""
+    return f" {normalize_answer(phrase)} " in f" {normalize_answer(text)} "
+
+
+def _usable_pairs(text: str, passage: str, cfg: AugmentConfig) -> tuple[list[QAPair], str | None]:
+    """The pairs of a QA output that can be trusted, or the reason there are too few.
+
+    A full answer that leaves out the answer or names things absent from the passage is
+    replaced by the answer itself, as a missing one is.
+    """
+    try:
+        pairs = parse_qa_pairs(text)
+    except QAParseError as e:
+        return [], str(e)
+    kept: list[QAPair] = []
+    seen: set[str] = set()
+    dropped: Counter = Counter()
+    for p in pairs:
+        q = normalize_answer(p.question)
+        if q in _EXAMPLE_QUESTIONS:
+            dropped["copied from the example"] += 1
+        elif not normalize_answer(p.answer) or _contains(p.question, p.answer):
+            dropped["answer empty or given in the question"] += 1
+        elif cfg.grounded and not _contains(passage, p.answer):
+            dropped["answer not in the passage"] += 1
+        elif cfg.grounded and _new_terms(p.question, passage):
+            dropped["question names things not in the passage"] += 1
+        elif q in seen:
+            dropped["repeated question"] += 1
+        else:
+            seen.add(q)
+            full_ok = _contains(p.full_answer, p.answer) and not _new_terms(p.full_answer, passage)
+            kept.append(p if full_ok else replace(p, full_answer=p.answer))
+    kept = kept[: cfg.n_qa]
+    if len(kept) < cfg.min_qa:
+        detail = ", ".join(f"{n} {why}" for why, n in dropped.items())
+        return kept, f"{len(kept)} usable of {len(pairs)} parsed pairs ({detail})"
+    return kept, None
+
+
+# --------------------------------------------------------------------------- generation
+
+def _generate(
+    lm: ChatLM, prompts: Sequence[str], max_new_tokens: int, batch_size: int, temperature: float, seed: int
+) -> list[Generation]:
+    """ChatLM.generate's length-sorted batching over already rendered prompts (so a reply
+    can be prefilled), greedy at temperature 0, else sampled with a seed per batch: retries
+    must differ from the greedy attempt yet come out the same on a rerun of the same inputs."""
+    import torch
+
+    tok = lm.tokenizer
+    lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in prompts]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    mode = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    results: list[Generation | None] = [None] * len(prompts)
+    with torch.random.fork_rng():  # leave the caller's RNG state alone
+        for n, start in enumerate(range(0, len(order), batch_size)):
+            idx = order[start : start + batch_size]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            torch.manual_seed(seed + n)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = lm.model.generate(
+                    **enc.to(lm.device), max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **mode
+                )
+            share = (time.perf_counter() - t0) / len(idx)
+            for row, i in enumerate(idx):
+                ids = out[row, enc["input_ids"].shape[1] :].tolist()
+                n_new = next((j + 1 for j, t in enumerate(ids) if t == tok.eos_token_id), len(ids))
+                text = tok.decode(ids[:n_new], skip_special_tokens=True)
+                results[i] = Generation(text=text, prompt_tokens=lengths[i], new_tokens=n_new, seconds=share)
+    return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Job:
+    """One rewrite slot or the QA list of one passage, retried until accepted or out of attempts."""
+
+    passage: int  # index in the chunk
+    kind: Literal["rewrite", "qa"]
+    slot: int
+    prompt: str
+    attempts: int = 0
+    seconds: float = 0.0
+    result: str | list[QAPair] | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    def failure(self) -> str:
+        return f"{self.kind} failed after {self.attempts} attempts: {' | '.join(dict.fromkeys(self.reasons))}"
+
+
+def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, spec: str) -> list[Augmentation]:
+    jobs: list[_Job] = []
+    for n, p in enumerate(passages):
+        rewrite_prompt = lm.render(rewrite_messages(p.text))
+        jobs += [_Job(n, "rewrite", s, rewrite_prompt) for s in range(cfg.n_rewrites)]
+        jobs.append(_Job(n, "qa", 0, lm.render(qa_messages(p.text, cfg.n_qa)) + QA_PREFIX))
+    max_tokens = {"rewrite": cfg.rewrite_max_new_tokens, "qa": cfg.qa_max_new_tokens}
+    for attempt in range(cfg.max_attempts):
+        for kind in ("rewrite", "qa"):
+            for greedy in (True, False):
+                group = [
+                    j for j in jobs
+                    if j.result is None and j.kind == kind and (attempt == 0 and j.slot == 0) == greedy
+                ]
+                if not group:
+                    continue
+                seed = int(content_key(cfg.seed, attempt, kind), 16) % 2**31
+                temperature = 0.0 if greedy else cfg.retry_temperature
+                gens = _generate(lm, [j.prompt for j in group], max_tokens[kind], cfg.batch_size, temperature, seed)
+                for job, gen in zip(group, gens):
+                    job.attempts += 1
+                    job.seconds += gen.seconds
+                    text = passages[job.passage].text
+                    if kind == "qa":
+                        pairs, problem = _usable_pairs(QA_PREFIX + gen.text, text, cfg)
+                        result = pairs
+                    else:
+                        result = _clean_rewrite(gen.text)
+                        accepted = [j.result for j in jobs if j.passage == job.passage and j.kind == "rewrite" and j.result]
+                        problem = _rewrite_problem(result, text, accepted)
+                    if problem is None:
+                        job.result = result
+                    else:
+                        job.reasons.append(problem)
+    records = []
+    for n, p in enumerate(passages):
+        own = [j for j in jobs if j.passage == n]
+        failed = [j for j in own if j.result is None]
+        records.append(
+            Augmentation(
+                passage_id=p.id,
+                passage_text_hash=passage_hash(p.text),
+                model=spec,
+                prompt_version=PROMPT_VERSION,
+                status="failed" if failed else "ok",
+                rewrites=[j.result for j in own if j.kind == "rewrite" and j.result is not None],
+                qa=next((j.result for j in own if j.kind == "qa" and j.result is not None), []),
+                attempts=max(j.attempts for j in own),
+                reason="; ".join(j.failure() for j in failed) or None,
+                seconds=round(sum(j.seconds for j in own), 3),
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------- entry point
+
+def _store(cache: ArtifactCache, key: str, record: Augmentation) -> None:
+    def build(out):
+        (out / CACHE_FILE).write_text(record.to_json())
+        return {"status": record.status, "passage_id": record.passage_id}
+
+    cache.get_or_build(CACHE_KIND, key, build)
+
+
+def augment_passages(
+    passages: Iterable[Passage],
+    cfg: AugmentConfig,
+    lm: ChatLM,
+    cache: ArtifactCache,
+    *,
+    model_spec: str | None = None,
+) -> list[Augmentation]:
+    """One augmentation per passage, in input order.
+
+    ``model_spec`` names the model ``lm`` was loaded from (``cfg.augmenting_model(generator
+    spec)``); it defaults to ``cfg.model``. Cached augmentations are returned without touching
+    the model; the missing ones (and cached failures when ``cfg.retry_failed``) are generated
+    chunk by chunk and cached as each chunk finishes, so a killed run resumes. Passages with
+    the same text share one augmentation.
+    """
+    spec = model_spec or cfg.model
+    if not spec:
+        raise ValueError("augment_passages needs model_spec when cfg.model is None")
+    passages = list(passages)
+    keys = [augmentation_key(passage_hash(p.text), spec, cfg.n_qa, cfg.n_rewrites) for p in passages]
+    found: dict[str, Augmentation] = {}
+    todo: dict[str, Passage] = {}
+    for p, key in zip(passages, keys):
+        if key in found or key in todo:
+            continue
+        if cache.is_complete(CACHE_KIND, key):
+            record = Augmentation.from_json((cache.path(CACHE_KIND, key) / CACHE_FILE).read_text())
+            if record.status == "ok" or not cfg.retry_failed:
+                found[key] = record
+                continue
+            (cache.path(CACHE_KIND, key) / MARKER).unlink(missing_ok=True)
+        todo[key] = p
+    pending = list(todo.items())
+    for start in range(0, len(pending), cfg.chunk_size):
+        chunk = pending[start : start + cfg.chunk_size]
+        t0 = time.perf_counter()
+        records = _augment_chunk([p for _, p in chunk], cfg, lm, spec)
+        for (key, _), record in zip(chunk, records):
+            _store(cache, key, record)
+            found[key] = record
+        ok = sum(r.status == "ok" for r in records)
+        log.info("augmented %d passages (%d ok) in %.1f s; %d of %d to go", len(chunk), ok,
+                 time.perf_counter() - t0, len(pending) - start - len(chunk), len(pending))
+    return [replace(found[key], passage_id=p.id) for p, key in zip(passages, keys)]

@@ -1,0 +1,109 @@
+"""Triggered-retrieval methods (the DRAGIN family); the engine is semoe.generation.triggered.
+
+Per-method defaults follow DRAGIN's published configs where the method has one (DRAGIN:
+real_words queries, threshold 1.2; FLARE: the sentence without its flagged tokens, avg 1-p
+> 0.1); the fixed-interval baselines query with the previous step, as DRAGIN's paper
+describes them (its code queries with the question; set ``query_formulation: direct``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from semoe.data.schema import Example
+from semoe.generation import METHODS
+from semoe.generation.base import Method, MethodContext, MethodOutput
+from semoe.generation.trigger_config import TriggerConfig, trigger_config
+
+
+class TriggeredMethod(Method):
+    """Answers each question with a TriggeredGenerator built from ``policy``; subclasses
+    (e.g. expert insertion) override ``knowledge`` or ``forward``."""
+
+    uses_retrieval = True
+    default_query: str = "current"
+    default_threshold: float | None = None
+
+    def policy(self, tc: TriggerConfig):
+        raise NotImplementedError
+
+    def threshold(self, tc: TriggerConfig) -> float:
+        return self.default_threshold if tc.hallucination_threshold is None else tc.hallucination_threshold
+
+    def knowledge(self, ctx: MethodContext):
+        return None
+
+    def forward(self, ctx: MethodContext):
+        from semoe.generation.triggered import default_forward
+
+        return default_forward
+
+    def settings(self, ctx: MethodContext):
+        from semoe.generation.triggered import Settings
+
+        tc, g = trigger_config(ctx), ctx.cfg.generation
+        return Settings(
+            query_formulation=tc.query_formulation or self.default_query,
+            retrieve_topk=tc.retrieve_topk or ctx.cfg.retrieval.top_k,
+            generate_max_length=tc.generate_max_length or g.max_new_tokens,
+            few_shot=g.few_shot,
+            chain_of_thought=g.chain_of_thought,
+            check_real_words=tc.check_real_words,
+            retrieve_keep_top_k=tc.retrieve_keep_top_k,
+            last_n_tokens=tc.last_n_tokens,
+            max_retrievals=tc.max_retrievals,
+        )
+
+    def generator(self, ctx: MethodContext):
+        from semoe.generation.triggered import TriggeredGenerator
+
+        return TriggeredGenerator(
+            ctx.lm,
+            self.policy(trigger_config(ctx)),
+            self.settings(ctx),
+            retrieve=lambda query, k: ctx.retriever.search([query], k)[0],
+            knowledge=self.knowledge(ctx),
+            forward=self.forward(ctx),
+        )
+
+    def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
+        engine = self.generator(ctx)
+        return [engine.answer(ex.question) for ex in examples]
+
+
+@METHODS.register("fix-length-retrieval", "FL-RAG: retrieve before every fix_length generated tokens")
+class FixLengthRetrieval(TriggeredMethod):
+    def policy(self, tc: TriggerConfig):
+        from semoe.generation.triggered import FixLength
+
+        return FixLength(step_tokens=tc.fix_length)
+
+
+@METHODS.register("fix-sentence-retrieval", "FS-RAG: retrieve before every generated sentence")
+class FixSentenceRetrieval(TriggeredMethod):
+    def policy(self, tc: TriggerConfig):
+        from semoe.generation.triggered import FixSentence
+
+        return FixSentence()
+
+
+@METHODS.register("token", "FLARE: retrieve and regenerate a sentence whose tokens are improbable")
+class TokenRetrieval(TriggeredMethod):
+    default_query = "current_wo_wrong"
+    default_threshold = 0.1
+
+    def policy(self, tc: TriggerConfig):
+        from semoe.generation.triggered import TokenProbability
+
+        return TokenProbability(threshold=self.threshold(tc), solver=tc.sentence_solver)
+
+
+@METHODS.register("dragin", "DRAGIN: RIND trigger (entropy x attention) and QFS query from attended words")
+class DraginRetrieval(TriggeredMethod):
+    default_query = "real_words"
+    default_threshold = 1.2
+
+    def policy(self, tc: TriggerConfig):
+        from semoe.generation.triggered import Rind
+
+        return Rind(threshold=self.threshold(tc), check_real_words=tc.check_real_words)

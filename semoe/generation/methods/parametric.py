@@ -1,0 +1,124 @@
+"""Methods that inject passages as LoRA experts (PRAG's modes, and SEMoE).
+
+``prag`` answers with the top-k passages' experts only, ``combine`` with experts and the
+passages in context (PRAG's ``icl`` mode is ``single-retrieval``). ``semoe`` retrieves when
+the DRAGIN trigger fires, swaps the retrieved passages' experts into the model and goes on;
+``semoe-icl`` also shows the passages in context. Experts come from the artifact cache or
+are augmented and trained on demand (``ExpertProvider``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from semoe.data.schema import Example
+from semoe.generation import METHODS
+from semoe.generation.base import Method, MethodContext, MethodOutput, RetrievalStep
+from semoe.generation.methods.dynamic import DraginRetrieval
+from semoe.generation.triggered import Knowledge
+
+
+class _ExpertRetrieval(Method):
+    """Retrieve once with the question; answer with the passages' experts."""
+
+    uses_retrieval = True
+    uses_experts = True
+    passages_in_context = False
+
+    def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
+        from semoe.experts.inference import generate_with_experts
+        from semoe.generation.answer import extract_answer
+        from semoe.generation.prompts import build_messages
+
+        g, n = ctx.cfg.generation, max(len(examples), 1)
+        t0 = time.perf_counter()
+        hits = ctx.retriever.search([ex.question for ex in examples], ctx.cfg.retrieval.top_k)
+        retrieve_s = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        experts = [ctx.experts.experts_for([h.passage for h in hs]) for hs in hits]
+        experts_s = (time.perf_counter() - t0) / n
+        conversations = [
+            build_messages(ex.question, [h.passage for h in hs] if self.passages_in_context else None,
+                           few_shot=g.few_shot, cot=g.chain_of_thought)
+            for ex, hs in zip(examples, hits)
+        ]
+        gens = generate_with_experts(ctx.lm, conversations, experts, g.max_new_tokens, g.batch_size)
+        return [
+            MethodOutput(
+                prediction=extract_answer(gen.text),
+                raw_output=gen.text,
+                retrievals=[RetrievalStep(step=0, query=ex.question, hits=hs)],
+                generation_count=1,
+                prompt_tokens=gen.prompt_tokens,
+                generated_tokens=gen.new_tokens,
+                latency={"retrieve": retrieve_s, "experts": experts_s, "generate": gen.seconds},
+                extra={"experts": len(ex_experts)},
+            )
+            for ex, hs, gen, ex_experts in zip(examples, hits, gens, experts)
+        ]
+
+
+@METHODS.register("prag", "PRAG: top-k passages' LoRA experts (summed), no passages in context")
+class Prag(_ExpertRetrieval):
+    pass
+
+
+@METHODS.register("combine", "PRAG combine: top-k passages' experts and the passages in context")
+class Combine(_ExpertRetrieval):
+    passages_in_context = True
+
+
+class ExpertSwap(Knowledge):
+    """On each trigger, replace the model's experts with the retrieved passages' experts."""
+
+    def __init__(self, ctx: MethodContext, show_passages: bool):
+        from semoe.experts.inference import HeterogeneousLora
+
+        self.provider = ctx.experts
+        self.lora = HeterogeneousLora(ctx.lm.model)
+        self.show_passages = show_passages
+        self.active = False
+        self.seconds = 0.0
+
+    def start(self, engine, question: str) -> None:
+        self.seconds = 0.0
+        if self.active:
+            self.lora.close()
+            self.active = False
+            engine.invalidate_cache()
+
+    def insert(self, engine, hits):
+        t0 = time.perf_counter()
+        passages = [h.passage for h in hits]
+        self.lora.set_experts([self.provider.experts_for(passages)])
+        self.active = True
+        engine.invalidate_cache()  # cached keys/values were computed with the previous experts
+        self.seconds += time.perf_counter() - t0
+        return passages if self.show_passages else None
+
+
+@METHODS.register("semoe", "SEMoE: DRAGIN trigger; retrieved passages' experts swapped into the model")
+class Semoe(DraginRetrieval):
+    uses_experts = True
+    show_passages = False
+
+    def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
+        knowledge = ExpertSwap(ctx, self.show_passages)
+        self.knowledge = lambda _ctx: knowledge
+        engine = self.generator(ctx)
+        outputs = []
+        try:
+            for ex in examples:
+                out = engine.answer(ex.question)
+                out.latency["experts"] = knowledge.seconds
+                out.latency["generate"] = max(out.latency.get("generate", 0.0) - knowledge.seconds, 0.0)
+                outputs.append(out)
+        finally:
+            knowledge.lora.close()
+        return outputs
+
+
+@METHODS.register("semoe-icl", "SEMoE with the retrieved passages also in context")
+class SemoeIcl(Semoe):
+    show_passages = True

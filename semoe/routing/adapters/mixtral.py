@@ -1,0 +1,15 @@
+"""Mixtral: ``MixtralTopKRouter`` always renormalises the top-k weights and keeps them in float32."""
+
+from semoe.routing import ADAPTERS
+from semoe.routing.base import RouterAdapter
+
+
+@ADAPTERS.register("mixtral")
+class MixtralAdapter(RouterAdapter):
+    """Mixtral (MixtralTopKRouter inside MixtralSparseMoeBlock)."""
+
+    family = "mixtral"
+    module = "transformers.models.mixtral.modeling_mixtral"
+    router_classes = ("MixtralTopKRouter",)
+    renormalizes = True
+    scores_in_logits_dtype = False

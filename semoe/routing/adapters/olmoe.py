@@ -1,0 +1,16 @@
+"""OLMoE: ``OlmoeTopKRouter`` is the ``gate`` of ``OlmoeSparseMoeBlock``.
+
+OLMoE-1B-7B ships ``norm_topk_prob=False``: its top-k weights are raw softmax probabilities.
+"""
+
+from semoe.routing import ADAPTERS
+from semoe.routing.base import RouterAdapter
+
+
+@ADAPTERS.register("olmoe")
+class OlmoeAdapter(RouterAdapter):
+    """OLMoE (OlmoeTopKRouter inside OlmoeSparseMoeBlock)."""
+
+    family = "olmoe"
+    module = "transformers.models.olmoe.modeling_olmoe"
+    router_classes = ("OlmoeTopKRouter",)

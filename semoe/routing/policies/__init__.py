@@ -1,0 +1,1 @@
+"""Routing policies, one file per family of policies, each registered in ``semoe.routing.POLICIES``."""

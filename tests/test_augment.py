@@ -1,0 +1,333 @@
+"""PRAG-style augmentation: the lenient QA parser on the ways small models break JSON, the
+retry loop (greedy, then seeded sampling, then a recorded failure), the per-passage cache
+and, with the real embedded model, what share of passages come out usable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semoe.config import SyntheticConfig
+from semoe.data.schema import Passage
+from semoe.data.synthetic import build_encyclopedia
+from semoe.experts import augment
+from semoe.experts.augment import (
+    AUGMENTATIONS_DDL,
+    QA_PREFIX,
+    Augmentation,
+    QAPair,
+    QAParseError,
+    augment_passages,
+    parse_qa_pairs,
+)
+from semoe.experts.augment_config import AugmentConfig
+from semoe.generation.lm import ChatLM
+from semoe.metrics import normalize_answer
+from semoe.storage.artifacts import ArtifactCache
+
+# --------------------------------------------------------------------------- parser
+
+AB = [QAPair("A?", "B", "C")]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('[{"question": "A?", "answer": "B", "full_answer": "C"},]', AB),
+        ("[{'question': 'A?', 'answer': 'B', 'full_answer': 'C'}]", AB),
+        ('```json\n[{"question": "A?", "answer": "B", "full_answer": "C"}]\n```', AB),
+        ('[{"question": "A?", "answer": "B", "full_answer": "C"}, {"question": "D?", "answer": "E", "full_ans',
+         AB + [QAPair("D?", "E", "E")]),
+        # a model looping on a key never closes the object: the finished fields count
+        ('[{"question": "A?", "answer": "B", "full_answer": "C", "full_answer": "C C", "full_answer": "C C C', AB),
+        ('[{"question": "A?", "answer": "B", "full_answer": "C"}', AB),
+        ('Sure! Here they are: [{"question": "A?", "answer": "B", "full_answer": "C"}] Hope this helps [1].', AB),
+        ('{"question": "A?", "answer": "B", "full_answer": "C"}\n{"question": "D?", "answer": "E"}',
+         AB + [QAPair("D?", "E", "E")]),
+        ('[{question: "A?", answer: "B", full_answer: "C",}]', AB),
+        ("[{“question”: “A?”, “answer”: “B”, “full_answer”: “C”}]", AB),
+        ('[{"question": "A?", "answer": "B"}]', [QAPair("A?", "B", "B")]),
+        ('[{"question": "A?", "answer": "B", "full_answer": "C", "full_answer": "C, C, C"}]', AB),
+        ('[{"Question": "A?", "Answer": "B", "Full answer": "C"}]', AB),
+        ('[{"question": "When?", "answer": 1973}]', [QAPair("When?", "1973", "1973")]),
+        ('[{"question": "A?"}, {"question": "A?", "answer": "B", "full_answer": "C"}]', AB),
+        # an apostrophe inside a single-quoted string does not end it
+        ("[{'question': 'Who taught Zorell's pupils?', 'answer': 'Marn'}]",
+         [QAPair("Who taught Zorell's pupils?", "Marn", "Marn")]),
+        # a malformed list still yields its well-formed objects
+        ('[{"question": "A?", "answer": "B", "full_answer": "C"}, {"question" "broken"}]', AB),
+    ],
+)
+def test_parser_repairs_what_small_models_break(text, expected):
+    assert parse_qa_pairs(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "no JSON"),
+        ("I am sorry, I cannot help with that.", "no JSON"),
+        ("Question:\nWhat is the answer to the question:\nQuestion:", "no JSON"),
+        ("[]", "empty"),
+        ('[{"question": "A?"}, {"answer": "B"}, "text"]', "1 no answer, 1 no question, 1 not an object"),
+        ('[{"question": "A?", "answer": "Fal', "1 no answer"),
+    ],
+)
+def test_parser_explains_why_nothing_is_usable(text, reason):
+    with pytest.raises(QAParseError, match=reason):
+        parse_qa_pairs(text)
+
+
+def test_qa_prompt_shows_one_worked_example_and_asks_for_n_pairs():
+    msgs = augment.qa_messages("Some passage.", 2)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert "two different questions" in msgs[2]["content"] and msgs[2]["content"].endswith("Some passage.")
+    assert len(parse_qa_pairs(msgs[1]["content"])) == 2
+    assert "one question " in augment.qa_messages("x", 1)[2]["content"]
+
+
+# --------------------------------------------------------------------------- models
+
+PASSAGE = Passage(
+    "p1", "Tamine Zorell",
+    "Tamine Zorell was a composer born in Falvik in 1973. Contemporaries described Zorell as reserved "
+    "in public but warm in private. Zorell recorded for Galdathal Music for many years.",
+)
+GOOD_REWRITE = (
+    "Born in Falvik in 1973, Tamine Zorell became a composer. Zorell made records with Galdathal Music "
+    "for a long time. People of the time saw Zorell as reserved in public yet warm in private."
+)
+
+
+class ScriptedModel:
+    """Stands in for a causal LM: each row's continuation is ``reply(prompt, do_sample)``;
+    records the ``do_sample`` flag of every generate call."""
+
+    def __init__(self, tokenizer, reply):
+        import torch
+
+        self.tok, self.reply, self.calls = tokenizer, reply, []
+        self.anchor = torch.zeros(1)
+
+    def parameters(self):
+        yield self.anchor
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, do_sample, **_):
+        import torch
+
+        self.calls.append(do_sample)
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask):
+            reply = self.reply(self.tok.decode(ids[mask.bool()]), do_sample)
+            rows.append(self.tok(reply, add_special_tokens=False).input_ids[: max_new_tokens - 1] + [self.tok.eos_token_id])
+        width = max(map(len, rows))
+        return torch.cat([input_ids, torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])], 1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_lm_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    tok.padding_side = "left"
+    return tok
+
+
+@pytest.fixture
+def tiny_lm(tiny_lm_dir, tokenizer):
+    """The random tiny Llama, with every model.generate call counted in ``lm.calls``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
+    lm = ChatLM(model, tokenizer)
+    lm.calls = []
+    generate = model.generate
+
+    def counted(**kw):
+        lm.calls.append(kw["do_sample"])
+        return generate(**kw)
+
+    model.generate = counted
+    return lm
+
+
+FAST = dict(rewrite_max_new_tokens=12, qa_max_new_tokens=12, batch_size=4)  # the random model: speed only
+
+
+# --------------------------------------------------------------------------- retries
+
+def test_scripted_model_greedy_failure_then_sampled_success(tokenizer, tmp_path):
+    def reply(prompt, sampled):
+        if not prompt.endswith(QA_PREFIX):
+            return GOOD_REWRITE
+        if not sampled:
+            return 'Where?", "answer": "Fal'  # cut off: nothing complete
+        return ('Where was Tamine Zorell born?", "answer": "Falvik", "full_answer": "In Falvik."}, '
+                '{"question": "Where was Osric Pellane born?", "answer": "Tarrowmere"}, '
+                '{"question": "Who was Zorell\'s teacher?", "answer": "Marn Ostrava"}, '
+                '{"question": "Who is Tamine Zorell?", "answer": "Tamine Zorell"}, '
+                '{"question": "Where was Tailor Zorell born?", "answer": "Falvik"}, '
+                '{"question": "Which label did Zorell record for?", "answer": "Galdathal Music", '
+                '"full_answer": "Zorell recorded for Galdathal Music in Paris."}]')
+
+    model = ScriptedModel(tokenizer, reply)
+    cfg = AugmentConfig()
+    [rec] = augment_passages([PASSAGE], cfg, ChatLM(model, tokenizer), ArtifactCache(tmp_path), model_spec="scripted")
+    assert rec.status == "ok" and rec.reason is None and rec.attempts == 2
+    assert rec.rewrites == [GOOD_REWRITE]
+    # dropped: the example copy, an answer absent from the passage, an answer given in the
+    # question, a question about an invented name; an invented full answer becomes the answer
+    assert rec.qa == [
+        QAPair("Where was Tamine Zorell born?", "Falvik", "In Falvik."),
+        QAPair("Which label did Zorell record for?", "Galdathal Music", "Galdathal Music"),
+    ]
+    assert model.calls == [False, False, True]  # rewrite greedy, QA greedy, QA sampled retry
+
+
+@pytest.mark.parametrize(
+    "rewrite, reason",
+    [
+        (PASSAGE.text, "copies the passage"),
+        ("Tamine Zorell was a composer.", "too short"),
+        ("Zorell was a composer born in Falvik in 1973. " * 4, "repeats a sentence"),
+        ("Born in a northern town long ago, the composer was known for being shy among strangers and "
+         "kind among friends, and made many records with a small label over a long career.", "drops names"),
+        (GOOD_REWRITE.replace("for a long time", "in Paris from 2001"), "adds names or numbers (2001, Paris)"),
+        ('Premise: "Tamine Zorell"\n\nEntities: Zorell, Drehrenstein\n\n' + GOOD_REWRITE, "adds names or numbers (Drehrenstein)"),
+        ("Born in Falvik in 1973, Tamine Zorell became a composer. Zorell made records with Galdathal Music "
+         "for a long time. People of the time saw Zorell as reserved in", None),
+    ],
+)
+def test_rewrites_are_checked_against_the_passage(tokenizer, tmp_path, rewrite, reason):
+    qa = 'Where was Tamine Zorell born?", "answer": "Falvik"}]'
+    model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else rewrite)
+    cfg = AugmentConfig(max_attempts=2)
+    [rec] = augment_passages([PASSAGE], cfg, ChatLM(model, tokenizer), ArtifactCache(tmp_path), model_spec="scripted")
+    if reason is None:  # an unfinished last sentence is cut, the rest kept
+        assert rec.status == "ok" and rec.rewrites == [rewrite[: rewrite.rindex(".") + 1]]
+    else:
+        assert rec.status == "failed" and rec.rewrites == [] and rec.qa == [QAPair("Where was Tamine Zorell born?", "Falvik", "Falvik")]
+        assert rec.reason.startswith("rewrite failed after 2 attempts") and reason in rec.reason
+
+
+def test_second_rewrite_must_differ_from_the_first(tokenizer, tmp_path):
+    qa = 'Where was Tamine Zorell born?", "answer": "Falvik"}]'
+    model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else GOOD_REWRITE)
+    cfg = AugmentConfig(n_rewrites=2, max_attempts=2)
+    [rec] = augment_passages([PASSAGE], cfg, ChatLM(model, tokenizer), ArtifactCache(tmp_path), model_spec="scripted")
+    assert rec.status == "failed" and rec.rewrites == [GOOD_REWRITE] and "same as another rewrite" in rec.reason
+
+
+def test_garbage_model_fails_every_attempt_and_is_recorded(tiny_lm, tmp_path):
+    passages = build_encyclopedia(SyntheticConfig(n_entities=8)).passages[:3]
+    cfg = AugmentConfig(max_attempts=3, **FAST)
+    recs = augment_passages(passages, cfg, tiny_lm, ArtifactCache(tmp_path), model_spec="tiny")
+    assert [r.passage_id for r in recs] == [p.id for p in passages]
+    for r in recs:
+        assert r.status == "failed" and r.attempts == 3 and r.qa == [] and r.rewrites == []
+        assert "rewrite failed after 3 attempts" in r.reason and "qa failed after 3 attempts" in r.reason
+        assert r.seconds > 0 and r.model == "tiny" and r.prompt_version == augment.PROMPT_VERSION
+    # 3 passages fit one batch: per attempt one rewrite call and one QA call, greedy first
+    assert tiny_lm.calls == [False, False, True, True, True, True]
+
+
+def test_sampled_retries_are_seeded(tiny_lm):
+    prompts = [tiny_lm.render([{"role": "user", "content": f"Say something {i}"}]) for i in range(3)]
+
+    def texts(temperature, seed):
+        return [g.text for g in augment._generate(tiny_lm, prompts, 12, 2, temperature, seed)]
+
+    sampled = texts(1.0, 5)
+    assert sampled == texts(1.0, 5) and sampled != texts(1.0, 6)
+    assert texts(0.0, 5) == texts(0.0, 6)
+
+
+# --------------------------------------------------------------------------- cache
+
+def test_cache_hit_skips_the_model_and_keys_change_invalidate(tiny_lm, tmp_path, monkeypatch):
+    passages = build_encyclopedia(SyntheticConfig(n_entities=8)).passages[:2]
+    cache = ArtifactCache(tmp_path)
+    cfg = AugmentConfig(max_attempts=1, **FAST)
+
+    def run(cfg=cfg, spec="tiny", ps=passages):
+        tiny_lm.calls.clear()
+        recs = augment_passages(ps, cfg, tiny_lm, cache, model_spec=spec)
+        return recs, len(tiny_lm.calls)
+
+    first, calls = run()
+    assert calls == 2
+    again, calls = run()
+    assert calls == 0 and again == first  # failures are cached too
+    assert run(cfg.model_copy(update={"retry_failed": True}))[1] == 2
+    assert run(spec="other-model")[1] == 2
+    assert run(cfg.model_copy(update={"n_qa": 2}))[1] == 2
+    assert run(cfg.model_copy(update={"model": "tiny"}), spec=None)[1] == 0  # cfg.model is the spec
+    monkeypatch.setattr(augment, "PROMPT_VERSION", "test-version")
+    recs, calls = run()
+    assert calls == 2 and {r.prompt_version for r in recs} == {"test-version"}
+    assert run()[1] == 0
+
+
+def test_same_text_is_augmented_once_and_keeps_each_id(tiny_lm, tmp_path):
+    twin = Passage("p2", PASSAGE.title, PASSAGE.text)
+    recs = augment_passages([PASSAGE, twin], AugmentConfig(max_attempts=1, **FAST), tiny_lm,
+                            ArtifactCache(tmp_path), model_spec="tiny")
+    assert [r.passage_id for r in recs] == ["p1", "p2"] and recs[0].passage_text_hash == recs[1].passage_text_hash
+    assert tiny_lm.calls == [False, False]
+
+
+def test_empty_input_and_missing_spec(tiny_lm, tmp_path):
+    assert augment_passages([], AugmentConfig(), tiny_lm, ArtifactCache(tmp_path), model_spec="tiny") == []
+    assert tiny_lm.calls == []
+    with pytest.raises(ValueError, match="model_spec"):
+        augment_passages([PASSAGE], AugmentConfig(), tiny_lm, ArtifactCache(tmp_path))
+
+
+def test_config_validation():
+    assert AugmentConfig().augmenting_model("gen") == "gen"
+    assert AugmentConfig(model="aug").augmenting_model("gen") == "aug"
+    with pytest.raises(ValueError, match="min_qa"):
+        AugmentConfig(n_qa=2, min_qa=3)
+    with pytest.raises(ValueError):
+        AugmentConfig(n_qas=2)
+
+
+# --------------------------------------------------------------------------- storage
+
+def test_rows_fit_the_table_and_records_round_trip():
+    import duckdb
+    import polars as pl
+
+    rec = Augmentation("p1", "h1", "m", "v1", "ok", ["a rewrite"], [QAPair("Q?", "A", "It is A.")], 1, None, 1.5)
+    failed = Augmentation("p2", "h2", "m", "v1", "failed", [], [], 3, "qa failed after 3 attempts: ...", 4.0)
+    assert Augmentation.from_json(rec.to_json()) == rec
+    con = duckdb.connect()
+    con.execute(AUGMENTATIONS_DDL)
+    df = pl.DataFrame([rec.to_row(), failed.to_row()], infer_schema_length=None)  # noqa: F841 (used by SQL)
+    for _ in range(2):  # keyed: a rewrite of the same rows replaces them
+        con.execute("INSERT OR REPLACE INTO augmentations BY NAME SELECT * FROM df")
+    rows = con.execute("SELECT passage_hash, status, rewrites, qa, qa_count, created_at FROM augmentations ORDER BY 1").fetchall()
+    assert len(rows) == 2 and rows[0][:3] == ("h1", "ok", ["a rewrite"]) and rows[0][4] == 1
+    assert json.loads(rows[0][3]) == [{"question": "Q?", "answer": "A", "full_answer": "It is A."}]
+    assert rows[1][3] == "[]" and rows[0][5] is not None
+
+
+# --------------------------------------------------------------------------- real model
+
+@pytest.mark.slow
+def test_real_model_augments_most_synthetic_passages(model_cache_root, tmp_path):
+    from semoe.models.loading import load_model
+
+    model, tok = load_model("smollm2-135m-instruct", model_cache_root)
+    passages = build_encyclopedia(SyntheticConfig()).passages[:4]
+    recs = augment_passages(passages, AugmentConfig(batch_size=4), ChatLM(model, tok), ArtifactCache(tmp_path),
+                            model_spec="smollm2-135m-instruct")
+    ok = [r for r in recs if r.status == "ok"]
+    print("\n" + "\n".join(f"{r.passage_id} {r.status} attempts={r.attempts} {r.seconds:.1f}s qa={len(r.qa)} "
+                           f"{r.reason or ''}" for r in recs))
+    assert len(ok) >= 3, [r.reason for r in recs]
+    text = {p.id: normalize_answer(p.text) for p in passages}
+    for r in ok:
+        assert r.qa and all(normalize_answer(q.answer) in text[r.passage_id] for q in r.qa)
+        assert len(r.rewrites) == 1 and r.rewrites[0] != passages[recs.index(r)].text

@@ -1,0 +1,230 @@
+"""Per-passage LoRA expert training: PRAG's data recipe, the peft baseline, the batched
+trainer (each passage's result must equal training it alone) and the content-keyed cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semoe.experts.expert_config import ExpertConfig
+from semoe.experts.format import load_expert, save_expert
+from semoe.experts.training import (
+    EXPERTS_DDL,
+    IGNORE,
+    QA,
+    TrainingItem,
+    build_sequences,
+    ensure_experts,
+    expert_losses,
+    initial_lora,
+    train_expert_peft,
+    train_experts_batched,
+)
+from semoe.storage.artifacts import ArtifactCache
+
+# A tiny random model learns little per step at PRAG's lr; a larger one makes changes visible.
+CFG = ExpertConfig(lr=1e-2, measure_loss=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-offs that dominate on a loaded 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32).eval()
+    return model, tok
+
+
+def item(i: int, n_qa: int = 3) -> TrainingItem:
+    name, year, town, school = f"Galmir Pelind{i}", 1940 + i, f"Zormidor{i}", f"Mervos College {i}"
+    qa = [
+        QA(f"When was {name} born", str(year), f"{name} was born in {year}."),
+        QA(f"Where was {name} born?", town, f"{name} was born in {town}."),
+        QA(f"Where did {name} teach?", school, f"{name} taught at {school}."),
+    ]
+    return TrainingItem.create(
+        f"p{i}", f"{name} was a historian born in {town} in {year}. {name} taught at {school}.",
+        [f"Born in {town} in {year}, the historian {name} taught at {school}."], qa[:n_qa])
+
+
+def max_diff(e1, e2) -> float:
+    return max((e1.weights[n][j] - e2.weights[n][j]).abs().max().item() for n in e1.weights for j in (0, 1))
+
+
+def test_sequences_follow_prag_recipe(tiny):
+    _, tok = tiny
+    it = item(0)
+    seqs = build_sequences(tok, it, CFG)
+    assert len(seqs) == 5  # QA 1-2 with the passage and with the rewrite, QA 3 without a passage
+    texts = [tok.decode(s.ids) for s in seqs]
+    assert f"Passage 1: {it.passage}\n" in texts[0] and "When was Galmir Pelind0 born?" in texts[0]
+    assert f"Passage 1: {it.rewrites[0]}\n" in texts[1]
+    assert f"Passage 1: {it.passage}\n" in texts[2] and "Where was" in texts[2]
+    assert "Passage" not in texts[4] and "Where did Galmir Pelind0 teach?" in texts[4]
+    assert tok.decode(seqs[0].ids[seqs[0].prompt_len:]) == "Galmir Pelind0 was born in 1940."
+    short = build_sequences(tok, it, CFG.model_copy(update={"target": "answer"}))[0]
+    assert tok.decode(short.ids[short.prompt_len:]) == "The answer is 1940."
+    assert len(build_sequences(tok, it, CFG.model_copy(update={"recipe": "all"}))) == 9
+    assert len(build_sequences(tok, item(0, n_qa=2), CFG)) == 3
+
+
+def test_answer_only_loss_masks_the_prompt(tiny):
+    model, tok = tiny
+    cfg = CFG.model_copy(update={"loss_on": "answer"})
+    it, init = item(0), initial_lora(model, cfg)
+    seqs = build_sequences(tok, it, cfg)
+    labels = seqs[0].labels("answer")
+    assert all(x == IGNORE for x in labels[: seqs[0].prompt_len])
+    assert labels[seqs[0].prompt_len:] == list(seqs[0].ids[seqs[0].prompt_len:])
+
+    answer_only, whole = [], []
+    with torch.no_grad():  # the init's B is zero, so the expert is the base model here
+        for s in seqs:
+            ids = torch.tensor(s.ids)
+            logits = model(input_ids=ids[None]).logits[0, :-1]
+            whole.append(torch.nn.functional.cross_entropy(logits, ids[1:]).item())
+            answer_only.append(torch.nn.functional.cross_entropy(logits[s.prompt_len - 1 :], ids[s.prompt_len :]).item())
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert expert_losses(model, tok, [it], [init], cfg)[0] == pytest.approx(mean(answer_only), rel=1e-5)
+    assert expert_losses(model, tok, [it], [init], CFG)[0] == pytest.approx(mean(whole), rel=1e-5)
+    assert abs(mean(whole) - mean(answer_only)) > 1e-3
+
+
+def test_training_lowers_the_loss_on_its_passage(tiny):
+    model, tok = tiny
+    init = initial_lora(model, CFG)
+    flags = [p.requires_grad for p in model.parameters()]
+    (result,) = train_experts_batched(model, tok, [item(0)], CFG, init)
+    assert result.loss_after < result.loss_before - 0.05
+    assert result.sequences == 5 and result.seconds > 0
+    assert max_diff(result.expert, init) > 1e-3
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_batched_training_matches_one_passage_at_a_time(tiny):
+    model, tok = tiny
+    items = [item(0), item(1, n_qa=2), item(2), item(3)]  # 5, 3, 5, 5 sequences: two lockstep groups
+    cfg = CFG.model_copy(update={"batch_passages": 3, "micro_batch": 2, "epochs": 2})
+    init = initial_lora(model, cfg)
+    together = train_experts_batched(model, tok, items, cfg, init)
+    for it, joint in zip(items, together):
+        (alone,) = train_experts_batched(model, tok, [it], cfg, init)
+        assert joint.expert.passage_id == it.passage_id
+        assert max_diff(joint.expert, alone.expert) < 1e-5
+        assert joint.loss_after == pytest.approx(alone.loss_after, rel=1e-5)
+
+
+def test_peft_baseline_agrees_with_the_batched_trainer(tiny):
+    model, tok = tiny
+    init = initial_lora(model, CFG)
+    flags = [p.requires_grad for p in model.parameters()]
+    peft = train_expert_peft(model, tok, item(0), CFG, init)
+    assert [p.requires_grad for p in model.parameters()] == flags  # peft removed, model as before
+    assert not any("lora" in n for n, _ in model.named_modules())
+    (batched,) = train_experts_batched(model, tok, [item(0)], CFG, init)
+    assert sorted(peft.expert.weights) == sorted(batched.expert.weights)
+    assert max_diff(peft.expert, batched.expert) < 1e-4
+    assert peft.loss_before == pytest.approx(batched.loss_before, rel=1e-5)
+    assert peft.loss_after == pytest.approx(batched.loss_after, rel=1e-4)
+
+
+def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch):
+    import duckdb
+
+    from semoe.experts import training
+
+    model, tok = tiny
+    cache = ArtifactCache(tmp_path)
+    items = [item(0), item(1), item(0)]  # the third has the first's content: one shared expert
+    first = ensure_experts(items, "tiny", CFG, cache, model, tok)
+    assert [r.trained for r in first] == [True, True, True]
+    assert first[0].expert_key == first[2].expert_key != first[1].expert_key
+    assert [r.passage_id for r in first] == ["p0", "p1", "p0"]
+    assert all(r.loss_after < r.loss_before for r in first)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached expert was retrained")
+
+    monkeypatch.setattr(training, "_train_lockstep", no_training)
+    again = ensure_experts(items, "tiny", CFG, cache, model, tok)
+    assert [r.trained for r in again] == [False] * 3
+    assert [r.to_row() for r in again] == [r.to_row() for r in first]
+    monkeypatch.undo()
+
+    changed = ensure_experts(items[:1], "tiny", CFG.model_copy(update={"lr": 5e-3}), cache, model, tok)
+    assert changed[0].trained and changed[0].expert_key != first[0].expert_key
+    assert not ensure_experts(items[:1], "tiny", CFG.model_copy(update={"micro_batch": 1}), cache, model, tok)[0].trained
+
+    con = duckdb.connect()
+    con.execute(EXPERTS_DDL)
+    rows = [r.to_row() for r in {r.expert_key: r for r in first + changed}.values()]
+    con.executemany(f"INSERT INTO experts ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})",
+                    [list(r.values()) for r in rows])
+    assert con.execute("SELECT count(*), min(rank), max(lr) FROM experts").fetchone() == (3, 2, 1e-2)
+
+
+def test_saved_expert_round_trips(tiny, tmp_path):
+    model, tok = tiny
+    init = initial_lora(model, CFG)
+    (result,) = train_experts_batched(model, tok, [item(0)], CFG, init)
+    save_expert(tmp_path / "e.safetensors", result.expert)
+    loaded = load_expert(tmp_path / "e.safetensors")
+    assert (loaded.passage_id, loaded.rank, loaded.alpha) == ("p0", CFG.rank, CFG.alpha)
+    assert max_diff(loaded, result.expert) == 0.0
+    assert float(loaded.meta["loss_after"]) == pytest.approx(result.loss_after)
+    assert set(loaded.weights) == {f"model.layers.{i}.mlp.{m}" for i in range(2) for m in CFG.targets}
+
+
+@pytest.mark.slow
+def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
+    """SmolLM2 with a passage's expert merged scores that passage's answers higher (asked
+    without the passage, as PRAG's ``prag`` mode asks) than the base model does."""
+    from semoe.config import SyntheticConfig
+    from semoe.data.synthetic import build_encyclopedia
+    from semoe.experts.training import user_prompt
+    from semoe.models.loading import load_model
+
+    model, tok = load_model("smollm2-135m-instruct", model_cache_root, device="cpu")
+    enc = build_encyclopedia(SyntheticConfig(n_entities=8))
+    person = enc.people[0]
+    name = f"{person.name} {person.surname}"
+    text = next(p.text for p in enc.passages if p.id == person.passage_id)
+    qa = [QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
+          QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
+          QA(f"What was the occupation of {name}?", person.occupation, f"{name} was a {person.occupation}.")]
+    it = TrainingItem.create(person.passage_id, text, [" ".join(reversed(text.split(". ")))], qa)
+    cfg = ExpertConfig(measure_loss=False)
+    (result,) = train_experts_batched(model, tok, [it], cfg, initial_lora(model, cfg))
+
+    def answers_log_likelihood() -> float:
+        total = 0.0
+        for q in qa:
+            prompt = tok.apply_chat_template([{"role": "user", "content": user_prompt(q.question)}],
+                                             add_generation_prompt=True, return_dict=False)
+            answer = tok.encode(q.full_answer, add_special_tokens=False)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([list(prompt) + answer])).logits[0, len(prompt) - 1 : -1]
+            total += logits.log_softmax(-1).gather(1, torch.tensor(answer)[:, None]).sum().item()
+        return total
+
+    base = answers_log_likelihood()
+    saved = {n: model.get_submodule(n).weight.detach().clone() for n in result.expert.weights}
+    try:
+        with torch.no_grad():
+            for n in result.expert.weights:
+                model.get_submodule(n).weight += result.expert.delta(n)
+        merged = answers_log_likelihood()
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                model.get_submodule(n).weight.copy_(w)
+    assert merged > base + 1.0, (base, merged)

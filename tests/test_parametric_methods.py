@@ -1,0 +1,45 @@
+"""PRAG / combine / SEMoE methods end to end with a tiny random model: its augmentations
+are garbage, so every passage fails augmentation — recorded with a reason, no expert, and
+the methods still answer every question (one bad passage never crashes a run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from semoe import evaluation
+from semoe.config import SemoeConfig
+from semoe.data.loading import load_examples
+from semoe.indexing import build_index, open_retriever
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_lm_dir):
+    cfg = SemoeConfig.model_validate(
+        {
+            "synthetic": {"seed": 5, "n_entities": 10, "n_questions": 3},
+            "model": {"spec": tiny_lm_dir},
+            "generation": {"max_new_tokens": 6, "few_shot": 0},
+            "augment": {"max_attempts": 1, "rewrite_max_new_tokens": 8, "qa_max_new_tokens": 8},
+            "trigger": {"hallucination_threshold": 0.0, "max_retrievals": 1},
+            "cache": {"root": str(tmp_path_factory.mktemp("cache"))},
+        }
+    )
+    info = build_index(cfg)
+    ctx = evaluation.method_context(cfg, open_retriever(cfg, info.corpus_key))
+    return cfg, ctx, load_examples(cfg.datasets[0], evaluation.data_context(cfg))
+
+
+@pytest.mark.parametrize("method", ["prag", "combine", "semoe", "semoe-icl"])
+def test_expert_methods_answer_every_question_when_augmentation_fails(setup, method):
+    cfg, ctx, examples = setup
+    outputs = evaluation.answer_chunk(evaluation.WorkItem("synthetic", method, examples), ctx)
+    rows = evaluation.to_rows("run", "synthetic", method, examples, outputs)
+    assert len(rows["predictions"]) == len(examples)
+    assert all(r["retrieval_count"] >= 1 for r in rows["predictions"])
+    if method.startswith("semoe"):
+        assert len(rows["trigger_events"]) == len(examples)  # threshold 0: the first sentence triggers
+    catalogue = ctx.experts.drain_rows()
+    assert ctx.experts.trained == 0
+    assert all(r["status"] == "failed" and r["reason"] for r in catalogue["augmentations"])

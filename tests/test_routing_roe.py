@@ -1,0 +1,69 @@
+"""RoE: τ maps, K-sample ensemble decoding, and the clean KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_routing_adapters import logits, one_thread, tiny_moe, token_ids  # noqa: F401
+
+from semoe.routing import RoutingError, create_tau_map, roe_generate, roe_next_token_probs
+from semoe.routing.evaluation import cache_bytes, greedy_decode
+
+
+def greedy_by_recomputation(model, ids, new_tokens: int) -> torch.Tensor:
+    """Reference greedy decoding: the whole sequence recomputed every step, no cache."""
+    for _ in range(new_tokens):
+        ids = torch.cat([ids, logits(model, ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def test_tau_map_zeroes_the_first_and_last_layers():
+    assert create_tau_map(5, 0.3, skip=1) == [0.0, 0.3, 0.3, 0.3, 0.0]
+    assert create_tau_map(6, 0.3, skip=2) == [0.0, 0.0, 0.3, 0.3, 0.0, 0.0]
+    drawn = create_tau_map(6, (0.1, 0.5), skip=1, seed=3)
+    assert drawn == create_tau_map(6, (0.1, 0.5), skip=1, seed=3)
+    assert drawn[0] == drawn[-1] == 0 and all(0.1 <= t <= 0.5 for t in drawn[1:-1])
+
+
+@pytest.mark.parametrize("family", ["olmoe", "qwen2_moe", "mixtral"])
+def test_roe_with_zero_tau_is_greedy_decoding(family):
+    model = tiny_moe(family)
+    prompt = token_ids(model, length=6)
+    out = roe_generate(model, prompt, K=4, tau_map=0.0, max_new_tokens=10)
+    assert torch.equal(out.sequences, greedy_by_recomputation(model, prompt, 10))
+
+
+def test_roe_clean_cache_is_the_clean_paths_cache():
+    model = tiny_moe("olmoe")
+    prompt = token_ids(model, length=6)
+    out = roe_generate(model, prompt, K=8, tau_map=[0.0, 3.0, 0.0], max_new_tokens=8)
+    assert out.stats.summary()[1]["overlap"] < 0.9  # the noisy copies did route differently
+    with torch.no_grad():
+        reference = model(input_ids=out.sequences[:, :-1], use_cache=True).cache
+    assert len(reference.layers) == len(out.cache.layers)
+    for ref, got in zip(reference.layers, out.cache.layers):
+        assert got.keys.shape == ref.keys.shape == (1, 2, out.sequences.shape[1] - 1, 8)
+        torch.testing.assert_close(got.keys, ref.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.values, ref.values, atol=1e-5, rtol=1e-5)
+    baseline = greedy_decode(model, prompt, 8)
+    assert cache_bytes(out.cache) == baseline.kv_cache_bytes
+
+
+def test_roe_averages_noisy_samples():
+    model = tiny_moe("qwen3_moe")
+    ids = token_ids(model, length=10)
+    clean = torch.softmax(logits(model, ids)[0], -1)
+    same = roe_next_token_probs(model, ids, K=3, tau_map=0.0, chunk=4).probs
+    torch.testing.assert_close(same, clean, atol=1e-5, rtol=1e-4)
+    noisy = roe_next_token_probs(model, ids, K=6, tau_map=[0.0, 5.0, 0.0], chunk=4)
+    assert (noisy.probs - clean).abs().max() > 100 * max((same - clean).abs().max(), 1e-8)
+    torch.testing.assert_close(noisy.probs.sum(-1), torch.ones(10))
+    assert noisy.stats.summary()[0]["overlap"] == 1.0 and noisy.stats.summary()[1]["overlap"] < 1.0
+
+
+def test_roe_refuses_what_it_cannot_do():
+    model = tiny_moe("olmoe")
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        roe_generate(model, token_ids(model, batch=2), K=2, max_new_tokens=1)
+    with pytest.raises(RoutingError, match="tau_map has 2 entries"):
+        roe_generate(model, token_ids(model), K=2, tau_map=[0.1, 0.1], max_new_tokens=1)
