@@ -230,23 +230,14 @@ def generate_with_experts(
     max_new_tokens: int,
     batch_size: int = 8,
 ) -> list["Generation"]:
-    """``ChatLM.generate`` where each conversation is answered with its own experts.
-
-    Conversations are sorted by prompt length here and each batch is passed to
-    ``ChatLM.generate`` whole; as a batch is already in length order, ChatLM's own (stable)
-    length sort keeps it in that order, so row r of the model batch is ``idx[r]`` and its
-    experts line up. Results come back in input order.
-    """
+    """``ChatLM.generate`` where each conversation is answered with its own experts: the
+    rows of each model batch get their conversations' experts just before it runs."""
     if len(conversations) != len(experts_per_sample):
         raise ValueError(f"{len(conversations)} conversations but {len(experts_per_sample)} expert lists")
-    lengths = [len(lm.tokenizer(lm.render(c), add_special_tokens=False).input_ids) for c in conversations]
-    order = sorted(range(len(conversations)), key=lengths.__getitem__)
-    results: list = [None] * len(conversations)
     with heterogeneous_experts(lm.model) as lora:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            lora.set_experts([experts_per_sample[i] for i in idx])
-            generations = lm.generate([conversations[i] for i in idx], max_new_tokens, batch_size=len(idx))
-            for i, g in zip(idx, generations):
-                results[i] = g
-    return results
+        return lm.generate(
+            conversations,
+            max_new_tokens,
+            batch_size=batch_size,
+            on_batch=lambda idx: lora.set_experts([experts_per_sample[i] for i in idx]),
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 Message = dict  # {"role": ..., "content": ...}
 
@@ -39,8 +39,14 @@ class ChatLM:
         return "\n\n".join(m["content"] for m in msgs) + "\n"
 
     def generate(
-        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int, batch_size: int = 8
+        self,
+        conversations: Sequence[Sequence[Message]],
+        max_new_tokens: int,
+        batch_size: int = 8,
+        on_batch: Callable[[list[int]], None] | None = None,
     ) -> list[Generation]:
+        """Greedy replies in input order. ``on_batch(indices)`` is called before each model
+        batch with the input indices of its rows, e.g. to set per-row experts."""
         import torch
 
         prompts = [self.render(c) for c in conversations]
@@ -53,6 +59,8 @@ class ChatLM:
             enc = self.tokenizer(
                 [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
+            if on_batch is not None:
+                on_batch(idx)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(
