@@ -18,26 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from semoe.config import SemoeConfig, apply_overrides
+from semoe.config import apply_overrides, config_from_dict
 from semoe.data.synthetic import build_encyclopedia
 from semoe.generation import METHODS
 from semoe.generation.base import MethodContext
 from semoe.generation.lm import ChatLM
 from semoe.metrics import exact_match
 from semoe.retrieval import RETRIEVERS
-
-
-def build_config(n_questions: int, overrides: list[str]) -> SemoeConfig:
-    """The demo defaults plus ``--set`` overrides; a ``trigger`` section is kept aside
-    when the main config does not have one yet."""
-    data = apply_overrides({"synthetic": {"n_questions": n_questions}}, overrides)
-    trigger = data.pop("trigger", None) if "trigger" not in SemoeConfig.model_fields else None
-    cfg = SemoeConfig.model_validate(data)
-    if trigger is not None:
-        from semoe.generation.trigger_config import TriggerConfig
-
-        object.__setattr__(cfg, "trigger", TriggerConfig.model_validate(trigger))
-    return cfg
 
 
 def run_method(name: str, questions, ctx: MethodContext) -> dict:
@@ -70,7 +57,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = build_config(args.questions, args.set)
+    cfg = config_from_dict(apply_overrides({"synthetic": {"n_questions": args.questions}}, args.set), "--set")
     methods = args.methods.split(",")
     for m in methods:
         METHODS.get(m)

@@ -533,13 +533,15 @@ def test_dragin_and_token_end_to_end(model_cache_root, tmp_path):
     ctx = MethodContext(cfg=SemoeConfig(), lm=ChatLM(model, tok), retriever=retriever)
     for method in ["dragin", "token"]:
         outs = METHODS.get(method)().run(enc.questions, ctx)
-        preds, rets = to_rows("run", "synthetic", method, enc.questions, outs)
-        assert len(preds) == 3
-        for ex, out, row in zip(enc.questions, outs, preds):
+        tables = to_rows("run", "synthetic", method, enc.questions, outs)
+        assert len(tables["predictions"]) == 3
+        for ex, out, row in zip(enc.questions, outs, tables["predictions"]):
             assert out.raw_output and row["prediction"] and row["generated_tokens"] > 0
-            assert row["retrieval_count"] == len(out.extra["trigger_events"]) == len(trigger_event_rows("run", "synthetic", ex.id, method, row["extra"]))
+            events = trigger_event_rows("run", "synthetic", ex.id, method, row["extra"])
+            assert row["retrieval_count"] == len(out.extra["trigger_events"]) == len(events)
             assert row["latency_s"] > 0 and out.prompt_tokens > 0
             assert out.extra["prefill_tokens"] > 0 and out.extra["tokens"] == out.generated_tokens
         # the answers come in the few-shot format, and the triggers retrieve
         assert sum("answer is" in o.raw_output.lower() for o in outs) >= 2
-        assert rets and all(r["query"] for r in rets)
+        assert tables["retrievals"] and all(r["query"] for r in tables["retrievals"])
+        assert len(tables["trigger_events"]) == sum(len(o.retrievals) for o in outs)
