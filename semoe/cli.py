@@ -128,6 +128,13 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_moe_lm(argv: Sequence[str]) -> int:
+    """Delegates to the MoE LM's own parser (its options are its own)."""
+    from semoe.moe_lm.cli import cli_main
+
+    return cli_main(list(argv))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semoe", description="Sparse and Extendable MoE evaluation pipeline")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("query")
     sq.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
     sq.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    ml = sub.add_parser("moe-lm", help="train or query semoe's small MoE LM (see `semoe moe-lm --help`)", add_help=False)
+    ml.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
@@ -150,6 +159,9 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "sql": cmd_s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["moe-lm"]:
+        return cmd_moe_lm(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

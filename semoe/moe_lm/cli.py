@@ -108,3 +108,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             if line.strip():
                 answer(line.rstrip("\n"))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
