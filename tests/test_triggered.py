@@ -163,7 +163,7 @@ Q = QueryInputs(
         ("direct", "Where was Teodric Almsvane born?"),
         ("forward_all", "Where was Teodric Almsvane born? Teodric Almsvane is an engineer. He was born in 1931."),
         ("current", "He was born in Kelloway."),
-        ("current_wo_wrong", "He was born in."),
+        ("current_wo_wrong", "He was born in"),
         ("last_sentence", "He was born in 1931."),
         ("last_n_tokens", "born in 1931."),
         ("real_words", "Teodric Almsvane Teodric engineer"),
@@ -176,6 +176,9 @@ def test_query_formulations(kind, expected):
 def test_query_fallbacks_and_qfs():
     nothing_left = QueryInputs("Who?", current=[" Kel", "loway"], hit=[True, True])
     assert formulate_query("current_wo_wrong", nothing_left) == "Who?"
+    masked_answer = QueryInputs("Who?", current=["The", " answer", " is", " Kel", "loway", "."], hit=[0, 0, 0, 1, 1, 0])
+    assert formulate_query("current_wo_wrong", masked_answer) == "Who?"  # format words only
+    assert formulate_query("current", masked_answer) == "Kelloway."
     assert formulate_query("current", QueryInputs("Who?")) == "Who?"  # no step yet
     with pytest.raises(ValueError, match="unknown"):
         formulate_query("psychic", Q)
@@ -335,7 +338,7 @@ def test_token_trigger_retrieves_and_regenerates_the_sentence(tiny):
     assert out.extra["hallucination_events"] == 1 and len(out.retrievals) == 1
     (event,) = out.extra["trigger_events"]
     assert event["token_index"] == flagged and event["token"] == pieces[4].strip()
-    assert event["query"] == " ".join("".join(p for i, p in enumerate(pieces) if i != 4).split())
+    assert event["query"] == "He was born in"  # the word holding the flagged token is left out
     assert retriever.queries == [event["query"]] and event["score"] > 0.1
     assert event["passage_ids"] == [h.passage.id for h in out.retrievals[0].hits]
     # discarded sentence counted as generated work

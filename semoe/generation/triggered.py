@@ -218,8 +218,9 @@ def rind_trigger(
 @dataclass
 class QueryInputs:
     """What a query may be formed from. ``current`` is the triggering step (before a fixed
-    step: the last accepted one), ``hit`` its flagged tokens, ``words``/``word_scores`` the
-    question and text so far with the attention the flagged tokens pay them."""
+    step: the last accepted one), ``hit`` its flagged tokens (``current_wo_wrong`` drops each
+    word holding one: FLARE's masked query, without sub-word fragments), ``words`` and
+    ``word_scores`` the question and text so far with the attention the flagged tokens pay them."""
 
     question: str
     previous: str = ""
@@ -248,9 +249,10 @@ def formulate_query(
     tokenize: Callable[[str], Sequence[str]] | None = None,
     check_real_words: bool = True,
 ) -> str:
-    """The retrieval query; an empty result falls back to the question. ``tokenize``
-    splits text into pieces that concatenate back to it (the model's tokens; default:
-    words with their leading whitespace)."""
+    """The retrieval query. "the answer is" is dropped from it (format, not content: FLARE's
+    masked "The answer is [xxx]." would otherwise query for it), and a query left without
+    a content word falls back to the question. ``tokenize`` splits text into pieces that
+    concatenate back to it (the model's tokens; default: words with their leading space)."""
     forward_all = " ".join(s.strip() for s in (q.question, q.previous) if s.strip())
     current = "".join(q.current) if q.current is not None else ""
     if kind == "direct":
@@ -260,8 +262,8 @@ def formulate_query(
     elif kind == "current":
         query = current
     elif kind == "current_wo_wrong":
-        hit = q.hit if q.hit is not None else [False] * len(q.current or ())
-        query = "".join(p for p, h in zip(q.current or (), hit) if not h)
+        pieces, hit = list(q.current or ()), list(q.hit or ())
+        query = "".join("".join(pieces[s:e]) for s, e in word_spans(pieces) if not any(hit[s:e]))
     elif kind == "last_sentence":
         query = (split_sentences(forward_all) or [""])[-1]
     elif kind == "last_n_tokens":
@@ -270,8 +272,8 @@ def formulate_query(
         query = qfs_query(q.words, q.word_scores, keep_top_k, check_real_words)
     else:
         raise ValueError(f"unknown query formulation {kind!r}")
-    query = " ".join(query.split())
-    return query or q.question
+    query = " ".join(ANSWER_MARKER.sub(" ", query).split())
+    return query if any(is_content_word(w) for w in query.split()) else q.question
 
 
 # --------------------------------------------------------------------------- policies
@@ -385,7 +387,8 @@ def _recording_attention(module, query, key, value, attention_mask, scaling=None
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
     q_len, k_len = scores.shape[-2:]
     if attention_mask is None:
-        allowed = torch.arange(k_len, device=query.device)[None, :] <= torch.arange(q_len, device=query.device)[:, None] + (k_len - q_len)
+        position = torch.arange(q_len, device=query.device)[:, None] + (k_len - q_len)
+        allowed = torch.arange(k_len, device=query.device)[None, :] <= position
         scores = scores.masked_fill(~allowed, float("-inf"))
     elif attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask[..., :k_len], float("-inf"))

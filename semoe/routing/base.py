@@ -54,6 +54,9 @@ class RouterAdapter:
     renormalizes: ClassVar[bool | None] = None
     # OLMoE/Qwen cast top-k weights back to the logits dtype, Mixtral keeps float32.
     scores_in_logits_dtype: ClassVar[bool] = True
+    # The family's causal LM computes logits as a bias-free ``lm_head`` on the base model's
+    # last hidden state, nothing else (lets RoE run the head itself, see semoe.routing.roe).
+    plain_lm_head: ClassVar[bool] = False
     _verified: ClassVar[bool] = False
 
     @classmethod

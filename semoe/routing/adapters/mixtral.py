@@ -11,5 +11,6 @@ class MixtralAdapter(RouterAdapter):
     family = "mixtral"
     module = "transformers.models.mixtral.modeling_mixtral"
     router_classes = ("MixtralTopKRouter",)
+    plain_lm_head = True
     renormalizes = True
     scores_in_logits_dtype = False

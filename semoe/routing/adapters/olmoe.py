@@ -14,3 +14,4 @@ class OlmoeAdapter(RouterAdapter):
     family = "olmoe"
     module = "transformers.models.olmoe.modeling_olmoe"
     router_classes = ("OlmoeTopKRouter",)
+    plain_lm_head = True

@@ -12,3 +12,4 @@ class Qwen2MoeAdapter(RouterAdapter):
     family = "qwen2_moe"
     module = "transformers.models.qwen2_moe.modeling_qwen2_moe"
     router_classes = ("Qwen2MoeTopKRouter",)
+    plain_lm_head = True

@@ -11,3 +11,4 @@ class Qwen3MoeAdapter(RouterAdapter):
     family = "qwen3_moe"
     module = "transformers.models.qwen3_moe.modeling_qwen3_moe"
     router_classes = ("Qwen3MoeTopKRouter",)
+    plain_lm_head = True
