@@ -73,3 +73,8 @@ def test_override_helper_does_not_mutate_input():
     data = {"retrieval": {"top_k": 3}}
     out = apply_overrides(data, ["retrieval.top_k=4"])
     assert data["retrieval"]["top_k"] == 3 and out["retrieval"]["top_k"] == 4
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    load_config(path).check_names()
