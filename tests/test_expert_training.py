@@ -77,6 +77,16 @@ def test_sequences_follow_prag_recipe(tiny):
     assert len(build_sequences(tok, item(0, n_qa=2), CFG)) == 3
 
 
+def test_items_accept_the_augmenters_qa_pairs():
+    from semoe.experts.augment import QAPair
+
+    pairs = [("Q1?", "a1", "A1."), ("Q2?", "a2", "A2.")]
+    expected = TrainingItem.create("p", "text", ["rewrite"], pairs)
+    assert TrainingItem.create("p", "text", ["rewrite"], [QAPair(*q) for q in pairs]) == expected
+    keys = ("question", "answer", "full_answer")
+    assert TrainingItem.create("p", "text", ["rewrite"], [dict(zip(keys, q)) for q in pairs]) == expected
+
+
 def test_answer_only_loss_masks_the_prompt(tiny):
     model, tok = tiny
     cfg = CFG.model_copy(update={"loss_on": "answer"})

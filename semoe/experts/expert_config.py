@@ -44,13 +44,14 @@ class ExpertConfig(BaseModel):
     max_length: PositiveInt = Field(3000, description="tokens per training sequence; longer ones are cut (PRAG: 3000)")
     compute_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="dtype of the frozen base model (a converted copy) in the batched trainer; LoRA weights, "
-        "optimizer state and the loss stay float32. bfloat16 is several times faster on GPUs and AMX CPUs",
+        description="dtype of the frozen base model's matmuls in the batched trainer (float32: PRAG's, same experts "
+        "as the peft loop); LoRA weights, optimizer, residual stream and loss stay float32. bfloat16 trains about "
+        "2x faster on an AMX CPU with the same final loss (not the same weights: Adam amplifies rounding)",
     )
     batch_passages: PositiveInt = Field(8, description="passages trained together in lockstep by the batched trainer")
     micro_batch: PositiveInt = Field(
-        8, description="sequences per forward/backward in the batched trainer; each lockstep step accumulates "
-        "ceil(batch_passages / micro_batch) of them (large on GPUs; small keeps CPU caches warm)",
+        8, description="sequences per forward/backward in the batched trainer (bounds activation memory); each "
+        "lockstep step accumulates the gradients of ceil(batch_passages / micro_batch) of them",
     )
     measure_loss: bool = Field(
         True, description="evaluate each expert's loss on its sequences before and after training (two extra forwards)"

@@ -12,7 +12,7 @@ block, which is also what PRAG's inference sends in its ``prag`` mode. Every exp
 from one shared random LoRA (``base_weight``) and takes one AdamW step per sequence
 (batch 1, no shuffling), loss on the whole sequence (PRAG) or on the answer only.
 
-Two trainers give the same experts:
+Two trainers, which in float32 give the same experts:
 
 * :func:`train_expert_peft`: PRAG's loop with peft, one passage at a time (the baseline).
 * :func:`train_experts_batched`: up to ``batch_passages`` passages in lockstep. Each target
@@ -29,8 +29,10 @@ Two trainers give the same experts:
   are right-padded (real tokens never attend to the padding under the causal mask, so no
   attention mask is needed) and the LM head and cross-entropy run chunk by chunk on the
   predicted positions only, never holding (tokens × vocab) logits. ``compute_dtype``
-  bfloat16 runs a bfloat16 copy of the frozen base model (LoRA weights, optimizer and loss
-  stay float32): on this project's CPU (AMX) that, not batching, is what makes it faster.
+  bfloat16 runs the frozen base model's matmuls in bfloat16 (LoRA weights, optimizer,
+  residual stream and loss stay float32). On a CPU that, not batching, is what makes it
+  faster: a batch-1 sequence of ~200 tokens already keeps the matmuls near peak, and
+  attention and elementwise work cost the same per token at any batch size.
 
 :func:`ensure_experts` keys each expert by content (passage and augmentation text, base
 model, training settings, the initial LoRA's hash), stores it in the artifact cache and
@@ -99,6 +101,14 @@ class QA:
     full_answer: str
 
 
+def _as_qa(q) -> QA:
+    if isinstance(q, dict):
+        return QA(q["question"], q["answer"], q["full_answer"])
+    if isinstance(q, (tuple, list)):
+        return QA(*q)
+    return QA(q.question, q.answer, q.full_answer)
+
+
 @dataclass(frozen=True)
 class TrainingItem:
     """One passage and its augmentation: the unit an expert is trained on."""
@@ -109,10 +119,10 @@ class TrainingItem:
     qa: tuple[QA, ...]
 
     @classmethod
-    def create(cls, passage_id: str, passage: str, rewrites: Sequence[str],
-               qa: Sequence[QA | tuple[str, str, str] | dict]) -> "TrainingItem":
-        pairs = tuple(q if isinstance(q, QA) else QA(**q) if isinstance(q, dict) else QA(*q) for q in qa)
-        return cls(passage_id, passage, tuple(rewrites), pairs)
+    def create(cls, passage_id: str, passage: str, rewrites: Sequence[str], qa: Sequence) -> "TrainingItem":
+        """``qa``: QA pairs as objects with question/answer/full_answer attributes (e.g. the
+        augmenter's), dicts with those keys, or (question, answer, full_answer) tuples."""
+        return cls(passage_id, passage, tuple(rewrites), tuple(_as_qa(q) for q in qa))
 
     def content(self) -> dict:
         """What the expert learns from (the passage id is only a label)."""
@@ -209,20 +219,37 @@ def _frozen(model) -> Iterator[None]:
 
 @contextmanager
 def _compute_model(model, cfg: ExpertConfig) -> Iterator:
-    """The frozen base model in ``cfg.compute_dtype``: ``model`` itself when it already is,
-    else a converted copy (the caller's model is never cast, so its weights stay exact)."""
+    """The frozen base model the batched trainer runs: ``model`` itself when its dtype is
+    ``cfg.compute_dtype``, else a converted copy (the caller's weights are never cast).
+    For bfloat16 only the copy's Linear weights are converted and forwards run under
+    autocast (:func:`_autocast`): matmuls in bfloat16, the residual stream, norms and loss
+    in float32, no weight cast per call."""
+    import copy
+
+    from torch import nn
+
     dtype = getattr(torch, cfg.compute_dtype)
     with _frozen(model):
         if next(model.parameters()).dtype == dtype:
             yield model
             return
-        import copy
-
-        runner = copy.deepcopy(model).to(dtype)
+        runner = copy.deepcopy(model)
+        if dtype == torch.float32:
+            runner.float()
+        else:
+            head = runner.get_output_embeddings()
+            for module in runner.modules():
+                if isinstance(module, nn.Linear) and module is not head:
+                    module.to(dtype)
         try:
             yield runner
         finally:
             del runner
+
+
+def _autocast(model, cfg: ExpertConfig):
+    return torch.autocast(_device(model).type, dtype=getattr(torch, cfg.compute_dtype),
+                          enabled=cfg.compute_dtype != "float32")
 
 
 def _peft_config(cfg: ExpertConfig, names: list[str]):
@@ -362,13 +389,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, labels, row_weights, chunk):
+    def forward(ctx, h, weight, bias, labels, row_weights, dtype, chunk):
         needs_grad = ctx.needs_input_grad[0]
         losses = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         grad = torch.empty_like(h) if needs_grad else None
-        w = weight.to(h.dtype)
+        w = weight.to(dtype)
         for s in range(0, h.shape[0], chunk):
-            logits = (h[s : s + chunk] @ w.T).float()
+            logits = (h[s : s + chunk].to(dtype) @ w.T).float()
             if bias is not None:
                 logits += bias.float()
             y = labels[s : s + chunk]
@@ -378,7 +405,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs = logits.sub_(lse[:, None]).exp_()
                 probs[torch.arange(len(y), device=y.device), y] -= 1.0
                 probs *= row_weights[s : s + chunk, None]
-                grad[s : s + chunk] = probs.to(h.dtype) @ w
+                grad[s : s + chunk] = probs.to(dtype) @ w
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(losses)
         return (losses * row_weights).sum(), losses
@@ -386,10 +413,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_losses):
         (grad,) = ctx.saved_tensors
-        return grad * grad_total, None, None, None, None, None
+        return grad * grad_total, None, None, None, None, None, None
 
 
-LOSS_CHUNK_ROWS = 256  # (rows × vocab) float32 logits per chunk: small enough to stay in cache
+LOSS_CHUNK_ROWS = 256  # rows per chunk: bounds the float32 (rows × vocab) logits held at once
 
 
 def _batch_loss(model, seqs: list[TrainingSequence], cfg: ExpertConfig) -> tuple["torch.Tensor", "torch.Tensor"]:
@@ -407,8 +434,8 @@ def _batch_loss(model, seqs: list[TrainingSequence], cfg: ExpertConfig) -> tuple
     row_of = torch.arange(len(seqs), device=device)[:, None].expand_as(targets)[keep]
     row_weights = (1.0 / keep.sum(1).clamp(min=1).float())[row_of]
     head = model.get_output_embeddings()
-    total, token_losses = _LinearCrossEntropy.apply(
-        hidden[:, :-1][keep], head.weight, head.bias, targets[keep], row_weights, LOSS_CHUNK_ROWS)
+    total, token_losses = _LinearCrossEntropy.apply(hidden[:, :-1][keep], head.weight, head.bias, targets[keep],
+                                                    row_weights, getattr(torch, cfg.compute_dtype), LOSS_CHUNK_ROWS)
     per_seq = torch.zeros(len(seqs), device=device).index_add_(0, row_of, token_losses * row_weights)
     return total, per_seq
 
@@ -457,7 +484,8 @@ class _StackedLora:
         losses = torch.zeros(n)
         for j in range(0, n, self.cfg.micro_batch):
             self.rows = slice(j, min(j + self.cfg.micro_batch, n))
-            total, per_seq = _batch_loss(self.model, [s[k] for s in seqs[self.rows]], self.cfg)
+            with _autocast(self.model, self.cfg):
+                total, per_seq = _batch_loss(self.model, [s[k] for s in seqs[self.rows]], self.cfg)
             if train:
                 total.backward()
             losses[self.rows] = per_seq.detach().cpu()
