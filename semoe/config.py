@@ -202,23 +202,27 @@ def config_from_dict(data: dict, source: str = "<dict>") -> SemoeConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SemoeConfig:
     """Load a YAML config (or defaults when ``path`` is None) and apply overrides."""
-    import yaml
-
-    data: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    data, source = read_yaml_mapping(path)
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data, source)
+
+
+def read_yaml_mapping(path: str | Path | None) -> tuple[dict, str]:
+    """(mapping, source name) of a YAML config file; ({}, "<defaults>") without a path."""
+    import yaml
+
+    if path is None:
+        return {}, "<defaults>"
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data, str(p)
 
 
 def config_yaml(cfg: SemoeConfig) -> str:

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
+from semoe.storage.results import migrate
 from semoe.config import SyntheticConfig
 from semoe.data.schema import Passage
 from semoe.data.synthetic import build_encyclopedia
 from semoe.experts import augment
 from semoe.experts.augment import (
-    AUGMENTATIONS_DDL,
     QA_PREFIX,
     Augmentation,
     QAPair,
@@ -303,7 +303,7 @@ def test_rows_fit_the_table_and_records_round_trip():
     failed = Augmentation("p2", "h2", "m", "v1", "failed", [], [], 3, "qa failed after 3 attempts: ...", 4.0)
     assert Augmentation.from_json(rec.to_json()) == rec
     con = duckdb.connect()
-    con.execute(AUGMENTATIONS_DDL)
+    migrate(con)
     df = pl.DataFrame([rec.to_row(), failed.to_row()], infer_schema_length=None)  # noqa: F841 (used by SQL)
     for _ in range(2):  # keyed: a rewrite of the same rows replaces them
         con.execute("INSERT OR REPLACE INTO augmentations BY NAME SELECT * FROM df")

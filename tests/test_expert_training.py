@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from semoe.storage.results import migrate
 from semoe.experts.expert_config import ExpertConfig
 from semoe.experts.format import load_expert, save_expert
 from semoe.experts.training import (
-    EXPERTS_DDL,
     IGNORE,
     QA,
     TrainingItem,
@@ -175,7 +175,7 @@ def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch)
     assert not ensure_experts(items[:1], "tiny", CFG.model_copy(update={"micro_batch": 1}), cache, model, tok)[0].trained
 
     con = duckdb.connect()
-    con.execute(EXPERTS_DDL)
+    migrate(con)
     rows = [r.to_row() for r in {r.expert_key: r for r in first + changed}.values()]
     con.executemany(f"INSERT INTO experts ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})",
                     [list(r.values()) for r in rows])

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from helpers import CORPUS
+from semoe.storage.results import migrate
 from semoe.config import GenerationConfig, RetrievalConfig
 from semoe.generation import METHODS
 from semoe.generation.base import MethodContext
 from semoe.generation.trigger_config import TriggerConfig, trigger_config
 from semoe.generation.triggered import (
-    TRIGGER_EVENTS_DDL,
     FixLength,
     FixSentence,
     Knowledge,
@@ -216,7 +216,7 @@ def test_trigger_event_rows_fit_the_ddl():
     assert rows == trigger_event_rows("run", "ds", "ex1", "dragin", extra)
     assert trigger_event_rows("run", "ds", "ex1", "no-retrieval", {}) == []
     con = duckdb.connect()
-    con.execute(TRIGGER_EVENTS_DDL)
+    migrate(con)
     cols = list(rows[0])
     con.executemany(f"insert into trigger_events ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
                     [[r[c] for c in cols] for r in rows])

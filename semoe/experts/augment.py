@@ -35,23 +35,6 @@ PROMPT_VERSION = "prag-1"
 CACHE_KIND = "augmentations"
 CACHE_FILE = "augmentation.json"
 
-AUGMENTATIONS_DDL = """CREATE TABLE augmentations (
-    passage_hash VARCHAR NOT NULL,
-    passage_id VARCHAR,
-    model VARCHAR NOT NULL,
-    prompt_version VARCHAR NOT NULL,
-    status VARCHAR NOT NULL,
-    rewrites VARCHAR[],
-    qa JSON,
-    qa_count INTEGER,
-    attempts INTEGER,
-    reason VARCHAR,
-    seconds DOUBLE,
-    created_at TIMESTAMP DEFAULT current_timestamp,
-    PRIMARY KEY (passage_hash, model, prompt_version)
-)"""
-
-
 # --------------------------------------------------------------------------- records
 
 @dataclass(frozen=True)
@@ -84,7 +67,7 @@ class Augmentation:
         return cls(**d)
 
     def to_row(self) -> dict:
-        """A row of the ``augmentations`` table (AUGMENTATIONS_DDL)."""
+        """A row of the ``augmentations`` table (see semoe/storage/schema.py)."""
         return {
             "passage_hash": self.passage_text_hash,
             "passage_id": self.passage_id,

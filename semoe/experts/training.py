@@ -73,24 +73,6 @@ USER_PROMPT = (
 )
 ANSWER_PROMPT = "The answer is {answer}"
 
-EXPERTS_DDL = """CREATE TABLE experts (
-    expert_key VARCHAR PRIMARY KEY,
-    passage_id VARCHAR NOT NULL,
-    path VARCHAR NOT NULL,
-    base_model VARCHAR NOT NULL,
-    rank INTEGER NOT NULL,
-    alpha DOUBLE NOT NULL,
-    lr DOUBLE NOT NULL,
-    epochs INTEGER NOT NULL,
-    targets VARCHAR[] NOT NULL,
-    loss_before DOUBLE,
-    loss_after DOUBLE,
-    seconds DOUBLE,
-    bytes BIGINT,
-    sha256 VARCHAR
-)"""
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -595,7 +577,7 @@ class ExpertRecord:
     trained: bool = field(default=False, compare=False)  # by this call (not a column)
 
     def to_row(self) -> dict:
-        """A row of the ``experts`` table (:data:`EXPERTS_DDL`)."""
+        """A row of the ``experts`` table (see semoe/storage/schema.py)."""
         row = asdict(self)
         row.pop("trained")
         return row

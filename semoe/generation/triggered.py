@@ -817,21 +817,6 @@ class TriggeredGenerator:
 
 # --------------------------------------------------------------------------- storage
 
-TRIGGER_EVENTS_DDL = """CREATE TABLE trigger_events (
-    run_id VARCHAR NOT NULL,
-    dataset VARCHAR NOT NULL,
-    example_id VARCHAR NOT NULL,
-    method VARCHAR NOT NULL,
-    step INTEGER NOT NULL,
-    token_index INTEGER,
-    token VARCHAR,
-    score DOUBLE,
-    query VARCHAR,
-    passage_ids VARCHAR[],
-    PRIMARY KEY (run_id, dataset, example_id, method, step)
-)"""
-
-
 def trigger_event_rows(run_id: str, dataset: str, example_id: str, method: str, extra: dict | str | None) -> list[dict]:
     """``trigger_events`` rows from a prediction's ``extra`` (the dict or its stored JSON);
     methods without triggers give none."""

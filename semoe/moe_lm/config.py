@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from semoe.config import ConfigError, _format_validation_error, apply_overrides
+from semoe.config import ConfigError, _format_validation_error, apply_overrides, read_yaml_mapping
 
 
 class MoeLMConfig(BaseModel):
@@ -81,21 +81,7 @@ class MoeLMConfig(BaseModel):
 
 def load_moe_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MoeLMConfig:
     """A YAML mapping of :class:`MoeLMConfig` fields (or the defaults), then ``key=value`` overrides."""
-    import yaml
-
-    data: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path).expanduser()
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    data, source = read_yaml_mapping(path)
     data = apply_overrides(data, overrides or [])
     try:
         return MoeLMConfig.model_validate(data)
