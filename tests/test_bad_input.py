@@ -123,11 +123,17 @@ def test_results_store_locked(write_config, tmp_path, capsys, monkeypatch):
         holder.wait()
 
 
-def test_malformed_corpus_row_fails_inside_the_flow(write_config, tmp_path, capsys, prefect_api):
+def test_malformed_corpus_row_fails_inside_the_flow(write_config, tmp_path):
+    # Run as a user does, in its own process: this failure happens inside the Prefect flow,
+    # and Prefect's log handlers must not bind to this test's captured streams.
     tsv = tmp_path / "psgs.tsv"
     tsv.write_text("id\ttext\ttitle\n1\tSome passage text.\tA title\n2\tonly two columns\n")
     qa = tmp_path / "qa.json"
     qa.write_text('[{"question": "q1", "answer": "a"}]')
-    err = _run(write_config(corpus={"format": "dpr-tsv", "path": str(tsv)}, datasets=[{"name": "custom", "path": str(qa)}]), capsys)
-    assert "psgs.tsv" in err and "line 3" in err
+    path = write_config(corpus={"format": "dpr-tsv", "path": str(tsv)}, datasets=[{"name": "custom", "path": str(qa)}])
+    done = subprocess.run([sys.executable, "-m", "semoe", "run", str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.count("semoe: error: ") == 1
+    err = done.stderr.split("semoe: error: ")[1]
+    assert "Traceback" not in err and "psgs.tsv" in err and "line 3" in err
     assert _no_finished_run(tmp_path)
