@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.semoe-installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test bench clean-results
+.PHONY: install demo experts-demo routing-demo test bench clean-results deploy-check ui-check
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,11 +18,29 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/semoe run configs/demo.yaml
 
+# Issue-3 methods (FLARE, DRAGIN, PRAG, combine, SEMoE): augments and trains passage experts.
+experts-demo: install
+	$(VENV)/bin/semoe run configs/experts-demo.yaml
+
+# Routing policies on small MoE LMs with linear / GRU / RNN routers.
+routing-demo: install
+	$(VENV)/bin/semoe route configs/routing-demo.yaml
+
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) benchmarks/bench_retrieval.py
+
+# Throwaway Prefect server: work pools, `prefect deploy --all`, a process worker runs a scheduled run.
+deploy-check: install
+	$(VENV)/bin/semoe deployments check
+	$(PY) scripts/check_deployments.py
+
+# The same, then the run's task runs and artifacts in the Prefect UI in headless Debian chromium.
+ui-check: install
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	$(PY) scripts/check_ui.py
 
 clean-results:
 	rm -rf results

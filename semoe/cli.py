@@ -7,6 +7,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import os
 import sys
 from typing import Sequence
@@ -17,13 +18,17 @@ DEFAULT_STORE = "results/semoe.duckdb"
 def _friendly_errors() -> tuple[type[BaseException], ...]:
     from semoe.config import ConfigError
     from semoe.data.schema import DataFormatError
+    from semoe.experts.format import ExpertFileError
     from semoe.models.loading import ModelLoadError
     from semoe.registry import UnknownNameError
     from semoe.retrieval.base import RetrievalError
     from semoe.storage.artifacts import CacheError
     from semoe.storage.results import StoreError
 
-    return (ConfigError, UnknownNameError, DataFormatError, StoreError, RetrievalError, ModelLoadError, CacheError)
+    return (
+        ConfigError, UnknownNameError, DataFormatError, StoreError, RetrievalError, ModelLoadError, CacheError,
+        ExpertFileError,
+    )
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence], fmt: str = "table") -> str:
@@ -59,6 +64,8 @@ def _prefect_defaults() -> None:
     """Offline-friendly Prefect settings unless the user chose otherwise."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "semoe")  # progress of long stages in the run log
+    logging.getLogger("semoe").setLevel(logging.INFO)
 
 
 def cmd_run(args) -> int:
@@ -128,6 +135,95 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def _report_formats(text: str) -> list[str]:
+    from semoe.reporting import REPORT_FORMATS
+
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    if not formats or set(formats) - set(REPORT_FORMATS):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(REPORT_FORMATS)}, comma-separated")
+    return formats
+
+
+def cmd_report(args) -> int:
+    from semoe.reporting import write_run_report
+
+    written = write_run_report(args.store, args.run_id, args.out, args.format)
+    print(f"report of run {written.report.run_id}:")
+    for path in written.paths.values():
+        print(f"  {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from semoe.storage.views import export_parquet
+
+    names = [n.strip() for arg in args.tables for n in arg.split(",") if n.strip()] if args.tables else None
+    written = export_parquet(args.store, args.out, names)
+    for path in written.values():
+        print(path)
+    print(f"{len(written)} Parquet files in {args.out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """One machine, no work pool: serve the flow with the resolved config as its parameters."""
+    cfg = _load(args)
+    _prefect_defaults()
+    from prefect import serve
+
+    from semoe.deployments import served_deployment
+
+    serve(served_deployment(cfg, args.flow, args.cron, args.name))
+    return 0
+
+
+def cmd_deployments(args) -> int:
+    from pathlib import Path
+
+    from semoe.deployments import check, render
+
+    path = Path(args.file)
+    if args.action == "render":
+        path.write_text(render(path))
+        print(f"rendered the parameters of {path} from its config files")
+        return 0
+    problems = check(path)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{path}: deployments match their config files")
+    return 1 if problems else 0
+
+
+def cmd_route(args) -> int:
+    """The routing grid of the config's ``routing:`` section; prints the speed/quality table."""
+    import time
+
+    from semoe.routing.grid import SPEED_QUALITY_COLUMNS, routing_section
+
+    cfg = _load(args)
+    routing_section(cfg)
+    _prefect_defaults()
+    from semoe.flows.routing import evaluate_routing
+
+    from semoe.routing import RoutingError
+
+    t0 = time.perf_counter()
+    try:
+        result = evaluate_routing(cfg)
+    except RoutingError as e:  # unsupported model, no-op override, ...: the message names the problem
+        print(f"semoe: error: {e}", file=sys.stderr)
+        return 2
+    cols = SPEED_QUALITY_COLUMNS
+    print()
+    print(format_table(cols, [[r[c] for c in cols] for r in result["table"]]))
+    print()
+    print(f"routing run {result['run_id']}: {result['produced']} new cells in {time.perf_counter() - t0:.1f} s; "
+          f"heatmaps in {result['heatmaps']}")
+    print(f"results: {result['store']}  (try: semoe sql --store {result['store']} \"select * from routing_by_k\")")
+    return 0
+
+
 def cmd_moe_lm(argv: Sequence[str]) -> int:
     """Delegates to the MoE LM's own parser (its options are its own)."""
     from semoe.moe_lm.cli import cli_main
@@ -145,17 +241,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("run", help="run the pipeline flow (index → evaluate → store)"))
     with_config(sub.add_parser("validate", help="check a config and print it resolved, with its hash"))
+    with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)"))
     sub.add_parser("ls", help="list registered datasets, corpus formats, retrievers, methods")
     sq = sub.add_parser("sql", help="read-only SQL against the results store")
     sq.add_argument("query")
     sq.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
     sq.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rp = sub.add_parser("report", help="markdown/HTML report of a run with plots (accuracy, routing, cost)")
+    rp.add_argument("run_id", help="run id, or a unique prefix of one")
+    rp.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
+    rp.add_argument("--out", help="output directory (default: reports/<run id> next to the store)")
+    rp.add_argument("--format", type=_report_formats, default="md,html", help="md, html or md,html (default)")
+    ex = sub.add_parser("export", help="write every table and view of the store as Parquet (read-only)")
+    ex.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
+    ex.add_argument("--out", required=True, help="output directory (one <name>.parquet per table or view)")
+    ex.add_argument("--tables", nargs="+", metavar="NAME", help="only these tables/views (default: all)")
+    sv = sub.add_parser("serve", help="serve a flow on this machine (flow.serve): runs on a schedule or on demand")
+    with_config(sv)
+    sv.add_argument("--flow", default="pipeline", help="pipeline (default), index_corpus, build_experts, evaluate_routing")
+    sv.add_argument("--cron", help="schedule, e.g. '0 2 * * *' (UTC); without it runs only when triggered")
+    sv.add_argument("--name", help="deployment name (default: <config name>-serve)")
+    dp = sub.add_parser("deployments", help="render or check deployments/prefect.yaml against the config files")
+    dp.add_argument("action", choices=["render", "check"])
+    dp.add_argument("--file", default="deployments/prefect.yaml", help="Prefect project file (default %(default)s)")
     ml = sub.add_parser("moe-lm", help="train or query semoe's small MoE LM (see `semoe moe-lm --help`)", add_help=False)
     ml.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "sql": cmd_sql}
+COMMANDS = {
+    "run": cmd_run, "route": cmd_route, "validate": cmd_validate, "ls": cmd_ls, "sql": cmd_sql,
+    "report": cmd_report, "export": cmd_export, "serve": cmd_serve, "deployments": cmd_deployments,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

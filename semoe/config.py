@@ -15,9 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator
 
 # Sections owned by feature packages live beside the code they configure.
+from semoe.concurrency import GpuConfig
 from semoe.experts.augment_config import AugmentConfig
 from semoe.experts.expert_config import ExpertConfig
 from semoe.generation.trigger_config import TriggerConfig
+from semoe.routing.config import RoutingEvalConfig
 
 
 class ConfigError(ValueError):
@@ -65,12 +67,29 @@ class CorpusConfig(_Section):
 
 
 class RetrievalConfig(_Section):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # es_url may carry a password
+
     backend: str = Field("tantivy", description="registered retriever: tantivy (embedded) or elasticsearch")
     top_k: int = Field(3, ge=1, le=100)
     es_url: str | None = Field(None, description="Elasticsearch URL; falls back to env SEMOE_ES_URL")
     es_index: str | None = Field(None, description="index name; default derived from the corpus key")
+    es_secret_block: str | None = Field(
+        None, description="Prefect Secret block with the Elasticsearch API key (or {username, password}); env wins"
+    )
     bulk_batch_size: int = Field(2000, ge=1)
     writer_heap_mb: int = Field(256, ge=16)
+
+    @field_validator("es_url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v and (urlsplit(v).username is not None or urlsplit(v).password is not None):
+            raise ValueError(
+                "must not contain credentials (configs are stored with results); use SEMOE_ES_API_KEY, "
+                "SEMOE_ES_USER + SEMOE_ES_PASSWORD, or retrieval.es_secret_block"
+            )
+        return v
 
 
 class ModelConfig(_Section):
@@ -96,7 +115,19 @@ class CacheConfig(_Section):
     root: str = Field("~/.cache/semoe", description="artifact cache: indexes, converted models, ...")
 
 
-OPERATIONAL_SECTIONS = ("store", "cache", "name")
+class RunnerConfig(_Section):
+    """Where expert training and evaluation shards run. ``default``: tasks one after another
+    in the flow process. ``dask``: a Dask cluster (``address``, or a local one of
+    ``n_workers`` processes); workers write Parquet shards that the flow process ingests,
+    since DuckDB admits one writing process."""
+
+    kind: Literal["default", "dask"] = "default"
+    address: str | None = Field(None, description="scheduler of a running Dask cluster, e.g. tcp://host:8786")
+    n_workers: int = Field(2, ge=1, description="worker processes of the local cluster (when no address)")
+    threads_per_worker: int = Field(1, ge=1)
+
+
+OPERATIONAL_SECTIONS = ("store", "cache", "name", "runner", "gpu")
 
 
 
@@ -114,6 +145,9 @@ class SemoeConfig(_Section):
     experts: ExpertConfig = ExpertConfig()
     store: StoreConfig = StoreConfig()
     cache: CacheConfig = CacheConfig()
+    runner: RunnerConfig = RunnerConfig()
+    gpu: GpuConfig = GpuConfig()
+    routing: RoutingEvalConfig | None = Field(None, description="routing-policy evaluations (`semoe route`)")
 
     @field_validator("methods", "datasets")
     @classmethod
@@ -127,6 +161,9 @@ class SemoeConfig(_Section):
         d = self.model_dump(mode="json")
         for key in OPERATIONAL_SECTIONS:
             d.pop(key, None)
+        d["retrieval"].pop("es_secret_block")  # where credentials come from, not what is retrieved
+        if d.get("routing") is None:  # configs without routing keep their hash
+            d.pop("routing", None)
         return d
 
     def config_hash(self) -> str:
@@ -144,6 +181,12 @@ class SemoeConfig(_Section):
             DATASETS.get(d.name)
         for m in self.methods:
             METHODS.get(m)
+        qa = self.routing.qa if self.routing else None
+        if qa and qa.dataset not in {d.display_name for d in self.datasets}:
+            raise ConfigError(
+                f"routing.qa.dataset {qa.dataset!r} is not one of the configured datasets "
+                f"{[d.display_name for d in self.datasets]}"
+            )
 
 
 def _parse_value(raw: str) -> Any:
@@ -217,9 +260,13 @@ def read_yaml_mapping(path: str | Path | None) -> tuple[dict, str]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid UTF-8 (bad byte at offset {e.start})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return data, str(p)

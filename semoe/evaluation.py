@@ -38,6 +38,11 @@ def run_id_for(cfg: SemoeConfig) -> str:
     return hashlib.sha256(f"{cfg.config_hash()}:{code_version()}".encode()).hexdigest()[:16]
 
 
+def register_run(store: "ResultStore", run_id: str, cfg: SemoeConfig) -> str:  # noqa: F821
+    """Register (or resume) a run with its resolved config and hash; returns its previous status."""
+    return store.start_run(run_id, cfg.name, cfg.config_hash(), code_version(), json.dumps(cfg.model_dump(mode="json")))
+
+
 def data_context(cfg: SemoeConfig) -> DataContext:
     return DataContext(synthetic=cfg.synthetic)
 
@@ -155,15 +160,17 @@ def to_rows(
 def preflight(cfg: SemoeConfig) -> None:
     """Check everything that can be checked before a run starts, so bad input fails with
     one clear error and no run row: registered names, the results store (locked?), the
-    dataset files (parsed whole: they are small), the corpus file, the retrieval backend
-    (an Elasticsearch ping) and the model spec."""
+    artifact cache (writable?), the dataset files (parsed whole: they are small), the
+    corpus file, the retrieval backend (an Elasticsearch ping) and the model spec."""
     from semoe.data.loading import corpus_key, load_examples
     from semoe.indexing import open_retriever
     from semoe.models.loading import check_model_spec
+    from semoe.storage.artifacts import ArtifactCache
     from semoe.storage.results import ResultStore
 
     cfg.check_names()
     ResultStore(cfg.store.path)
+    ArtifactCache(cfg.cache.root).check_writable()
     ctx = data_context(cfg)
     for ds in cfg.datasets:
         load_examples(ds, ctx)

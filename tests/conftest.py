@@ -37,20 +37,6 @@ def model_cache_root() -> str:
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> str:
     """A tiny random Llama with a real tokenizer: generation logic without real weights."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from helpers import make_tiny_lm
 
-    from semoe.models.loading import resolve_model_dir
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    real = resolve_model_dir("smollm2-135m-instruct", os.environ.get("SEMOE_TEST_MODEL_CACHE", str(Path("~/.cache/semoe").expanduser())))
-    tok = AutoTokenizer.from_pretrained(real)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny-llama"))

@@ -1,7 +1,8 @@
-"""Shared test data: small corpora and files of ../shared/data (skipped when absent)."""
+"""Shared test data: small corpora, files of ../shared/data (skipped when absent), a tiny model."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,44 @@ AWKWARD_QUERIES = [
     "x" * 200,
     "Ünïcödé naïve café — 東京 🎉",
 ]
+
+
+def make_tiny_lm(out: Path) -> str:
+    """Save a tiny random Llama with SmolLM2's real tokenizer into ``out``: generation logic
+    without real weights. The tokenizer comes from the converted embedded model, cached
+    under SEMOE_TEST_MODEL_CACHE (default: the user's cache)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from semoe.models.loading import resolve_model_dir
+
+    cache = os.environ.get("SEMOE_TEST_MODEL_CACHE", str(Path("~/.cache/semoe").expanduser()))
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct", cache))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+# Result tables without the columns that measure time: equal for runs that computed the same.
+_TIMING = "created_at, latency_s, latency_retrieve_s, latency_generate_s, latency_experts_s"
+RESULT_QUERIES = {
+    "predictions": f"select * exclude ({_TIMING}) from predictions order by all",
+    "retrievals": "select * from retrievals order by all",
+    "trigger_events": "select * from trigger_events order by all",
+    "metrics": "select * exclude (seconds_per_question, computed_at) from metrics order by all",
+    "augmentations": "select * exclude (seconds, created_at) from augmentations order by all",
+    "runs": "select run_id, status, error, n_predictions from runs order by all",
+}
+
+
+def result_tables(store_path, tables) -> dict[str, list[dict]]:
+    from semoe.storage.results import ResultStore
+
+    store = ResultStore(store_path)
+    return {name: store.query(RESULT_QUERIES[name]) for name in tables}

@@ -19,6 +19,8 @@ from semoe.experts.augment import (
     QAPair,
     QAParseError,
     augment_passages,
+    _qa_reply_complete,
+    _rewrite_complete,
     parse_qa_pairs,
 )
 from semoe.experts.augment_config import AugmentConfig
@@ -190,7 +192,7 @@ def test_scripted_model_greedy_failure_then_sampled_success(tokenizer, tmp_path)
     [
         (PASSAGE.text, "copies the passage"),
         ("Tamine Zorell was a composer.", "too short"),
-        ("Zorell was a composer born in Falvik in 1973. " * 4, "repeats a sentence"),
+        ("Zorell was a composer born in Falvik in 1973. " * 4, "too short"),  # repeats dropped: one sentence
         ("Born in a northern town long ago, the composer was known for being shy among strangers and "
          "kind among friends, and made many records with a small label over a long career.", "drops names"),
         (GOOD_REWRITE.replace("for a long time", "in Paris from 2001"), "adds names or numbers (2001, Paris)"),
@@ -202,7 +204,7 @@ def test_scripted_model_greedy_failure_then_sampled_success(tokenizer, tmp_path)
 def test_rewrites_are_checked_against_the_passage(tokenizer, tmp_path, rewrite, reason):
     qa = 'Where was Tamine Zorell born?", "answer": "Falvik"}]'
     model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else rewrite)
-    cfg = AugmentConfig(max_attempts=2)
+    cfg = AugmentConfig(max_attempts=2, min_rewrites=1)
     [rec] = augment_passages([PASSAGE], cfg, ChatLM(model, tokenizer), ArtifactCache(tmp_path), model_spec="scripted")
     if reason is None:  # an unfinished last sentence is cut, the rest kept
         assert rec.status == "ok" and rec.rewrites == [rewrite[: rewrite.rindex(".") + 1]]
@@ -211,10 +213,35 @@ def test_rewrites_are_checked_against_the_passage(tokenizer, tmp_path, rewrite, 
         assert rec.reason.startswith("rewrite failed after 2 attempts") and reason in rec.reason
 
 
+def test_repeated_sentences_are_dropped_and_a_failed_rewrite_keeps_the_qa(tokenizer, tmp_path):
+    qa = 'Where was Tamine Zorell born?", "answer": "Falvik"}]'
+    looping = GOOD_REWRITE + " Zorell made records with Galdathal Music for a long time."
+    model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else looping)
+    [rec] = augment_passages([PASSAGE], AugmentConfig(), ChatLM(model, tokenizer), ArtifactCache(tmp_path / "a"),
+                             model_spec="scripted")
+    assert rec.status == "ok" and rec.rewrites == [GOOD_REWRITE] and rec.reason is None
+
+    model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else PASSAGE.text)
+    [rec] = augment_passages([PASSAGE], AugmentConfig(max_attempts=2), ChatLM(model, tokenizer),
+                             ArtifactCache(tmp_path / "b"), model_spec="scripted")
+    assert rec.status == "ok" and rec.rewrites == [] and rec.qa == [QAPair("Where was Tamine Zorell born?", "Falvik", "Falvik")]
+    assert rec.reason.startswith("rewrite failed after 2 attempts") and "copies the passage" in rec.reason
+
+
+def test_qa_replies_stop_when_complete_or_looping():
+    complete = _qa_reply_complete(2)
+    assert not complete('Where?", "answer": "X"}, {"question": "Who?", "answer": "Y"}')
+    assert complete('Where?", "answer": "X"}]')
+    assert complete('Where?", "answer": "X", "full_answer": "X", "full_answer": "X"')
+    assert complete('Q?", "answer": "A"}, ' + '{"question": "Q?", "answer": "A"}, ' * 3)
+    assert _rewrite_complete("Zorell was born in Falvik.\n\nNote: this is a rewrite.")
+    assert not _rewrite_complete("Here is the rewrite:\n\nZorell was born")
+
+
 def test_second_rewrite_must_differ_from_the_first(tokenizer, tmp_path):
     qa = 'Where was Tamine Zorell born?", "answer": "Falvik"}]'
     model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else GOOD_REWRITE)
-    cfg = AugmentConfig(n_rewrites=2, max_attempts=2)
+    cfg = AugmentConfig(n_rewrites=2, min_rewrites=2, max_attempts=2)
     [rec] = augment_passages([PASSAGE], cfg, ChatLM(model, tokenizer), ArtifactCache(tmp_path), model_spec="scripted")
     assert rec.status == "failed" and rec.rewrites == [GOOD_REWRITE] and "same as another rewrite" in rec.reason
 
@@ -236,7 +263,7 @@ def test_sampled_retries_are_seeded(tiny_lm):
     prompts = [tiny_lm.render([{"role": "user", "content": f"Say something {i}"}]) for i in range(3)]
 
     def texts(temperature, seed):
-        return [g.text for g in augment._generate(tiny_lm, prompts, 12, 2, temperature, seed)]
+        return [g.text for g in tiny_lm.generate_rendered(prompts, 12, 2, temperature=temperature, seed=seed)]
 
     sampled = texts(1.0, 5)
     assert sampled == texts(1.0, 5) and sampled != texts(1.0, 6)
@@ -326,11 +353,11 @@ def test_real_model_augments_synthetic_passages(model_cache_root, tmp_path):
     ok = [r for r in recs if r.status == "ok"]
     print("\n" + "\n".join(f"{r.passage_id} {r.status} attempts={r.attempts} {r.seconds:.1f}s qa={len(r.qa)} "
                            f"{r.reason or ''}" for r in recs))
-    # SmolLM2-135M passes every check on about half the passages (16-passage runs: 8/16 at
-    # batch 8 and 16); the rest are recorded as failed, which is the point of the checks.
-    assert len(ok) >= 2, [r.reason for r in recs]
+    # SmolLM2-135M's QA lists pass the grounding checks on most passages, its rewrites on
+    # about half; a passage without a usable rewrite still trains on its QA pairs.
+    assert len(ok) >= 2 and any(r.rewrites for r in ok), [r.reason for r in recs]
     assert all(r.reason for r in recs if r.status == "failed")
     text = {p.id: normalize_answer(p.text) for p in passages}
     for r in ok:
         assert r.qa and all(normalize_answer(q.answer) in text[r.passage_id] for q in r.qa)
-        assert len(r.rewrites) == 1 and r.rewrites[0] != passages[recs.index(r)].text
+        assert len(r.rewrites) <= 1 and passages[recs.index(r)].text not in r.rewrites

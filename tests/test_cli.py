@@ -1,4 +1,5 @@
-"""The CLI: instant help, registry listing, validation errors, read-only SQL."""
+"""The CLI: instant help, registry listing, validation, read-only SQL (its bad-input errors are
+in the matrix of tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from semoe.cli import main
 from semoe.storage.results import ResultStore
@@ -33,21 +32,6 @@ def test_validate_prints_resolved_config_and_hash(capsys):
     assert main(["validate", str(REPO / "configs" / "demo.yaml"), "--set", "retrieval.top_k=5"]) == 0
     out = capsys.readouterr().out
     assert "top_k: 5" in out and "# config hash: " in out
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["validate", "nope.yaml"], "config file not found: nope.yaml"),
-        (["validate", str(REPO / "configs" / "demo.yaml"), "--set", "methods=[magic]"], "unknown method 'magic'"),
-        (["validate", str(REPO / "configs" / "demo.yaml"), "--set", "retrieval.top_k=-1"], "retrieval.top_k"),
-        (["sql", "select 1", "--store", "missing.duckdb"], "no results store at missing.duckdb"),
-    ],
-)
-def test_bad_input_gives_one_clear_error(args, message, capsys):
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("semoe: error: ") and message in err
 
 
 def test_sql_is_read_only_and_formats(tmp_path, capsys):

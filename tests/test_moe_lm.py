@@ -14,8 +14,9 @@ from semoe.moe_lm.inference import generate
 from semoe.moe_lm.model import MoeLM, load_balancing_loss
 from semoe.moe_lm.routers import RouterCarry, SemoeLinearRouter, SemoeRecurrentRouter, build_cell
 from semoe.moe_lm.tokenizer import ByteTokenizer
-from semoe.moe_lm.training import MOE_TRAINING_COLUMNS, MOE_TRAINING_DDL, checkpoint_key, load_or_train, train
+from semoe.moe_lm.training import MOE_TRAINING_COLUMNS, checkpoint_key, load_or_train, train
 from semoe.storage.artifacts import ArtifactCache
+from semoe.storage.results import ResultStore
 
 ROUTERS = [("linear", "sequence"), ("gru", "sequence"), ("gru", "layers"), ("rnn", "sequence"), ("rnn", "layers")]
 TEXTS = [
@@ -195,8 +196,6 @@ def test_training_lowers_the_loss():
 
 
 def test_load_or_train_reuses_the_checkpoint(tmp_path, monkeypatch):
-    import duckdb
-
     import semoe.moe_lm.training as training
 
     cache = ArtifactCache(tmp_path)
@@ -212,11 +211,11 @@ def test_load_or_train_reuses_the_checkpoint(tmp_path, monkeypatch):
     assert checkpoint_key(cfg, TEXTS) != checkpoint_key(tiny(steps=3, seed=1), TEXTS)
     assert checkpoint_key(cfg, TEXTS) != checkpoint_key(cfg, TEXTS[:-1])
 
-    con = duckdb.connect()
-    con.execute(MOE_TRAINING_DDL)
-    con.executemany(f"INSERT INTO moe_lm_training VALUES ({', '.join('?' * len(MOE_TRAINING_COLUMNS))})",
-                    [[r[c] for c in MOE_TRAINING_COLUMNS] for r in curve])
-    assert con.execute("SELECT count(*), max(step) FROM moe_lm_training").fetchone() == (3, 3)
+    store = ResultStore(tmp_path / "results.duckdb")
+    assert all(tuple(r) == MOE_TRAINING_COLUMNS for r in curve)
+    store.write_rows("moe_lm_training", curve)
+    store.write_rows("moe_lm_training", curve)  # keyed: writing again adds nothing
+    assert store.query("SELECT count(*) n, max(step) s FROM moe_lm_training") == [{"n": 3, "s": 3}]
 
 
 def test_generate_with_analysis():

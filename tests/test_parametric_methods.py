@@ -43,3 +43,38 @@ def test_expert_methods_answer_every_question_when_augmentation_fails(setup, met
     catalogue = ctx.experts.drain_rows()
     assert ctx.experts.trained == 0
     assert all(r["status"] == "failed" and r["reason"] for r in catalogue["augmentations"])
+
+
+def test_semoe_trains_missing_experts_while_decoding(tmp_path, tiny_lm_dir):
+    """SEMoE meets passages no offline step saw: their experts are trained on demand from
+    inside the decoding loop (which runs under inference mode) and inserted."""
+    from semoe.data.loading import iter_passages
+    from semoe.experts import augment
+    from semoe.storage.artifacts import ArtifactCache
+
+    cfg = SemoeConfig.model_validate(
+        {
+            "synthetic": {"seed": 5, "n_entities": 10, "n_questions": 2},
+            "model": {"spec": tiny_lm_dir},
+            "generation": {"max_new_tokens": 6, "few_shot": 0},
+            "trigger": {"hallucination_threshold": 0.0, "max_retrievals": 1},
+            "retrieval": {"top_k": 1},
+            "cache": {"root": str(tmp_path / "cache")},
+        }
+    )
+    a = cfg.augment
+    for p in iter_passages(cfg.corpus, evaluation.data_context(cfg)):  # the tiny model cannot write QA pairs
+        qa = augment.QAPair(f"What is {p.title}?", p.title, f"It is {p.title}.")
+        record = augment.Augmentation(p.id, augment.passage_hash(p.text), cfg.model.spec, augment.PROMPT_VERSION,
+                                      "ok", rewrites=[p.text] * a.n_rewrites, qa=[qa] * a.n_qa)
+        ArtifactCache(cfg.cache.root).get_or_build(
+            augment.CACHE_KIND, augment.augmentation_key(record.passage_text_hash, cfg.model.spec, a.n_qa, a.n_rewrites),
+            lambda out, r=record: (out / augment.CACHE_FILE).write_text(r.to_json()) and None,
+        )
+    info = build_index(cfg)
+    ctx = evaluation.method_context(cfg, open_retriever(cfg, info.corpus_key))
+    examples = load_examples(cfg.datasets[0], evaluation.data_context(cfg))
+    outputs = evaluation.answer_chunk(evaluation.WorkItem("synthetic", "semoe", examples), ctx)
+    assert len(outputs) == len(examples) and all(o.retrievals for o in outputs)
+    assert ctx.experts.trained >= 1
+    assert all(r["status"] == "ok" for r in ctx.experts.drain_rows()["experts"] if "status" in r)

@@ -13,7 +13,6 @@ from test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
 
 from semoe.routing.config import RoutingEvalConfig
 from semoe.routing.evaluation import (
-    ROUTING_DDL,
     ROUTING_LAYER_STATS_COLUMNS,
     ROUTING_RUNS_COLUMNS,
     PeakMemory,
@@ -23,6 +22,7 @@ from semoe.routing.evaluation import (
     policy_key,
     write_heatmap_png,
 )
+from semoe.storage.results import migrate
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +103,14 @@ def test_rows_fit_the_duckdb_tables(olmoe, texts, tmp_path):
     import duckdb
 
     con = duckdb.connect()
-    for ddl in ROUTING_DDL:
-        con.execute(ddl)
+    migrate(con)
     calib = [token_ids(olmoe, length=40, seed=s) for s in range(3)]
     specs = [None, {"name": "bh", "params": {"alpha": 0.3, "min_k": 1, "max_k": 6, "p_values": "calibrated"}}]
     for spec in specs:
         ev = evaluate_policy(olmoe, spec, texts, calibration=calib, decode_prompt=texts[0], max_new_tokens=3,
                              heatmap_path=tmp_path / f"{spec and spec['name']}.png")  # fmt: skip
-        run = ev.run_row("run-1", "tiny-olmoe")
-        assert tuple(run) == ROUTING_RUNS_COLUMNS
+        run = ev.run_row("run-1", "tiny-olmoe", setting="s", k=None)
+        assert tuple(run) == ROUTING_RUNS_COLUMNS and run["setting"] == "s"
         con.execute(f"INSERT INTO routing_runs VALUES ({', '.join('?' * len(run))})", list(run.values()))
         for row in ev.layer_rows("run-1", "tiny-olmoe"):
             assert tuple(row) == ROUTING_LAYER_STATS_COLUMNS
@@ -139,18 +138,18 @@ def test_policy_key_is_stable():
 
 def test_config_validates_policies():
     cfg = RoutingEvalConfig(models=["m"], policies=[{"name": "bh", "params": {"alpha": 0.2}}, {"name": "roe"}])
-    assert [p.display_name for p in cfg.policies] == ["bh", "roe"] and cfg.texts.limit == 64
+    assert [p.display_name for p in cfg.policies] == ["bh", "roe"] and cfg.eval_texts == 64
     bad = [
         ({"name": "nope"}, "unknown routing policy 'nope'"),
         ({"name": "bh", "params": {"alpha": 2}}, "alpha"),
         ({"name": "topk", "params": {"top_k": 3}}, "top_k"),
-        ({"name": "bh", "params": {"p_values": "calibrated"}}, "set `calibration`"),
     ]
     for spec, message in bad:
         with pytest.raises(ValueError, match=message):
             RoutingEvalConfig(models=["m"], policies=[spec])
-    RoutingEvalConfig(models=["m"], policies=[{"name": "bh", "params": {"p_values": "calibrated"}}],
-                      calibration={"format": "synthetic", "limit": 8})  # fmt: skip
+    with pytest.raises(ValueError, match="calibration_texts > 0"):
+        RoutingEvalConfig(models=["m"], policies=[{"name": "bh", "params": {"p_values": "calibrated"}}],
+                          calibration_texts=0)  # fmt: skip
 
 
 def test_importing_the_package_stays_light():

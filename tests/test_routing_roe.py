@@ -67,3 +67,35 @@ def test_roe_refuses_what_it_cannot_do():
         roe_generate(model, token_ids(model, batch=2), K=2, max_new_tokens=1)
     with pytest.raises(RoutingError, match="tau_map has 2 entries"):
         roe_generate(model, token_ids(model), K=2, tau_map=[0.1, 0.1], max_new_tokens=1)
+
+
+@pytest.mark.parametrize("router_type", ["linear", "gru", "rnn"])
+def test_roe_on_the_small_moe_lm(router_type):
+    """MoeLM runs the K copies as batch rows; only the clean row's keys, values and recurrent
+    router state are kept, so τ = 0 is greedy decoding and the cache is the clean path's."""
+    from semoe.moe_lm.config import MoeLMConfig
+    from semoe.moe_lm.model import MoeLM
+
+    torch.manual_seed(0)
+    model = MoeLM(MoeLMConfig(d_model=32, n_layers=3, num_heads=4, num_experts=4, k=2, ffn_hidden_dim=32,
+                              max_seq_len=64, router_hidden_dim=8, seq_len=32, router_type=router_type)).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mlp.gate.weight.mul_(20)
+    prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(0))
+    clean = roe_generate(model, prompt, K=4, tau_map=0.0, max_new_tokens=8)
+    assert torch.equal(clean.sequences, greedy_by_recomputation(model, prompt, 8))
+    noisy = roe_generate(model, prompt, K=6, tau_map=[0.0, 5.0, 0.0], max_new_tokens=8)
+    assert noisy.stats.summary()[1]["overlap"] < 0.9
+    with torch.no_grad():
+        reference = model(noisy.sequences[:, :-1], use_cache=True).cache
+    for name in ("keys", "values"):
+        for ref, got in zip(getattr(reference, name), getattr(noisy.cache, name)):
+            assert got.shape == ref.shape == (1, 4, noisy.sequences.shape[1] - 1, 8)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    for ref, got in zip(reference.router_carries, noisy.cache.router_carries):
+        assert (ref is None) == (got is None)
+        if ref is not None:
+            torch.testing.assert_close(got.state, ref.state, atol=1e-5, rtol=1e-5)
+    probs = roe_next_token_probs(model, prompt, K=3, tau_map=0.0).probs
+    torch.testing.assert_close(probs, torch.softmax(logits(model, prompt)[0], -1), atol=1e-5, rtol=1e-4)

@@ -46,9 +46,40 @@ def load_examples(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
 
 
 def iter_passages(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]:
-    """Stream the corpus (first ``limit`` passages); the reader is closed when the limit is hit."""
+    """Stream the corpus (first ``limit`` passages); the reader is closed when the limit is hit.
+    A passage with empty text, or an id seen before, is a :class:`DataFormatError`."""
     reader = CORPORA.get(cfg.format)
-    return _limited(reader(cfg, ctx), cfg.limit)
+    return _checked(_limited(reader(cfg, ctx), cfg.limit), cfg, ctx)
+
+
+def _id_hash(pid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(pid.encode(), digest_size=8).digest(), "little")
+
+
+def _checked(passages: Iterator[Passage], cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]:
+    """Empty passages fail at once; duplicate ids at the end of the stream, found among
+    8-byte id hashes (170 MB for DPR's 21M passages, where a set of the ids would take
+    gigabytes), then named by a second pass over the file."""
+    import array
+
+    import numpy as np
+
+    where = f"corpus {cfg.path or cfg.format}"
+    hashes = array.array("Q")
+    try:
+        for p in passages:
+            if not p.text.strip():
+                raise DataFormatError(f"{where}: passage {p.id!r} has empty text")
+            hashes.append(_id_hash(p.id))
+            yield p
+    finally:
+        passages.close()
+    values, counts = np.unique(np.frombuffer(hashes, dtype=np.uint64), return_counts=True)
+    repeated = set(values[counts > 1].tolist())
+    if repeated:
+        first = next(p.id for p in _limited(CORPORA.get(cfg.format)(cfg, ctx), cfg.limit) if _id_hash(p.id) in repeated)
+        more = f" (and {len(repeated) - 1} more ids)" if len(repeated) > 1 else ""
+        raise DataFormatError(f"{where}: duplicate passage id {first!r}{more}; passage ids must be unique")
 
 
 def _limited(passages: Iterator[Passage], limit: int | None) -> Iterator[Passage]:

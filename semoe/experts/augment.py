@@ -23,7 +23,7 @@ from typing import Iterable, Literal, Sequence
 
 from semoe.data.schema import Passage
 from semoe.experts.augment_config import AugmentConfig
-from semoe.generation.lm import ChatLM, Generation, Message
+from semoe.generation.lm import ChatLM, Message
 from semoe.metrics import normalize_answer
 from semoe.storage.artifacts import MARKER, ArtifactCache, content_key
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Bump when a prompt, the prefill or an acceptance check changes, so cached augmentations
 # made under the old wording are not reused.
-PROMPT_VERSION = "prag-1"
+PROMPT_VERSION = "prag-2"
 CACHE_KIND = "augmentations"
 CACHE_FILE = "augmentation.json"
 
@@ -87,9 +87,9 @@ def passage_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def augmentation_key(text_hash: str, model_spec: str, n_qa: int, n_rewrites: int) -> str:
+def augmentation_key(text_hash: str, model_spec: str, n_qa: int, n_rewrites: int, min_rewrites: int = 0) -> str:
     """Cache key of one passage's augmentation; reads PROMPT_VERSION at call time."""
-    return content_key(text_hash, model_spec, PROMPT_VERSION, n_qa, n_rewrites)
+    return content_key(text_hash, model_spec, PROMPT_VERSION, n_qa, n_rewrites, *([min_rewrites] if min_rewrites else []))
 
 
 # --------------------------------------------------------------------------- prompts
@@ -337,6 +337,7 @@ def parse_qa_pairs(text: str) -> list[QAPair]:
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 _LABEL_LINE = re.compile(r"^[^\n]{0,80}:\s*\n")
+_PARAGRAPH_END = re.compile(r"[.!?][\"')\]]*[ \t]*\n[ \t]*\n")
 # A rewrite shorter than half the passage has lost facts; one keeping under 60 % of the
 # passage's names and numbers, or naming any the passage lacks, has changed the facts
 # (all three are common with SmolLM2-135M).
@@ -348,7 +349,16 @@ def _clean_rewrite(text: str) -> str:
     """Strip fences and a "Here is the rewrite:" line; cut a sentence left unfinished by the token limit."""
     text = _LABEL_LINE.sub("", _FENCE.sub("", text).strip(), count=1).strip().strip('"').strip()
     ends = list(_SENTENCE_END.finditer(text))
-    return text[: ends[-1].end()] if ends else ""
+    text = text[: ends[-1].end()] if ends else ""
+    kept, seen = [], set()
+    for piece in re.split(f"({_SENTENCE_SPLIT.pattern})", text):  # sentences and their separators
+        key = normalize_answer(piece)
+        if key and key in seen:  # a repeated sentence adds nothing; its first occurrence stays
+            kept.pop()  # with the separator before it
+            continue
+        seen.add(key)
+        kept.append(piece)
+    return "".join(kept).strip()
 
 
 def _key_terms(text: str) -> set[str]:
@@ -371,9 +381,6 @@ def _rewrite_problem(rewrite: str, passage: str, accepted: Sequence[str]) -> str
     words, passage_words = len(rewrite.split()), len(passage.split())
     if words < _MIN_REWRITE_RATIO * passage_words:
         return f"too short ({words} words for a {passage_words}-word passage)"
-    sentences = [normalize_answer(s) for s in _SENTENCE_SPLIT.split(rewrite)]
-    if len(set(sentences)) < len(sentences):
-        return "repeats a sentence"
     norm = normalize_answer(rewrite)
     if norm == normalize_answer(passage):
         return "copies the passage"
@@ -435,36 +442,29 @@ def _usable_pairs(text: str, passage: str, cfg: AugmentConfig) -> tuple[list[QAP
 
 # --------------------------------------------------------------------------- generation
 
-def _generate(
-    lm: ChatLM, prompts: Sequence[str], max_new_tokens: int, batch_size: int, temperature: float, seed: int
-) -> list[Generation]:
-    """ChatLM.generate's length-sorted batching over already rendered prompts (so a reply
-    can be prefilled), greedy at temperature 0, else sampled with a seed per batch: retries
-    must differ from the greedy attempt yet come out the same on a rerun of the same inputs."""
-    import torch
+def _looping(text: str, window: int = 48) -> bool:
+    """The reply's last ``window`` characters occur earlier in it: greedy decoding of a small
+    model has entered a cycle that only the token limit would end."""
+    return len(text) >= 2 * window and text[-window:] in text[:-window]
 
-    tok = lm.tokenizer
-    lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in prompts]
-    order = sorted(range(len(prompts)), key=lengths.__getitem__)
-    mode = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    results: list[Generation | None] = [None] * len(prompts)
-    with torch.random.fork_rng():  # leave the caller's RNG state alone
-        for n, start in enumerate(range(0, len(order), batch_size)):
-            idx = order[start : start + batch_size]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            torch.manual_seed(seed + n)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = lm.model.generate(
-                    **enc.to(lm.device), max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **mode
-                )
-            share = (time.perf_counter() - t0) / len(idx)
-            for row, i in enumerate(idx):
-                ids = out[row, enc["input_ids"].shape[1] :].tolist()
-                n_new = next((j + 1 for j, t in enumerate(ids) if t == tok.eos_token_id), len(ids))
-                text = tok.decode(ids[:n_new], skip_special_tokens=True)
-                results[i] = Generation(text=text, prompt_tokens=lengths[i], new_tokens=n_new, seconds=share)
-    return results  # type: ignore[return-value]
+
+def _qa_reply_complete(n_qa: int):
+    """Stop a QA reply once it closes the list or holds twice ``n_qa`` objects (spares for
+    the pairs the grounding checks drop), or once it loops or repeats a key inside one
+    object (greedy small models loop on ``"full_answer": ...``): the lenient parser keeps
+    what came before."""
+    def complete(text: str) -> bool:
+        reply = QA_PREFIX + text
+        objects = reply.count("}")
+        if objects >= 2 * n_qa or reply.rstrip().endswith("]") or _looping(text):
+            return True
+        return max(reply.count(f'"{key}"') for key in ("question", "answer", "full_answer")) > objects + 1
+    return complete
+
+
+def _rewrite_complete(text: str) -> bool:
+    """A blank line after a finished sentence ends the rewrite (a label line does not)."""
+    return _PARAGRAPH_END.search(text) is not None or _looping(text)
 
 
 @dataclass
@@ -491,6 +491,7 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
         jobs += [_Job(n, "rewrite", s, rewrite_prompt) for s in range(cfg.n_rewrites)]
         jobs.append(_Job(n, "qa", 0, lm.render(qa_messages(p.text, cfg.n_qa)) + QA_PREFIX))
     max_tokens = {"rewrite": cfg.rewrite_max_new_tokens, "qa": cfg.qa_max_new_tokens}
+    stop_when = {"rewrite": _rewrite_complete, "qa": _qa_reply_complete(cfg.n_qa)}
     for attempt in range(cfg.max_attempts):
         for kind in ("rewrite", "qa"):
             for greedy in (True, False):
@@ -502,7 +503,8 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
                     continue
                 seed = int(content_key(cfg.seed, attempt, kind), 16) % 2**31
                 temperature = 0.0 if greedy else cfg.retry_temperature
-                gens = _generate(lm, [j.prompt for j in group], max_tokens[kind], cfg.batch_size, temperature, seed)
+                gens = lm.generate_rendered([j.prompt for j in group], max_tokens[kind], cfg.batch_size,
+                                            temperature=temperature, seed=seed, stop_when=stop_when[kind])
                 for job, gen in zip(group, gens):
                     job.attempts += 1
                     job.seconds += gen.seconds
@@ -522,14 +524,16 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
     for n, p in enumerate(passages):
         own = [j for j in jobs if j.passage == n]
         failed = [j for j in own if j.result is None]
+        rewrites = [j.result for j in own if j.kind == "rewrite" and j.result is not None]
+        usable = all(j.result is not None for j in own if j.kind == "qa") and len(rewrites) >= cfg.min_rewrites
         records.append(
             Augmentation(
                 passage_id=p.id,
                 passage_text_hash=passage_hash(p.text),
                 model=spec,
                 prompt_version=PROMPT_VERSION,
-                status="failed" if failed else "ok",
-                rewrites=[j.result for j in own if j.kind == "rewrite" and j.result is not None],
+                status="ok" if usable else "failed",
+                rewrites=rewrites,
                 qa=next((j.result for j in own if j.kind == "qa" and j.result is not None), []),
                 attempts=max(j.attempts for j in own),
                 reason="; ".join(j.failure() for j in failed) or None,
@@ -569,7 +573,7 @@ def augment_passages(
     if not spec:
         raise ValueError("augment_passages needs model_spec when cfg.model is None")
     passages = list(passages)
-    keys = [augmentation_key(passage_hash(p.text), spec, cfg.n_qa, cfg.n_rewrites) for p in passages]
+    keys = [augmentation_key(passage_hash(p.text), spec, cfg.n_qa, cfg.n_rewrites, cfg.min_rewrites) for p in passages]
     found: dict[str, Augmentation] = {}
     todo: dict[str, Passage] = {}
     for p, key in zip(passages, keys):

@@ -42,6 +42,8 @@ class ExpertProvider:
 
     def ensure(self, passages: Sequence[Passage]) -> None:
         """Augment and train (batched) whatever of ``passages`` has no expert loaded yet."""
+        import torch
+
         from semoe.experts.augment import augment_passages
         from semoe.experts.format import load_expert
         from semoe.experts.training import TrainingItem, ensure_experts
@@ -58,9 +60,10 @@ class ExpertProvider:
             if a.status != "ok":
                 self._experts[p.id] = None
         items = [TrainingItem.create(p.id, p.text, a.rewrites, a.qa) for p, a in ok]
-        records = ensure_experts(
-            items, self.cfg.model.spec, self.cfg.experts, self.cache, self.lm.model, self.lm.tokenizer
-        )
+        with torch.inference_mode(False), torch.enable_grad():  # callers may be decoding (SEMoE's trigger)
+            records = ensure_experts(
+                items, self.cfg.model.spec, self.cfg.experts, self.cache, self.lm.model, self.lm.tokenizer
+            )
         self.lm.model.eval()
         for rec in records:
             self.rows["experts"].append(rec.to_row())

@@ -1,12 +1,13 @@
 """Prefect flows: ``index_corpus`` and ``evaluate``, composed by ``pipeline``.
 
-The flow process is the single writer of the DuckDB store: tasks return rows and the
-flow commits them chunk by chunk, so a killed run resumes where it stopped.
+The flow process is the single writer of the DuckDB store: tasks return rows (or, on Dask
+workers, leave them as Parquet shards) and the flow commits them chunk by chunk, so a
+killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import json
+from typing import Iterator
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -16,9 +17,13 @@ from semoe.config import SemoeConfig
 from semoe.data.loading import corpus_key
 from semoe.data.schema import Example
 from semoe.indexing import describe_corpus, open_retriever
+from semoe.flows.runners import shared_cluster, with_runner
+from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
 from semoe.storage.results import ResultStore, utcnow
-from semoe.tasks.evaluation import answer_chunk_task, load_examples_task
+from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
+from semoe.tasks.evaluation import answer_chunk_task, answer_shard_task, load_examples_task
 from semoe.tasks.experts import build_experts_task
+from semoe.tasks.gpu import ensure_gpu_limits
 from semoe.tasks.indexing import build_index_task
 
 
@@ -51,58 +56,33 @@ def index_corpus(config: SemoeConfig) -> dict:
     return info
 
 
-LEADERBOARD_COLUMNS = ("dataset", "method", "n", "em", "f1", "recall", "retrievals_per_question", "seconds_per_question")
-
-
-def _markdown_summary(run_id: str, cfg: SemoeConfig, board: list[dict]) -> str:
-    lines = [
-        f"# semoe run `{run_id}` ({cfg.name})",
-        "",
-        f"config hash `{cfg.config_hash()}`, code `{evaluation.code_version()}`, model `{cfg.model.spec}`, "
-        f"retriever `{cfg.retrieval.backend}` (top-{cfg.retrieval.top_k}), corpus `{describe_corpus(cfg.corpus)}`",
-        "",
-        "| dataset | method | n | EM | F1 | recall | retrievals/q | s/q |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in board:
-        lines.append(
-            f"| {r['dataset']} | {r['method']} | {r['n']} | {r['em']:.3f} | {r['f1']:.3f} | "
-            f"{'' if r['recall'] is None else format(r['recall'], '.3f')} | {r['retrievals_per_question']:.2f} | "
-            f"{r['seconds_per_question']:.3f} |"
-        )
-    return "\n".join(lines)
-
-
 @flow(name="evaluate", log_prints=True)
 def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     """Load questions → retrieve → generate → score → store, resuming a killed run."""
     logger = get_run_logger()
     config.check_names()
+    ensure_gpu_limits(config)
     run_id = evaluation.run_id_for(config)
     store = ResultStore(config.store.path)
-    previous = store.start_run(
-        run_id, config.name, config.config_hash(), evaluation.code_version(), json.dumps(config.model_dump(mode="json"))
-    )
+    previous = evaluation.register_run(store, run_id, config)
     try:
         examples = {
             ds.display_name: [Example.from_dict(e) for e in load_examples_task(config, ds)] for ds in config.datasets
         }
+        shards = shard_root(store.path, run_id)
+        if ingest_pending(store, shards):  # chunks a killed run finished on workers but never ingested
+            logger.info("ingested the shards a previous attempt left in %s", shards)
         items = evaluation.plan_work(config, examples, store.done_keys(run_id))
         total = sum(len(i.examples) for i in items)
         logger.info("run %s (%s before): %d answers to produce", run_id, previous, total)
         if items:
             progress = create_progress_artifact(0.0, key="semoe-progress", description=f"run {run_id}")
             done = 0
-            for item in items:
-                rows, catalogue = answer_chunk_task(
-                    config, run_id, item.dataset, item.method, [e.as_dict() for e in item.examples],
-                    corpus_key if evaluation.method_uses_retrieval(item.method) else None, item.examples[0].id,
-                )
-                store.write_predictions(rows)
-                for table, table_rows in catalogue.items():
-                    store.write_rows(table, table_rows)
-                done += len(item.examples)
+            for n in _answer_and_commit(config, run_id, items, corpus_key, store):
+                done += n
                 update_progress_artifact(progress, 100.0 * done / total)
+                logger.info("committed %d/%d answers", done, total)
+        remove_root(shards)
         store.compute_metrics(run_id)
         store.finish_run(run_id)
     except BaseException as e:
@@ -114,24 +94,60 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
         key="semoe-leaderboard",
         description=f"leaderboard of run {run_id}",
     )
-    create_markdown_artifact(_markdown_summary(run_id, config, board), key="semoe-summary")
+    report = write_run_report(store.path, run_id)
+    create_markdown_artifact(
+        report.artifact_markdown(), key="semoe-summary", description=f"report of run {run_id}: {report.paths['html']}"
+    )
     return {"run_id": run_id, "store": str(store.path), "leaderboard": board, "produced": total}
 
 
+def _answer_and_commit(config: SemoeConfig, run_id: str, items: list, corpus_key: str | None, store: ResultStore) -> Iterator[int]:
+    """Answer the planned chunks and commit each, yielding its size. Default runner: chunk
+    by chunk in this process. Dask: all chunks at once on the workers, which leave Parquet
+    shards that this process (the single store writer) ingests in order."""
+    calls = [
+        (config, run_id, item.dataset, item.method, [e.as_dict() for e in item.examples],
+         corpus_key if evaluation.method_uses_retrieval(item.method) else None, item.examples[0].id)
+        for item in items
+    ]
+    if config.runner.kind == "default":
+        for item, call in zip(items, calls):
+            rows, catalogue = answer_chunk_task(*call)
+            store.write_predictions(rows)
+            for table, table_rows in catalogue.items():
+                store.write_rows(table, table_rows)
+            yield len(item.examples)
+        return
+    root = str(shard_root(store.path, run_id))
+    futures = [answer_shard_task.submit(*call, root) for call in calls]
+    for item, future in zip(items, futures):
+        ingest_shard(store, future.result())
+        yield len(item.examples)
+
+
 @flow(name="build_experts", log_prints=True)
-def build_experts(config: SemoeConfig, corpus_key: str) -> dict:
+def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     """Augment and train the experts of every question's top-k passages (PRAG's offline
-    step), chunk by chunk; cached per passage, catalogued in ``augmentations``/``experts``."""
+    step), chunk by chunk; cached per passage, catalogued in ``augmentations``/``experts``.
+    Without ``corpus_key`` (a deployment run) it indexes the corpus first (reused when built)."""
     logger = get_run_logger()
+    ensure_gpu_limits(config)
+    corpus_key = corpus_key or index_corpus(config)["corpus_key"]
     retriever = open_retriever(config, corpus_key)
     examples = [Example.from_dict(e) for ds in config.datasets for e in load_examples_task(config, ds)]
     passages = evaluation.expert_passages(config, examples, retriever)
     store = ResultStore(config.store.path)
     size, trained = config.augment.chunk_size, 0
-    for start in range(0, len(passages), size):
-        chunk = passages[start : start + size]
-        result = build_experts_task(config, [p.as_dict() for p in chunk], chunk[0].id)
-        for table, rows in result["rows"].items():
+    chunks = [[p.as_dict() for p in passages[i : i + size]] for i in range(0, len(passages), size)]
+    if config.runner.kind == "default":
+        results = (build_experts_task(config, chunk, chunk[0]["id"]) for chunk in chunks)
+    else:  # all chunks at once on the workers; their rows come back as Parquet shards
+        root = str(shard_root(store.path, evaluation.run_id_for(config)))
+        results = (f.result() for f in [build_experts_task.submit(config, c, c[0]["id"], root) for c in chunks])
+    for result in results:
+        if "shard" in result:
+            ingest_shard(store, result["shard"])
+        for table, rows in result.get("rows", {}).items():
             store.write_rows(table, rows)
         trained += result["trained"]
     logger.info("experts for %d passages (%d newly trained)", len(passages), trained)
@@ -144,6 +160,7 @@ def pipeline(config: SemoeConfig) -> dict:
     method inserts them, then evaluate."""
     config.check_names()
     key = index_corpus(config)["corpus_key"] if evaluation.needs_retrieval(config) else None
-    if evaluation.needs_experts(config):
-        build_experts(config, key)
-    return evaluate(config, corpus_key=key)
+    with shared_cluster(config) as config:
+        if evaluation.needs_experts(config):
+            with_runner(build_experts, config)(config, key)
+        return with_runner(evaluate, config)(config, corpus_key=key)

@@ -1,4 +1,4 @@
-"""Batched greedy chat generation over a Hugging Face causal LM."""
+"""Batched chat generation over a Hugging Face causal LM."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 Message = dict  # {"role": ..., "content": ...}
+StopWhen = Callable[[str], bool]  # reply text so far -> the reply is complete
+
+MIN_SHARED_PREFIX = 16  # tokens; below this a batch-1 prefix pass costs more than it saves
 
 
 @dataclass
@@ -17,9 +20,38 @@ class Generation:
     seconds: float  # this conversation's share of its batch's wall time
 
 
+def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    n = min(len(r) for r in rows)
+    first = rows[0]
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return n
+
+
+class _RowStop:
+    """transformers stopping criterion: a row is done once ``stop_when`` accepts its reply
+    so far, so one long-winded row does not hold the others' decode steps hostage."""
+
+    def __init__(self, tokenizer, prompt_length: int, stop_when: StopWhen):
+        self.tokenizer, self.prompt_length, self.stop_when = tokenizer, prompt_length, stop_when
+        self.done: list[bool] | None = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.done is None:
+            self.done = [False] * input_ids.shape[0]
+        for row in range(input_ids.shape[0]):
+            if not self.done[row]:
+                text = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
+                self.done[row] = self.stop_when(text)
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
 class ChatLM:
-    """Renders conversations with the model's chat template and decodes greedily in
-    length-sorted batches (left padding), so a batch wastes little on padding."""
+    """Renders conversations with the model's chat template and decodes in length-sorted
+    batches (left padding), so a batch wastes little on padding."""
 
     def __init__(self, model, tokenizer, system_prompt: str | None = None):
         self.model = model
@@ -47,33 +79,87 @@ class ChatLM:
     ) -> list[Generation]:
         """Greedy replies in input order. ``on_batch(indices)`` is called before each model
         batch with the input indices of its rows, e.g. to set per-row experts."""
+        gens = self.generate_rendered([self.render(c) for c in conversations], max_new_tokens, batch_size,
+                                      on_batch=on_batch)
+        return [Generation(g.text.strip(), g.prompt_tokens, g.new_tokens, g.seconds) for g in gens]
+
+    def generate_rendered(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        batch_size: int = 8,
+        *,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop_when: StopWhen | None = None,
+        on_batch: Callable[[list[int]], None] | None = None,
+    ) -> list[Generation]:
+        """Replies to already rendered prompts (so a reply can be prefilled), in input order.
+
+        Greedy at temperature 0, else sampled with a seed per batch: reruns of the same inputs
+        give the same replies, and the caller's RNG state is left alone. The token prefix all
+        prompts of a batch share (instructions, few-shot turns) is run once and its KV cache
+        shared by the rows, unless ``on_batch`` gives rows different weights (experts)."""
         import torch
 
-        prompts = [self.render(c) for c in conversations]
-        lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        tok = self.tokenizer
+        ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        mode = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         results: list[Generation | None] = [None] * len(prompts)
-        eos = self.tokenizer.eos_token_id
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.device)
-            if on_batch is not None:
-                on_batch(idx)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-            share = (time.perf_counter() - t0) / len(idx)
-            new = out[:, enc["input_ids"].shape[1] :]
-            for row, i in enumerate(idx):
-                ids = new[row].tolist()
-                n_new = next((j + 1 for j, t in enumerate(ids) if t == eos), len(ids))
-                text = self.tokenizer.decode(ids[:n_new], skip_special_tokens=True)
-                results[i] = Generation(text=text.strip(), prompt_tokens=lengths[i], new_tokens=n_new, seconds=share)
+        with torch.random.fork_rng(devices=[]):
+            for n, start in enumerate(range(0, len(order), batch_size)):
+                idx = order[start : start + batch_size]
+                if on_batch is not None:
+                    on_batch(idx)
+                torch.manual_seed(seed + n)
+                t0 = time.perf_counter()
+                out, prompt_length = self._generate_batch([ids[i] for i in idx], max_new_tokens, stop_when,
+                                                          share_prefix=on_batch is None, **mode)
+                share = (time.perf_counter() - t0) / len(idx)
+                for row, i in enumerate(idx):
+                    new = out[row, prompt_length:].tolist()
+                    n_new = next((j + 1 for j, t in enumerate(new) if t == tok.eos_token_id), len(new))
+                    if stop_when is not None:  # rows stopped early are padded after their last token
+                        n_new = next((j + 1 for j in range(n_new) if stop_when(tok.decode(new[: j + 1], skip_special_tokens=True))), n_new)
+                    text = tok.decode(new[:n_new], skip_special_tokens=True)
+                    results[i] = Generation(text=text, prompt_tokens=len(ids[i]), new_tokens=n_new, seconds=share)
         return results  # type: ignore[return-value]
+
+    def _generate_batch(self, rows: list[list[int]], max_new_tokens: int, stop_when: StopWhen | None,
+                        share_prefix: bool, **mode):
+        """(output ids, prompt length in them). With a shared prefix the layout is
+        ``prefix | left padding | suffix``: positions come from the attention mask, so every
+        row sees the prefix at the positions its batch-1 pass computed."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        tok, device = self.tokenizer, self.device
+        shared = _common_prefix_length(rows) if share_prefix and len(rows) > 1 else 0
+        shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps a token to run
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        width = max(len(r) for r in rows) - shared
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        input_ids = torch.full((len(rows), shared + width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for b, r in enumerate(rows):
+            input_ids[b, :shared], mask[b, :shared] = torch.tensor(r[:shared]), 1
+            suffix = r[shared:]
+            input_ids[b, shared + width - len(suffix) :] = torch.tensor(suffix)
+            mask[b, shared + width - len(suffix) :] = 1
+        kwargs = {}
+        if shared:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.config)
+            with torch.inference_mode():
+                self.model(input_ids=input_ids[:1, :shared].to(device), cache=cache, use_cache=True)
+            cache.batch_repeat_interleave(len(rows))
+            kwargs["cache"] = cache
+        if stop_when is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_RowStop(tok, input_ids.shape[1], stop_when)])
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                      max_new_tokens=max_new_tokens, pad_token_id=pad, **mode, **kwargs)
+        return out, input_ids.shape[1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +80,17 @@ def check_model_spec(spec: str) -> None:
         _local_model_dir(spec)
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
 def _local_model_dir(spec: str) -> str:
     p = Path(spec).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model directory not found: {spec}")
     if not (p / "config.json").is_file():
         raise ModelLoadError(f"model directory {p} has no config.json")
+    if not any(True for pattern in WEIGHT_FILES for _ in p.glob(pattern)):
+        raise ModelLoadError(f"model directory {p} has no weights file ({', '.join(WEIGHT_FILES)})")
     return str(p)
 
 
@@ -110,9 +116,18 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@functools.lru_cache(maxsize=2)
+_LOAD_LOCK = threading.Lock()
+
+
 def load_model(spec: str, cache_root: str, dtype: str = "float32", device: str = "auto"):
-    """(model, tokenizer) in eval mode; memoised so a worker process loads each model once."""
+    """(model, tokenizer) in eval mode; memoised so a worker process loads each model once,
+    and locked so tasks running on threads of one process do not load it concurrently."""
+    with _LOAD_LOCK:
+        return _load_model(spec, cache_root, dtype, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(spec: str, cache_root: str, dtype: str, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

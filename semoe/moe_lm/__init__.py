@@ -3,7 +3,7 @@
 - ``config``: :class:`MoeLMConfig` (architecture, routing, training), ``load_moe_config``
 - ``routers``: ``SemoeLinearRouter``, ``SemoeRecurrentRouter`` (OlmoeTopKRouter's interface)
 - ``model``: ``MoeLM``, ``SemoeSparseMoeBlock``, ``MoeLMCache``, ``load_balancing_loss``
-- ``training``: ``train``, ``load_or_train``, ``MOE_TRAINING_DDL``
+- ``training``: ``train``, ``load_or_train``, ``MOE_TRAINING_COLUMNS``
 - ``inference``: ``generate``; ``cli``: ``cli_main``
 
 Names are imported lazily so that importing the package (e.g. for the CLI) does not load torch.
@@ -29,7 +29,6 @@ _LAZY = {
     "load_checkpoint": "training",
     "checkpoint_key": "training",
     "encyclopedia_texts": "training",
-    "MOE_TRAINING_DDL": "training",
     "MOE_TRAINING_COLUMNS": "training",
     "generate": "inference",
     "Generation": "inference",

@@ -17,8 +17,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from semoe.config import ConfigError, _format_validation_error, apply_overrides, read_yaml_mapping
-
 
 class MoeLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -81,6 +79,9 @@ class MoeLMConfig(BaseModel):
 
 def load_moe_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MoeLMConfig:
     """A YAML mapping of :class:`MoeLMConfig` fields (or the defaults), then ``key=value`` overrides."""
+    # Imported here: semoe.config includes this model (via the routing section), not the reverse.
+    from semoe.config import ConfigError, _format_validation_error, apply_overrides, read_yaml_mapping
+
     data, source = read_yaml_mapping(path)
     data = apply_overrides(data, overrides or [])
     try:

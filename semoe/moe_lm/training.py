@@ -28,17 +28,9 @@ KIND = "moe-lm"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 
-MOE_TRAINING_DDL = """CREATE TABLE IF NOT EXISTS moe_lm_training (
-    model_key VARCHAR NOT NULL,
-    step INTEGER NOT NULL,
-    loss DOUBLE NOT NULL,
-    aux_loss DOUBLE NOT NULL,
-    lr DOUBLE NOT NULL,
-    seconds DOUBLE NOT NULL,
-    PRIMARY KEY (model_key, step)
-)"""
 MOE_TRAINING_COLUMNS = ("model_key", "step", "loss", "aux_loss", "lr", "seconds")
-"""Keys of every curve row, in DDL column order. ``loss`` is the cross-entropy (nats/token),
+"""Keys of every curve row, in the column order of the store's ``moe_lm_training`` table
+(``semoe.storage.schema``, migration 3). ``loss`` is the cross-entropy (nats/token),
 ``aux_loss`` the unweighted load-balancing loss, ``lr`` the rate used for that step, ``seconds``
 the wall time since training started."""
 

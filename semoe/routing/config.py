@@ -1,8 +1,11 @@
-"""``RoutingEvalConfig``: which models, which routing policies, on which texts.
+"""``RoutingEvalConfig``: the ``routing:`` section of :class:`semoe.config.SemoeConfig` —
+which models, which routing policies, which texts.
 
-Texts and calibration texts are corpus sections (``semoe.config.CorpusConfig``), read with
-the registered corpus readers, so any passage source the pipeline knows can be scored.
-Policy names and params are validated against the policy registry when the config loads.
+Texts come from the config's ``corpus`` section (read by the registered corpus readers): a
+fixed, spread-out subset of its passages is held out for perplexity, the small MoE LM trains
+on the rest, and BH's empirical nulls are fitted on the first training passages. QA scores
+one of the config's ``datasets`` through the pipeline's own generation path. This module
+imports nothing from ``semoe.config`` so that the top-level config can include it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from semoe.config import CorpusConfig
+from semoe.moe_lm.config import MoeLMConfig
 
 
 class _Section(BaseModel):
@@ -44,6 +47,56 @@ class PolicySpec(_Section):
     def needs_calibration(self) -> bool:
         return self.name == "bh" and self.params.get("p_values") == "calibrated" and not self.params.get("null")
 
+    @property
+    def key(self) -> str:
+        """The policy's identity in the store (name and params as configured)."""
+        from semoe.routing.evaluation import policy_key
+
+        return policy_key(self.name, self.params)
+
+    @property
+    def setting(self) -> str:
+        """The grid cell in words, e.g. ``k=4 renorm``, ``alpha=0.05 calibrated``, ``K=8``."""
+        p = self.params
+        if self.name == "topk":
+            words = [f"k={p['k']}" if p.get("k") else "own k"]
+        elif self.name == "bh":
+            words = [f"alpha={p.get('alpha', 0.1)}", p.get("p_values", "softmax")]
+        elif self.name == "roe":
+            words = [f"K={p.get('samples', 8)}", f"tau={p.get('tau', 0.5)}"]
+        elif self.name == "top-p":
+            words = [f"p={p.get('p', 0.5)}"]
+        else:
+            words = [f"{k}={v}" for k, v in sorted(p.items()) if k != "renormalize"]
+        if p.get("renormalize") is not None:
+            words.append("renorm" if p["renormalize"] else "no-renorm")
+        return " ".join(words)
+
+
+class RoutingModelConfig(_Section):
+    """A model to route: an HF MoE model (``spec``) or semoe's small MoE LM trained from ``moe_lm``."""
+
+    spec: str | None = Field(None, description="embedded alias, local directory or HF hub id of an MoE model")
+    moe_lm: MoeLMConfig | None = Field(None, description="train (or load the cached) small MoE LM with these settings")
+    label: str | None = Field(None, description="name stored in results; defaults to the spec or moe-lm-<router>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data):
+        return {"spec": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.spec is None) == (self.moe_lm is None):
+            raise ValueError("give exactly one of `spec` (an HF MoE model) or `moe_lm` (the small MoE LM's settings)")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        if self.label:
+            return self.label
+        return self.spec if self.spec is not None else f"moe-lm-{self.moe_lm.router_type}"
+
 
 class DecodeSpeedConfig(_Section):
     enabled: bool = True
@@ -51,8 +104,13 @@ class DecodeSpeedConfig(_Section):
     max_new_tokens: int = Field(32, ge=1, le=4096)
 
 
+class QAConfig(_Section):
+    dataset: str = Field(..., description="display name of one of the config's `datasets`")
+    limit: int | None = Field(None, ge=1, description="score the first N questions; None = all")
+
+
 class RoutingEvalConfig(_Section):
-    models: list[str] = Field(..., description="model specs: embedded alias, local directory or HF hub id (MoE models)")
+    models: list[RoutingModelConfig] = Field(..., description="HF MoE model specs and/or small MoE LM configs")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     policies: list[PolicySpec] = Field(default_factory=lambda: [PolicySpec(name="topk")])
@@ -60,14 +118,13 @@ class RoutingEvalConfig(_Section):
         "patch", description="patch: the policy routes; analyze: the model routes, the policy's choices are recorded"
     )
     baseline: bool = Field(True, description="also record the model's own routing (topk, analyze mode)")
-    texts: CorpusConfig = Field(default_factory=lambda: CorpusConfig(limit=64), description="eval texts (a corpus)")
-    calibration: CorpusConfig | None = Field(
-        None, description="texts to fit BH's empirical nulls (needed by p_values=calibrated without a saved null)"
-    )
+    eval_texts: int = Field(64, ge=1, description="corpus passages held out for perplexity (spread over the corpus)")
+    calibration_texts: int = Field(32, ge=0, description="training passages that fit BH's empirical nulls")
     max_tokens: int = Field(512, ge=2, le=32768, description="tokens per eval text (truncated)")
     decode: DecodeSpeedConfig = DecodeSpeedConfig()
+    qa: QAConfig | None = Field(None, description="QA EM/F1 on one dataset (HF chat models; not the byte-level LM)")
     guard: bool = Field(True, description="fail when an override leaves routing unchanged (RoutingNoOpError)")
-    heatmaps: bool = Field(True, description="write an expert-activation PNG per model × policy")
+    heatmaps: bool = Field(True, description="write an expert-activation PNG per model × policy next to the store")
 
     @field_validator("models", "policies")
     @classmethod
@@ -77,8 +134,15 @@ class RoutingEvalConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _calibration_available(self):
+    def _consistent(self):
+        names = [m.display_name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique (set `label`): {names}")
+        keys = [p.key for p in self.policies]
+        if len(set(keys)) != len(keys):
+            twice = sorted({p.display_name for p in self.policies if keys.count(p.key) > 1})
+            raise ValueError(f"policies {twice} are listed twice with the same params")
         missing = [p.display_name for p in self.policies if p.needs_calibration()]
-        if missing and self.calibration is None:
-            raise ValueError(f"policies {missing} use calibrated p-values: set `calibration` (a corpus section)")
+        if missing and self.calibration_texts == 0:
+            raise ValueError(f"policies {missing} use calibrated p-values: set calibration_texts > 0")
         return self

@@ -19,57 +19,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-ROUTING_RUNS_DDL = """CREATE TABLE routing_runs (
-    run_id VARCHAR NOT NULL,
-    model VARCHAR NOT NULL,
-    policy_key VARCHAR NOT NULL,
-    policy VARCHAR NOT NULL,
-    policy_params JSON,
-    mode VARCHAR NOT NULL,
-    texts INTEGER,
-    tokens BIGINT,
-    nll DOUBLE,
-    perplexity DOUBLE,
-    eval_seconds DOUBLE,
-    tokens_per_s DOUBLE,
-    decode_tokens_per_s DOUBLE,
-    peak_memory_bytes BIGINT,
-    memory_method VARCHAR,
-    kv_cache_bytes BIGINT,
-    experts_per_token DOUBLE,
-    floor_rate DOUBLE,
-    ceiling_rate DOUBLE,
-    heatmap_path VARCHAR,
-    created_at TIMESTAMP,
-    PRIMARY KEY (run_id, model, policy_key, mode)
-)"""
-
-ROUTING_LAYER_STATS_DDL = """CREATE TABLE routing_layer_stats (
-    run_id VARCHAR NOT NULL,
-    model VARCHAR NOT NULL,
-    policy_key VARCHAR NOT NULL,
-    mode VARCHAR NOT NULL,
-    layer INTEGER NOT NULL,
-    module VARCHAR,
-    decoder_layer INTEGER,
-    num_experts INTEGER,
-    tokens BIGINT,
-    experts_mean DOUBLE,
-    experts_std DOUBLE,
-    floor_rate DOUBLE,
-    ceiling_rate DOUBLE,
-    overlap DOUBLE,
-    k_histogram BIGINT[],
-    expert_counts BIGINT[],
-    PRIMARY KEY (run_id, model, policy_key, mode, layer)
-)"""
-
-ROUTING_DDL = [ROUTING_RUNS_DDL, ROUTING_LAYER_STATS_DDL]
+# Column order of the store's tables (semoe.storage.schema, migration 3).
 ROUTING_RUNS_COLUMNS = (
-    "run_id", "model", "policy_key", "policy", "policy_params", "mode", "texts", "tokens", "nll", "perplexity",
-    "eval_seconds", "tokens_per_s", "decode_tokens_per_s", "peak_memory_bytes", "memory_method", "kv_cache_bytes",
-    "experts_per_token", "floor_rate", "ceiling_rate", "heatmap_path", "created_at",
+    "run_id", "model", "model_key", "policy_key", "policy", "policy_label", "setting", "k", "policy_params", "mode",
+    "texts", "tokens", "nll", "perplexity", "eval_seconds", "tokens_per_s", "decode_tokens_per_s",
+    "peak_memory_bytes", "memory_method", "kv_cache_bytes", "experts_per_token", "experts_std", "floor_rate",
+    "ceiling_rate", "qa_dataset", "qa_n", "qa_em", "qa_f1", "qa_note", "heatmap_path", "created_at",
 )  # fmt: skip
+# Columns a caller fills in (the rest are measured here).
+ROUTING_RUN_CONTEXT = ("model_key", "policy_label", "setting", "k", "qa_dataset", "qa_n", "qa_em", "qa_f1", "qa_note")
 ROUTING_LAYER_STATS_COLUMNS = (
     "run_id", "model", "policy_key", "mode", "layer", "module", "decoder_layer", "num_experts", "tokens",
     "experts_mean", "experts_std", "floor_rate", "ceiling_rate", "overlap", "k_histogram", "expert_counts",
@@ -156,10 +114,16 @@ def cache_bytes(cache) -> int:
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> list:
-    """One ``(1, T ≤ max_tokens)`` id tensor per text; texts under 2 tokens are dropped."""
+    """One ``(1, T ≤ max_tokens)`` id tensor per text; texts under 2 tokens are dropped.
+    Takes an HF tokenizer or semoe's byte tokenizer (``encode`` only, BOS first)."""
+    import torch
+
     out = []
     for text in texts:
-        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
+        if callable(tokenizer):
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
+        else:
+            ids = torch.tensor([tokenizer.encode(text)[:max_tokens]])
         if ids.shape[1] >= 2:
             out.append(ids)
     return out
@@ -350,13 +314,24 @@ def routing_run_row(
     decode_result: DecodeResult | None = None,
     memory: PeakMemory | None = None,
     heatmap_path: str | None = None,
+    *,
+    key: str | None = None,
+    **context,
 ) -> dict:
+    """A ``routing_runs`` row. ``key`` defaults to the key of the resolved params (a grid keys
+    cells by the configured params instead, known before anything runs); ``context`` fills
+    :data:`ROUTING_RUN_CONTEXT` columns."""
+    unknown = set(context) - set(ROUTING_RUN_CONTEXT)
+    if unknown:
+        raise ValueError(f"not routing_runs context columns: {sorted(unknown)}")
     params = policy.describe()
     stats = ppl.stats
-    return {
+    row = dict.fromkeys(ROUTING_RUNS_COLUMNS)
+    row.update(context)
+    return row | {
         "run_id": run_id,
         "model": model,
-        "policy_key": policy_key(policy.name, params),
+        "policy_key": key or policy_key(policy.name, params),
         "policy": policy.name,
         "policy_params": json.dumps(params, sort_keys=True, default=str),
         "mode": mode,
@@ -371,6 +346,7 @@ def routing_run_row(
         "memory_method": memory.method if memory else None,
         "kv_cache_bytes": decode_result.kv_cache_bytes if decode_result else None,
         "experts_per_token": stats.experts_per_token(),
+        "experts_std": stats.experts_per_token_std(),
         "floor_rate": _weighted_rate(stats, "floor_rate"),
         "ceiling_rate": _weighted_rate(stats, "ceiling_rate"),
         "heatmap_path": heatmap_path,
@@ -407,13 +383,14 @@ class PolicyEvaluation:
     memory: PeakMemory
     heatmap_path: str | None = None
 
-    def run_row(self, run_id: str, model: str) -> dict:
+    def run_row(self, run_id: str, model: str, key: str | None = None, **context) -> dict:
         return routing_run_row(
-            run_id, model, self.policy, self.mode, self.ppl, self.decode, self.memory, self.heatmap_path
-        )
+            run_id, model, self.policy, self.mode, self.ppl, self.decode, self.memory, self.heatmap_path,
+            key=key, **context,
+        )  # fmt: skip
 
-    def layer_rows(self, run_id: str, model: str) -> list[dict]:
-        key = policy_key(self.policy.name, self.policy.describe())
+    def layer_rows(self, run_id: str, model: str, key: str | None = None) -> list[dict]:
+        key = key or policy_key(self.policy.name, self.policy.describe())
         return layer_stat_rows(run_id, model, key, self.mode, self.ppl.stats)
 
 

@@ -84,6 +84,8 @@ def _attention_mask(model, past: int, n: int, K: int) -> torch.Tensor:
 
 
 def _clean_cache(model):
+    if hasattr(model, "new_cache"):  # semoe's MoeLM keeps its own cache (see _batched_ensemble_step)
+        return model.new_cache()
     from transformers import DynamicCache, PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
@@ -106,15 +108,53 @@ def _output_head(model):
     """
     from semoe.routing.sites import find_routers
 
+    if not hasattr(model, "get_output_embeddings"):
+        return None
     head = model.get_output_embeddings()
     plain = all(site.adapter.plain_lm_head for site in find_routers(model))
     usable = plain and isinstance(head, torch.nn.Linear) and head.bias is None
     return head.weight if usable and head.weight.device.type == "cpu" else None
 
 
+def _batched_ensemble_step(model, policy, ids: torch.Tensor, K: int, cache) -> torch.Tensor:
+    """:func:`_ensemble_step` for semoe's MoeLM, which takes no 4D mask: the K copies of a token
+    are K batch rows over the clean cache expanded to K rows (views, no copies), and afterwards
+    only row 0, the clean copy, is kept: its keys/values and its recurrent router state. One
+    token per forward, so a noisy copy never sees a noisy predecessor (as with the mask)."""
+    from semoe.moe_lm.routers import RouterCarry
+
+    probs = []
+    for j in range(ids.shape[1]):
+        rows = type(cache)(
+            keys=[None if k is None else k.expand(K, -1, -1, -1) for k in cache.keys],
+            values=[None if v is None else v.expand(K, -1, -1, -1) for v in cache.values],
+            router_carries=[
+                None if c is None else RouterCarry(K, None if c.state is None else c.state.expand(-1, K, -1))
+                for c in cache.router_carries
+            ],
+            length=cache.length,
+        )
+        policy.clean_rows = 1
+        try:
+            logits = model(input_ids=ids[:, j : j + 1].expand(K, 1), cache=rows, use_cache=True).logits[:, 0]
+        finally:
+            policy.clean_rows = 0
+        cache.keys = [k[:1].contiguous() for k in rows.keys]
+        cache.values = [v[:1].contiguous() for v in rows.values]
+        cache.router_carries = [
+            None if c is None else RouterCarry(1, None if c.state is None else c.state[:, :1].contiguous())
+            for c in rows.router_carries
+        ]
+        cache.length = rows.length
+        probs.append(torch.softmax(logits.float(), dim=-1).mean(dim=0))
+    return torch.stack(probs)
+
+
 def _ensemble_step(model, policy, ids: torch.Tensor, K: int, cache, head) -> torch.Tensor:
     """Averaged next-token probabilities (n, vocab) for new tokens ``ids`` (1, n); appends
     only their clean keys/values to ``cache``."""
+    if not hasattr(cache, "get_seq_length"):
+        return _batched_ensemble_step(model, policy, ids, K, cache)
     past = cache.get_seq_length()
     n = ids.shape[1]
     inputs = dict(

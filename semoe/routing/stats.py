@@ -103,6 +103,18 @@ class RoutingStats:
         """Expert activation counts, one row per MoE layer (the heatmap's data)."""
         return [row["expert_counts"] for row in self.summary()]
 
+    def experts_per_token_std(self) -> float | None:
+        """Standard deviation of experts per (token, layer), pooled over all layers' histograms."""
+        hists = [layer.k_hist.double().cpu() for layer in self.layers if layer.tokens]
+        if not hists:
+            return None
+        width = max(h.numel() for h in hists)
+        hist = sum(torch.nn.functional.pad(h, (0, width - h.numel())) for h in hists)
+        ks = torch.arange(width, dtype=torch.float64)
+        n = float(hist.sum())
+        mean = float((hist * ks).sum()) / n
+        return math.sqrt(max(float((hist * ks * ks).sum()) / n - mean * mean, 0.0))
+
     def experts_per_token(self) -> float | None:
         rows = [r for r in self.summary() if r["tokens"]]
         if not rows:

@@ -38,6 +38,16 @@ class ArtifactCache:
         except OSError as e:
             raise CacheError(f"cannot create the artifact cache at {self.root}: {e}") from None
 
+    def check_writable(self) -> None:
+        """Fail now, not after an hour of work, when entries cannot be written here."""
+        import tempfile
+
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as e:
+            raise CacheError(f"the artifact cache at {self.root} is not writable: {e}") from None
+
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 

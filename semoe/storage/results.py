@@ -43,10 +43,10 @@ def _is_lock_error(err: Exception) -> bool:
 
 
 class ResultStore:
-    def __init__(self, path: str | Path, read_only: bool = False, lock_wait_s: float = LOCK_WAIT_S):
+    def __init__(self, path: str | Path, read_only: bool = False, lock_wait_s: float | None = None):
         self.path = Path(path).expanduser()
         self.read_only = read_only
-        self.lock_wait_s = lock_wait_s
+        self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         if read_only:
             if not self.path.is_file():
                 raise StoreError(f"no results store at {self.path}; run `semoe run CONFIG` first")

@@ -140,4 +140,162 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        [
+            # Routing-policy evaluations (semoe.routing.evaluation, flow evaluate_routing): one row
+            # per run × model × policy × mode; `setting` is the human-readable grid cell ("k=2",
+            # "alpha=0.05 calibrated", "K=4") and `k` the fixed experts per token (NULL when adaptive).
+            """CREATE TABLE routing_runs (
+                run_id VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                model_key VARCHAR,
+                policy_key VARCHAR NOT NULL,
+                policy VARCHAR NOT NULL,
+                policy_label VARCHAR,
+                setting VARCHAR,
+                k INTEGER,
+                policy_params JSON,
+                mode VARCHAR NOT NULL,
+                texts INTEGER,
+                tokens BIGINT,
+                nll DOUBLE,
+                perplexity DOUBLE,
+                eval_seconds DOUBLE,
+                tokens_per_s DOUBLE,
+                decode_tokens_per_s DOUBLE,
+                peak_memory_bytes BIGINT,
+                memory_method VARCHAR,
+                kv_cache_bytes BIGINT,
+                experts_per_token DOUBLE,
+                experts_std DOUBLE,
+                floor_rate DOUBLE,
+                ceiling_rate DOUBLE,
+                qa_dataset VARCHAR,
+                qa_n INTEGER,
+                qa_em DOUBLE,
+                qa_f1 DOUBLE,
+                qa_note VARCHAR,
+                heatmap_path VARCHAR,
+                created_at TIMESTAMP,
+                PRIMARY KEY (run_id, model, policy_key, mode)
+            )""",
+            """CREATE TABLE routing_layer_stats (
+                run_id VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                policy_key VARCHAR NOT NULL,
+                mode VARCHAR NOT NULL,
+                layer INTEGER NOT NULL,
+                module VARCHAR,
+                decoder_layer INTEGER,
+                num_experts INTEGER,
+                tokens BIGINT,
+                experts_mean DOUBLE,
+                experts_std DOUBLE,
+                floor_rate DOUBLE,
+                ceiling_rate DOUBLE,
+                overlap DOUBLE,
+                k_histogram BIGINT[],
+                expert_counts BIGINT[],
+                PRIMARY KEY (run_id, model, policy_key, mode, layer)
+            )""",
+            # Training curves of semoe's small MoE LM; model_key is the checkpoint's cache key.
+            """CREATE TABLE moe_lm_training (
+                model_key VARCHAR NOT NULL,
+                step INTEGER NOT NULL,
+                loss DOUBLE NOT NULL,
+                aux_loss DOUBLE NOT NULL,
+                lr DOUBLE NOT NULL,
+                seconds DOUBLE NOT NULL,
+                PRIMARY KEY (model_key, step)
+            )""",
+            """CREATE VIEW routing_by_k AS
+                SELECT r.run_id, r.model, r.policy, r.policy_key, r.policy_label, r.setting, r.k, r.mode, r.tokens,
+                       round(r.perplexity, 4) AS perplexity,
+                       round(r.qa_em, 4) AS qa_em, round(r.qa_f1, 4) AS qa_f1, r.qa_n,
+                       round(r.experts_per_token, 3) AS experts_per_token,
+                       round(r.experts_std, 3) AS experts_std,
+                       round(r.floor_rate, 4) AS floor_rate, round(r.ceiling_rate, 4) AS ceiling_rate,
+                       round(r.tokens_per_s, 1) AS tokens_per_s,
+                       round(r.decode_tokens_per_s, 1) AS decode_tokens_per_s,
+                       round(r.peak_memory_bytes / 1048576, 1) AS peak_memory_mib,
+                       r.memory_method, r.heatmap_path, r.created_at
+                FROM routing_runs r""",
+        ],
+    ),
+    (
+        4,
+        [
+            # Views for the common questions (semoe report, semoe export, semoe.storage.views.load_view).
+            # Latest finished run of each config (config_hash), by dataset and method.
+            """CREATE VIEW leaderboard_latest AS
+                WITH latest AS (
+                    SELECT run_id, config_hash, code_version FROM runs WHERE status = 'finished'
+                    QUALIFY row_number() OVER (
+                        PARTITION BY config_hash ORDER BY finished_at DESC NULLS LAST, started_at DESC, run_id) = 1
+                )
+                SELECT l.dataset, l.method, l.run_name, latest.config_hash, l.run_id, latest.code_version,
+                       l.n, l.em, l.f1, l.recall, l.retrievals_per_question, l.seconds_per_question, l.finished_at
+                FROM leaderboard l JOIN latest USING (run_id)""",
+            # Accuracy at each number of retrievals a question took (adaptive methods vary it).
+            """CREATE VIEW accuracy_by_retrievals AS
+                SELECT run_id, dataset, method, retrieval_count AS retrievals, count(*) AS n,
+                       round(avg(em), 4) AS em, round(avg(f1), 4) AS f1
+                FROM predictions GROUP BY run_id, dataset, method, retrieval_count""",
+            # Cost per method. A prediction used the experts of its retrieved passages when it spent
+            # time on experts (methods without experts record 0 s); an expert's size is that of the
+            # passage's expert for the run's base model, rank and targets (what fixes the size).
+            """CREATE VIEW cost_by_method AS
+                WITH expert_size AS (
+                    SELECT r.run_id, e.passage_id, max(e.bytes) AS bytes
+                    FROM runs r JOIN experts e
+                      ON e.base_model = r.config_json->>'$.model.spec'
+                     AND e.rank = TRY_CAST(r.config_json->>'$.experts.rank' AS INTEGER)
+                     AND e.targets = TRY_CAST(r.config_json->'$.experts.targets' AS VARCHAR[])
+                    GROUP BY r.run_id, e.passage_id
+                ),
+                expert_use AS (
+                    SELECT DISTINCT p.run_id, p.dataset, p.method, p.example_id, rt.passage_id, s.bytes
+                    FROM predictions p
+                    JOIN retrievals rt USING (run_id, dataset, example_id, method)
+                    JOIN expert_size s ON s.run_id = p.run_id AND s.passage_id = rt.passage_id
+                    WHERE p.latency_experts_s > 0
+                ),
+                per_question AS (
+                    SELECT run_id, dataset, method, example_id, sum(bytes) AS bytes
+                    FROM expert_use GROUP BY run_id, dataset, method, example_id
+                ),
+                per_method AS (
+                    SELECT run_id, dataset, method, count(*) AS experts, sum(bytes) AS bytes
+                    FROM (SELECT DISTINCT run_id, dataset, method, passage_id, bytes FROM expert_use)
+                    GROUP BY run_id, dataset, method
+                )
+                SELECT p.run_id, p.dataset, p.method, count(*) AS n,
+                       round(avg(p.latency_s), 3) AS seconds_per_question,
+                       round(avg(p.latency_retrieve_s), 4) AS retrieve_seconds_per_question,
+                       round(avg(p.latency_generate_s), 4) AS generate_seconds_per_question,
+                       round(avg(coalesce(p.latency_experts_s, 0)), 4) AS experts_seconds_per_question,
+                       round(sum(p.latency_s), 3) AS total_seconds,
+                       round(avg(p.retrieval_count), 3) AS retrievals_per_question,
+                       round(avg(p.generation_count), 3) AS generations_per_question,
+                       round(avg(p.prompt_tokens), 1) AS prompt_tokens_per_question,
+                       round(avg(p.generated_tokens), 1) AS generated_tokens_per_question,
+                       sum(p.prompt_tokens) + sum(p.generated_tokens) AS total_tokens,
+                       coalesce(any_value(m.experts), 0) AS experts_used,
+                       coalesce(any_value(m.bytes), 0)::BIGINT AS expert_bytes,
+                       round(coalesce(sum(q.bytes), 0) / count(*), 1) AS expert_bytes_per_question
+                FROM predictions p
+                LEFT JOIN per_question q USING (run_id, dataset, method, example_id)
+                LEFT JOIN per_method m USING (run_id, dataset, method)
+                GROUP BY p.run_id, p.dataset, p.method""",
+            # Per-layer routing statistics with the policy's label and setting.
+            """CREATE VIEW routing_by_layer AS
+                SELECT s.run_id, s.model, r.policy, r.policy_label, r.setting, r.k, s.mode, s.layer,
+                       s.module, s.decoder_layer, s.num_experts, s.tokens,
+                       round(s.experts_mean, 3) AS experts_mean, round(s.experts_std, 3) AS experts_std,
+                       round(s.floor_rate, 4) AS floor_rate, round(s.ceiling_rate, 4) AS ceiling_rate,
+                       round(s.overlap, 4) AS overlap
+                FROM routing_layer_stats s LEFT JOIN routing_runs r USING (run_id, model, policy_key, mode)""",
+        ],
+    ),
 ]

@@ -1,9 +1,11 @@
 """BM25 on an Elasticsearch server (for corpora or setups that already live there).
 
-Connection: URL from ``retrieval.es_url`` or ``SEMOE_ES_URL``; credentials only from the
-environment (``SEMOE_ES_API_KEY``, or ``SEMOE_ES_USER`` + ``SEMOE_ES_PASSWORD``; a CA
-bundle for self-signed TLS from ``SEMOE_ES_CA_CERTS``), because configs are stored with
-the results. The first call checks the server within 5 s and turns any failure into one
+Connection: URL from ``retrieval.es_url`` or ``SEMOE_ES_URL``; credentials never in the
+config, because configs are stored with the results: from the environment
+(``SEMOE_ES_API_KEY``, or ``SEMOE_ES_USER`` + ``SEMOE_ES_PASSWORD``; a CA bundle for
+self-signed TLS from ``SEMOE_ES_CA_CERTS``), else from the Prefect Secret block named by
+``retrieval.es_secret_block`` (an API key string, or ``{"api_key": ...}`` or
+``{"username": ..., "password": ...}``). The first call checks the server within 5 s and turns any failure into one
 :class:`RetrievalError` naming the URL.
 
 Scoring: one shard, so document frequencies (and scores) do not depend on how documents
@@ -70,8 +72,31 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _auth_from_env() -> tuple[dict[str, Any], str]:
-    """Client auth kwargs and a description of where they came from (for messages)."""
+def _auth_from_secret(value: Any, block: str) -> dict[str, Any]:
+    """Client auth kwargs from a Secret block's value (string API key or a JSON mapping)."""
+    if isinstance(value, str) and value:
+        return {"api_key": value}
+    if isinstance(value, dict) and value.get("api_key"):
+        return {"api_key": value["api_key"]}
+    if isinstance(value, dict) and value.get("username") and value.get("password"):
+        return {"basic_auth": (value["username"], value["password"])}
+    raise RetrievalError(
+        f"Secret block {block!r} must hold an API key string, {{\"api_key\": ...}} or {{\"username\": ..., \"password\": ...}}"
+    )
+
+
+def _secret_value(block: str) -> Any:
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(block, _sync=True).get()
+    except ValueError as e:
+        raise RetrievalError(f"cannot load Prefect Secret block {block!r}: {e}") from None
+
+
+def _auth(secret_block: str | None = None) -> tuple[dict[str, Any], str]:
+    """Client auth kwargs and a description of where they came from (for messages):
+    the environment first, then the named Prefect Secret block."""
     api_key = os.environ.get("SEMOE_ES_API_KEY")
     user, password = os.environ.get("SEMOE_ES_USER"), os.environ.get("SEMOE_ES_PASSWORD")
     kwargs: dict[str, Any] = {}
@@ -83,6 +108,8 @@ def _auth_from_env() -> tuple[dict[str, Any], str]:
         if not (user and password):
             raise RetrievalError("set both SEMOE_ES_USER and SEMOE_ES_PASSWORD (or SEMOE_ES_API_KEY)")
         return {**kwargs, "basic_auth": (user, password)}, "SEMOE_ES_USER/SEMOE_ES_PASSWORD"
+    if secret_block:
+        return {**kwargs, **_auth_from_secret(_secret_value(secret_block), secret_block)}, f"Secret block {secret_block!r}"
     return kwargs, "no credentials (set SEMOE_ES_API_KEY, or SEMOE_ES_USER and SEMOE_ES_PASSWORD)"
 
 
@@ -136,7 +163,7 @@ class ElasticsearchRetriever(Retriever):
         if isinstance(err, UnsupportedProductError):
             return RetrievalError(f"the server at {self.display_url} is not Elasticsearch: {err}")
         if isinstance(err, AuthenticationException):
-            _, source = _auth_from_env()
+            _, source = _auth(self.cfg.es_secret_block)
             return RetrievalError(f"{where} rejected the credentials (HTTP 401; used {source}): {_error_reason(err)}")
         if isinstance(err, AuthorizationException):
             return RetrievalError(f"{where} refused the request (HTTP 403, missing privileges): {_error_reason(err)}")
@@ -162,15 +189,10 @@ class ElasticsearchRetriever(Retriever):
             return self._client
         if not self.url:
             raise RetrievalError("no Elasticsearch URL: set retrieval.es_url or the SEMOE_ES_URL environment variable")
-        if self.cfg.es_url and urlsplit(self.cfg.es_url).username is not None:
-            raise RetrievalError(
-                "retrieval.es_url must not contain credentials (configs are stored with results); "
-                "use SEMOE_ES_API_KEY, or SEMOE_ES_USER and SEMOE_ES_PASSWORD"
-            )
         from elastic_transport import TransportError
         from elasticsearch import ApiError, Elasticsearch
 
-        auth, _ = _auth_from_env()
+        auth, _ = _auth(self.cfg.es_secret_block)
         try:
             client = Elasticsearch(self.url, request_timeout=REQUEST_TIMEOUT_S, max_retries=2, retry_on_timeout=False, **auth)
         except (ValueError, TypeError) as e:

@@ -1,0 +1,340 @@
+"""The routing evaluation grid of a config's ``routing:`` section: models × policies (plus each
+model's own routing as the baseline), the texts they are scored on, and one grid cell end to end.
+
+Pure logic for the ``evaluate_routing`` flow (``semoe.flows.routing``): no Prefect and no store
+writes. A cell is identified by (model name, policy key, mode), where the policy key hashes the
+*configured* params, so a rerun knows which cells are done before loading anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from semoe.generation.lm import ChatLM, Generation
+from semoe.routing.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
+
+if TYPE_CHECKING:
+    from semoe.config import SemoeConfig
+
+logger = logging.getLogger(__name__)
+
+# The model's own routing, recorded through top-k in analyze mode (outputs untouched).
+BASELINE = PolicySpec(name="topk", label="baseline")
+QA_METHOD = "no-retrieval"
+SPEED_QUALITY_COLUMNS = (
+    "model", "policy_label", "setting", "mode", "k", "perplexity", "qa_em", "qa_f1", "experts_per_token",
+    "experts_std", "floor_rate", "ceiling_rate", "tokens_per_s", "decode_tokens_per_s", "peak_memory_mib",
+)  # fmt: skip
+
+
+def routing_section(cfg: "SemoeConfig") -> RoutingEvalConfig:
+    from semoe.config import ConfigError
+
+    if cfg.routing is None:
+        raise ConfigError("the config has no `routing:` section (see configs/routing-demo.yaml)")
+    return cfg.routing
+
+
+def routing_run_id(cfg: "SemoeConfig") -> str:
+    """Like the pipeline's run id (config hash + code version), in its own namespace, so a
+    config that also runs QA methods keeps two separate rows in ``runs``."""
+    from semoe.evaluation import code_version
+
+    return hashlib.sha256(f"routing:{cfg.config_hash()}:{code_version()}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the grid
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: int  # index into routing.models
+    policy: int | None  # index into routing.policies; None = the baseline
+    mode: str
+
+    def spec(self, routing: RoutingEvalConfig) -> PolicySpec:
+        return BASELINE if self.policy is None else routing.policies[self.policy]
+
+    def ident(self, routing: RoutingEvalConfig) -> tuple[str, str, str]:
+        """(model, policy_key, mode): the primary key of the cell's ``routing_runs`` row, less run_id."""
+        return routing.models[self.model].display_name, self.spec(routing).key, self.mode
+
+
+def grid_cells(routing: RoutingEvalConfig) -> list[Cell]:
+    """Every cell, model by model (a model is loaded once for all its cells), baseline first."""
+    cells: dict[tuple, Cell] = {}  # by ident: a listed `topk` in analyze mode is the baseline itself
+    for m in range(len(routing.models)):
+        candidates = [Cell(m, None, "analyze")] if routing.baseline else []
+        for cell in candidates + [Cell(m, p, routing.mode) for p in range(len(routing.policies))]:
+            cells.setdefault(cell.ident(routing), cell)
+    return list(cells.values())
+
+
+def plan_cells(routing: RoutingEvalConfig, done: set[tuple[str, str, str]]) -> list[Cell]:
+    """The cells whose rows are not stored yet."""
+    return [c for c in grid_cells(routing) if c.ident(routing) not in done]
+
+
+# ---------------------------------------------------------------- texts
+
+
+@dataclass(frozen=True)
+class RoutingTexts:
+    train: list[str]  # what the small MoE LM trains on: the corpus less the held-out texts
+    eval: list[str]  # held out, spread over the corpus (its passages are often grouped by kind)
+    calibration: list[str]  # the first training texts, for BH's empirical nulls
+
+
+def split_texts(texts: list[str], eval_n: int, calibration_n: int) -> RoutingTexts:
+    if len(texts) <= eval_n:
+        raise ValueError(f"the corpus has {len(texts)} passages; holding out routing.eval_texts={eval_n} "
+                         f"would leave nothing to train on")  # fmt: skip
+    stride = len(texts) // eval_n
+    held = set(range(0, stride * eval_n, stride))
+    train = [t for i, t in enumerate(texts) if i not in held]
+    return RoutingTexts(train, [texts[i] for i in sorted(held)], train[:calibration_n])
+
+
+@functools.lru_cache(maxsize=2)
+def _texts(corpus_json: str, synthetic_json: str, eval_n: int, calibration_n: int) -> RoutingTexts:
+    from semoe.config import CorpusConfig, SyntheticConfig
+    from semoe.data import DataContext
+    from semoe.data.loading import iter_passages
+
+    ctx = DataContext(synthetic=SyntheticConfig.model_validate_json(synthetic_json))
+    texts = [p.text for p in iter_passages(CorpusConfig.model_validate_json(corpus_json), ctx) if p.text.strip()]
+    return split_texts(texts, eval_n, calibration_n)
+
+
+def routing_texts(cfg: "SemoeConfig") -> RoutingTexts:
+    """The config corpus's passages, split (memoised per process: every cell of a run asks)."""
+    r = routing_section(cfg)
+    return _texts(cfg.corpus.model_dump_json(), cfg.synthetic.model_dump_json(), r.eval_texts, r.calibration_texts)
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    key: str  # checkpoint key (small MoE LM) or the spec (HF)
+    model: Any
+    tokenizer: Any
+    curve: list[dict]  # training curve rows (small MoE LM), else empty
+    chat: bool  # the model can answer questions through semoe.generation.lm.ChatLM
+
+
+def load_routing_model(mcfg: RoutingModelConfig, routing: RoutingEvalConfig, cache_root: str,
+                       train_texts: list[str]) -> LoadedModel:  # fmt: skip
+    """An HF MoE model (memoised by ``semoe.models.loading``), or the small MoE LM trained on
+    ``train_texts`` (cached in the artifact cache: trained only once per config and corpus)."""
+    from semoe.models.loading import load_model, pick_device
+
+    if mcfg.moe_lm is None:
+        model, tokenizer = load_model(mcfg.spec, cache_root, routing.dtype, routing.device)
+        return LoadedModel(mcfg.display_name, mcfg.spec, model, tokenizer, [], True)
+    from semoe.moe_lm.training import checkpoint_key, load_or_train
+    from semoe.storage.artifacts import ArtifactCache
+
+    steps = mcfg.moe_lm.steps
+
+    def progress(row: dict) -> None:
+        if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
+            logger.info("%s: step %d/%d, loss %.3f, %.0f s", mcfg.display_name, row["step"], steps, row["loss"],
+                        row["seconds"])  # fmt: skip
+
+    model, tokenizer, curve = load_or_train(mcfg.moe_lm, train_texts, ArtifactCache(cache_root), on_step=progress)
+    model.to(pick_device(routing.device))
+    return LoadedModel(mcfg.display_name, checkpoint_key(mcfg.moe_lm, train_texts), model, tokenizer, curve, False)
+
+
+_LOADED: dict[str, LoadedModel] = {}
+
+
+def routing_model(cfg: "SemoeConfig", index: int) -> LoadedModel:
+    """Model ``index`` of the routing section, loaded once per process (the last one is kept)."""
+    r = routing_section(cfg)
+    texts = routing_texts(cfg)
+    memo = json.dumps([r.models[index].model_dump(mode="json"), r.dtype, r.device, cfg.cache.root, len(texts.train),
+                       hashlib.sha256("\0".join(texts.train).encode()).hexdigest()])  # fmt: skip
+    if memo not in _LOADED:
+        _LOADED.clear()
+        _LOADED[memo] = load_routing_model(r.models[index], r, cfg.cache.root, texts.train)
+    return _LOADED[memo]
+
+
+def fixed_k(model, spec: PolicySpec) -> int | None:
+    """Experts per token when the policy fixes it: top-k's k (default: the model's own), RoE's
+    k per sample (the model's); None for adaptive policies."""
+    from semoe.routing.sites import find_routers
+
+    own = find_routers(model)[0].top_k
+    if spec.name == "topk":
+        return spec.params.get("k") or own
+    return own if spec.name == "roe" else None
+
+
+# ---------------------------------------------------------------- QA
+
+
+def qa_not_applicable(loaded: LoadedModel) -> str | None:
+    """Why QA is not measured for this model (None: it is)."""
+    if not loaded.chat:
+        return ("byte-level base LM trained on corpus passages (no chat template, no instruction or QA "
+                "tuning): EM/F1 would score prompt-following, not routing")  # fmt: skip
+    return None
+
+
+class RoEChatLM(ChatLM):
+    """A :class:`ChatLM` whose replies are RoE ensemble decodes (``semoe.routing.roe.roe_decode``),
+    so RoE answers the same prompts, with the same answer extraction, as every method."""
+
+    def __init__(self, model, tokenizer, policy, system_prompt: str | None = None):
+        super().__init__(model, tokenizer, system_prompt)
+        self.policy = policy
+
+    def generate(self, conversations, max_new_tokens, batch_size=8, on_batch=None) -> list[Generation]:
+        """One conversation at a time: RoE decodes one sequence (its K copies are the batch)."""
+        from semoe.routing.roe import roe_decode
+
+        eos, results = self.tokenizer.eos_token_id, []
+        for i, conversation in enumerate(conversations):
+            if on_batch is not None:
+                on_batch([i])
+            ids = self.tokenizer(self.render(conversation), return_tensors="pt", add_special_tokens=False)
+            ids = ids["input_ids"].to(self.device)
+            start = time.perf_counter()
+            out = roe_decode(self.model, ids, self.policy, max_new_tokens, eos_token_id=eos, guard=False)
+            new = out.sequences[0, ids.shape[1] :].tolist()
+            n_new = next((j + 1 for j, t in enumerate(new) if t == eos), len(new))
+            text = self.tokenizer.decode(new[:n_new], skip_special_tokens=True).strip()
+            results.append(Generation(text, ids.shape[1], n_new, time.perf_counter() - start))
+        return results
+
+
+def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, examples) -> dict:
+    """EM/F1 of the pipeline's ``no-retrieval`` method (same prompts, generation and answer
+    extraction as ``semoe run``) while ``policy`` routes the model; RoE (patch mode) decodes
+    with its K-sample ensemble instead of HF ``generate``."""
+    from contextlib import nullcontext
+
+    from semoe.generation import METHODS
+    from semoe.generation.base import MethodContext
+    from semoe.metrics import exact_match, f1_score
+    from semoe.routing.evaluation import is_roe
+    from semoe.routing.patch import route_with
+
+    if not examples:
+        raise ValueError(f"routing.qa: dataset {routing_section(cfg).qa.dataset!r} has no questions")
+    system = cfg.generation.system_prompt
+    if is_roe(policy) and mode == "patch":
+        lm, routing = RoEChatLM(loaded.model, loaded.tokenizer, policy, system), nullcontext()
+    else:  # the cell's perplexity pass already ran the no-op guard
+        lm = ChatLM(loaded.model, loaded.tokenizer, system)
+        routing = route_with(loaded.model, policy, mode=mode, guard=False)
+    with routing:
+        outputs = METHODS.get(QA_METHOD)().run(examples, MethodContext(cfg=cfg, lm=lm))
+    n = len(examples)
+    return {
+        "qa_n": n,
+        "qa_em": sum(exact_match(o.prediction, ex.answers) for o, ex in zip(outputs, examples)) / n,
+        "qa_f1": sum(f1_score(o.prediction, ex.answers) for o, ex in zip(outputs, examples)) / n,
+    }
+
+
+@functools.lru_cache(maxsize=2)
+def _qa_examples(dataset_json: str, synthetic_json: str, limit: int | None) -> list:
+    from semoe.config import DatasetConfig, SyntheticConfig
+    from semoe.data import DataContext
+    from semoe.data.loading import load_examples
+
+    ctx = DataContext(synthetic=SyntheticConfig.model_validate_json(synthetic_json))
+    return load_examples(DatasetConfig.model_validate_json(dataset_json), ctx)[:limit]
+
+
+def qa_examples(cfg: "SemoeConfig") -> list:
+    qa = routing_section(cfg).qa
+    if qa is None:
+        return []
+    dataset = next(d for d in cfg.datasets if d.display_name == qa.dataset)
+    return _qa_examples(dataset.model_dump_json(), cfg.synthetic.model_dump_json(), qa.limit)
+
+
+# ---------------------------------------------------------------- one cell
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def heatmap_path(heatmap_dir: str | Path, cell: Cell, routing: RoutingEvalConfig) -> Path:
+    model, key, mode = cell.ident(routing)
+    return Path(heatmap_dir) / safe_name(model) / f"{key}-{mode}.png"
+
+
+def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str | Path | None) -> dict[str, list[dict]]:
+    """Perplexity, routing statistics, decode speed, peak memory, QA and the heatmap of one
+    cell: ``{"routing_runs": [row], "routing_layer_stats": rows}``."""
+    from semoe.routing.evaluation import encode_texts, evaluate_policy
+
+    r = routing_section(cfg)
+    loaded = routing_model(cfg, cell.model)
+    texts = routing_texts(cfg)
+    spec = cell.spec(r)
+    batches = encode_texts(loaded.tokenizer, texts.eval, r.max_tokens)
+    if not batches:
+        raise ValueError("no held-out text has 2 or more tokens; check the corpus section")
+    calibration = encode_texts(loaded.tokenizer, texts.calibration, r.max_tokens) if spec.needs_calibration() else None
+    prompt = batches[0][:, : r.decode.prompt_tokens] if r.decode.enabled else None
+    heat = heatmap_path(heatmap_dir, cell, r) if r.heatmaps and heatmap_dir is not None else None
+    if heat is not None:
+        heat.parent.mkdir(parents=True, exist_ok=True)
+    ev = evaluate_policy(loaded.model, {"name": spec.name, "params": spec.params}, batches, mode=cell.mode,
+                         calibration=calibration, decode_prompt=prompt, max_new_tokens=r.decode.max_new_tokens,
+                         guard=r.guard, heatmap_path=heat)  # fmt: skip
+    context: dict = {"model_key": loaded.key, "policy_label": spec.display_name, "setting": spec.setting,
+                     "k": fixed_k(loaded.model, spec)}  # fmt: skip
+    if r.qa is not None:
+        context["qa_dataset"] = r.qa.dataset
+        note = qa_not_applicable(loaded)
+        if note is None:
+            context.update(qa_scores(cfg, loaded, ev.policy, cell.mode, qa_examples(cfg)))
+        else:
+            context["qa_note"] = note
+    _, key, _ = cell.ident(r)
+    return {
+        "routing_runs": [ev.run_row(run_id, loaded.name, key=key, **context)],
+        "routing_layer_stats": ev.layer_rows(run_id, loaded.name, key=key),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def _cell_text(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}" if v == v else "nan"
+    return str(v)
+
+
+def speed_quality_markdown(run_id: str, rows: list[dict]) -> str:
+    """The speed/quality table (``routing_by_k`` rows) as markdown, one block per model."""
+    lines = [f"# routing run `{run_id}`", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"## {model}", "", "| " + " | ".join(SPEED_QUALITY_COLUMNS[1:]) + " |",
+                  "|" + "---|" * (len(SPEED_QUALITY_COLUMNS) - 1)]  # fmt: skip
+        lines += ["| " + " | ".join(_cell_text(r[c]) for c in SPEED_QUALITY_COLUMNS[1:]) + " |"
+                  for r in rows if r["model"] == model]  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)

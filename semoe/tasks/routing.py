@@ -1,0 +1,33 @@
+"""Prefect tasks of the evaluate_routing flow. Inputs are the config, indices and strings, never
+models; models are loaded once per worker process (``semoe.routing.grid.routing_model``)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from semoe.config import SemoeConfig
+from semoe.tasks.common import retry_on_transient_io
+from semoe.tasks.gpu import gpu_slot
+
+
+@task(name="routing-model", task_run_name="model-{label}", cache_policy=NONE, retries=1,
+      retry_condition_fn=retry_on_transient_io)  # fmt: skip
+def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str) -> dict:
+    """Load (or train, for the small MoE LM) a model of the grid: its key and training curve rows."""
+    from semoe.routing.grid import routing_model
+
+    with gpu_slot(config):
+        loaded = routing_model(config, model_index)
+    return {"model_key": loaded.key, "curve": loaded.curve}
+
+
+@task(name="routing-cell", task_run_name="{label}", cache_policy=NONE)  # the store records done cells
+def evaluate_routing_cell_task(
+    config: SemoeConfig, run_id: str, model_index: int, policy_index: int | None, mode: str, heatmap_dir: str,
+    label: str,
+) -> dict[str, list[dict]]:
+    from semoe.routing.grid import Cell, evaluate_cell
+
+    with gpu_slot(config):
+        return evaluate_cell(config, run_id, Cell(model_index, policy_index, mode), heatmap_dir)
