@@ -6,14 +6,11 @@ The Prefect flows (``semoe.flows``) only wrap these functions in tasks.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
-import semoe
+from semoe import identity
 from semoe.config import SemoeConfig
 from semoe.data import DataContext
 from semoe.data.schema import Example
@@ -23,24 +20,16 @@ from semoe.metrics import exact_match, f1_score, recall_at_k
 from semoe.storage.results import utcnow
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus a hash of the package's source, so a code change is a new run."""
-    h = hashlib.sha256()
-    root = Path(semoe.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return f"{semoe.__version__}+{h.hexdigest()[:12]}"
+def register_run(store: "ResultStore", run_id: str, cfg: SemoeConfig, config_hash: str, kinds: Sequence[str]) -> str:  # noqa: F821
+    """Register (or resume) a run with its resolved config, the hash of the settings its job
+    reads and its code identity; returns its previous status."""
+    return store.start_run(
+        run_id, cfg.name, config_hash, identity.code_version(kinds), json.dumps(cfg.model_dump(mode="json"))
+    )
 
 
-def run_id_for(cfg: SemoeConfig) -> str:
-    return hashlib.sha256(f"{cfg.config_hash()}:{code_version()}".encode()).hexdigest()[:16]
-
-
-def register_run(store: "ResultStore", run_id: str, cfg: SemoeConfig) -> str:  # noqa: F821
-    """Register (or resume) a run with its resolved config and hash; returns its previous status."""
-    return store.start_run(run_id, cfg.name, cfg.config_hash(), code_version(), json.dumps(cfg.model_dump(mode="json")))
+def qa_run_id(cfg: SemoeConfig, examples: dict[str, list[Example]], corpus_key: str | None) -> str:
+    return identity.qa_run_id(cfg, examples, corpus_key if needs_retrieval(cfg) else None)
 
 
 def data_context(cfg: SemoeConfig) -> DataContext:
@@ -73,19 +62,40 @@ class WorkItem:
     dataset: str
     method: str
     examples: list[Example]
+    answer_keys: list[str] = field(default_factory=list)  # one per example (identity.answer_key)
 
 
 def plan_work(
-    cfg: SemoeConfig, examples_by_dataset: dict[str, list[Example]], done: set[tuple[str, str, str]]
+    cfg: SemoeConfig,
+    examples_by_dataset: dict[str, list[Example]],
+    done: set[tuple[str, str, str]],
+    corpus_key: str | None = None,
 ) -> list[WorkItem]:
-    """Chunks of (dataset, method, examples) not yet stored, in store-commit-sized pieces."""
+    """Chunks of (dataset, method, examples) not yet stored, in store-commit-sized pieces,
+    each example with the identity of its answer."""
     size = cfg.store.write_every
     items: list[WorkItem] = []
-    for dataset, examples in examples_by_dataset.items():
-        for method in cfg.methods:
+    for method in cfg.methods:
+        scope = identity.answer_scope(cfg, method, corpus_key)
+        for dataset, examples in examples_by_dataset.items():
             todo = [ex for ex in examples if (dataset, ex.id, method) not in done]
-            items.extend(WorkItem(dataset, method, todo[i : i + size]) for i in range(0, len(todo), size))
+            for i in range(0, len(todo), size):
+                chunk = todo[i : i + size]
+                items.append(WorkItem(dataset, method, chunk, [identity.answer_key(scope, ex.question) for ex in chunk]))
     return items
+
+
+def split_reusable(items: list[WorkItem], stored: set[str]) -> tuple[list[WorkItem], list[WorkItem]]:
+    """(items whose answers are all stored under their answer keys, items still to answer),
+    splitting a chunk where only some answers are stored."""
+    reuse: list[WorkItem] = []
+    answer: list[WorkItem] = []
+    for item in items:
+        for target, keep in ((reuse, True), (answer, False)):
+            pairs = [(ex, k) for ex, k in zip(item.examples, item.answer_keys, strict=True) if (k in stored) == keep]
+            if pairs:
+                target.append(WorkItem(item.dataset, item.method, [p[0] for p in pairs], [p[1] for p in pairs]))
+    return reuse, answer
 
 
 def method_context(cfg: SemoeConfig, retriever=None) -> MethodContext:
@@ -106,22 +116,34 @@ def answer_chunk(item: WorkItem, ctx: MethodContext) -> list[MethodOutput]:
     return method.run(item.examples, ctx)
 
 
+def score(ex: Example, prediction: str, hit_ids: Sequence[str], hit_titles: Sequence[str], retrieved: bool) -> dict:
+    """EM, F1 (official SQuAD normalisation, best over the golds) and recall@k of the gold
+    passages (None when the answer retrieved nothing) of one prediction."""
+    return {
+        "em": exact_match(prediction, ex.answers),
+        "f1": f1_score(prediction, ex.answers),
+        "recall": recall_at_k(list(hit_ids), list(hit_titles), ex.gold_passage_ids, ex.gold_titles) if retrieved else None,
+    }
+
+
 def to_rows(
-    run_id: str, dataset: str, method: str, examples: Sequence[Example], outputs: Sequence[MethodOutput]
+    run_id: str,
+    dataset: str,
+    method: str,
+    examples: Sequence[Example],
+    outputs: Sequence[MethodOutput],
+    answer_keys: Sequence[str] | None = None,
 ) -> dict[str, list[dict]]:
-    """Score outputs and build the rows of ``predictions`` and its per-example tables."""
+    """Score outputs and build the rows of ``predictions`` and its per-example tables;
+    ``answer_keys`` (one per example, ``semoe.identity.answer_key``) make them reusable."""
     from semoe.generation.triggered import trigger_event_rows
 
     now = utcnow()
     tables: dict[str, list[dict]] = {"predictions": [], "retrievals": [], "trigger_events": []}
-    for ex, out in zip(examples, outputs, strict=True):
+    keys = [None] * len(examples) if answer_keys is None else answer_keys
+    for ex, out, answer_key in zip(examples, outputs, keys, strict=True):
         hits = [h for step in out.retrievals for h in step.hits]
         key = {"run_id": run_id, "dataset": dataset, "example_id": ex.id, "method": method}
-        recall = (
-            recall_at_k([h.passage.id for h in hits], [h.passage.title for h in hits], ex.gold_passage_ids, ex.gold_titles)
-            if out.retrievals
-            else None
-        )
         tables["predictions"].append(
             {
                 **key,
@@ -130,9 +152,8 @@ def to_rows(
                 "golds": list(ex.answers),
                 "prediction": out.prediction,
                 "raw_output": out.raw_output,
-                "em": exact_match(out.prediction, ex.answers),
-                "f1": f1_score(out.prediction, ex.answers),
-                "recall": recall,
+                **score(ex, out.prediction, [h.passage.id for h in hits], [h.passage.title for h in hits],
+                        bool(out.retrievals)),  # fmt: skip
                 "retrieval_count": len(out.retrievals),
                 "generation_count": out.generation_count,
                 "prompt_tokens": out.prompt_tokens,
@@ -144,6 +165,8 @@ def to_rows(
                 "latency_generate_s": out.latency.get("generate", 0.0),
                 "latency_experts_s": out.latency.get("experts", 0.0),
                 "extra": json.dumps(out.extra, sort_keys=True, default=str),
+                "answer_key": answer_key,
+                "answered_in": run_id,
                 "created_at": now,
             }
         )
@@ -154,6 +177,26 @@ def to_rows(
             for h in step.hits
         )
         tables["trigger_events"].extend(trigger_event_rows(run_id, dataset, ex.id, method, out.extra))
+    return tables
+
+
+def reused_rows(run_id: str, item: WorkItem, stored: dict[str, dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """Rows of ``item`` copied from stored answers with the same answer keys (``stored``:
+    answer key → the tables of that answer, as ``ResultStore.stored_answers`` returns),
+    re-keyed to this run and re-scored against this run's golds."""
+    tables: dict[str, list[dict]] = {"predictions": [], "retrievals": [], "trigger_events": []}
+    for ex, answer_key in zip(item.examples, item.answer_keys, strict=True):
+        src = stored[answer_key]
+        key = {"run_id": run_id, "dataset": item.dataset, "example_id": ex.id, "method": item.method}
+        pred = src["predictions"][0]
+        hits = sorted(src["retrievals"], key=lambda r: (r["step"], r["rank"]))
+        scores = score(ex, pred["prediction"], [h["passage_id"] for h in hits], [h["title"] for h in hits],
+                       bool(pred["retrieval_count"]))  # fmt: skip
+        tables["predictions"].append(
+            {**pred, **key, **scores, "question": ex.question, "question_type": ex.type, "golds": list(ex.answers)}
+        )
+        for table in ("retrievals", "trigger_events"):
+            tables[table].extend({**row, **key} for row in src[table])
     return tables
 
 

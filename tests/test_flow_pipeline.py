@@ -65,7 +65,21 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
     assert store.query("select count(*) n from retrievals")[0]["n"] == 36
 
 
-def test_failing_run_is_marked_failed_not_finished(tiny_config, tmp_path, prefect_api):
+def test_failing_run_is_marked_failed_not_finished(tiny_config, prefect_api, monkeypatch):
+    from semoe.flows.pipeline import evaluate
+
+    def broken(item, ctx):
+        raise RuntimeError(f"method {item.method} broke")
+
+    monkeypatch.setattr("semoe.evaluation.answer_chunk", broken)
+    cfg = tiny_config.model_copy(update={"methods": ["no-retrieval"]})
+    with pytest.raises(RuntimeError, match="no-retrieval broke"):
+        evaluate(cfg)
+    rows = ResultStore(cfg.store.path).query("select status, error from runs")
+    assert rows[0]["status"] == "failed" and "no-retrieval broke" in rows[0]["error"]
+
+
+def test_bad_dataset_fails_before_a_run_is_registered(tiny_config, tmp_path, prefect_api):
     from semoe.data.schema import DataFormatError
     from semoe.flows.pipeline import evaluate
 
@@ -74,5 +88,4 @@ def test_failing_run_is_marked_failed_not_finished(tiny_config, tmp_path, prefec
     cfg = SemoeConfig.model_validate(data)
     with pytest.raises(DataFormatError, match="missing.json"):
         evaluate(cfg)
-    rows = ResultStore(cfg.store.path).query("select status, error from runs")
-    assert rows[0]["status"] == "failed" and "missing.json" in rows[0]["error"]
+    assert ResultStore(cfg.store.path).query("select count(*) n from runs") == [{"n": 0}]

@@ -13,7 +13,8 @@ from test_routing_adapters import one_thread  # noqa: F401
 from test_routing_eval import read_png
 
 from semoe.config import ConfigError, SemoeConfig
-from semoe.routing.config import RoutingEvalConfig
+from semoe.identity import routing_config_hash
+from semoe.routing.config import PolicySpec, RoutingEvalConfig
 from semoe.routing.grid import Cell, grid_cells, plan_cells, split_texts
 from semoe.storage.results import ResultStore, migrate
 from semoe.storage.schema import MIGRATIONS
@@ -112,11 +113,8 @@ def tiny_olmoe_dir(tmp_path_factory, model_cache_root) -> str:
 
 
 @pytest.mark.slow
-def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_api, monkeypatch):
+def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_api):
     from semoe.flows.routing import evaluate_routing
-
-    # The run id includes the source hash; pin it so an edit elsewhere in the tree mid-test is no new run.
-    monkeypatch.setattr("semoe.evaluation.code_version", lambda: "test")
 
     cfg = SemoeConfig.model_validate({
         "name": "routing-flow-test",
@@ -152,12 +150,25 @@ def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_
     assert layers == [{"model": "moe-lm-gru", "n": 4 * 3}, {"model": "tiny-olmoe", "n": 4 * 3}]
     assert store.query("SELECT count(*) n FROM moe_lm_training")[0]["n"] == TINY_MOE_LM["steps"]
     run = store.query("SELECT status, config_hash, config_json FROM runs WHERE run_id = ?", [first["run_id"]])[0]
-    assert run["status"] == "finished" and run["config_hash"] == cfg.config_hash() and '"routing"' in run["config_json"]
+    assert run["status"] == "finished" and run["config_hash"] == routing_config_hash(cfg) and '"routing"' in run["config_json"]
 
     snapshot = store.query("SELECT * FROM routing_runs ORDER BY ALL")
     second = evaluate_routing(cfg)
     assert second["run_id"] == first["run_id"] and second["produced"] == 0
     assert store.query("SELECT * FROM routing_runs ORDER BY ALL") == snapshot
+
+    # One more policy is a new run that measures only the new cells and copies the others.
+    grown = cfg.model_copy(update={"routing": cfg.routing.model_copy(
+        update={"policies": [*cfg.routing.policies, PolicySpec(name="topk", params={"k": 1})]})})  # fmt: skip
+    third = evaluate_routing(grown)
+    assert third["run_id"] != first["run_id"] and third["produced"] == 2 and third["reused"] == 8
+    cols = "model, policy_key, mode, perplexity, experts_per_token, qa_em, heatmap_path, cell_key, computed_in"
+    old = store.query(f"SELECT {cols} FROM routing_runs WHERE run_id = ? ORDER BY ALL", [first["run_id"]])
+    copied = store.query(f"SELECT {cols} FROM routing_runs WHERE run_id = ? AND computed_in = ? ORDER BY ALL",
+                         [third["run_id"], first["run_id"]])  # fmt: skip
+    assert copied == old
+    layer_counts = store.query("SELECT run_id, count(*) n FROM routing_layer_stats GROUP BY 1 ORDER BY n")
+    assert [r["n"] for r in layer_counts] == [4 * 3 * 2, 5 * 3 * 2]
     assert store.query("SELECT count(*) n FROM routing_layer_stats")[0]["n"] == 24
 
 

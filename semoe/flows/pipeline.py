@@ -12,7 +12,7 @@ from typing import Iterator
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from semoe import evaluation
+from semoe import evaluation, identity
 from semoe.config import SemoeConfig
 from semoe.data.loading import corpus_key
 from semoe.data.schema import Example
@@ -62,19 +62,24 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     logger = get_run_logger()
     config.check_names()
     ensure_gpu_limits(config)
-    run_id = evaluation.run_id_for(config)
+    examples = {
+        ds.display_name: [Example.from_dict(e) for e in load_examples_task(config, ds)] for ds in config.datasets
+    }
+    run_id = evaluation.qa_run_id(config, examples, corpus_key)
     store = ResultStore(config.store.path)
-    previous = evaluation.register_run(store, run_id, config)
+    previous = evaluation.register_run(store, run_id, config, identity.qa_config_hash(config), ("answers", "scores"))
     try:
-        examples = {
-            ds.display_name: [Example.from_dict(e) for e in load_examples_task(config, ds)] for ds in config.datasets
-        }
         shards = shard_root(store.path, run_id)
         if ingest_pending(store, shards):  # chunks a killed run finished on workers but never ingested
             logger.info("ingested the shards a previous attempt left in %s", shards)
-        items = evaluation.plan_work(config, examples, store.done_keys(run_id))
+        planned = evaluation.plan_work(config, examples, store.done_keys(run_id), corpus_key)
+        stored = store.stored_answers([k for item in planned for k in item.answer_keys])
+        reusable, items = evaluation.split_reusable(planned, set(stored))
+        for item in reusable:  # same question, settings, corpus and code: copy and re-score
+            store.write_predictions(evaluation.reused_rows(run_id, item, stored))
+        reused = sum(len(i.examples) for i in reusable)
         total = sum(len(i.examples) for i in items)
-        logger.info("run %s (%s before): %d answers to produce", run_id, previous, total)
+        logger.info("run %s (%s before): %d answers reused from earlier runs, %d to produce", run_id, previous, reused, total)
         if items:
             progress = create_progress_artifact(0.0, key="semoe-progress", description=f"run {run_id}")
             done = 0
@@ -98,7 +103,7 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     create_markdown_artifact(
         report.artifact_markdown(), key="semoe-summary", description=f"report of run {run_id}: {report.paths['html']}"
     )
-    return {"run_id": run_id, "store": str(store.path), "leaderboard": board, "produced": total}
+    return {"run_id": run_id, "store": str(store.path), "leaderboard": board, "produced": total, "reused": reused}
 
 
 def _answer_and_commit(config: SemoeConfig, run_id: str, items: list, corpus_key: str | None, store: ResultStore) -> Iterator[int]:
@@ -106,7 +111,7 @@ def _answer_and_commit(config: SemoeConfig, run_id: str, items: list, corpus_key
     by chunk in this process. Dask: all chunks at once on the workers, which leave Parquet
     shards that this process (the single store writer) ingests in order."""
     calls = [
-        (config, run_id, item.dataset, item.method, [e.as_dict() for e in item.examples],
+        (config, run_id, item.dataset, item.method, [e.as_dict() for e in item.examples], item.answer_keys,
          corpus_key if evaluation.method_uses_retrieval(item.method) else None, item.examples[0].id)
         for item in items
     ]
@@ -139,17 +144,17 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     store = ResultStore(config.store.path)
     size, trained = config.augment.chunk_size, 0
     chunks = [[p.as_dict() for p in passages[i : i + size]] for i in range(0, len(passages), size)]
+    root = shard_root(store.path, "experts-" + identity.digest([corpus_key, [p["id"] for c in chunks for p in c]]))
     if config.runner.kind == "default":
         results = (build_experts_task(config, chunk, chunk[0]["id"]) for chunk in chunks)
     else:  # all chunks at once on the workers; their rows come back as Parquet shards
-        root = str(shard_root(store.path, evaluation.run_id_for(config)))
-        results = (f.result() for f in [build_experts_task.submit(config, c, c[0]["id"], root) for c in chunks])
+        results = (f.result() for f in [build_experts_task.submit(config, c, c[0]["id"], str(root)) for c in chunks])
     for result in results:
         if "shard" in result:
             ingest_shard(store, result["shard"])
-        for table, rows in result.get("rows", {}).items():
-            store.write_rows(table, rows)
+        store.write_tables(result.get("rows", {}))
         trained += result["trained"]
+    remove_root(root)
     logger.info("experts for %d passages (%d newly trained)", len(passages), trained)
     return {"passages": len(passages), "trained": trained}
 

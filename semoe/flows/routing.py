@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from semoe import evaluation
+from semoe import evaluation, identity
 from semoe.config import SemoeConfig
 from semoe.routing import grid
 from semoe.storage.results import ResultStore
@@ -34,16 +34,23 @@ def evaluate_routing(config: SemoeConfig) -> dict:
     ensure_gpu_limits(config)
     run_id = grid.routing_run_id(config)
     store = ResultStore(config.store.path)
-    previous = evaluation.register_run(store, run_id, config)
+    previous = evaluation.register_run(store, run_id, config, identity.routing_config_hash(config), ("routing",))
     heatmaps = heatmap_dir(store, run_id)
     try:
         done = {
             (r["model"], r["policy_key"], r["mode"])
             for r in store.query("SELECT model, policy_key, mode FROM routing_runs WHERE run_id = ?", [run_id])
         }
-        cells = grid.plan_cells(routing, done)
-        logger.info("routing run %s (%s before): %d of %d cells to evaluate", run_id, previous, len(cells),
-                    len(grid.grid_cells(routing)))  # fmt: skip
+        planned = grid.plan_cells(routing, done)
+        keys = dict(zip(planned, grid.cell_keys(config, planned)))
+        stored = store.stored_routing_cells(list(keys.values()))
+        for cell in (c for c in planned if keys[c] in stored):  # same settings, texts and code: copy
+            model, policy_key, mode = cell.ident(routing)
+            ident = {"run_id": run_id, "model": model, "policy_key": policy_key, "mode": mode}
+            store.write_tables({table: [{**row, **ident} for row in rows] for table, rows in stored[keys[cell]].items()})
+        cells = [c for c in planned if keys[c] not in stored]
+        logger.info("routing run %s (%s before): %d of %d cells to evaluate, %d reused from earlier runs", run_id,
+                    previous, len(cells), len(grid.grid_cells(routing)), len(planned) - len(cells))  # fmt: skip
         for m in dict.fromkeys(c.model for c in cells):
             name = routing.models[m].display_name
             prepared = prepare_routing_model_task(config, m, name)
@@ -52,8 +59,8 @@ def evaluate_routing(config: SemoeConfig) -> dict:
                 spec = cell.spec(routing)
                 label = f"{name}-{spec.display_name}-{spec.setting}-{cell.mode}".replace(" ", "-")
                 rows = evaluate_routing_cell_task(config, run_id, m, cell.policy, cell.mode, str(heatmaps), label)
-                for table, table_rows in rows.items():
-                    store.write_rows(table, table_rows)
+                rows["routing_runs"] = [{**row, "cell_key": keys[cell], "computed_in": run_id} for row in rows["routing_runs"]]
+                store.write_tables(rows)
         store.finish_run(run_id)
     except BaseException as e:
         store.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
@@ -68,4 +75,4 @@ def evaluate_routing(config: SemoeConfig) -> dict:
     )
     create_markdown_artifact(grid.speed_quality_markdown(run_id, table), key="semoe-routing-summary")
     return {"run_id": run_id, "store": str(store.path), "table": table, "produced": len(cells),
-            "heatmaps": str(heatmaps)}  # fmt: skip
+            "reused": len(planned) - len(cells), "heatmaps": str(heatmaps)}  # fmt: skip

@@ -51,6 +51,21 @@ class Method(ABC):
 
     uses_retrieval: bool = False
     uses_experts: bool = False  # needs passage experts (the pipeline builds them beforehand)
+    uses_trigger: bool = False  # reads the ``trigger:`` section (the DRAGIN family)
+
+    @classmethod
+    def config_sections(cls) -> tuple[str, ...]:
+        """The config sections whose settings decide this method's answers: part of each
+        stored answer's identity (``semoe.identity.answer_scope``), so a change to any other
+        section reuses the answers."""
+        sections = ["model", "generation"]
+        if cls.uses_retrieval:
+            sections.append("retrieval")
+        if cls.uses_trigger:
+            sections.append("trigger")
+        if cls.uses_experts:
+            sections += ["augment", "experts"]
+        return tuple(sections)
 
     @abstractmethod
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]: ...

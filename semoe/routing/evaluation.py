@@ -19,12 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-# Column order of the store's tables (semoe.storage.schema, migration 3).
+# Column order of the store's tables (semoe.storage.schema, migrations 3 and 5); the flow fills cell_key and
+# computed_in (semoe.identity).
 ROUTING_RUNS_COLUMNS = (
     "run_id", "model", "model_key", "policy_key", "policy", "policy_label", "setting", "k", "policy_params", "mode",
     "texts", "tokens", "nll", "perplexity", "eval_seconds", "tokens_per_s", "decode_tokens_per_s",
     "peak_memory_bytes", "memory_method", "kv_cache_bytes", "experts_per_token", "experts_std", "floor_rate",
     "ceiling_rate", "qa_dataset", "qa_n", "qa_em", "qa_f1", "qa_note", "heatmap_path", "created_at",
+    "cell_key", "computed_in",
 )  # fmt: skip
 # Columns a caller fills in (the rest are measured here).
 ROUTING_RUN_CONTEXT = ("model_key", "policy_label", "setting", "k", "qa_dataset", "qa_n", "qa_em", "qa_f1", "qa_note")

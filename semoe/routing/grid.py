@@ -43,12 +43,34 @@ def routing_section(cfg: "SemoeConfig") -> RoutingEvalConfig:
     return cfg.routing
 
 
-def routing_run_id(cfg: "SemoeConfig") -> str:
-    """Like the pipeline's run id (config hash + code version), in its own namespace, so a
-    config that also runs QA methods keeps two separate rows in ``runs``."""
-    from semoe.evaluation import code_version
+def _routing_inputs(cfg: "SemoeConfig") -> tuple[str, list]:
+    """(corpus key, QA examples): the data a routing evaluation reads."""
+    from semoe.data import DataContext
+    from semoe.data.loading import corpus_key
 
-    return hashlib.sha256(f"routing:{cfg.config_hash()}:{code_version()}".encode()).hexdigest()[:16]
+    return corpus_key(cfg.corpus, DataContext(synthetic=cfg.synthetic)), qa_examples(cfg)
+
+
+def routing_run_id(cfg: "SemoeConfig") -> str:
+    """The routing run of these inputs (``semoe.identity.routing_run_id``): routing settings,
+    the corpus content its texts come from, its QA questions and the routing code; nothing of
+    the QA methods, so a config that also runs them keeps two separate rows in ``runs``."""
+    from semoe import identity
+
+    return identity.routing_run_id(cfg, *_routing_inputs(cfg))
+
+
+def cell_keys(cfg: "SemoeConfig", cells: list["Cell"]) -> list[str]:
+    """``semoe.identity.routing_cell_key`` of each cell."""
+    from semoe import identity
+
+    r = routing_section(cfg)
+    inputs = _routing_inputs(cfg)
+    return [
+        identity.routing_cell_key(cfg, r.models[c.model].model_dump(mode="json"), c.spec(r).model_dump(mode="json"),
+                                  c.mode, *inputs)  # fmt: skip
+        for c in cells
+    ]
 
 
 # ---------------------------------------------------------------- the grid

@@ -22,6 +22,8 @@ from semoe.storage.schema import MIGRATIONS
 LOCK_WAIT_S = 15.0
 # Tables whose rows belong to one (run, dataset, example, method) prediction.
 PER_EXAMPLE_TABLES = ("retrievals", "trigger_events")
+PREDICTION_KEY = ("run_id", "dataset", "example_id", "method")
+ROUTING_CELL_KEY = ("run_id", "model", "policy_key", "mode")
 
 
 class StoreError(RuntimeError):
@@ -123,6 +125,38 @@ class ResultStore:
             ).fetchall()
         return {tuple(r) for r in rows}
 
+    def stored_answers(self, answer_keys: Sequence[str]) -> dict[str, dict[str, list[dict]]]:
+        """Answers already stored under these answer keys, in any run: answer key → rows of
+        ``predictions`` (one, the latest) and of each per-example table, as stored."""
+        return self._stored_results("predictions", "answer_key", PER_EXAMPLE_TABLES, PREDICTION_KEY, answer_keys)
+
+    def stored_routing_cells(self, cell_keys: Sequence[str]) -> dict[str, dict[str, list[dict]]]:
+        """Routing cells already stored under these cell keys, in any run: cell key → its
+        ``routing_runs`` row (the latest) and ``routing_layer_stats`` rows, as stored."""
+        return self._stored_results("routing_runs", "cell_key", ("routing_layer_stats",), ROUTING_CELL_KEY, cell_keys)
+
+    def _stored_results(
+        self, table: str, key_column: str, children: Sequence[str], join: Sequence[str], keys: Sequence[str]
+    ) -> dict[str, dict[str, list[dict]]]:
+        if not keys:
+            return {}
+        import polars as pl
+
+        wanted = pl.DataFrame({key_column: sorted(set(keys))})  # noqa: F841 (used by SQL)
+        out: dict[str, dict[str, list[dict]]] = {}
+        with self.connect() as con:
+            con.execute(
+                f"CREATE TEMP TABLE src AS SELECT t.* FROM {table} t JOIN wanted USING ({key_column})"
+                f" QUALIFY row_number() OVER (PARTITION BY {key_column} ORDER BY created_at DESC, run_id) = 1"
+            )
+            for row in _dicts(con.execute("SELECT * FROM src")):
+                out[row[key_column]] = {table: [row], **{child: [] for child in children}}
+            for child in children:
+                rows = con.execute(f"SELECT s.{key_column} AS _key, c.* FROM {child} c JOIN src s USING ({', '.join(join)})")
+                for row in _dicts(rows):
+                    out[row.pop("_key")][child].append(row)
+        return out
+
     def write_predictions(self, tables: dict[str, Sequence[dict]]) -> None:
         """Write a batch of predictions with their per-example rows in one transaction.
 
@@ -139,7 +173,7 @@ class ResultStore:
         if unknown:
             raise StoreError(f"not per-example tables: {sorted(unknown)}")
         pred_df = pl.DataFrame(list(predictions), infer_schema_length=None)
-        keys_df = pred_df.select("run_id", "dataset", "example_id", "method")  # noqa: F841 (used by SQL)
+        keys_df = pred_df.select(*PREDICTION_KEY)  # noqa: F841 (used by SQL)
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -160,13 +194,24 @@ class ResultStore:
 
     def write_rows(self, table: str, rows: Sequence[dict]) -> None:
         """Keyed insert of generic rows (metrics, index stats, ...)."""
-        if not rows:
-            return
+        self.write_tables({table: rows})
+
+    def write_tables(self, tables: dict[str, Sequence[dict]]) -> None:
+        """Keyed insert of the rows of several tables in one transaction (all or nothing)."""
         import polars as pl
 
-        df = pl.DataFrame(list(rows), infer_schema_length=None)  # noqa: F841 (used by SQL)
+        frames = {t: pl.DataFrame(list(rows), infer_schema_length=None) for t, rows in tables.items() if rows}
+        if not frames:
+            return
         with self.connect() as con:
-            con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table, df in frames.items():  # noqa: B007 (df used by SQL)
+                    con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
 
     def compute_metrics(self, run_id: str) -> None:
         """Aggregate a run's predictions into ``metrics`` (recomputed whole, idempotent)."""
@@ -201,6 +246,11 @@ class ResultStore:
         """Run SQL and return a pyarrow Table (for the CLI's formatted output)."""
         with self.connect() as con:
             return con.sql(sql).to_arrow_table()
+
+
+def _dicts(cursor) -> list[dict]:
+    cols = [d[0] for d in cursor.description]
+    return [dict(zip(cols, row)) for row in cursor.fetchall()]
 
 
 def json_dumps(obj) -> str:

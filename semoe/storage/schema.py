@@ -298,4 +298,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM routing_layer_stats s LEFT JOIN routing_runs r USING (run_id, model, policy_key, mode)""",
         ],
     ),
+    (
+        5,
+        [
+            # Result identity (semoe.identity): an answer is stored with the key of everything that
+            # decided it, and the run that generated it; a later run with the same key copies it
+            # (re-scored against its own golds) instead of answering again.
+            "ALTER TABLE predictions ADD COLUMN answer_key VARCHAR",
+            "ALTER TABLE predictions ADD COLUMN answered_in VARCHAR",
+            # The same for routing cells (model × policy × mode).
+            "ALTER TABLE routing_runs ADD COLUMN cell_key VARCHAR",
+            "ALTER TABLE routing_runs ADD COLUMN computed_in VARCHAR",
+        ],
+    ),
 ]

@@ -25,35 +25,38 @@ def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict
     cache_policy=NONE,  # the results store is the record; resumes skip stored rows
 )
 def answer_chunk_task(
-    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], corpus_key: str | None, first_id: str
+    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
+    corpus_key: str | None, first_id: str,
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     """(per-example rows, catalogue rows of experts built on demand) for the store writer."""
-    return _answer(config, run_id, dataset, method, examples, corpus_key)
+    return _answer(config, run_id, dataset, method, examples, answer_keys, corpus_key)
 
 
 @task(name="answer-shard", task_run_name="{method}-{dataset}-{first_id}", cache_policy=NONE)
 def answer_shard_task(
-    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], corpus_key: str | None,
-    first_id: str, shard_root: str,
+    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
+    corpus_key: str | None, first_id: str, shard_root: str,
 ) -> str:
     """Answer a chunk on a worker process and leave its rows as a Parquet shard under
     ``shard_root`` (the flow process ingests it); returns the shard's path."""
     from semoe.storage.artifacts import content_key
     from semoe.storage.shards import write_shard
 
-    rows, catalogue = _answer(config, run_id, dataset, method, examples, corpus_key)
+    rows, catalogue = _answer(config, run_id, dataset, method, examples, answer_keys, corpus_key)
     key = content_key(dataset, method, [e["id"] for e in examples])
     return str(write_shard(shard_root, f"answers-{key}", {**rows, **catalogue}))
 
 
 def _answer(
-    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], corpus_key: str | None
+    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
+    corpus_key: str | None,
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     from semoe.indexing import open_retriever
 
     items = [Example.from_dict(e) for e in examples]
+    item = evaluation.WorkItem(dataset, method, items, answer_keys)
     retriever = open_retriever(config, corpus_key) if corpus_key else None
     with gpu_slot(config):
         ctx = evaluation.method_context(config, retriever)
-        outputs = evaluation.answer_chunk(evaluation.WorkItem(dataset, method, items), ctx)
-    return evaluation.to_rows(run_id, dataset, method, items, outputs), ctx.experts.drain_rows()
+        outputs = evaluation.answer_chunk(item, ctx)
+    return evaluation.to_rows(run_id, dataset, method, items, outputs, answer_keys), ctx.experts.drain_rows()

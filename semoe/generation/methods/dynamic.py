@@ -21,6 +21,7 @@ class TriggeredMethod(Method):
     (e.g. expert insertion) override ``knowledge`` or ``forward``."""
 
     uses_retrieval = True
+    uses_trigger = True
     default_query: str = "current"
     default_threshold: float | None = None
 

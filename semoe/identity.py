@@ -1,0 +1,247 @@
+"""What a stored result depends on, as hashes: the rule is that a result is reused only when
+nothing that produced it changed, and always reused otherwise.
+
+Three kinds of input decide a result:
+
+- **settings**: the config sections the job reads (a QA answer: the model, the generation
+  settings and the sections of its method; a routing cell: the ``routing:`` section and the
+  texts it is measured on). Sections a job does not read never enter its hash, so adding
+  ``routing:`` to a QA config, or changing ``experts.rank`` for a routing grid, reuses results.
+- **data**: the content of what is read, never the file's path or time: a question's text
+  (its golds only re-score a stored answer), the corpus key (content of the corpus file and
+  the reader version), the texts a routing cell measures.
+- **code**: the source of the modules that can change a result, compared by syntax tree
+  with docstrings and comments dropped, plus the versions of Python and of the libraries that
+  compute it. ``CODE_PARTS`` names those modules per kind of result; the CLI, flows, tasks,
+  reports, storage and docs are outside every part, so editing them reuses every result.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import semoe
+
+# Modules (relative to the package) whose code can change a result of each kind.
+CODE_PARTS: dict[str, tuple[str, ...]] = {
+    # How a question becomes an answer: data readers (passages), retrieval, prompts, decoding,
+    # answer extraction, passage experts, model loading.
+    "answers": ("data", "retrieval", "indexing.py", "generation", "experts", "models"),
+    # How an answer becomes EM/F1/recall: a change re-scores stored answers, never re-answers.
+    "scores": ("metrics.py",),
+    # Routing cells: policies, patching, measurements, the small MoE LM, and the QA path they score.
+    "routing": ("routing", "moe_lm", "models", "data", "generation", "metrics.py"),
+}
+
+# Libraries whose version can change the numbers (a missing one counts as absent).
+LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "safetensors", "gguf", "tantivy", "numpy")
+
+
+def digest(obj: Any, n: int = 16) -> str:
+    """Short sha256 hex of a JSON-serialisable object (keys sorted, so order never matters)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def source_digest(root: Path, parts: Iterable[str]) -> str:
+    """Hash of the syntax trees of the modules ``parts`` (files or packages relative to
+    ``root``): comments, docstrings and layout do not count, code and file names do."""
+    h = hashlib.sha256()
+    for part in parts:
+        path = root / part
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(str(f.relative_to(root)).encode())
+            tree = _strip_docstrings(ast.parse(f.read_text(encoding="utf-8"), filename=str(f)))
+            h.update(ast.dump(tree).encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(kind: str) -> str:
+    """Code identity of one kind of result: the source digest of ``CODE_PARTS[kind]`` with
+    the Python and library versions. Raises ``KeyError`` for an unknown kind."""
+    source = source_digest(Path(semoe.__file__).parent, CODE_PARTS[kind])
+    return digest([source, environment()], 12)
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, str | None]:
+    """Python major.minor and the versions of ``LIBRARIES`` (None when not installed)."""
+    versions: dict[str, str | None] = {"python": ".".join(platform.python_version_tuple()[:2])}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    return versions
+
+
+def code_version(kinds: Iterable[str] = ("answers", "scores")) -> str:
+    """Human-readable code identity stored with a run: package version and the digests."""
+    return f"{semoe.__version__} " + " ".join(f"{k}={code_digest(k)}" for k in kinds)
+
+
+# --- settings ------------------------------------------------------------------------
+
+# Fields of a section that change how a result is computed, not what it is.
+OPERATIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "retrieval": ("es_url", "es_index", "es_secret_block", "bulk_batch_size", "writer_heap_mb"),
+    "augment": ("batch_size", "chunk_size"),
+    "experts": ("batch_passages", "micro_batch", "measure_loss"),
+}
+# A dataset's location is not its content (the content is hashed separately).
+_DATASET_LOCATION = ("path", "hf_id")
+
+
+def section_identity(cfg: "SemoeConfig", name: str) -> Any:  # noqa: F821
+    """The result-deciding settings of one config section (None when the section is unset)."""
+    value = getattr(cfg, name)
+    if value is None:
+        return None
+    d = value.model_dump(mode="json")
+    for field in OPERATIONAL_FIELDS.get(name, ()):
+        d.pop(field, None)
+    return d
+
+
+def dataset_identity(ds: "DatasetConfig") -> dict:  # noqa: F821
+    d = ds.model_dump(mode="json")
+    for field in _DATASET_LOCATION:
+        d.pop(field)
+    return d
+
+
+def examples_digest(examples: Iterable["Example"]) -> str:  # noqa: F821
+    """Content of a dataset as loaded (order, ids, questions, golds, types, gold passages)."""
+    return digest([ex.as_dict() for ex in examples])
+
+
+# --- QA answers ----------------------------------------------------------------------
+
+
+def method_sections(method: str) -> tuple[str, ...]:
+    from semoe.generation import METHODS
+
+    return METHODS.get(method).config_sections()
+
+
+def answer_scope(cfg: "SemoeConfig", method: str, corpus_key: str | None) -> str:  # noqa: F821
+    """Hash of everything but the question that decides ``method``'s answer: its config
+    sections, the corpus content (retrieving methods only) and the answer code."""
+    from semoe.generation import METHODS
+
+    retrieves = METHODS.get(method).uses_retrieval
+    return digest({
+        "method": method,
+        "settings": {s: section_identity(cfg, s) for s in method_sections(method)},
+        "corpus": corpus_key if retrieves else None,
+        "code": code_digest("answers"),
+    })
+
+
+def answer_key(scope: str, question: str) -> str:
+    """Identity of one stored answer: ``answer_scope`` and the question text. Golds are not
+    part of it: an answer whose golds changed is re-scored, not re-generated."""
+    return digest([scope, question])
+
+
+def qa_settings(cfg: "SemoeConfig") -> dict:  # noqa: F821
+    """The settings of a QA evaluation: datasets (not their location), methods and every
+    section some method reads."""
+    sections = sorted({s for m in cfg.methods for s in method_sections(m)})
+    return {
+        "datasets": [dataset_identity(d) for d in cfg.datasets],
+        "methods": list(cfg.methods),
+        **{s: section_identity(cfg, s) for s in sections},
+    }
+
+
+def qa_config_hash(cfg: "SemoeConfig") -> str:  # noqa: F821
+    return digest(qa_settings(cfg))
+
+
+def qa_run_id(cfg: "SemoeConfig", examples: dict[str, list], corpus_key: str | None) -> str:  # noqa: F821
+    """A QA run is one evaluation of exactly these inputs: settings, the datasets' content
+    (``examples`` by dataset name), the corpus content and the answer and scoring code. Any
+    change is a new run; its unchanged answers are copied from earlier runs (``answer_key``)."""
+    return digest({
+        "job": "qa",
+        "settings": qa_settings(cfg),
+        "data": {name: examples_digest(exs) for name, exs in examples.items()},
+        "corpus": corpus_key,
+        "code": [code_digest("answers"), code_digest("scores")],
+    })
+
+
+# --- routing cells -------------------------------------------------------------------
+
+
+def routing_settings(cfg: "SemoeConfig") -> dict:  # noqa: F821
+    """The settings of a routing evaluation: the ``routing:`` section, plus the dataset and
+    generation settings of its QA scoring when it has one. Nothing of the QA methods."""
+    routing = cfg.routing
+    settings: dict[str, Any] = {"routing": section_identity(cfg, "routing")}
+    if routing is not None and routing.qa is not None:
+        dataset = next((d for d in cfg.datasets if d.display_name == routing.qa.dataset), None)
+        settings["qa"] = {
+            "dataset": dataset_identity(dataset) if dataset else None,
+            "generation": section_identity(cfg, "generation"),
+        }
+    return settings
+
+
+def routing_config_hash(cfg: "SemoeConfig") -> str:  # noqa: F821
+    return digest(routing_settings(cfg))
+
+
+def routing_run_id(cfg: "SemoeConfig", corpus_key: str, qa_examples: list) -> str:  # noqa: F821
+    """Routing settings, the content of the corpus its texts come from, the QA questions'
+    content and the routing code. Cells stored by earlier runs are copied (``routing_cell_key``)."""
+    return digest({
+        "job": "routing",
+        "settings": routing_settings(cfg),
+        "corpus": corpus_key,
+        "qa": examples_digest(qa_examples),
+        "code": code_digest("routing"),
+    })
+
+
+# The grid's own fields: one cell does not depend on the other cells of its grid.
+_GRID_FIELDS = ("models", "policies", "mode", "baseline")
+
+
+def routing_cell_key(
+    cfg: "SemoeConfig", model: dict, policy: dict, mode: str, corpus_key: str, qa_examples: list  # noqa: F821
+) -> str:
+    """Identity of one routing cell: its model and policy settings and mode, the settings every
+    cell shares (texts, lengths, dtype, QA), the corpus and QA content and the routing code;
+    adding a policy or a model to a grid reuses the cells already measured."""
+    settings = routing_settings(cfg)
+    shared = {k: v for k, v in (settings["routing"] or {}).items() if k not in _GRID_FIELDS}
+    return digest({
+        "job": "routing-cell",
+        "shared": shared,
+        "qa": [settings.get("qa"), examples_digest(qa_examples)],
+        "model": model,
+        "policy": policy,
+        "mode": mode,
+        "corpus": corpus_key,
+        "code": code_digest("routing"),
+    })
