@@ -18,14 +18,19 @@ rest of the output minus a final ".", PRAG cuts it at the first ".", "\\n" or ",
 * without the phrase, the first sentence (or line) of the text is the answer.
 
 :func:`sentence_ends` is the one sentence rule of the package (the triggered methods split
-and stop on it too). A sentence ends at a newline, or at ".", "!", "?" or an ellipsis (with
-any closing quotes/brackets) followed by whitespace, except where the period belongs to
-a title, rank or saint ("Dr.", "Gen.", "St.", "Mt.", "v."), a numbering word before a number
-("No. 5", "Jan. 5", "c. 1200"), an initial ("J. R. R. Tolkien"), a dotted acronym ("U.S.",
-"D.C.") or a word like "Jr.", "Inc.", "etc." that is followed by a lower-case word or by a
-capitalised word that does not open sentences ("U.S. Army", but "D.C. He"). Decimals
-("3.5") never end one, since no whitespace follows their point. The lists stand in for
-Punkt's learnt abbreviations (nltk), whose model is a download.
+and stop on it too). Terminators carry their closing quotes/brackets. A sentence ends
+
+* at a newline;
+* at "!", "?" or an ellipsis followed by whitespace, unless a lower-case word follows
+  ('"Why?" she asked', "Well... maybe");
+* at a period followed by whitespace, unless the period belongs to a title, rank or saint
+  ("Dr.", "Gen.", "St.", "Mt.", "v.", "vs."), to a numbering word before a number ("No. 5",
+  "Jan. 5", "c. 1200"), or to an initial ("J. R. R. Tolkien"), a dotted acronym ("U.S.",
+  "D.C.") or a word like "Jr.", "Inc.", "etc." followed by a lower-case word, a number or
+  a capitalised word that does not open sentences ("U.S. Army", "Jr. Day"; but "D.C. He").
+
+Decimals ("3.5") never end one: no whitespace follows their point. The word lists stand in
+for Punkt's learnt abbreviations (nltk), whose model is a download.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ _BEFORE_NUMBER = frozenset("no nos vol vols p pp art fig ch sec op c ca b d fl".
 _MAYBE_FINAL = frozenset(
     """jr sr inc ltd co corp bros plc etc al esq ave blvd rd hwy dept univ est approx
     jan feb mar apr jun jul aug sep sept oct nov dec
-    ariz calif colo conn fla ga ky md mich minn neb nev okla penn tenn tex va vt wis wyo""".split()
+    ala ariz ark calif colo conn del fla ga kan ky md mich minn mo mont neb nev okla pa penn tenn tex va vt wis
+    wyo""".split()
 )
 # Capitalised words that open sentences rather than continue a name ("D.C. He", "Jr. The").
 # "A" and "I" are left out: they are initials too ("J. A. Smith").
@@ -100,14 +106,14 @@ def _ends_here(text: str, m: re.Match, final: bool) -> bool | None:
     nxt = _NEXT_WORD.match(rest)
     word = nxt.group(1)
     whole = nxt.end() < len(rest) or final  # else the next word may still grow
-    if "?" in punct or "!" in punct or "\n" in rest[: nxt.start(1)]:
+    if "\n" in rest[: nxt.start(1)]:
         return True
-    kind = _period_kind(_last_word(text[: m.start()])) if punct == "." else "ellipsis"
+    kind = _period_kind(_last_word(text[: m.start()])) if punct == "." else "other"
     if kind in ("final", "never"):
         return kind == "final"
     if not word:
         return True if whole else None
-    if kind == "ellipsis":  # "Well... maybe" runs on
+    if kind == "other":  # "Well... maybe", '"Why?" asked' run on
         return not word[0].islower()
     if word[0].isdigit():
         return False
