@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from semoe.generation.answer import (  # noqa: F401  (split_sentences, sentence_complete: public here too)
+from semoe.generation.answer import (
     ANSWER_MARKER,
     answer_span,
     extract_answer,
