@@ -62,6 +62,16 @@ from semoe.retrieval.base import Hit
         ("A list:\n", "1", True),
         ("\n", "The", False),
         ("Really?", " Yes", True),
+        # abbreviations, initials and acronyms: an end only once the next word shows it
+        ("The answer is St.", " Louis", False),
+        ("Brown v.", " Board", False),
+        ("It is No.", " 5", False),
+        ("The answer is no.", " The", True),
+        ("So the answer is Washington, D.C.", " He", False),  # " He" may be " Helena"
+        ("So the answer is Washington, D.C.", "", True),
+        ("Born at 5 p.m.", " on", False),
+        ('"Why?"', " asked", False),
+        ("Well...", " Then", True),
     ],
 )
 def test_sentence_complete(text, nxt, done):
@@ -79,6 +89,9 @@ def test_content_words_and_sentences():
     ]
     assert split_sentences("He was born in 1931. J. R. Smith wrote it! Where? The answer is 3.5") == [
         "He was born in 1931.", "J. R. Smith wrote it!", "Where?", "The answer is 3.5",
+    ]
+    assert split_sentences("Gen. Lee was born in St. Louis, Mo. in 1807. He met Mr. Smith.") == [
+        "Gen. Lee was born in St. Louis, Mo. in 1807.", "He met Mr. Smith.",
     ]
 
 
@@ -297,6 +310,20 @@ def test_stops_after_the_answer_sentence(tiny):
     out = script(make_engine(tiny, Policy()), "The answer is Quorvanthe. Then it rambles on.").answer("Where?")
     assert out.raw_output == "The answer is Quorvanthe." and out.prediction == "Quorvanthe"
     assert out.retrievals == [] and out.extra["hallucination_events"] == 0
+
+
+def test_abbreviations_do_not_end_the_answer_sentence(tiny):
+    out = script(make_engine(tiny, Policy()), "So the answer is St. Louis, Missouri. Then more.").answer("Where?")
+    assert out.raw_output == "So the answer is St. Louis, Missouri." and out.prediction == "St. Louis, Missouri"
+    # "D.C." ends a sentence only before "He", so the step runs on to the next sentence end
+    out = script(make_engine(tiny, Policy()), "So the answer is Washington, D.C. He died there. More.").answer("Who?")
+    assert out.raw_output == "So the answer is Washington, D.C. He died there." and out.prediction == "Washington, D.C."
+
+
+def test_answer_phrase_must_be_words_and_introduce_an_answer(tiny):
+    text = "The answer isn't clear. I wonder what the answer is. So the answer is Orvania. More words."
+    out = script(make_engine(tiny, Policy()), text).answer("Where?")
+    assert out.raw_output == text.removesuffix(" More words.") and out.prediction == "Orvania"
 
 
 def test_finishes_the_answer_sentence_after_a_fixed_window(tiny):

@@ -6,8 +6,10 @@ after a step whose tokens look unreliable (FLARE's token probabilities, DRAGIN's
 a post-step trigger the step is thrown away, a query is formed, passages are retrieved and
 put into the prompt, and the step is generated again; that regenerated step is accepted
 without a check (as DRAGIN does), so a trigger never loops on one sentence. Generation stops
-after the sentence that holds "the answer is", when a step adds nothing (EOS), or when the
-token budget is spent.
+after the sentence that holds the answer (``semoe.generation.answer.answer_span``: the first
+"the answer is" that introduces one), when a step adds nothing (EOS), or when the token
+budget is spent. Sentences follow :func:`semoe.generation.answer.sentence_ends`, the rule
+the answer extractor uses.
 
 Cost is kept close to one generation: a single KV cache lives across steps, retrievals and
 questions; each (re)prompt is matched against the token ids whose keys/values are cached,
@@ -15,7 +17,9 @@ the cache is cropped to the longest common prefix and only the remainder is run.
 steps are never recomputed, and the system prompt + few-shot turns (passages go after them,
 in the question's own turn) are kept aside once per kind of prompt, so every question and
 every retrieval reuses them. Greedy lookahead is free (the next token is the argmax of logits
-already computed), which is how a sentence end is told from "J. R." or "3.5". DRAGIN's
+already computed), which is how a sentence end is told from "3.5"; a period whose role
+depends on the next whole word ("D.C. He" vs "J. R. Smith") is not taken for an end before
+that word is there, so such a step may hold two sentences. DRAGIN's
 attention comes from the same decoding pass: only the last layer runs eager attention, and
 only while a step is being decoded (one query row per token), every other layer and every
 prefill keep the model's own kernel.
@@ -46,7 +50,8 @@ Where this differs from DRAGIN's code (github.com/oneal2000/DRAGIN, ``src/genera
 * Retrieved passages stay in the prompt until the next retrieval replaces them (DRAGIN drops
   them after the one regenerated sentence); the decision unit is one sentence, decided as
   soon as it is complete, instead of a 64-token chunk split afterwards.
-* "the answer is" is matched case-insensitively (non-CoT answers start with "The answer is").
+* "the answer is" is matched case-insensitively and as words (non-CoT answers start with
+  "The answer is"; "the answer isn't" is no marker).
 """
 
 from __future__ import annotations
@@ -62,7 +67,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from semoe.generation.answer import _SENTENCE_END, extract_answer
+from semoe.generation.answer import (
+    ANSWER_MARKER,
+    answer_span,
+    extract_answer,
+    sentence_complete,
+    split_sentences,
+)
 from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.generation.prompts import build_messages
 
@@ -72,8 +83,6 @@ if TYPE_CHECKING:
     from semoe.data.schema import Passage
     from semoe.generation.lm import ChatLM
     from semoe.retrieval.base import Hit
-
-ANSWER_MARKER = re.compile(r"the answer is", re.IGNORECASE)
 
 # Function words (and contraction remnants: "'s" -> "s") that cannot carry the fact a
 # retrieval is for; stands in for DRAGIN's spaCy filter (NOUN, ADJ, VERB, PROPN, NUM kept).
@@ -88,8 +97,6 @@ STOPWORDS = frozenset(
     s t re ve ll d m yes""".split()
 )
 _PUNCT = "\"'“”‘’`.,;:!?()[]{}<>-–—…*_/\\|"
-_CLOSERS = "\"'”’)]"
-_INITIAL = re.compile(r"\b[A-Z]\.$")
 
 
 # --------------------------------------------------------------------------- text units
@@ -106,28 +113,6 @@ def _word_pieces(text: str) -> list[str]:
 
 def query_word(word: str) -> str:
     return word.strip().strip(_PUNCT)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences by the same rule the answer extractor uses (no spaCy in the loop)."""
-    out, start = [], 0
-    for m in _SENTENCE_END.finditer(text):
-        out.append(text[start : m.end()])
-        start = m.end()
-    out.append(text[start:])
-    return [s.strip() for s in out if s.strip()]
-
-
-def sentence_complete(text: str, next_piece: str) -> bool:
-    """Whether ``text`` ends a sentence, given the text of the token greedy decoding emits
-    next: a period ends a sentence only when whitespace follows and it does not close a
-    single capital initial."""
-    if not text.strip():
-        return False
-    if text.rstrip(" \t").endswith("\n"):
-        return True
-    core = text.rstrip(_CLOSERS)
-    return core[-1:] in ".!?" and not _INITIAL.search(core) and (next_piece[:1].isspace() or not next_piece)
 
 
 def word_spans(pieces: Sequence[str]) -> list[tuple[int, int]]:
@@ -786,9 +771,10 @@ class TriggeredGenerator:
                 regenerated = False
                 self._accept(st, unit)
                 text = "".join(st.pieces)
-                marks = list(ANSWER_MARKER.finditer(text))
-                if marks:
-                    finished = unit.complete or _SENTENCE_END.search(text[marks[-1].end() :].strip())
+                span = answer_span(text, final=False)
+                if span is not None:
+                    # "The answer is:\n" is a complete unit with the answer still to come
+                    finished = unit.eos or span[1] is not None or (unit.complete and text[span[0] :].strip())
                     if not finished and len(st.accepted) < budget:
                         self._accept(st, self._generate(st, budget - len(st.accepted), sentence=True, record=False))
                     break
