@@ -174,7 +174,7 @@ def load_popqa(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
                 id=rec.req("id"),
                 answers=[rec.req("obj"), *rec.json_list("o_aliases"), *rec.json_list("possible_answers")],
                 type=rec.get("prop", ""),
-                gold_titles=_strings(rec, "gold title", gold_titles),
+                gold_titles=titles,
                 meta={"subj": rec.get("subj"), "obj": rec.get("obj"), **{k: _count(rec.get(k)) for k in ("s_pop", "o_pop")}},
             )
         )
