@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
-import itertools
 import json
 import logging
 import random
@@ -115,9 +114,7 @@ class PassageStream:
         values, counts = np.unique(np.frombuffer(hashes, dtype=np.uint64), return_counts=True)
         repeated = set(values[counts > 1].tolist())
         if repeated:
-            first = next(
-                p.id for p in self._read() if isinstance(p, Passage) and _id_hash(p.id) in repeated
-            )
+            first = next(p.id for p in self._read() if isinstance(p, Passage) and _id_hash(p.id) in repeated)
             more = f" (and {len(repeated) - 1} more ids)" if len(repeated) > 1 else ""
             raise DataFormatError(f"{where}: duplicate passage id {first!r}{more}; passage ids must be unique")
 
@@ -300,7 +297,7 @@ def split_tsv_line(line: str) -> list[str]:
     A row is one line. A quoted field that is not closed on its line is an error, never a
     field that runs on into the next lines as csv would read it: an unbalanced quote would
     swallow the rows after it into one passage, and such a swallowed row boundary cannot be
-    told from a newline inside a field. Fields have no size limit (csv's is 128 KiB).
+    told from a newline inside a field. Fields have no size limit (csv's is 131,072 characters).
 
     Raises ``ValueError`` naming the column (1-based) of a quote not closed on the line, or
     of text after a closing quote.

@@ -190,7 +190,8 @@ def _paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
             sentences = [sentences] if isinstance(sentences, str) else sentences
             if not isinstance(sentences, (list, tuple)) or not all(s is None or isinstance(s, str) for s in sentences):
                 raise rec.error(f"context entry {j}: sentences should be a list of strings")
-            yield _text(rec, title, f"context entry {j} title"), " ".join(s.strip() for s in sentences if s and s.strip())
+            text = " ".join(s.strip() for s in sentences if s and s.strip())
+            yield _text(rec, title, f"context entry {j} title"), text
         return
     paragraphs = rec.get("paragraphs")
     if paragraphs is None:

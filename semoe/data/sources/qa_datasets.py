@@ -150,8 +150,9 @@ def load_hotpotqa(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
 
 def _count(value: Any) -> Any:
     """A popularity count as an int when the file wrote one (``142``, or "142" in the TSV);
-    anything else as it came, never truncated (``int("142.7")`` would be)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    anything else as it came: never truncated (``int(142.7)`` is 142), and only the counts,
+    so a subject named "1984" stays text."""
+    if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
         return int(value)
     return value
 
@@ -175,7 +176,12 @@ def load_popqa(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
                 answers=[rec.req("obj"), *rec.json_list("o_aliases"), *rec.json_list("possible_answers")],
                 type=rec.get("prop", ""),
                 gold_titles=titles,
-                meta={"subj": rec.get("subj"), "obj": rec.get("obj"), **{k: _count(rec.get(k)) for k in ("s_pop", "o_pop")}},
+                meta={
+                    "subj": rec.get("subj"),
+                    "obj": rec.get("obj"),
+                    "s_pop": _count(rec.get("s_pop")),
+                    "o_pop": _count(rec.get("o_pop")),
+                },
             )
         )
     return examples
