@@ -3,6 +3,7 @@ contexts, bad rows, and the corpus content key."""
 
 import csv
 import gzip
+import io
 import json
 import logging
 import os
@@ -180,6 +181,21 @@ def test_dpr_tsv_skipped_rows_do_not_count_towards_the_limit(tmp_path):
     )
     assert [p.id for p in stream] == ["1", "3"]
     assert stream.skipped_rows == 1  # row 5 lies beyond the limit and is never read
+
+
+def test_split_tsv_line_agrees_with_csv_on_what_csv_writes():
+    """Every one-line row csv.writer produces (DPR's quoting) splits back to its fields."""
+    import random
+
+    from semoe.data.loading import split_tsv_line
+
+    rnd = random.Random(0)
+    alphabet = ['"', '""', "\t", "a", " ", "é", "'", "\\", "\r"]
+    for _ in range(3000):
+        row = ["".join(rnd.choice(alphabet) for _ in range(rnd.randrange(6))) for _ in range(rnd.randrange(1, 5))]
+        out = io.StringIO()
+        csv.writer(out, delimiter="\t", lineterminator="\r\n").writerow(row)
+        assert split_tsv_line(out.getvalue()) == row == next(csv.reader([out.getvalue()], delimiter="\t")), out.getvalue()
 
 
 def test_dpr_tsv_long_quoted_passage(tmp_path):

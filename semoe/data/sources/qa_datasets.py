@@ -131,7 +131,7 @@ def _twowiki_aliases(cfg: DatasetConfig) -> dict[str, list[str]]:
         return {}
     table: dict[str, list[str]] = {}
     for rec in read_records(path):
-        table[str(rec.req("Q_id"))] = [*rec.json_list("aliases"), *rec.json_list("demonyms")]
+        table[rec.text("Q_id")] = [*rec.json_list("aliases"), *rec.json_list("demonyms")]
     return table
 
 
