@@ -22,6 +22,7 @@ class IndexInfo:
     reused: bool
     passages: int | None
     seconds: float
+    skipped_rows: int | None = None  # malformed rows dropped under the corpus's skip_bad_rows
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,9 +52,16 @@ def build_index(cfg: SemoeConfig) -> IndexInfo:
     if retriever.is_built():
         return IndexInfo(cfg.retrieval.backend, key, str(retriever.index_dir), True, None, 0.0)
     t0 = time.perf_counter()
-    stats = retriever.build(iter_passages(cfg.corpus, ctx), total=None)
+    passages = iter_passages(cfg.corpus, ctx)
+    stats = retriever.build(passages, total=None)
     return IndexInfo(
-        cfg.retrieval.backend, key, str(retriever.index_dir), False, stats.get("passages"), time.perf_counter() - t0
+        cfg.retrieval.backend,
+        key,
+        str(retriever.index_dir),
+        False,
+        stats.get("passages"),
+        time.perf_counter() - t0,
+        passages.skipped_rows,
     )
 
 

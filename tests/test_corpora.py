@@ -3,6 +3,7 @@ contexts, bad rows, and the corpus content key."""
 
 import csv
 import gzip
+import io
 import json
 import logging
 import os
@@ -108,7 +109,9 @@ def test_dpr_tsv_streams(tmp_path):
         ("4\tonly two columns\n", r"line 3: expected 3 tab-separated columns \(id, text, title\), got 2"),
         ("4\ta\tb\tc\n", "line 3: expected 3 tab-separated columns .*got 4"),
         ("\ttext\ttitle\n", "line 3: empty passage id"),
-        ('4\t"unclosed\tT\n5\tx\tU\n', r"line 3: expected 3 .*got 2 \(row runs to line 4: unbalanced quote\?\)"),
+        ('4\t"unclosed\tT\n5\tx\tU\n', r"line 3: column 2 opens a quote that is not closed on this line \(unbalanced quote\?\)"),
+        ('4\t"closed" late\tT\n', r"line 3: column 2 has text after its closing quote \(unbalanced quote\?\)"),
+        ('4\ttext\t"title\n', r"line 3: column 3 opens a quote that is not closed"),
     ],
 )
 def test_dpr_tsv_bad_row_names_file_and_line(tmp_path, line, problem):
@@ -122,9 +125,115 @@ def test_dpr_tsv_skip_bad_rows_counts_them(tmp_path, caplog):
     path = tmp_path / "psgs.tsv"
     path.write_text("id\ttext\ttitle\n1\tok\tA\n2\tbroken\n\tno id\tX\n3\tfine\tC\n")
     with caplog.at_level(logging.WARNING):
-        got = read("dpr-tsv", path, options={"skip_bad_rows": True})
+        stream = iter_passages(CorpusConfig(format="dpr-tsv", path=str(path), options={"skip_bad_rows": True}), CTX)
+        got = list(stream)
     assert [p.id for p in got] == ["1", "3"]
-    assert "skipped 2 malformed rows" in caplog.text
+    assert stream.skipped_rows == 2
+    assert f"skipped 2 malformed rows (the first: {path}: line 3: expected 3" in caplog.text
+
+
+# The issue's example: an unbalanced quote opened on line 3 closes on line 4. csv reads the two
+# rows as one passage 2 whose text runs into row 3, of the right width, so nothing complained.
+UNBALANCED = 'id\ttext\ttitle\n1\tAlpha text\tA\n2\t"Bravo text\tB\n3\tCharlie" text\tC\n4\tDelta text\tD\n'
+
+
+def test_dpr_tsv_unbalanced_quote_names_the_line_it_opens_on(tmp_path):
+    path = tmp_path / "psgs.tsv"
+    path.write_text(UNBALANCED)
+    with pytest.raises(
+        DataFormatError, match=rf"^{re.escape(str(path))}: line 3: column 2 opens a quote that is not closed on this line"
+    ):
+        read("dpr-tsv", path)
+
+
+def test_dpr_tsv_unbalanced_quote_skipped_and_counted(tmp_path):
+    path = tmp_path / "psgs.tsv"
+    path.write_text(UNBALANCED)
+    stream = iter_passages(CorpusConfig(format="dpr-tsv", path=str(path), options={"skip_bad_rows": True}), CTX)
+    assert list(stream) == [
+        Passage("1", "A", "Alpha text"),
+        Passage("3", "C", 'Charlie" text'),  # a quote inside an unquoted field is literal, as in csv
+        Passage("4", "D", "Delta text"),
+    ]
+    assert stream.skipped_rows == 1
+
+
+def test_dpr_tsv_quote_closed_on_a_later_line_before_a_tab(tmp_path):
+    """The swallowed text can also end in a well-formed closing quote: still line 3."""
+    path = tmp_path / "psgs.tsv"
+    path.write_text('id\ttext\ttitle\n1\tok\tA\n2\t"Bravo text\tB\n3\t"Charlie text"\tC\n')
+    with pytest.raises(DataFormatError, match=r"psgs\.tsv: line 3: column 2 opens a quote"):
+        read("dpr-tsv", path)
+
+
+def test_dpr_tsv_newline_inside_a_quoted_field_is_refused(tmp_path):
+    """Rows are lines (see split_tsv_line): an embedded newline reads as an unbalanced quote."""
+    path = write_dpr(tmp_path / "psgs.tsv", [["1", "one", "A"], ["2", "two\nlines", "B"]])
+    with pytest.raises(DataFormatError, match=r"psgs\.tsv: line 3: column 2 opens a quote that is not closed"):
+        read("dpr-tsv", path)
+
+
+def test_dpr_tsv_skipped_rows_do_not_count_towards_the_limit(tmp_path):
+    path = tmp_path / "psgs.tsv"
+    path.write_text("id\ttext\ttitle\n1\tok\tA\n2\tbroken\n3\tfine\tC\n4\tmore\tD\n5\tx\n")
+    stream = iter_passages(
+        CorpusConfig(format="dpr-tsv", path=str(path), limit=2, options={"skip_bad_rows": True}), CTX
+    )
+    assert [p.id for p in stream] == ["1", "3"]
+    assert stream.skipped_rows == 1  # row 5 lies beyond the limit and is never read
+
+
+def test_split_tsv_line_agrees_with_csv_on_what_csv_writes():
+    """Every one-line row csv.writer produces (DPR's quoting) splits back to its fields."""
+    import random
+
+    from semoe.data.loading import split_tsv_line
+
+    rnd = random.Random(0)
+    alphabet = ['"', '""', "\t", "a", " ", "é", "'", "\\", "\r"]
+    for _ in range(3000):
+        row = ["".join(rnd.choice(alphabet) for _ in range(rnd.randrange(6))) for _ in range(rnd.randrange(1, 5))]
+        out = io.StringIO()
+        csv.writer(out, delimiter="\t", lineterminator="\r\n").writerow(row)
+        assert split_tsv_line(out.getvalue()) == row == next(csv.reader([out.getvalue()], delimiter="\t")), out.getvalue()
+
+
+def test_dpr_tsv_long_quoted_passage(tmp_path):
+    """csv's default field limit (131,072 characters) refused such a passage."""
+    text = 'A "quoted" word, \ttabs and all. ' + "x" * 150_000
+    path = write_dpr(tmp_path / "psgs.tsv", [["1", text, "Long"], ["2", "short", "S"]])
+    got = read("dpr-tsv", path)
+    assert got == [Passage("1", "Long", text), Passage("2", "S", "short")]
+    assert len(got[0].text) > 150_000
+
+
+@pytest.mark.parametrize("header", [("id", "text", "title"), ("id", "title", "text"), ("title", "text", "id")])
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("crlf", [False, True])
+def test_dpr_tsv_header_bom_crlf(tmp_path, header, bom, crlf):
+    """A BOM never hides the header (it used to be read as a passage, with the columns taken in
+    DPR's order, so title and text were swapped on every row of an ``id title text`` file)."""
+    rows = [{"id": "1", "text": 'Alpha "one" text', "title": "Alpha"}, {"id": "2", "text": "Bravo text", "title": "B"}]
+    path = tmp_path / "psgs.tsv.gz"
+    with gzip.open(path, "wt", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\r\n" if crlf else "\n")
+        w.writerow(header)
+        w.writerows([[r[c] for c in header] for r in rows])
+    assert read("dpr-tsv", path) == [Passage("1", "Alpha", 'Alpha "one" text'), Passage("2", "B", "Bravo text")]
+
+
+def test_dpr_tsv_header_forms(tmp_path):
+    path = tmp_path / "psgs.tsv"
+    path.write_text("ID\tText\n1\tbody\n")  # any case; no title column
+    assert read("dpr-tsv", path) == [Passage("1", "", "body")]
+    path.write_text("1\tbody\tTitle\n2\tmore\tText\n")  # one column name-like word: a passage, not a header
+    assert read("dpr-tsv", path) == [Passage("1", "Title", "body"), Passage("2", "Text", "more")]
+    path.write_text("id\ttitle\tcontents\n1\tT\tbody\n")
+    with pytest.raises(DataFormatError, match=r"psgs\.tsv: line 1: header .* has no 'text' column"):
+        read("dpr-tsv", path)
+    path.write_text("id\ttext\ttext\n1\ta\tb\n")
+    with pytest.raises(DataFormatError, match=r"psgs\.tsv: line 1: header repeats column 'text'"):
+        read("dpr-tsv", path)
 
 
 def test_dpr_tsv_non_utf8(tmp_path):
@@ -163,6 +272,25 @@ def test_jsonl_both_forms(tmp_path):
         Passage("2", "", "no title line"),
         Passage("u", "Unquoted", "Title on the first line."),
     ]
+
+
+def test_jsonl_bom_crlf_and_numbers(tmp_path):
+    path = tmp_path / "wiki.jsonl"
+    path.write_bytes(
+        "\ufeff".encode()
+        + b'{"id": 1.50, "title": 2024, "text": "alpha"}\r\n'
+        + b'{"id": "b", "contents": "\\"Beta\\"\\r\\nBeta text"}\r\n'
+    )
+    assert read("jsonl", path) == [Passage("1.50", "2024", "alpha"), Passage("b", "Beta", "Beta text")]
+
+
+def test_jsonl_non_text_fields(tmp_path):
+    path = tmp_path / "wiki.jsonl"
+    path.write_text('{"id": 1, "text": "ok"}\n{"id": 2, "text": ["a", "list"]}\n{"id": {"x": 1}, "text": "t"}\n')
+    with pytest.raises(DataFormatError, match=r"wiki\.jsonl: line 2: expected text, a number or a boolean, got list"):
+        read("jsonl", path)
+    stream = iter_passages(CorpusConfig(format="jsonl", path=str(path), options={"skip_bad_rows": True}), CTX)
+    assert [p.id for p in stream] == ["1"] and stream.skipped_rows == 2
 
 
 def test_jsonl_bad_lines(tmp_path):
@@ -210,6 +338,12 @@ def test_json_passages_ids_unique_and_stable(tmp_path):
     assert read("json-passages", path) == first
 
 
+def test_json_passages_bom_crlf_numbers(tmp_path):
+    path = tmp_path / "corpus.json"
+    path.write_bytes("\ufeff".encode() + b'[{"id": 1.0, "title": "A", "text": "a"},\r\n {"title": 3, "text": 0.10}]\r\n')
+    assert read("json-passages", path) == [Passage("1.0", "A", "a"), Passage("3", "3", "0.10")]
+
+
 def test_json_passages_bad_input(tmp_path):
     path = tmp_path / "corpus.json"
     path.write_text(json.dumps([{"title": "A", "text": "a"}, {"title": "B"}]))
@@ -220,6 +354,12 @@ def test_json_passages_bad_input(tmp_path):
         read("json-passages", path)
     path.write_text('[{"title": "A", "text": "a"},,]')
     with pytest.raises(DataFormatError, match="invalid JSON at line 1, column 30"):
+        read("json-passages", path)
+    path.write_text(json.dumps([{"title": "A", "text": ["a", "b"]}]))
+    with pytest.raises(DataFormatError, match=r"index 0: field 'text': expected text, a number or a boolean, got list"):
+        read("json-passages", path)
+    path.write_text(json.dumps([{"id": {"n": 1}, "text": "a"}]))
+    with pytest.raises(DataFormatError, match=r"index 0: field 'id': expected text, .*got dict"):
         read("json-passages", path)
 
 
@@ -258,6 +398,22 @@ def test_dataset_contexts_bad_entry(tmp_path):
     path.write_text(json.dumps([{"_id": "1"}]))
     with pytest.raises(DataFormatError, match="index 0: missing field 'context' or 'paragraphs'"):
         read("dataset-contexts", path)
+    path.write_text(json.dumps([{"_id": "1", "context": [["A", ["ok", 3]]]}]))
+    with pytest.raises(DataFormatError, match="index 0: context entry 0: sentences should be a list of strings"):
+        read("dataset-contexts", path)
+    path.write_text(json.dumps([{"_id": "1", "context": [[["A"], ["ok"]]]}]))
+    with pytest.raises(DataFormatError, match="index 0: context entry 0 title: expected text, .*got list"):
+        read("dataset-contexts", path)
+    path.write_text(json.dumps([{"id": 1, "paragraphs": [{"title": "A", "text": {"t": "x"}}]}]))
+    with pytest.raises(DataFormatError, match="index 0: paragraph 0 text: expected text, .*got dict"):
+        read("dataset-contexts", path)
+
+
+def test_dataset_contexts_bom_crlf(tmp_path):
+    path = tmp_path / "dev.json"
+    data = json.dumps([{"_id": "1", "context": [["Ed Wood", ["Edward Wood", " was a filmmaker."]]]}], indent=1)
+    path.write_bytes("\ufeff".encode() + data.replace("\n", "\r\n").encode())
+    assert read("dataset-contexts", path) == [Passage("Ed Wood", "Ed Wood", "Edward Wood was a filmmaker.")]
 
 
 def test_real_2wiki_contexts_hold_every_supporting_title():
@@ -273,6 +429,24 @@ def test_real_popqa_paragraphs():
     got = read("dataset-contexts", shared_file("popqa/first1000_with_paragraphs.json"))
     assert len(got) == len({p.id for p in got}) and 1000 < len(got) < 2000
     assert got[0].title == "George Rankin"
+
+
+# --- the index record --------------------------------------------------------------
+
+
+def test_index_build_records_skipped_rows(tmp_path):
+    from semoe.config import SemoeConfig
+    from semoe.indexing import build_index
+
+    path = tmp_path / "psgs.tsv"
+    path.write_text(UNBALANCED)
+    cfg = SemoeConfig.model_validate(
+        {"corpus": {"format": "dpr-tsv", "path": str(path), "options": {"skip_bad_rows": True}},
+         "cache": {"root": str(tmp_path / "cache")}}
+    )  # fmt: skip
+    info = build_index(cfg)
+    assert (info.passages, info.skipped_rows, info.reused) == (3, 1, False)
+    assert info.as_dict()["skipped_rows"] == 1
 
 
 # --- corpus key ----------------------------------------------------------------------

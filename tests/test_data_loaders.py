@@ -30,6 +30,11 @@ def write_json(path: Path, data) -> Path:
     return path
 
 
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -244,6 +249,84 @@ def test_custom_json_and_jsonl(tmp_path):
     assert (a.id, a.answers, b.id, b.answers) == ("0", ["yes"], "1", ["blue"])
 
 
+def test_answers_keep_the_text_the_file_wrote(tmp_path):
+    """JSON numbers as written (3 → "3", 3.0 → "3.0", 1e3 → "1e3", 0.10 → "0.10": Python's
+    float repr would print "1000.0" and "0.1"); booleans as yes/no, as StrategyQA is scored."""
+    rows = [
+        '{"question": "a?", "answer": 3}',
+        '{"question": "b?", "answer": 3.0}',
+        '{"question": "c?", "answers": [1e3, 0.10, -2.50E-1]}',
+        '{"question": "d?", "answer": true}',
+        '{"question": "e?", "answer": false}',
+        '{"id": 7.0, "question": "f?", "answer": [3, "3", 3.0]}',
+    ]
+    want = [["3"], ["3.0"], ["1e3", "0.10", "-2.50E-1"], ["yes"], ["no"], ["3", "3.0"]]
+    for path in write_text(tmp_path / "qa.json", f"[{', '.join(rows)}]"), write_text(tmp_path / "qa.jsonl", "\n".join(rows)):
+        examples = load("custom", path)
+        assert [e.answers for e in examples] == want and examples[-1].id == "7.0"
+
+
+def test_popqa_answer_json_cells_keep_numbers_as_written(tmp_path):
+    path = tmp_path / "popQA.tsv"
+    row = popqa_row(1, "Ann Lee", "1990", ["1990.0"], [])
+    row[POPQA_COLUMNS.index("possible_answers")] = "[1990, 2.50]"
+    row[POPQA_COLUMNS.index("s_pop")] = "142.7"  # not a count: kept as written, never truncated
+    path.write_text("\t".join(POPQA_COLUMNS) + "\n" + "\t".join(row) + "\n")
+    (ex,) = load("popqa", path)
+    assert ex.answers == ["1990", "1990.0", "2.50"]
+    assert ex.meta["s_pop"] == "142.7" and ex.meta["o_pop"] == 25692 and ex.meta["subj"] == "Ann Lee"
+
+
+def test_real_strategyqa_booleans_as_yes_no():
+    path = shared_file("strategyqa/train.json")
+    exs = load("custom", path, label="strategyqa")
+    raw = json.loads(path.read_text())
+    assert len(exs) == len(raw) == 2290
+    assert [e.answers for e in exs] == [["yes" if r["answer"] else "no"] for r in raw]
+    assert {a for e in exs for a in e.answers} == {"yes", "no"}
+
+
+@pytest.mark.parametrize("suffix", ["json", "jsonl", "tsv"])
+def test_bom_and_crlf_do_not_matter(tmp_path, suffix):
+    rows = [{"id": "q1", "question": "Capital of France?", "answer": "Paris"}, {"id": "q2", "question": "b?", "answer": "B"}]
+    if suffix == "tsv":
+        text = "answer\tquestion\tid\r\n" + "".join(f"{r['answer']}\t{r['question']}\t{r['id']}\r\n" for r in rows)
+    elif suffix == "jsonl":
+        text = "".join(json.dumps(r) + "\r\n" for r in rows)
+    else:
+        text = json.dumps(rows, indent=1).replace("\n", "\r\n")
+    path = tmp_path / f"qa.{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    got = load("custom", path)
+    assert [(e.id, e.question, e.answers) for e in got] == [("q1", "Capital of France?", ["Paris"]), ("q2", "b?", ["B"])]
+
+
+def test_popqa_tsv_any_column_order_and_long_cells(tmp_path):
+    """Columns by header name; a 150,000-character cell is read (csv's limit is 131,072)."""
+    order = list(reversed(POPQA_COLUMNS))
+    row = dict(zip(POPQA_COLUMNS, popqa_row(1, "Ann Lee", "poet", ["poetess"], ["poet", "poetess"])))
+    row["s_uri"] = 'long "quoted" ' + "x" * 150_000
+    path = tmp_path / "popQA.tsv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(order)
+        w.writerow([row[c] for c in order])
+    (ex,) = load("popqa", path)
+    assert ex.id == "1" and ex.answers == ["poet", "poetess"] and ex.question == "What is Ann Lee's occupation?"
+
+
+def test_tsv_unbalanced_quote_and_repeated_header(tmp_path):
+    path = tmp_path / "qa.tsv"
+    path.write_text('id\tquestion\tanswer\n1\t"Who is\tX\n2\tWhat" else?\tY\n')
+    with pytest.raises(
+        DataFormatError, match=rf"^{re.escape(str(path))}: line 2: column 2 opens a quote that is not closed on this line"
+    ):
+        load("custom", path)
+    path.write_text("id\tquestion\tid\n1\tq?\t2\n")
+    with pytest.raises(DataFormatError, match=r"qa\.tsv: line 1: header repeats column 'id'"):
+        load("custom", path)
+
+
 # --- bad input -----------------------------------------------------------------------
 
 
@@ -292,6 +375,11 @@ def test_json_lines_under_a_json_name_are_read(tmp_path):
         ("hotpotqa", [twowiki_record(supporting_facts=[42])], r"index 0: supporting fact 42 is neither"),
         ("popqa", [{"id": 1, "question": "q"}], r"index 0: missing field 'obj'"),
         ("cwq", [{"ID": "x", "question": "q"}], r"index 0: missing field 'answers' or 'answer'"),
+        ("custom", [{"question": "a", "answer": {"text": "b"}}], r"index 0: answer: expected text, .*got dict"),
+        ("custom", [{"question": "a", "answer": ["b", ["c"]]}], r"index 0: answer: expected text, .*got list"),
+        ("custom", [{"id": ["x"], "question": "a", "answer": "b"}], r"index 0: id: expected text, .*got list"),
+        ("cwq", [{"ID": "x", "question": "q", "answers": [{"answer": "A", "aliases": [{"a": 1}]}]}], r"index 0: answer: .*got dict"),
+        ("2wikimultihopqa", [twowiki_record(supporting_facts=[[["t"], 0]])], r"index 0: gold title: .*got list"),
     ],
 )
 def test_bad_rows_name_file_row_and_field(tmp_path, name, rows, problem):

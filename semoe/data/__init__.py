@@ -1,7 +1,9 @@
 """Datasets (questions) and corpora (passages), registered by name.
 
 ``DATASETS``: name → ``loader(cfg: DatasetConfig, ctx: DataContext) -> list[Example]``.
-``CORPORA``: name → ``reader(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]`` (streaming).
+``CORPORA``: name → ``reader(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow]``
+(streaming; a :class:`~semoe.data.schema.SkippedRow` stands for a malformed row dropped under
+``skip_bad_rows``, which :func:`~semoe.data.loading.iter_passages` counts and filters out).
 """
 
 from __future__ import annotations

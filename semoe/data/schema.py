@@ -40,5 +40,13 @@ class Example:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class SkippedRow:
+    """What a corpus reader yields instead of a passage for a malformed row it skipped
+    (``skip_bad_rows``), so the stream can count it; ``problem`` names file and line."""
+
+    problem: str
+
+
 class DataFormatError(ValueError):
     """A dataset or corpus file is missing, malformed, or has an unusable row."""

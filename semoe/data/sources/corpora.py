@@ -2,42 +2,35 @@
 
 Line-based formats (``dpr-tsv``, ``jsonl``) stream, so the 21M-row DPR Wikipedia dump
 never sits in memory. ``options.skip_bad_rows: true`` turns a malformed row from an error
-into a logged count (and undecodable bytes into U+FFFD) for dumps one cannot fix.
+into a :class:`SkippedRow` (counted by :class:`~semoe.data.loading.PassageStream`, logged,
+recorded with the index) and undecodable bytes into U+FFFD, for dumps one cannot fix.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from semoe.config import CorpusConfig
 from semoe.data import CORPORA, DataContext
-from semoe.data.loading import Record, iter_lines, read_records, resolve_path
-from semoe.data.schema import DataFormatError, Passage
-
-log = logging.getLogger(__name__)
+from semoe.data.loading import Record, as_text, iter_lines, json_loads, read_records, resolve_path, split_tsv_line
+from semoe.data.schema import DataFormatError, Passage, SkippedRow
 
 
 class _BadRows:
-    """Raise on a malformed row, or with ``skip_bad_rows`` count it and log the total once."""
+    """Raise on a malformed row, or with ``skip_bad_rows`` return the :class:`SkippedRow` to yield."""
 
     def __init__(self, path: Path, cfg: CorpusConfig):
         self.path = path
         self.skip = bool(cfg.options.get("skip_bad_rows", False))
-        self.count = 0
 
-    def __call__(self, lineno: int, problem: str) -> None:
+    def __call__(self, lineno: int, problem: str) -> SkippedRow:
+        message = f"{self.path}: line {lineno}: {problem}"
         if not self.skip:
-            raise DataFormatError(f"{self.path}: line {lineno}: {problem}")
-        self.count += 1
-
-    def report(self) -> None:
-        if self.count:
-            log.warning("%s: skipped %d malformed rows", self.path, self.count)
+            raise DataFormatError(message)
+        return SkippedRow(message)
 
 
 class _Layout(NamedTuple):
@@ -47,52 +40,58 @@ class _Layout(NamedTuple):
     width: int
 
 
-def _tsv_layout(row: list[str]) -> tuple[_Layout, bool]:
-    """Column positions from a header (``id text title`` in any order), else DPR's fixed order."""
+_DPR_COLUMNS = ("id", "text", "title")
+
+
+def _tsv_layout(row: list[str], path: Path, lineno: int) -> tuple[_Layout, bool]:
+    """Column positions from a header (``id``, ``text`` and optional ``title``, in any order,
+    any case), else DPR's fixed order. A first row with two or more of those names is a
+    header: passage text and title are never both such words."""
     names = [c.strip().lower() for c in row]
-    if "id" in names and "text" in names:
-        title = names.index("title") if "title" in names else None
-        return _Layout(names.index("id"), names.index("text"), title, len(names)), True
-    return _Layout(0, 1, 2, 3), False
+    if sum(name in _DPR_COLUMNS for name in names) < 2:
+        return _Layout(0, 1, 2, 3), False
+    for name in _DPR_COLUMNS:
+        if names.count(name) > 1:
+            raise DataFormatError(f"{path}: line {lineno}: header repeats column {name!r}")
+    for name in _DPR_COLUMNS[:2]:
+        if name not in names:
+            raise DataFormatError(f"{path}: line {lineno}: header {row} has no {name!r} column")
+    title = names.index("title") if "title" in names else None
+    return _Layout(names.index("id"), names.index("text"), title, len(names)), True
 
 
 @CORPORA.register("dpr-tsv", "DPR psgs_w100.tsv (id, text, title; header line; .gz accepted), streamed")
-def read_dpr_tsv(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]:
-    """DPR quotes text fields with ``""`` escapes, which is the csv module's default dialect."""
+def read_dpr_tsv(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow]:
+    """One passage per line, fields quoted as DPR writes them (:func:`split_tsv_line`);
+    columns by header name, or DPR's order when there is no header."""
     path = resolve_path(cfg.path, "corpus")
     bad = _BadRows(path, cfg)
     lines = iter_lines(path, replace_errors=bad.skip)
-    reader = csv.reader(lines, delimiter="\t")
     layout: _Layout | None = None
     try:
-        while True:
-            lineno = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                bad(lineno, str(e))
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip("\r\n"):
                 continue
-            if not row:
+            try:
+                row = split_tsv_line(line)
+            except ValueError as e:
+                yield bad(lineno, str(e))
                 continue
             if layout is None:
-                layout, is_header = _tsv_layout(row)
+                layout, is_header = _tsv_layout(row, path, lineno)
                 if is_header:
                     continue
             if len(row) != layout.width:
-                span = f" (row runs to line {reader.line_num}: unbalanced quote?)" if reader.line_num > lineno else ""
-                bad(lineno, f"expected {layout.width} tab-separated columns (id, text, title), got {len(row)}{span}")
+                yield bad(lineno, f"expected {layout.width} tab-separated columns (id, text, title), got {len(row)}")
                 continue
             pid = row[layout.id].strip()
             if not pid:
-                bad(lineno, "empty passage id")
+                yield bad(lineno, "empty passage id")
                 continue
             title = "" if layout.title is None else row[layout.title]
             yield Passage(id=pid, title=title, text=row[layout.text])
     finally:
         lines.close()
-        bad.report()
 
 
 def _split_contents(contents: str) -> tuple[str, str]:
@@ -100,13 +99,14 @@ def _split_contents(contents: str) -> tuple[str, str]:
     head, sep, rest = contents.partition("\n")
     if not sep:
         return "", contents
+    head = head.rstrip("\r")
     if len(head) >= 2 and head.startswith('"') and head.endswith('"'):
         head = head[1:-1]
     return head, rest
 
 
 @CORPORA.register("jsonl", "one passage per line: {id, title, text} or wiki18's {id, contents}, streamed")
-def read_jsonl(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]:
+def read_jsonl(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow]:
     """A missing id falls back to the 0-based line number, stable for a given file."""
     path = resolve_path(cfg.path, "corpus")
     bad = _BadRows(path, cfg)
@@ -116,22 +116,25 @@ def read_jsonl(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json_loads(line)
             except json.JSONDecodeError as e:
-                bad(lineno, f"invalid JSON at column {e.colno}: {e.msg}")
+                yield bad(lineno, f"invalid JSON at column {e.colno}: {e.msg}")
                 continue
             if not isinstance(row, dict) or (row.get("text") is None and row.get("contents") is None):
-                bad(lineno, "expected an object with 'text' (and 'title') or 'contents'")
+                yield bad(lineno, "expected an object with 'text' (and 'title') or 'contents'")
                 continue
-            if row.get("text") is not None:
-                title, text = str(row.get("title") or ""), str(row["text"])
-            else:
-                title, text = _split_contents(str(row["contents"]))
-            pid = row.get("id")
-            yield Passage(id=str(lineno - 1 if pid is None else pid), title=title, text=text)
+            try:
+                if row.get("text") is not None:
+                    title, text = as_text(row.get("title") or ""), as_text(row["text"])
+                else:
+                    title, text = _split_contents(as_text(row["contents"]))
+                pid = as_text(lineno - 1 if row.get("id") is None else row["id"])
+            except TypeError as e:
+                yield bad(lineno, str(e))
+                continue
+            yield Passage(id=pid, title=title, text=text)
     finally:
         lines.close()
-        bad.report()
 
 
 class _UniqueIds:
@@ -143,8 +146,8 @@ class _UniqueIds:
     def __init__(self) -> None:
         self.issued: set[str] = set()
 
-    def explicit(self, rec: Record, pid: Any) -> str:
-        pid = str(pid)
+    def explicit(self, rec: Record) -> str:
+        pid = rec.text("id")
         if pid in self.issued:
             raise rec.error(f"duplicate passage id {pid!r}")
         self.issued.add(pid)
@@ -165,10 +168,9 @@ def read_json_passages(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]
     """Without an ``id`` a passage is named by its title, so title-judged gold reads naturally."""
     ids = _UniqueIds()
     for i, rec in enumerate(read_records(resolve_path(cfg.path, "corpus"))):
-        title, text = str(rec.get("title", "")), rec.req("text")
-        pid = rec.get("id")
-        pid = ids.from_title(title, f"passage-{i}") if pid is None else ids.explicit(rec, pid)
-        yield Passage(id=pid, title=title, text=str(text))
+        title, text = rec.text("title", ""), rec.text("text")
+        pid = ids.from_title(title, f"passage-{i}") if rec.get("id") is None else ids.explicit(rec)
+        yield Passage(id=pid, title=title, text=text)
 
 
 def _paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
@@ -186,7 +188,10 @@ def _paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
                 raise rec.error(f"context entry {j} is not [title, sentences]")
             title, sentences = entry
             sentences = [sentences] if isinstance(sentences, str) else sentences
-            yield str(title), " ".join(s.strip() for s in sentences if s and s.strip())
+            if not isinstance(sentences, (list, tuple)) or not all(s is None or isinstance(s, str) for s in sentences):
+                raise rec.error(f"context entry {j}: sentences should be a list of strings")
+            text = " ".join(s.strip() for s in sentences if s and s.strip())
+            yield _text(rec, title, f"context entry {j} title"), text
         return
     paragraphs = rec.get("paragraphs")
     if paragraphs is None:
@@ -194,7 +199,14 @@ def _paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
     for j, p in enumerate(paragraphs):
         if not isinstance(p, dict) or p.get("text") is None:
             raise rec.error(f"paragraph {j} has no 'text'")
-        yield str(p.get("title") or ""), str(p["text"])
+        yield _text(rec, p.get("title") or "", f"paragraph {j} title"), _text(rec, p["text"], f"paragraph {j} text")
+
+
+def _text(rec: Record, value: Any, what: str) -> str:
+    try:
+        return as_text(value)
+    except TypeError as e:
+        raise rec.error(f"{what}: {e}") from None
 
 
 @CORPORA.register("dataset-contexts", "the context paragraphs of a HotpotQA/2Wiki (or PopQA JSON) file, deduplicated")

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 
 from semoe.config import ConfigError, DatasetConfig
 from semoe.data import DATASETS, DataContext
-from semoe.data.loading import Record, read_records, resolve_path
+from semoe.data.loading import Record, as_text, read_records, resolve_path
 from semoe.data.schema import Example
 
 
@@ -35,12 +35,13 @@ def _hub_records(cfg: DatasetConfig) -> Iterator[Record]:
 
 
 def unique_strings(values: Iterable[Any]) -> list[str]:
-    """Non-empty strings in first-seen order (booleans as yes/no, numbers as text)."""
+    """Non-empty strings in first-seen order: numbers as the file wrote them, booleans as
+    yes/no (:func:`~semoe.data.loading.as_text`); ``TypeError`` for a list or object."""
     out: list[str] = []
     for v in values:
         if v is None:
             continue
-        s = ("yes" if v else "no") if isinstance(v, bool) else str(v).strip()
+        s = as_text(v).strip()
         if s and s not in out:
             out.append(s)
     return out
@@ -59,18 +60,29 @@ def make_example(
     question = rec.req("question")
     if not isinstance(question, str) or not question.strip():
         raise rec.error("field 'question' is empty or not a string")
-    gold = unique_strings(answers)
+    gold = _strings(rec, "answer", answers)
     if not gold:
         raise rec.error("no usable answer")
+    try:
+        ex_id = as_text(id)
+    except TypeError as e:
+        raise rec.error(f"id: {e}") from None
     return Example(
-        id=str(id),
+        id=ex_id,
         question=question.strip(),
         answers=gold,
         dataset=cfg.display_name,
         type=str(type or ""),
-        gold_titles=unique_strings(gold_titles),
+        gold_titles=_strings(rec, "gold title", gold_titles),
         meta={k: v for k, v in (meta or {}).items() if v is not None},
     )
+
+
+def _strings(rec: Record, what: str, values: Iterable[Any]) -> list[str]:
+    try:
+        return unique_strings(values)
+    except TypeError as e:
+        raise rec.error(f"{what}: {e}") from None
 
 
 def _as_list(value: Any) -> list:
@@ -119,7 +131,7 @@ def _twowiki_aliases(cfg: DatasetConfig) -> dict[str, list[str]]:
         return {}
     table: dict[str, list[str]] = {}
     for rec in read_records(path):
-        table[str(rec.req("Q_id"))] = [*rec.json_list("aliases"), *rec.json_list("demonyms")]
+        table[rec.text("Q_id")] = [*rec.json_list("aliases"), *rec.json_list("demonyms")]
     return table
 
 
@@ -136,11 +148,13 @@ def load_hotpotqa(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
     return [_multihop_example(rec, cfg, {}) for rec in dataset_records(cfg)]
 
 
-def _int_or_text(value: Any) -> Any:
-    try:
+def _count(value: Any) -> Any:
+    """A popularity count as an int when the file wrote one (``142``, or "142" in the TSV);
+    anything else as it came: never truncated (``int(142.7)`` is 142), and only the counts,
+    so a subject named "1984" stays text."""
+    if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
         return int(value)
-    except (TypeError, ValueError):
-        return value
+    return value
 
 
 @DATASETS.register("popqa", "PopQA popQA.tsv (or the same columns as a JSON list)")
@@ -162,7 +176,12 @@ def load_popqa(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
                 answers=[rec.req("obj"), *rec.json_list("o_aliases"), *rec.json_list("possible_answers")],
                 type=rec.get("prop", ""),
                 gold_titles=titles,
-                meta={k: _int_or_text(rec.get(k)) for k in ("subj", "obj", "s_pop", "o_pop")},
+                meta={
+                    "subj": rec.get("subj"),
+                    "obj": rec.get("obj"),
+                    "s_pop": _count(rec.get("s_pop")),
+                    "o_pop": _count(rec.get("o_pop")),
+                },
             )
         )
     return examples
