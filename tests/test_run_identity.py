@@ -70,12 +70,17 @@ def _predictions(store: ResultStore, run_id: str) -> dict[tuple[str, str], dict]
 def test_changed_gold_is_rescored_and_a_removed_question_leaves_the_metrics(tmp_path, qa_config, prefect_api):
     from semoe.flows.pipeline import pipeline
 
-    corpus = _write_jsonl(tmp_path / "corpus.jsonl", PASSAGES)
+    corpus = tmp_path / "corpus.jsonl"
+    _write_jsonl(corpus, PASSAGES)
+    with corpus.open("a", encoding="utf-8") as f:
+        f.write('{"id": "broken", "text": \n')  # skipped under skip_bad_rows, and counted
     dataset = tmp_path / "mini.json"
-    cfg = qa_config(_write_json(dataset, QUESTIONS), corpus)
+    cfg = qa_config(_write_json(dataset, QUESTIONS), str(corpus))
+    cfg = cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"options": {"skip_bad_rows": True}})})
     first = pipeline(cfg)
     assert first["produced"] == 4
     store = ResultStore(cfg.store.path)
+    assert store.query("select passages, skipped_rows from indexes") == [{"passages": 4, "skipped_rows": 1}]
     old = _predictions(store, first["run_id"])
 
     # The gold of q1 becomes exactly what no-retrieval answered (so its EM must turn to 1) and q2 is removed.

@@ -48,6 +48,7 @@ def index_corpus(config: SemoeConfig) -> dict:
                     "passages": info["passages"],
                     "seconds": info["seconds"],
                     "passages_per_s": rate,
+                    "skipped_rows": info.get("skipped_rows", 0),
                     "location": info["index_dir"],
                     "built_at": utcnow(),
                 }

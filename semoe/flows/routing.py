@@ -45,9 +45,7 @@ def evaluate_routing(config: SemoeConfig) -> dict:
         keys = dict(zip(planned, grid.cell_keys(config, planned)))
         stored = store.stored_routing_cells(list(keys.values()))
         for cell in (c for c in planned if keys[c] in stored):  # same settings, texts and code: copy
-            model, policy_key, mode = cell.ident(routing)
-            ident = {"run_id": run_id, "model": model, "policy_key": policy_key, "mode": mode}
-            store.write_tables({table: [{**row, **ident} for row in rows] for table, rows in stored[keys[cell]].items()})
+            store.write_tables(grid.copied_cell(run_id, routing, cell, stored[keys[cell]]))
         cells = [c for c in planned if keys[c] not in stored]
         logger.info("routing run %s (%s before): %d of %d cells to evaluate, %d reused from earlier runs", run_id,
                     previous, len(cells), len(grid.grid_cells(routing)), len(planned) - len(cells))  # fmt: skip

@@ -73,6 +73,14 @@ def cell_keys(cfg: "SemoeConfig", cells: list["Cell"]) -> list[str]:
     ]
 
 
+def copied_cell(run_id: str, routing: RoutingEvalConfig, cell: "Cell", tables: dict[str, list[dict]]) -> dict:
+    """The stored rows of a cell with the same cell key (``ResultStore.stored_routing_cells``),
+    re-keyed to ``run_id``; ``computed_in`` keeps naming the run that measured them."""
+    model, policy_key, mode = cell.ident(routing)
+    ident = {"run_id": run_id, "model": model, "policy_key": policy_key, "mode": mode}
+    return {table: [{**row, **ident} for row in rows] for table, rows in tables.items()}
+
+
 # ---------------------------------------------------------------- the grid
 
 

@@ -309,6 +309,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # The same for routing cells (model × policy × mode).
             "ALTER TABLE routing_runs ADD COLUMN cell_key VARCHAR",
             "ALTER TABLE routing_runs ADD COLUMN computed_in VARCHAR",
+            # Corpus rows left out of an index under `skip_bad_rows` (each named in the log).
+            "ALTER TABLE indexes ADD COLUMN skipped_rows BIGINT",
         ],
     ),
 ]
