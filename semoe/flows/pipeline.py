@@ -19,6 +19,7 @@ from semoe.data.schema import Example
 from semoe.indexing import describe_corpus, open_retriever
 from semoe.flows.runners import shared_cluster, with_runner
 from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
+from semoe.storage.locks import run_lock
 from semoe.storage.results import ResultStore, utcnow
 from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
 from semoe.tasks.evaluation import answer_chunk_task, answer_shard_task, load_examples_task
@@ -64,30 +65,31 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     ensure_gpu_limits(config)
     run_id = evaluation.run_id_for(config)
     store = ResultStore(config.store.path)
-    previous = evaluation.register_run(store, run_id, config)
-    try:
-        examples = {
-            ds.display_name: [Example.from_dict(e) for e in load_examples_task(config, ds)] for ds in config.datasets
-        }
-        shards = shard_root(store.path, run_id)
-        if ingest_pending(store, shards):  # chunks a killed run finished on workers but never ingested
-            logger.info("ingested the shards a previous attempt left in %s", shards)
-        items = evaluation.plan_work(config, examples, store.done_keys(run_id))
-        total = sum(len(i.examples) for i in items)
-        logger.info("run %s (%s before): %d answers to produce", run_id, previous, total)
-        if items:
-            progress = create_progress_artifact(0.0, key="semoe-progress", description=f"run {run_id}")
-            done = 0
-            for n in _answer_and_commit(config, run_id, items, corpus_key, store):
-                done += n
-                update_progress_artifact(progress, 100.0 * done / total)
-                logger.info("committed %d/%d answers", done, total)
-        remove_root(shards)
-        store.compute_metrics(run_id)
-        store.finish_run(run_id)
-    except BaseException as e:
-        store.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
-        raise
+    with run_lock(store.path, run_id):  # one process per run id (the CLI holds it already)
+        previous = evaluation.register_run(store, run_id, config)
+        try:
+            examples = {
+                ds.display_name: [Example.from_dict(e) for e in load_examples_task(config, ds)] for ds in config.datasets
+            }
+            shards = shard_root(store.path, run_id)
+            if ingest_pending(store, shards):  # chunks a killed run finished on workers but never ingested
+                logger.info("ingested the shards a previous attempt left in %s", shards)
+            items = evaluation.plan_work(config, examples, store.done_keys(run_id))
+            total = sum(len(i.examples) for i in items)
+            logger.info("run %s (%s before): %d answers to produce", run_id, previous, total)
+            if items:
+                progress = create_progress_artifact(0.0, key="semoe-progress", description=f"run {run_id}")
+                done = 0
+                for n in _answer_and_commit(config, run_id, items, corpus_key, store):
+                    done += n
+                    update_progress_artifact(progress, 100.0 * done / total)
+                    logger.info("committed %d/%d answers", done, total)
+            remove_root(shards)
+            store.compute_metrics(run_id)
+            store.finish_run(run_id)
+        except BaseException as e:
+            store.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
+            raise
     board = store.leaderboard(run_id)
     create_table_artifact(
         [{k: r[k] for k in LEADERBOARD_COLUMNS} for r in board],
