@@ -83,7 +83,7 @@ def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call):
     from semoe.flows.api import prefect_api
     from semoe.storage.locks import run_lock
 
-    with run_lock(cfg.store.path, run_id, wait_s=args.wait):
+    with run_lock(cfg.store.path, run_id, args.wait, lambda note: print(f"semoe: {note}", file=sys.stderr)):
         try:
             with prefect_api():
                 return flow_call()

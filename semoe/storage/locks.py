@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from semoe.storage.results import StoreError
 
@@ -52,12 +52,15 @@ def holder(path: Path) -> str:
 
 
 @contextmanager
-def run_lock(store_path: str | Path, run_id: str, wait_s: float = 0.0) -> Iterator[Path]:
+def run_lock(
+    store_path: str | Path, run_id: str, wait_s: float = 0.0, on_wait: Callable[[str], None] | None = None
+) -> Iterator[Path]:
     """Hold the run's lock for the block; yields the lock file's path.
 
-    Another process holding it: wait up to ``wait_s`` seconds (0: not at all), then raise
-    ``RunLockedError`` naming the run, the holder's pid and since when it holds it.
-    Raises ``StoreError`` when the lock directory cannot be created.
+    Another process holding it: say so once through ``on_wait`` (default: this module's
+    logger), wait up to ``wait_s`` seconds (0: not at all), then raise ``RunLockedError``
+    naming the run, the holder's pid and since when it holds it. Raises ``StoreError`` when
+    the lock directory cannot be created.
     """
     import fcntl
 
@@ -94,7 +97,7 @@ def run_lock(store_path: str | Path, run_id: str, wait_s: float = 0.0) -> Iterat
                         f"or stop it and rerun (lock: {path})"
                     ) from None
                 if not announced:
-                    logger.warning("run %s is running in %s; waiting up to %g s", run_id, holder(path), wait_s)
+                    (on_wait or logger.warning)(f"run {run_id} is running in {holder(path)}; waiting up to {wait_s:g} s")
                     announced = True
                 time.sleep(POLL_S)
         since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
