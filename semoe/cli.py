@@ -15,10 +15,15 @@ from typing import Sequence
 DEFAULT_STORE = "results/semoe.duckdb"
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a command; the message says what was kept."""
+
+
 def _friendly_errors() -> tuple[type[BaseException], ...]:
     from semoe.config import ConfigError
     from semoe.data.schema import DataFormatError
     from semoe.experts.format import ExpertFileError
+    from semoe.flows.api import ApiError
     from semoe.models.loading import ModelLoadError
     from semoe.registry import UnknownNameError
     from semoe.retrieval.base import RetrievalError
@@ -27,7 +32,7 @@ def _friendly_errors() -> tuple[type[BaseException], ...]:
 
     return (
         ConfigError, UnknownNameError, DataFormatError, StoreError, RetrievalError, ModelLoadError, CacheError,
-        ExpertFileError,
+        ExpertFileError, ApiError,
     )
 
 
@@ -62,10 +67,41 @@ def _load(args) -> "SemoeConfig":  # noqa: F821
 
 def _prefect_defaults() -> None:
     """Offline-friendly Prefect settings unless the user chose otherwise."""
+    from semoe.flows.api import STARTUP_TIMEOUT_ENV, STARTUP_TIMEOUT_S
+
+    os.environ.setdefault(STARTUP_TIMEOUT_ENV, str(STARTUP_TIMEOUT_S))  # also for `semoe serve`
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "semoe")  # progress of long stages in the run log
     logging.getLogger("semoe").setLevel(logging.INFO)
+
+
+def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call):
+    """``flow_call()`` holding the run's lock (another process with the same run id: wait
+    ``args.wait`` s, then stop), on a Prefect API that a Ctrl-C leaves alive (semoe.flows.api).
+    Ctrl-C raises ``Interrupted`` saying how many ``kept_what`` (``kept_sql``'s count) were kept."""
+    from semoe.flows.api import prefect_api
+    from semoe.storage.locks import run_lock
+
+    with run_lock(cfg.store.path, run_id, args.wait, lambda note: print(f"semoe: {note}", file=sys.stderr)):
+        try:
+            with prefect_api():
+                return flow_call()
+        except KeyboardInterrupt:
+            kept = _count_kept(cfg.store.path, kept_sql, run_id)
+            raise Interrupted(
+                f"run {run_id} stopped; its {kept} committed {kept_what} are kept in {cfg.store.path}: "
+                "rerun the same command to resume"
+            ) from None
+
+
+def _count_kept(store_path, sql: str, run_id: str) -> str:
+    from semoe.storage.results import ResultStore, StoreError
+
+    try:
+        return str(ResultStore(store_path, read_only=True, lock_wait_s=2).query(sql, [run_id])[0]["n"])
+    except StoreError:  # no store yet, or held by another writer
+        return "(uncounted)"
 
 
 def cmd_run(args) -> int:
@@ -74,17 +110,19 @@ def cmd_run(args) -> int:
     from semoe.evaluation import preflight
 
     cfg = _load(args)
-    preflight(cfg)
+    run_id = preflight(cfg)
     _prefect_defaults()
     from semoe.flows.pipeline import LEADERBOARD_COLUMNS, pipeline
 
     t0 = time.perf_counter()
-    result = pipeline(cfg)
+    result = _run_flow(args, cfg, run_id, "SELECT count(*) AS n FROM predictions WHERE run_id = ?",
+                       "answers", lambda: pipeline(cfg))
     cols = LEADERBOARD_COLUMNS
     print()
     print(format_table(cols, [[r[c] for c in cols] for r in result["leaderboard"]]))
     print()
-    print(f"run {result['run_id']}: {result['produced']} new answers in {time.perf_counter() - t0:.1f} s")
+    print(f"run {result['run_id']}: {result['produced']} new answers, {result['reused']} reused from earlier runs, "
+          f"in {time.perf_counter() - t0:.1f} s")
     print(f"results: {result['store']}  (try: semoe sql \"select method, avg(f1) from predictions group by 1\")")
     return 0
 
@@ -199,7 +237,7 @@ def cmd_route(args) -> int:
     """The routing grid of the config's ``routing:`` section; prints the speed/quality table."""
     import time
 
-    from semoe.routing.grid import SPEED_QUALITY_COLUMNS, routing_section
+    from semoe.routing.grid import SPEED_QUALITY_COLUMNS, routing_run_id, routing_section
 
     cfg = _load(args)
     routing_section(cfg)
@@ -210,7 +248,8 @@ def cmd_route(args) -> int:
 
     t0 = time.perf_counter()
     try:
-        result = evaluate_routing(cfg)
+        result = _run_flow(args, cfg, routing_run_id(cfg), "SELECT count(*) AS n FROM routing_runs WHERE run_id = ?",
+                           "routing cells", lambda: evaluate_routing(cfg))
     except RoutingError as e:  # unsupported model, no-op override, ...: the message names the problem
         print(f"semoe: error: {e}", file=sys.stderr)
         return 2
@@ -218,7 +257,8 @@ def cmd_route(args) -> int:
     print()
     print(format_table(cols, [[r[c] for c in cols] for r in result["table"]]))
     print()
-    print(f"routing run {result['run_id']}: {result['produced']} new cells in {time.perf_counter() - t0:.1f} s; "
+    print(f"routing run {result['run_id']}: {result['produced']} new cells ({result['reused']} reused) "
+          f"in {time.perf_counter() - t0:.1f} s; "
           f"heatmaps in {result['heatmaps']}")
     print(f"results: {result['store']}  (try: semoe sql --store {result['store']} \"select * from routing_by_k\")")
     return 0
@@ -238,10 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(sp):
         sp.add_argument("config", help="YAML config file (see configs/)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. retrieval.top_k=5")
+        return sp
 
-    with_config(sub.add_parser("run", help="run the pipeline flow (index → evaluate → store)"))
+    def with_wait(sp):
+        sp.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="if another process is running the same run, wait up to SECONDS for it (default: stop)")
+
+    with_wait(with_config(sub.add_parser("run", help="run the pipeline flow (index → evaluate → store)")))
     with_config(sub.add_parser("validate", help="check a config and print it resolved, with its hash"))
-    with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)"))
+    with_wait(with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)")))
     sub.add_parser("ls", help="list registered datasets, corpus formats, retrievers, methods")
     sq = sub.add_parser("sql", help="read-only SQL against the results store")
     sq.add_argument("query")
@@ -285,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _friendly_errors() as e:
         print(f"semoe: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"semoe: interrupted: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("semoe: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -200,11 +200,12 @@ def reused_rows(run_id: str, item: WorkItem, stored: dict[str, dict[str, list[di
     return tables
 
 
-def preflight(cfg: SemoeConfig) -> None:
+def preflight(cfg: SemoeConfig) -> str:
     """Check everything that can be checked before a run starts, so bad input fails with
     one clear error and no run row: registered names, the results store (locked?), the
     artifact cache (writable?), the dataset files (parsed whole: they are small), the
-    corpus file, the retrieval backend (an Elasticsearch ping) and the model spec."""
+    corpus file, the retrieval backend (an Elasticsearch ping) and the model spec.
+    Returns the id of the QA run these inputs make (``qa_run_id``)."""
     from semoe.data.loading import corpus_key, load_examples
     from semoe.indexing import open_retriever
     from semoe.models.loading import check_model_spec
@@ -215,8 +216,9 @@ def preflight(cfg: SemoeConfig) -> None:
     ResultStore(cfg.store.path)
     ArtifactCache(cfg.cache.root).check_writable()
     ctx = data_context(cfg)
-    for ds in cfg.datasets:
-        load_examples(ds, ctx)
-    if needs_retrieval(cfg):
-        open_retriever(cfg, corpus_key(cfg.corpus, ctx)).is_built()
+    examples = {ds.display_name: load_examples(ds, ctx) for ds in cfg.datasets}
+    key = corpus_key(cfg.corpus, ctx) if needs_retrieval(cfg) else None
+    if key is not None:
+        open_retriever(cfg, key).is_built()
     check_model_spec(cfg.model.spec)
+    return qa_run_id(cfg, examples, key)

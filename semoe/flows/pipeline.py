@@ -19,6 +19,7 @@ from semoe.data.schema import Example
 from semoe.indexing import describe_corpus, open_retriever
 from semoe.flows.runners import shared_cluster, with_runner
 from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
+from semoe.storage.locks import run_lock
 from semoe.storage.results import ResultStore, utcnow
 from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
 from semoe.tasks.evaluation import answer_chunk_task, answer_shard_task, load_examples_task
@@ -68,32 +69,33 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     }
     run_id = evaluation.qa_run_id(config, examples, corpus_key)
     store = ResultStore(config.store.path)
-    previous = evaluation.register_run(store, run_id, config, identity.qa_config_hash(config), ("answers", "scores"))
-    try:
-        shards = shard_root(store.path, run_id)
-        if ingest_pending(store, shards):  # chunks a killed run finished on workers but never ingested
-            logger.info("ingested the shards a previous attempt left in %s", shards)
-        planned = evaluation.plan_work(config, examples, store.done_keys(run_id), corpus_key)
-        stored = store.stored_answers([k for item in planned for k in item.answer_keys])
-        reusable, items = evaluation.split_reusable(planned, set(stored))
-        for item in reusable:  # same question, settings, corpus and code: copy and re-score
-            store.write_predictions(evaluation.reused_rows(run_id, item, stored))
-        reused = sum(len(i.examples) for i in reusable)
-        total = sum(len(i.examples) for i in items)
-        logger.info("run %s (%s before): %d answers reused from earlier runs, %d to produce", run_id, previous, reused, total)
-        if items:
-            progress = create_progress_artifact(0.0, key="semoe-progress", description=f"run {run_id}")
-            done = 0
-            for n in _answer_and_commit(config, run_id, items, corpus_key, store):
-                done += n
-                update_progress_artifact(progress, 100.0 * done / total)
-                logger.info("committed %d/%d answers", done, total)
-        remove_root(shards)
-        store.compute_metrics(run_id)
-        store.finish_run(run_id)
-    except BaseException as e:
-        store.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
-        raise
+    with run_lock(store.path, run_id):  # one process per run id (the CLI holds it already)
+        previous = evaluation.register_run(store, run_id, config, identity.qa_config_hash(config), ("answers", "scores"))
+        try:
+            shards = shard_root(store.path, run_id)
+            if ingest_pending(store, shards):  # chunks a killed run finished on workers but never ingested
+                logger.info("ingested the shards a previous attempt left in %s", shards)
+            planned = evaluation.plan_work(config, examples, store.done_keys(run_id), corpus_key)
+            stored = store.stored_answers([k for item in planned for k in item.answer_keys])
+            reusable, items = evaluation.split_reusable(planned, set(stored))
+            for item in reusable:  # same question, settings, corpus and code: copy and re-score
+                store.write_predictions(evaluation.reused_rows(run_id, item, stored))
+            reused = sum(len(i.examples) for i in reusable)
+            total = sum(len(i.examples) for i in items)
+            logger.info("run %s (%s before): %d answers reused from earlier runs, %d to produce", run_id, previous, reused, total)
+            if items:
+                progress = create_progress_artifact(0.0, key="semoe-progress", description=f"run {run_id}")
+                done = 0
+                for n in _answer_and_commit(config, run_id, items, corpus_key, store):
+                    done += n
+                    update_progress_artifact(progress, 100.0 * done / total)
+                    logger.info("committed %d/%d answers", done, total)
+            remove_root(shards)
+            store.compute_metrics(run_id)
+            store.finish_run(run_id)
+        except BaseException as e:
+            store.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
+            raise
     board = store.leaderboard(run_id)
     create_table_artifact(
         [{k: r[k] for k in LEADERBOARD_COLUMNS} for r in board],

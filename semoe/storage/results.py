@@ -10,9 +10,12 @@ run resumes from its last committed batch.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -42,6 +45,55 @@ def utcnow() -> datetime:
 def _is_lock_error(err: Exception) -> bool:
     msg = str(err).lower()
     return "lock" in msg and ("conflicting" in msg or "could not set" in msg)
+
+
+# OS failures of a write, as DuckDB words them (it reports the OS message, e.g. "Could not
+# write file ".../x.duckdb.wal": No space left on device").
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def write_failure(path: Path, err: Exception) -> StoreError | None:
+    """A ``StoreError`` naming the store file and the OS failure when ``err`` (a DuckDB
+    error) is one — a full disk says which filesystem and how much is free; else None."""
+    import duckdb
+
+    text = str(err).strip()
+    failed = [e for e in _WRITE_ERRNOS if os.strerror(e) in text]
+    if not failed and not isinstance(err, duckdb.IOException):
+        return None
+    what, where = ("cannot write the results store" if failed else "I/O error on the results store"), ""
+    if errno.ENOSPC in failed or errno.EDQUOT in failed:
+        mount = _mount_point(path.parent)
+        with suppress(OSError):
+            where = f" (filesystem {mount}: {shutil.disk_usage(mount).free:,} bytes free)"
+    return StoreError(
+        f"{what} {path}: {text.splitlines()[0]}{where}; the batch being written was "
+        "not stored and the batches committed before it are kept: fix this and rerun the same command to resume"
+    )
+
+
+@contextmanager
+def transaction(con) -> Iterator[None]:
+    """BEGIN … COMMIT; on any failure roll back if the transaction is still open. A failed
+    COMMIT has ended it already: that ROLLBACK's own error ("no transaction is active")
+    must not replace the real failure."""
+    import duckdb
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
 
 
 class ResultStore:
@@ -81,8 +133,17 @@ class ResultStore:
                 raise StoreError(f"cannot open results store {self.path}: {e}") from None
         try:
             yield con
-        finally:
-            con.close()
+        except BaseException as e:
+            with suppress(duckdb.Error):
+                con.close()
+            failure = write_failure(self.path, e) if isinstance(e, duckdb.Error) else None
+            if failure is not None:
+                raise failure from None
+            raise
+        try:
+            con.close()  # a checkpoint: a write too
+        except duckdb.Error as e:
+            raise (write_failure(self.path, e) or StoreError(f"cannot close results store {self.path}: {e}")) from None
 
     # --- runs -----------------------------------------------------------------
     def start_run(self, run_id: str, name: str, config_hash: str, code_version: str, config_json: str) -> str:
@@ -174,23 +235,17 @@ class ResultStore:
             raise StoreError(f"not per-example tables: {sorted(unknown)}")
         pred_df = pl.DataFrame(list(predictions), infer_schema_length=None)
         keys_df = pred_df.select(*PREDICTION_KEY)  # noqa: F841 (used by SQL)
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                for table in PER_EXAMPLE_TABLES:
-                    con.execute(
-                        f"DELETE FROM {table} t USING keys_df k WHERE t.run_id = k.run_id AND t.dataset = k.dataset"
-                        " AND t.example_id = k.example_id AND t.method = k.method"
-                    )
-                    rows = tables.get(table)
-                    if rows:
-                        df = pl.DataFrame(list(rows), infer_schema_length=None)  # noqa: F841 (used by SQL)
-                        con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
-                con.execute("INSERT OR REPLACE INTO predictions BY NAME SELECT * FROM pred_df")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+        with self.connect() as con, transaction(con):
+            for table in PER_EXAMPLE_TABLES:
+                con.execute(
+                    f"DELETE FROM {table} t USING keys_df k WHERE t.run_id = k.run_id AND t.dataset = k.dataset"
+                    " AND t.example_id = k.example_id AND t.method = k.method"
+                )
+                rows = tables.get(table)
+                if rows:
+                    df = pl.DataFrame(list(rows), infer_schema_length=None)  # noqa: F841 (used by SQL)
+                    con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
+            con.execute("INSERT OR REPLACE INTO predictions BY NAME SELECT * FROM pred_df")
 
     def write_rows(self, table: str, rows: Sequence[dict]) -> None:
         """Keyed insert of generic rows (metrics, index stats, ...)."""
@@ -203,20 +258,13 @@ class ResultStore:
         frames = {t: pl.DataFrame(list(rows), infer_schema_length=None) for t, rows in tables.items() if rows}
         if not frames:
             return
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                for table, df in frames.items():  # noqa: B007 (df used by SQL)
-                    con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+        with self.connect() as con, transaction(con):
+            for table, df in frames.items():  # noqa: B007 (df used by SQL)
+                con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
 
     def compute_metrics(self, run_id: str) -> None:
         """Aggregate a run's predictions into ``metrics`` (recomputed whole, idempotent)."""
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
+        with self.connect() as con, transaction(con):
             con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
             con.execute(
                 """
@@ -230,7 +278,6 @@ class ResultStore:
                 """,
                 [run_id],
             )
-            con.execute("COMMIT")
 
     def leaderboard(self, run_id: str | None = None) -> list[dict]:
         where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
@@ -264,14 +311,9 @@ def migrate(con) -> int:
     for version, statements in MIGRATIONS:
         if version <= current:
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for stmt in statements:
                 con.execute(stmt)
             con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, utcnow()])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         current = version
     return current

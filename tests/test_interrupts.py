@@ -1,0 +1,337 @@
+"""Interrupts, dead or slow Prefect servers, full disks, concurrent runs (issue 9, part 7):
+each ends in one clear line and a known exit code, and loses no committed row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from semoe.storage.locks import RunLockedError, lock_path, run_lock
+from semoe.storage.results import ResultStore, StoreError
+
+ENOSPC_TEXT = os.strerror(28)  # "No space left on device"
+
+
+def _prediction(i: int, text: str = "x") -> dict:
+    return {"run_id": "r1", "dataset": "d", "example_id": f"e{i}", "method": "m", "prediction": text, "em": 1.0}
+
+
+def _predictions(store: ResultStore) -> list[tuple]:
+    return [tuple(r.values()) for r in store.query("select example_id, prediction from predictions order by all")]
+
+
+# --------------------------------------------------------------------------- the per-run lock
+
+
+def _hold_lock(store: Path, run_id: str) -> subprocess.Popen:
+    """Another process holding the run's lock (until killed)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from semoe.storage.locks import run_lock
+            with run_lock({str(store)!r}, {run_id!r}):
+                print("locked", flush=True)
+                time.sleep(120)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_second_process_with_the_same_run_id_stops_with_the_holders_pid(tmp_path):
+    store = tmp_path / "results.duckdb"
+    holder = _hold_lock(store, "run-a")
+    try:
+        with pytest.raises(RunLockedError) as err, run_lock(store, "run-a"):
+            pass
+        message = str(err.value)
+        assert f"run run-a is already running in process {holder.pid} (since 20" in message
+        assert str(lock_path(store, "run-a").resolve()) in message
+        with run_lock(store, "run-b") as path:  # another run id on the same store: not blocked
+            assert path == lock_path(store, "run-b").resolve()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_waiting_second_process_gets_the_lock_when_the_holder_dies(tmp_path):
+    store = tmp_path / "results.duckdb"
+    holder = _hold_lock(store, "run-a")
+    t0 = time.monotonic()
+    with pytest.raises(RunLockedError, match=r"\(waited 0\.5 s\)"), run_lock(store, "run-a", wait_s=0.5):
+        pass
+    assert time.monotonic() - t0 >= 0.5
+    subprocess.Popen(["sh", "-c", f"sleep 1; kill -9 {holder.pid}"])  # SIGKILL: the kernel drops the lock
+    with run_lock(store, "run-a", wait_s=30) as path:
+        assert time.monotonic() - t0 < 30
+        assert path.read_text().split()[0] == str(os.getpid())
+    holder.wait()
+
+
+def test_run_lock_is_reentrant_within_a_process(tmp_path):
+    store = tmp_path / "results.duckdb"
+    with run_lock(store, "r"), run_lock(store, "r"):  # the CLI, then the flow
+        pass
+    with run_lock(store, "r"):  # released by the outer block
+        pass
+
+
+def test_cli_run_of_a_run_already_running_stops_with_one_line(tmp_path, capsys):
+    from semoe.cli import main
+    from semoe.config import load_config
+    from semoe.evaluation import preflight
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "locked", "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 2}, "methods": ["no-retrieval"],
+        "store": {"path": str(tmp_path / "results.duckdb")}, "cache": {"root": str(tmp_path / "cache")},
+    }))
+    run_id = preflight(load_config(str(config)))
+    holder = _hold_lock(tmp_path / "results.duckdb", run_id)
+    try:
+        assert main(["run", str(config), "--wait", "0.3"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert err.count("semoe: error: ") == 1
+    assert f"semoe: error: run {run_id} is already running in process {holder.pid} (since " in err
+    assert "(waited 0.3 s)" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+class _FullDiskConnection:
+    """A real DuckDB connection whose COMMIT fails as on a full disk: DuckDB ends the
+    transaction and reports the OS error; a ROLLBACK after it fails ("no transaction is active")."""
+
+    def __init__(self, con, path: str):
+        self._con, self._path = con, path
+
+    def execute(self, sql, *args):
+        if sql.strip().upper() == "COMMIT":
+            self._con.execute("ROLLBACK")
+            import duckdb
+
+            raise duckdb.TransactionException(
+                f'TransactionContext Error: Failed to commit: Could not write file "{self._path}.wal": {ENOSPC_TEXT}'
+            )
+        # DuckDB finds Python data frames (``SELECT * FROM df``) among its caller's variables
+        caller = sys._getframe(1)
+        return eval("con.execute(sql, *args)", caller.f_globals,  # noqa: S307
+                    {**caller.f_locals, "con": self._con, "sql": sql, "args": args})
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """From now on every commit of the store fails with ENOSPC (patched at duckdb.connect)."""
+    import duckdb
+
+    real = duckdb.connect
+
+    def switch():
+        monkeypatch.setattr(duckdb, "connect", lambda path, **kw: _FullDiskConnection(real(path, **kw), path))
+
+    return switch
+
+
+def test_full_disk_names_the_device_and_file_not_the_rollback(tmp_path, full_disk):
+    store = ResultStore(tmp_path / "results.duckdb")
+    store.write_predictions({"predictions": [_prediction(1)]})
+    full_disk()
+    with pytest.raises(StoreError) as err:
+        store.write_predictions({"predictions": [_prediction(2)], "retrievals": []})
+    message = str(err.value)
+    assert f"cannot write the results store {store.path}" in message
+    assert f'{store.path}.wal": {ENOSPC_TEXT}' in message
+    assert "bytes free" in message and "rerun the same command to resume" in message
+    assert "rollback" not in message
+    with pytest.raises(StoreError, match=ENOSPC_TEXT):
+        store.compute_metrics("r1")
+    assert _predictions(ResultStore(store.path, read_only=True)) == [("e1", "x")]  # nothing half-written
+
+
+def test_other_errors_in_a_transaction_still_raise_themselves(tmp_path):
+    import duckdb
+
+    store = ResultStore(tmp_path / "results.duckdb")
+    with pytest.raises(duckdb.Error, match="no_such_column"):
+        store.write_predictions({"predictions": [{**_prediction(1), "no_such_column": 1}]})
+    assert _predictions(store) == []
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount(8)); unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_full_disk_gives_the_os_message_and_keeps_committed_batches(tiny_tmpfs):
+    store = ResultStore(tiny_tmpfs / "results.duckdb")
+    committed = []
+    with pytest.raises(StoreError) as err:
+        for batch in range(1000):
+            rows = [_prediction(batch * 50 + i, "y" * 2000 + str(batch * 50 + i)) for i in range(50)]
+            store.write_predictions({"predictions": rows})
+            committed += [(r["example_id"], r["prediction"]) for r in rows]
+    message = str(err.value)
+    assert str(store.path) in message and ENOSPC_TEXT in message, message
+    assert f"filesystem {tiny_tmpfs}: " in message and "rollback" not in message
+    assert committed, "the disk was full before the first batch"
+    assert _predictions(ResultStore(store.path, read_only=True)) == sorted(committed)
+
+
+# --------------------------------------------------------------------------- the Prefect API
+
+
+def test_startup_timeout_default_suits_a_loaded_machine(monkeypatch):
+    from semoe.flows.api import STARTUP_TIMEOUT_ENV, ApiError, startup_timeout_s
+
+    monkeypatch.delenv(STARTUP_TIMEOUT_ENV, raising=False)
+    assert startup_timeout_s() == 120
+    monkeypatch.setenv(STARTUP_TIMEOUT_ENV, "45")
+    assert startup_timeout_s() == 45
+    monkeypatch.setenv(STARTUP_TIMEOUT_ENV, "soon")
+    with pytest.raises(ApiError, match="PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS='soon'"):
+        startup_timeout_s()
+
+
+def _semoe(args: list[str], **env) -> subprocess.Popen:
+    """`semoe ARGS` in its own session (so a test can Ctrl-C its whole process group, as a
+    terminal does), on a temporary Prefect API of its own."""
+    environ = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environ.update(OMP_NUM_THREADS="1", **env)
+    return subprocess.Popen([sys.executable, "-m", "semoe", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=environ, start_new_session=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_group_gone(pgid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _group_alive(pgid)
+
+
+def test_api_that_cannot_start_gives_one_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "no-api", "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 2}, "methods": ["no-retrieval"],
+        "store": {"path": str(tmp_path / "results.duckdb")}, "cache": {"root": str(tmp_path / "cache")},
+    }))
+    proc = _semoe(["run", str(config)], PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert out.count("semoe: error: ") == 1 and "Traceback" not in out, out
+    assert "semoe: error: the temporary Prefect API server did not start within 0 s" in out
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in out
+    assert _wait_group_gone(proc.pid), "the server was left running"
+
+
+def _slow_run_config(tmp_path, tiny_lm_dir) -> Path:
+    """The tiny model answering one question per commit, enough of them to interrupt."""
+    config = tmp_path / "slow.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "interrupt-test",
+        "synthetic": {"seed": 7, "n_entities": 10, "n_questions": 30},
+        "model": {"spec": tiny_lm_dir},
+        "generation": {"max_new_tokens": 6, "batch_size": 1, "few_shot": 1},
+        "methods": ["no-retrieval"],
+        "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 1},
+        "cache": {"root": str(tmp_path / "cache")},
+    }))
+    return config
+
+
+def _until_committed(proc: subprocess.Popen, lines: list[str]) -> int:
+    """Read output until the first committed chunk; returns the API server's pid."""
+    import psutil
+
+    for line in proc.stdout:
+        lines.append(line)
+        if "committed " in line and " answers" in line:
+            servers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in c.cmdline()]
+            assert len(servers) == 1, "".join(lines)
+            return servers[0].pid
+    pytest.fail("the run ended before its first commit:\n" + "".join(lines))
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_fast_with_exit_130_and_says_what_was_kept(tmp_path, tiny_lm_dir):
+    proc = _semoe(["run", str(_slow_run_config(tmp_path, tiny_lm_dir))])
+    lines: list[str] = []
+    try:
+        _until_committed(proc, lines)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, _ = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines.append(out)
+    text = "".join(lines)
+    assert proc.returncode == 130, text
+    assert elapsed < 15, f"took {elapsed:.1f} s to stop:\n{text}"
+    assert "Traceback" not in text, text
+    last = text.strip().splitlines()[-1]
+    store = ResultStore(tmp_path / "results.duckdb", read_only=True)
+    (run,) = store.query("select run_id, status from runs")
+    kept = store.query("select count(*) as n from predictions")[0]["n"]
+    assert 1 <= kept < 30
+    assert last == (f"semoe: interrupted: run {run['run_id']} stopped; its {kept} committed answers are kept in "
+                    f"{tmp_path / 'results.duckdb'}: rerun the same command to resume")
+    assert run["status"] == "failed"
+    assert _wait_group_gone(proc.pid), "the Prefect server outlived semoe"
+
+
+@pytest.mark.slow
+def test_dead_api_fails_fast_with_one_line(tmp_path, tiny_lm_dir):
+    proc = _semoe(["run", str(_slow_run_config(tmp_path, tiny_lm_dir))])
+    lines: list[str] = []
+    try:
+        server = _until_committed(proc, lines)
+        t0 = time.monotonic()
+        os.kill(server, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines) + out
+    assert proc.returncode == 2, text
+    assert elapsed < 15, f"took {elapsed:.1f} s to stop:\n{text}"
+    assert text.count("semoe: error: ") == 1, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"semoe: error: the temporary Prefect API server (pid {server}, "), last
+    assert "exited with code -9 during the run" in last and "rerun the same command to resume" in last
+    kept = ResultStore(tmp_path / "results.duckdb", read_only=True).query("select count(*) as n from predictions")
+    assert kept[0]["n"] >= 1
