@@ -109,7 +109,11 @@ def answer_chunk(item: WorkItem, ctx: MethodContext) -> list[MethodOutput]:
 def to_rows(
     run_id: str, dataset: str, method: str, examples: Sequence[Example], outputs: Sequence[MethodOutput]
 ) -> dict[str, list[dict]]:
-    """Score outputs and build the rows of ``predictions`` and its per-example tables."""
+    """Score outputs and build the rows of ``predictions`` and its per-example tables.
+
+    An output with ``error`` (e.g. a question over the context) is stored with a NULL
+    prediction and the reason, and scored em = f1 = 0: it stays in n, so accuracy is not
+    inflated by leaving hard questions out, and metrics count it under ``errors``."""
     from semoe.generation.triggered import trigger_event_rows
 
     now = utcnow()
@@ -122,16 +126,19 @@ def to_rows(
             if out.retrievals
             else None
         )
+        failed = out.error is not None
         tables["predictions"].append(
             {
                 **key,
                 "question": ex.question,
                 "question_type": ex.type,
                 "golds": list(ex.answers),
-                "prediction": out.prediction,
-                "raw_output": out.raw_output,
-                "em": exact_match(out.prediction, ex.answers),
-                "f1": f1_score(out.prediction, ex.answers),
+                "prediction": None if failed else out.prediction,
+                "raw_output": None if failed else out.raw_output,
+                "em": 0.0 if failed else exact_match(out.prediction, ex.answers),
+                "f1": 0.0 if failed else f1_score(out.prediction, ex.answers),
+                "truncated": out.truncated,
+                "error": out.error,
                 "recall": recall,
                 "retrieval_count": len(out.retrievals),
                 "generation_count": out.generation_count,

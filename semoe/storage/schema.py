@@ -298,4 +298,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM routing_layer_stats s LEFT JOIN routing_runs r USING (run_id, model, policy_key, mode)""",
         ],
     ),
+    (
+        5,
+        [
+            # Prompt budget (semoe.generation.prompts.fit_messages): whether a prediction's prompt was
+            # cut (extra->'$.truncation' says what), and why a question got no answer (e.g. it does not
+            # fit the model's context; stored with a NULL prediction and em = f1 = 0).
+            "ALTER TABLE predictions ADD COLUMN truncated BOOLEAN",
+            "ALTER TABLE predictions ADD COLUMN error VARCHAR",
+            "ALTER TABLE metrics ADD COLUMN errors BIGINT",
+            "ALTER TABLE metrics ADD COLUMN truncated BIGINT",
+            # leaderboard_latest selects its columns from leaderboard by name, so it survives the swap.
+            "DROP VIEW leaderboard",
+            """CREATE VIEW leaderboard AS
+                SELECT m.run_id, r.name AS run_name, m.dataset, m.method, m.n,
+                       round(m.em, 4) AS em, round(m.f1, 4) AS f1, round(m.recall, 4) AS recall,
+                       round(m.retrievals_per_question, 3) AS retrievals_per_question,
+                       round(m.seconds_per_question, 3) AS seconds_per_question,
+                       m.errors, m.truncated,
+                       r.status, r.finished_at
+                FROM metrics m JOIN runs r USING (run_id)""",
+        ],
+    ),
 ]
