@@ -308,7 +308,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE predictions ADD COLUMN error VARCHAR",
             "ALTER TABLE metrics ADD COLUMN errors BIGINT",
             "ALTER TABLE metrics ADD COLUMN truncated BIGINT",
-            # leaderboard_latest selects its columns from leaderboard by name, so it survives the swap.
+            "DROP VIEW leaderboard_latest",
             "DROP VIEW leaderboard",
             """CREATE VIEW leaderboard AS
                 SELECT m.run_id, r.name AS run_name, m.dataset, m.method, m.n,
@@ -318,6 +318,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                        m.errors, m.truncated,
                        r.status, r.finished_at
                 FROM metrics m JOIN runs r USING (run_id)""",
+            """CREATE VIEW leaderboard_latest AS
+                WITH latest AS (
+                    SELECT run_id, config_hash, code_version FROM runs WHERE status = 'finished'
+                    QUALIFY row_number() OVER (
+                        PARTITION BY config_hash ORDER BY finished_at DESC NULLS LAST, started_at DESC, run_id) = 1
+                )
+                SELECT l.dataset, l.method, l.run_name, latest.config_hash, l.run_id, latest.code_version,
+                       l.n, l.em, l.f1, l.recall, l.retrievals_per_question, l.seconds_per_question,
+                       l.errors, l.truncated, l.finished_at
+                FROM leaderboard l JOIN latest USING (run_id)""",
         ],
     ),
 ]
