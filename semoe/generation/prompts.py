@@ -206,13 +206,13 @@ def fit_messages(
         messages = build_messages(question, shown or None, few_shot=shots, cot=cot)
         return messages, count_tokens(messages), shown
 
-    def result(shots: int, n_passages: int, cap: int, messages, tokens: int, shown) -> FittedPrompt:
+    def result(shots: int, n_passages: int, messages, tokens: int, shown) -> FittedPrompt:
         cut = [p.id for p, s in zip(passages, shown) if s is not p]
         return FittedPrompt(messages, tokens, Truncation(cut, [p.id for p in passages[n_passages:]], few_shot - shots))
 
     first = attempt(few_shot, len(passages), top)
     if budget.prompt_tokens is None or first[1] <= budget.prompt_tokens:
-        return result(few_shot, len(passages), top, *first)
+        return result(few_shot, len(passages), *first)
     floor = min(MIN_PASSAGE_TOKENS, top)
     # Few-shot turns go before passages; each layout gets the largest passage cap that fits.
     layouts = [(shots, len(passages)) for shots in range(few_shot, -1, -1)]
@@ -230,10 +230,10 @@ def fit_messages(
                 lo, best = mid, trial
             else:
                 hi = mid - 1
-        return result(shots, n_passages, lo, *best)
+        return result(shots, n_passages, *best)
     alone = attempt(0, 0, top)[1]
+    origin = f" ({budget.origin})" if budget.origin else ""
     raise PromptTooLongError(
-        f"the question does not fit the model's context: its prompt without passages or few-shot turns "
-        f"is {alone} tokens, over the budget of {budget.prompt_tokens} prompt tokens"
-        + (f" ({budget.origin})" if budget.origin else "")
+        f"the question does not fit the prompt budget of {budget.prompt_tokens} tokens{origin}: "
+        f"without passages or few-shot turns its prompt is {alone} tokens"
     )
