@@ -276,3 +276,26 @@ def test_prompts_under_budget_are_unchanged_token_for_token(lm, monkeypatch, few
     (out,) = METHODS.get("single-retrieval")().run([example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot))
     (direct,) = lm.generate([expected[0]], NEW)
     assert (out.raw_output, out.prompt_tokens) == (direct.text, direct.prompt_tokens)
+
+
+def test_migration_adds_the_columns_to_an_existing_store():
+    import duckdb
+
+    from semoe.storage.results import migrate
+    from semoe.storage.schema import MIGRATIONS
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    version = next(i for i, (v, stmts) in enumerate(MIGRATIONS) if any("truncated BOOLEAN" in s for s in stmts))
+    for v, statements in MIGRATIONS[:version]:
+        for stmt in statements:
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
+    con.execute("INSERT INTO runs (run_id, config_hash, code_version, config_json, status, finished_at)"
+                " VALUES ('r', 'h', 'v', '{}', 'finished', now())")
+    con.execute("INSERT INTO predictions (run_id, dataset, example_id, method, em) VALUES ('r', 'd', 'e', 'm', 1)")
+    con.execute("INSERT INTO metrics (run_id, dataset, method, n, em) VALUES ('r', 'd', 'm', 1, 1)")
+    assert migrate(con) == MIGRATIONS[-1][0]
+    assert con.execute("SELECT truncated, error FROM predictions").fetchall() == [(None, None)]
+    for view in ("leaderboard", "leaderboard_latest"):
+        assert con.execute(f"SELECT n, em, errors, truncated FROM {view}").fetchall() == [(1, 1.0, None, None)]

@@ -93,7 +93,9 @@ class ChatLM:
 
         context = self.context_length
         if context is not None and max_new_tokens >= context:
-            raise ConfigError(f"{max_new_tokens} new tokens leave no room for a prompt in the model's context of {context} tokens")
+            raise ConfigError(
+                f"{max_new_tokens} new tokens leave no room for a prompt in the model's context of {context} tokens"
+            )
         if g.max_prompt_tokens is not None:
             if context is not None and g.max_prompt_tokens + max_new_tokens > context:
                 raise ConfigError(
@@ -117,7 +119,8 @@ class ChatLM:
         decoded pieces' lengths are summed, which can only cut earlier (pieces lose spaces)."""
         tok = self.tokenizer
         if getattr(tok, "is_fast", False):
-            return [end for _, end in tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+            offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            return [end for _, end in offsets]
         ends, total = [], 0
         for token in tok(text, add_special_tokens=False).input_ids:
             total = min(total + len(tok.decode([token])), len(text))

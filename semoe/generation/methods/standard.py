@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 Generate = Callable[[list[list["Message"]], list[int]], list["Generation"]]
 
 
-def answer_once(examples, ctx: MethodContext, passages_per_example, generate: Generate | None = None) -> list[MethodOutput]:
+def answer_once(
+    examples, ctx: MethodContext, passages_per_example, generate: Generate | None = None
+) -> list[MethodOutput]:
     """One generation per question from its prompt fitted to the budget (``ChatLM.fit``).
 
     ``generate(conversations, indices)`` answers the prompts that fit (``indices``: their
