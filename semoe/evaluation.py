@@ -116,12 +116,15 @@ def answer_chunk(item: WorkItem, ctx: MethodContext) -> list[MethodOutput]:
     return method.run(item.examples, ctx)
 
 
-def score(ex: Example, prediction: str, hit_ids: Sequence[str], hit_titles: Sequence[str], retrieved: bool) -> dict:
+def score(
+    ex: Example, prediction: str | None, hit_ids: Sequence[str], hit_titles: Sequence[str], retrieved: bool
+) -> dict:
     """EM, F1 (official SQuAD normalisation, best over the golds) and recall@k of the gold
-    passages (None when the answer retrieved nothing) of one prediction."""
+    passages (None when the answer retrieved nothing) of one prediction; no prediction (an
+    error row) scores 0."""
     return {
-        "em": exact_match(prediction, ex.answers),
-        "f1": f1_score(prediction, ex.answers),
+        "em": 0.0 if prediction is None else exact_match(prediction, ex.answers),
+        "f1": 0.0 if prediction is None else f1_score(prediction, ex.answers),
         "recall": recall_at_k(list(hit_ids), list(hit_titles), ex.gold_passage_ids, ex.gold_titles) if retrieved else None,
     }
 
@@ -135,7 +138,11 @@ def to_rows(
     answer_keys: Sequence[str] | None = None,
 ) -> dict[str, list[dict]]:
     """Score outputs and build the rows of ``predictions`` and its per-example tables;
-    ``answer_keys`` (one per example, ``semoe.identity.answer_key``) make them reusable."""
+    ``answer_keys`` (one per example, ``semoe.identity.answer_key``) make them reusable.
+
+    An output with ``error`` (e.g. a question over the context) is stored with a NULL
+    prediction and the reason, and scored em = f1 = 0: it stays in n, so accuracy is not
+    inflated by leaving hard questions out, and metrics count it under ``errors``."""
     from semoe.generation.triggered import trigger_event_rows
 
     now = utcnow()
@@ -144,16 +151,19 @@ def to_rows(
     for ex, out, answer_key in zip(examples, outputs, keys, strict=True):
         hits = [h for step in out.retrievals for h in step.hits]
         key = {"run_id": run_id, "dataset": dataset, "example_id": ex.id, "method": method}
+        failed = out.error is not None
         tables["predictions"].append(
             {
                 **key,
                 "question": ex.question,
                 "question_type": ex.type,
                 "golds": list(ex.answers),
-                "prediction": out.prediction,
-                "raw_output": out.raw_output,
-                **score(ex, out.prediction, [h.passage.id for h in hits], [h.passage.title for h in hits],
-                        bool(out.retrievals)),  # fmt: skip
+                "prediction": None if failed else out.prediction,
+                "raw_output": None if failed else out.raw_output,
+                **score(ex, None if failed else out.prediction, [h.passage.id for h in hits],
+                        [h.passage.title for h in hits], bool(out.retrievals)),  # fmt: skip
+                "truncated": out.truncated,
+                "error": out.error,
                 "retrieval_count": len(out.retrievals),
                 "generation_count": out.generation_count,
                 "prompt_tokens": out.prompt_tokens,

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from semoe.config import SemoeConfig
     from semoe.experts.provider import ExpertProvider
     from semoe.generation.lm import ChatLM
+    from semoe.generation.prompts import Truncation
     from semoe.retrieval.base import Hit, Retriever
 
 
@@ -32,6 +33,18 @@ class MethodOutput:
     generated_tokens: int = 0
     latency: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     extra: dict = field(default_factory=dict)
+    truncated: bool = False  # a prompt was cut to fit the budget; extra["truncation"] says what
+    error: str | None = None  # why the question has no answer (no generation ran for it)
+
+    @classmethod
+    def failed(cls, reason: str, **fields) -> "MethodOutput":
+        """An output without an answer, e.g. for a question that does not fit the context."""
+        return cls(prediction="", raw_output="", error=reason, **fields)
+
+    def note_truncation(self, truncation: "Truncation") -> None:
+        if truncation:
+            self.truncated = True
+            self.extra["truncation"] = truncation.as_dict()
 
 
 @dataclass

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from semoe.generation.prompts import FittedPrompt, PromptBudget, fit_messages
+
+if TYPE_CHECKING:
+    from semoe.config import GenerationConfig
+    from semoe.data.schema import Passage
+
+log = logging.getLogger(__name__)
 
 Message = dict  # {"role": ..., "content": ...}
 StopWhen = Callable[[str], bool]  # reply text so far -> the reply is complete
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a batch-1 prefix pass costs more than it saves
+# transformers sets model_max_length to int(1e30) when a tokenizer does not know its model's.
+SANE_MODEL_MAX_LENGTH = 10_000_000
 
 
 @dataclass
@@ -61,6 +72,66 @@ class ChatLM:
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model attends over: its config's ``max_position_embeddings``, else the
+        tokenizer's ``model_max_length`` when set; None when neither says."""
+        config = self.model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        n = getattr(config, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        n = getattr(self.tokenizer, "model_max_length", None)
+        return n if isinstance(n, int) and 0 < n < SANE_MODEL_MAX_LENGTH else None
+
+    def prompt_budget(self, g: "GenerationConfig", max_new_tokens: int) -> PromptBudget:
+        """The prompt budget of ``g`` (its ``max_passage_tokens`` / ``max_prompt_tokens``) for
+        replies of up to ``max_new_tokens``. Raises ConfigError when prompt and reply cannot
+        both fit the model's context."""
+        from semoe.config import ConfigError
+
+        context = self.context_length
+        if context is not None and max_new_tokens >= context:
+            raise ConfigError(
+                f"{max_new_tokens} new tokens leave no room for a prompt in the model's context of {context} tokens"
+            )
+        if g.max_prompt_tokens is not None:
+            if context is not None and g.max_prompt_tokens + max_new_tokens > context:
+                raise ConfigError(
+                    f"generation.max_prompt_tokens={g.max_prompt_tokens} plus {max_new_tokens} new tokens exceed "
+                    f"the model's context of {context} tokens"
+                )
+            return PromptBudget(g.max_passage_tokens, g.max_prompt_tokens, "generation.max_prompt_tokens")
+        if context is None:
+            log.warning("the model's context length is unknown: prompts are limited only per passage; "
+                        "set generation.max_prompt_tokens")
+            return PromptBudget(g.max_passage_tokens, None)
+        return PromptBudget(g.max_passage_tokens, context - max_new_tokens,
+                            f"context of {context} tokens minus {max_new_tokens} new tokens")
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of the rendered conversation, as ``generate`` feeds it to the model."""
+        return len(self.tokenizer(self.render(messages), add_special_tokens=False).input_ids)
+
+    def token_ends(self, text: str) -> list[int]:
+        """End offset in ``text`` of each of its tokens. Slow tokenizers have no offsets: their
+        decoded pieces' lengths are summed, which can only cut earlier (pieces lose spaces)."""
+        tok = self.tokenizer
+        if getattr(tok, "is_fast", False):
+            offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            return [end for _, end in offsets]
+        ends, total = [], 0
+        for token in tok(text, add_special_tokens=False).input_ids:
+            total = min(total + len(tok.decode([token])), len(text))
+            ends.append(total)
+        return ends
+
+    def fit(self, question: str, passages: "Sequence[Passage] | None", *, few_shot: int, cot: bool,
+            budget: PromptBudget) -> FittedPrompt:
+        """``build_messages`` fitted to ``budget`` with this model's tokenizer and chat template
+        (see ``semoe.generation.prompts.fit_messages``; raises PromptTooLongError)."""
+        return fit_messages(question, passages, few_shot, cot, budget, self.count_tokens, self.token_ends)
 
     def render(self, messages: Sequence[Message]) -> str:
         msgs = list(messages)

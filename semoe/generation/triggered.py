@@ -75,7 +75,7 @@ from semoe.generation.answer import (
     split_sentences,
 )
 from semoe.generation.base import MethodOutput, RetrievalStep
-from semoe.generation.prompts import build_messages
+from semoe.generation.prompts import PromptBudget, PromptTooLongError, Truncation
 
 if TYPE_CHECKING:
     import torch
@@ -534,6 +534,7 @@ class Settings:
     retrieve_keep_top_k: int = 40
     last_n_tokens: int = 32
     max_retrievals: int | None = None
+    prompt_budget: PromptBudget = PromptBudget(None, None)  # every (re)prompt is fitted to it
 
 
 @dataclass
@@ -555,6 +556,7 @@ class _Question:
     sentences: int = 0
     hallucinations: int = 0
     retrieve_s: float = 0.0
+    truncation: Truncation = field(default_factory=Truncation)  # cuts of all its prompts
 
 
 class TriggeredGenerator:
@@ -601,7 +603,10 @@ class TriggeredGenerator:
     def _set_prompt(self, st: _Question, passages) -> None:
         s = self.settings
         st.passages = list(passages) if passages else None
-        messages = build_messages(st.question, st.passages, few_shot=s.few_shot, cot=s.chain_of_thought)
+        fitted = self.lm.fit(st.question, st.passages, few_shot=s.few_shot, cot=s.chain_of_thought,
+                             budget=s.prompt_budget)
+        st.truncation.merge(fitted.truncation)
+        messages = fitted.messages
         st.prompt_text = self.lm.render(messages)
         st.prompt_ids = self.tokenizer(st.prompt_text, add_special_tokens=False).input_ids
         st.shared_prefix = self._shared_prefix(st.prompt_text, st.prompt_ids, messages[-1]["content"])
@@ -746,7 +751,12 @@ class TriggeredGenerator:
         st = _Question(question)
         reused0, prefilled0 = self.kv.reused, self.kv.prefilled
         self.knowledge.start(self, question)
-        budget = self.settings.generate_max_length
+        s = self.settings
+        try:  # fitting drops passages and shots before it fails: only the question alone can fail
+            self.lm.fit(question, None, few_shot=0, cot=s.chain_of_thought, budget=s.prompt_budget)
+        except PromptTooLongError as e:
+            return MethodOutput.failed(str(e))
+        budget = s.generate_max_length
         policy = self.policy
         with torch.inference_mode():
             regenerated = False
@@ -782,7 +792,7 @@ class TriggeredGenerator:
                     break
         text = self.tokenizer.decode(st.accepted, skip_special_tokens=True).strip()
         total = time.perf_counter() - t0
-        return MethodOutput(
+        out = MethodOutput(
             prediction=extract_answer(text),
             raw_output=text,
             retrievals=st.retrievals,
@@ -799,6 +809,8 @@ class TriggeredGenerator:
                 "reused_tokens": self.kv.reused - reused0,
             },
         )
+        out.note_truncation(st.truncation)
+        return out
 
 
 # --------------------------------------------------------------------------- storage

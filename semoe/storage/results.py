@@ -273,6 +273,7 @@ class ResultStore:
                        avg(em) AS em, avg(f1) AS f1, avg(recall) AS recall,
                        avg(retrieval_count) AS retrievals_per_question,
                        avg(latency_s) AS seconds_per_question,
+                       count(error) AS errors, count(*) FILTER (WHERE truncated) AS truncated,
                        now()::TIMESTAMP AS computed_at
                 FROM predictions WHERE run_id = ? GROUP BY run_id, dataset, method
                 """,

@@ -311,6 +311,33 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE routing_runs ADD COLUMN computed_in VARCHAR",
             # Corpus rows left out of an index under `skip_bad_rows` (each named in the log).
             "ALTER TABLE indexes ADD COLUMN skipped_rows BIGINT",
+            # Prompt budget (semoe.generation.prompts.fit_messages): whether a prediction's prompt was
+            # cut (extra->'$.truncation' says what), and why a question got no answer (e.g. it does not
+            # fit the model's context; stored with a NULL prediction and em = f1 = 0).
+            "ALTER TABLE predictions ADD COLUMN truncated BOOLEAN",
+            "ALTER TABLE predictions ADD COLUMN error VARCHAR",
+            "ALTER TABLE metrics ADD COLUMN errors BIGINT",
+            "ALTER TABLE metrics ADD COLUMN truncated BIGINT",
+            "DROP VIEW leaderboard_latest",
+            "DROP VIEW leaderboard",
+            """CREATE VIEW leaderboard AS
+                SELECT m.run_id, r.name AS run_name, m.dataset, m.method, m.n,
+                       round(m.em, 4) AS em, round(m.f1, 4) AS f1, round(m.recall, 4) AS recall,
+                       round(m.retrievals_per_question, 3) AS retrievals_per_question,
+                       round(m.seconds_per_question, 3) AS seconds_per_question,
+                       m.errors, m.truncated,
+                       r.status, r.finished_at
+                FROM metrics m JOIN runs r USING (run_id)""",
+            """CREATE VIEW leaderboard_latest AS
+                WITH latest AS (
+                    SELECT run_id, config_hash, code_version FROM runs WHERE status = 'finished'
+                    QUALIFY row_number() OVER (
+                        PARTITION BY config_hash ORDER BY finished_at DESC NULLS LAST, started_at DESC, run_id) = 1
+                )
+                SELECT l.dataset, l.method, l.run_name, latest.config_hash, l.run_id, latest.code_version,
+                       l.n, l.em, l.f1, l.recall, l.retrievals_per_question, l.seconds_per_question,
+                       l.errors, l.truncated, l.finished_at
+                FROM leaderboard l JOIN latest USING (run_id)""",
         ],
     ),
 ]

@@ -43,16 +43,18 @@ class TriggeredMethod(Method):
         from semoe.generation.triggered import Settings
 
         tc, g = trigger_config(ctx), ctx.cfg.generation
+        max_length = tc.generate_max_length or g.max_new_tokens
         return Settings(
             query_formulation=tc.query_formulation or self.default_query,
             retrieve_topk=tc.retrieve_topk or ctx.cfg.retrieval.top_k,
-            generate_max_length=tc.generate_max_length or g.max_new_tokens,
+            generate_max_length=max_length,
             few_shot=g.few_shot,
             chain_of_thought=g.chain_of_thought,
             check_real_words=tc.check_real_words,
             retrieve_keep_top_k=tc.retrieve_keep_top_k,
             last_n_tokens=tc.last_n_tokens,
             max_retrievals=tc.max_retrievals,
+            prompt_budget=ctx.lm.prompt_budget(g, max_length),
         )
 
     def generator(self, ctx: MethodContext):

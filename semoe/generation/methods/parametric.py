@@ -28,35 +28,31 @@ class _ExpertRetrieval(Method):
 
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
         from semoe.experts.inference import generate_with_experts
-        from semoe.generation.answer import extract_answer
-        from semoe.generation.prompts import build_messages
+        from semoe.generation.methods.standard import answer_once
 
         g, n = ctx.cfg.generation, max(len(examples), 1)
         t0 = time.perf_counter()
         hits = ctx.retriever.search([ex.question for ex in examples], ctx.cfg.retrieval.top_k)
         retrieve_s = (time.perf_counter() - t0) / n
-        t0 = time.perf_counter()
-        experts = [ctx.experts.experts_for([h.passage for h in hs]) for hs in hits]
-        experts_s = (time.perf_counter() - t0) / n
-        conversations = [
-            build_messages(ex.question, [h.passage for h in hs] if self.passages_in_context else None,
-                           few_shot=g.few_shot, cot=g.chain_of_thought)
-            for ex, hs in zip(examples, hits)
-        ]
-        gens = generate_with_experts(ctx.lm, conversations, experts, g.max_new_tokens, g.batch_size)
-        return [
-            MethodOutput(
-                prediction=extract_answer(gen.text),
-                raw_output=gen.text,
-                retrievals=[RetrievalStep(step=0, query=ex.question, hits=hs)],
-                generation_count=1,
-                prompt_tokens=gen.prompt_tokens,
-                generated_tokens=gen.new_tokens,
-                latency={"retrieve": retrieve_s, "experts": experts_s, "generate": gen.seconds},
-                extra={"experts": len(ex_experts)},
-            )
-            for ex, hs, gen, ex_experts in zip(examples, hits, gens, experts)
-        ]
+        passages = [[h.passage for h in hs] for hs in hits]
+        experts: dict[int, list] = {}  # only questions whose prompt fits get experts
+        experts_s = 0.0
+
+        def generate(conversations, indices):
+            nonlocal experts_s
+            t0 = time.perf_counter()
+            experts.update((i, ctx.experts.experts_for(passages[i])) for i in indices)
+            experts_s = (time.perf_counter() - t0) / n
+            return generate_with_experts(ctx.lm, conversations, [experts[i] for i in indices], g.max_new_tokens,
+                                         g.batch_size)
+
+        shown = passages if self.passages_in_context else [None] * len(examples)
+        outputs = answer_once(examples, ctx, shown, generate)
+        for i, (ex, hs, out) in enumerate(zip(examples, hits, outputs)):
+            out.retrievals = [RetrievalStep(step=0, query=ex.question, hits=hs)]
+            out.latency.update(retrieve=retrieve_s, experts=experts_s)
+            out.extra["experts"] = len(experts.get(i, ()))
+        return outputs
 
 
 @METHODS.register("prag", "PRAG: top-k passages' LoRA experts (summed), no passages in context")

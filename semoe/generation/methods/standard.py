@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from semoe.data.schema import Example
 from semoe.generation import METHODS
 from semoe.generation.answer import extract_answer
 from semoe.generation.base import Method, MethodContext, MethodOutput, RetrievalStep
-from semoe.generation.prompts import build_messages
+from semoe.generation.prompts import FittedPrompt, PromptTooLongError
+
+if TYPE_CHECKING:
+    from semoe.generation.lm import Generation, Message
+
+Generate = Callable[[list[list["Message"]], list[int]], list["Generation"]]
 
 
-def _answer_all(examples, ctx: MethodContext, passages_per_example) -> list[MethodOutput]:
+def answer_once(
+    examples, ctx: MethodContext, passages_per_example, generate: Generate | None = None
+) -> list[MethodOutput]:
+    """One generation per question from its prompt fitted to the budget (``ChatLM.fit``).
+
+    ``generate(conversations, indices)`` answers the prompts that fit (``indices``: their
+    positions in ``examples``); default ``ctx.lm.generate``. A question that does not fit
+    gets an output with ``error`` set and no generation."""
     g = ctx.cfg.generation
-    conversations = [
-        build_messages(ex.question, passages, few_shot=g.few_shot, cot=g.chain_of_thought)
-        for ex, passages in zip(examples, passages_per_example)
-    ]
-    generations = ctx.lm.generate(conversations, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
-    return [
-        MethodOutput(
+    budget = ctx.lm.prompt_budget(g, g.max_new_tokens)
+    fits: list[FittedPrompt | str] = []
+    for ex, passages in zip(examples, passages_per_example, strict=True):
+        try:
+            fits.append(ctx.lm.fit(ex.question, passages, few_shot=g.few_shot, cot=g.chain_of_thought, budget=budget))
+        except PromptTooLongError as e:
+            fits.append(str(e))
+    ok = [i for i, f in enumerate(fits) if isinstance(f, FittedPrompt)]
+    generate = generate or (lambda conversations, _: ctx.lm.generate(conversations, g.max_new_tokens, g.batch_size))
+    generations = dict(zip(ok, generate([fits[i].messages for i in ok], ok))) if ok else {}
+    outputs = []
+    for i, fit in enumerate(fits):
+        if isinstance(fit, str):
+            outputs.append(MethodOutput.failed(fit))
+            continue
+        gen = generations[i]
+        out = MethodOutput(
             prediction=extract_answer(gen.text),
             raw_output=gen.text,
             generation_count=1,
@@ -28,14 +50,15 @@ def _answer_all(examples, ctx: MethodContext, passages_per_example) -> list[Meth
             generated_tokens=gen.new_tokens,
             latency={"generate": gen.seconds},
         )
-        for gen in generations
-    ]
+        out.note_truncation(fit.truncation)
+        outputs.append(out)
+    return outputs
 
 
 @METHODS.register("no-retrieval", "answer from the model's parameters alone")
 class NoRetrieval(Method):
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
-        return _answer_all(examples, ctx, [None] * len(examples))
+        return answer_once(examples, ctx, [None] * len(examples))
 
 
 @METHODS.register("single-retrieval", "standard RAG: retrieve top-k once with the question, passages in context")
@@ -47,7 +70,7 @@ class SingleRetrieval(Method):
         t0 = time.perf_counter()
         hits = ctx.retriever.search([ex.question for ex in examples], k)
         retrieve_share = (time.perf_counter() - t0) / max(len(examples), 1)
-        outputs = _answer_all(examples, ctx, [[h.passage for h in hs] for hs in hits])
+        outputs = answer_once(examples, ctx, [[h.passage for h in hs] for hs in hits])
         for ex, out, hs in zip(examples, outputs, hits):
             out.retrievals = [RetrievalStep(step=0, query=ex.question, hits=hs)]
             out.latency["retrieve"] = retrieve_share
