@@ -519,6 +519,7 @@ class _Job:
     seconds: float = 0.0
     result: str | list[QAPair] | None = None
     reasons: list[str] = field(default_factory=list)
+    crashed: bool = False  # an attempt raised: the failure says nothing about the passage
 
     def failure(self) -> str:
         return f"{self.kind} failed after {self.attempts} attempts: {' | '.join(dict.fromkeys(self.reasons))}"
@@ -539,7 +540,10 @@ def _judge(job: _Job, reply: str, passage: str, jobs: Sequence[_Job], cfg: Augme
     return result, _rewrite_problem(result, passage, accepted)
 
 
-def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, spec: str) -> list[Augmentation]:
+def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, spec: str
+                   ) -> list[tuple[Augmentation, bool]]:
+    """(record, whether to cache it) per passage; a failure caused by an exception is not
+    cached, so a rerun (after a fix) tries the passage again."""
     jobs: list[_Job] = []
     for n, p in enumerate(passages):
         rewrite_prompt = lm.render(rewrite_messages(p.text))
@@ -567,7 +571,7 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
                         result, problem = _judge(job, gen.text, passages[job.passage].text, jobs, cfg)
                     except Exception as e:  # one passage's bad output must not abort the chunk
                         log.warning("checking a %s of passage %s failed", kind, passages[job.passage].id, exc_info=True)
-                        result, problem = None, _describe(e)
+                        result, problem, job.crashed = None, _describe(e), True
                     if problem is None:
                         job.result = result
                     else:
@@ -578,7 +582,7 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
         failed = [j for j in own if j.result is None]
         rewrites = [j.result for j in own if j.kind == "rewrite" and j.result is not None]
         usable = all(j.result is not None for j in own if j.kind == "qa") and len(rewrites) >= cfg.min_rewrites
-        records.append(
+        records.append((
             Augmentation(
                 passage_id=p.id,
                 passage_text_hash=passage_hash(p.text),
@@ -590,8 +594,9 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
                 attempts=max(j.attempts for j in own),
                 reason="; ".join(j.failure() for j in failed) or None,
                 seconds=round(sum(j.seconds for j in own), 3),
-            )
-        )
+            ),
+            not any(j.crashed for j in failed),
+        ))
     return records
 
 
@@ -644,8 +649,9 @@ def augment_passages(
     the same text share one augmentation.
 
     An exception while checking or caching one passage's output does not abort the run: it
-    becomes that passage's failure, its reason naming the exception type and message.
-    Errors of the model itself (``generate``) concern the whole chunk and propagate.
+    becomes that passage's failure, its reason naming the exception type and message, and
+    is not cached. Errors of the model itself (``generate``) concern the whole chunk and
+    propagate.
     """
     spec = model_spec or cfg.model
     if not spec:
@@ -668,10 +674,9 @@ def augment_passages(
     for start in range(0, len(pending), cfg.chunk_size):
         chunk = pending[start : start + cfg.chunk_size]
         t0 = time.perf_counter()
-        records = [_store(cache, key, record)
-                   for (key, _), record in zip(chunk, _augment_chunk([p for _, p in chunk], cfg, lm, spec))]
-        found.update((key, record) for (key, _), record in zip(chunk, records))
-        ok = sum(r.status == "ok" for r in records)
+        for (key, _), (record, cacheable) in zip(chunk, _augment_chunk([p for _, p in chunk], cfg, lm, spec)):
+            found[key] = _store(cache, key, record) if cacheable else record
+        ok = sum(found[key].status == "ok" for key, _ in chunk)
         log.info("augmented %d passages (%d ok) in %.1f s; %d of %d to go", len(chunk), ok,
                  time.perf_counter() - t0, len(pending) - start - len(chunk), len(pending))
     return [replace(found[key], passage_id=p.id) for p, key in zip(passages, keys)]
