@@ -261,19 +261,19 @@ def test_peft_adapter_of_another_model_names_the_file(tiny, tiny_lm_dir, tmp_pat
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-360M-Instruct"}))
     with pytest.raises(ExpertFileError, match=r"renamed.*trained on base model 'HuggingFaceTB/SmolLM2-360M-Instruct'"):
-        load_experts([tmp_path / "renamed"], model=model)
+        load_experts([tmp_path / "renamed"], model=model, base_model=tiny_lm_dir)
     # same architecture, other widths
     wider = tmp_path / "wider-base"
     LlamaForCausalLM(LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=48, intermediate_size=64,
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).save_pretrained(wider)
     save_peft_adapter(str(wider), tmp_path / "wider", enc)
     with pytest.raises(ExpertFileError, match=r"wider was trained on base model '.*wider-base'"):
-        load_experts([tmp_path / "wider"], model=model)
+        load_experts([tmp_path / "wider"], model=model, base_model=tiny_lm_dir)
     # ... even where it claims to be for this model, every module is refused, naming the file
     config_path = tmp_path / "wider" / "adapter_config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": tiny_lm_dir}))
     with pytest.raises(ExpertFileError, match=r"wider does not fit the model \(6 of 6 modules\): .*do not fit Linear"):
-        load_experts([tmp_path / "wider"], model=model)
+        load_experts([tmp_path / "wider"], model=model, base_model=tiny_lm_dir)
 
 
 def test_experts_that_would_change_nothing_are_errors(tiny, tmp_path):

@@ -4,10 +4,11 @@ the passage, its rewrites and its QA pairs.
 
 Small models write broken JSON, loop, copy the worked example and make answers up, so
 every output is parsed as strict JSON where it is valid and repaired where it is not
-(:func:`parse_qa_pairs`), and then checked against the passage; what fails is regenerated, greedily first and then with seeded sampling, at most
-``max_attempts`` times. A passage that still fails is recorded as ``"failed"`` with the
-reason: nothing is ever filled in. Results, failures included, are cached per passage text
-in the artifact cache, so reruns only generate what is missing.
+(:func:`parse_qa_pairs`), and then checked against the passage; what fails is
+regenerated, greedily first and then with seeded sampling, at most ``max_attempts`` times.
+A passage that still fails is recorded as ``"failed"`` with the reason: nothing is ever
+filled in. Results, failures included, are cached per passage text in the artifact cache,
+so reruns only generate what is missing.
 """
 
 from __future__ import annotations
@@ -614,6 +615,7 @@ def _store(cache: ArtifactCache, key: str, record: Augmentation) -> Augmentation
         cache.get_or_build(CACHE_KIND, key, build)
     except Exception as e:
         log.warning("could not cache the augmentation of passage %s", record.passage_id, exc_info=True)
+        # Its content may be what could not be encoded; it would fail the results store too.
         return replace(record, status="failed", rewrites=[], qa=[], reason=f"not cached: {_describe(e)}")
     return record
 

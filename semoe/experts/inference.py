@@ -47,14 +47,14 @@ def load_experts(
     """Load expert files: semoe's or peft adapters (see :func:`semoe.experts.format.load_expert`).
 
     With ``model``, every expert must fit it: each of its modules a ``nn.Linear`` of the
-    model with matching shapes. With ``base_model`` (a model spec) or ``model``, a file that
-    names its base model must name this one; names are compared whole or by their last path
-    component, case-insensitively, since one model goes by an alias, a hub id
-    ("HuggingFaceTB/SmolLM2-135M-Instruct") or a local directory.
+    model with matching shapes. With ``base_model`` (the model spec), a file that names its
+    base model must name this one or ``model.name_or_path``; names are compared whole or by
+    their last path component, case-insensitively, since one model goes by an alias, a hub
+    id ("HuggingFaceTB/SmolLM2-135M-Instruct") or a local directory.
     Raises ``ExpertFileError`` naming the file: missing, damaged, for another base model,
     or not fitting ``model``.
     """
-    names = [n for n in (base_model, getattr(model, "name_or_path", None)) if n]
+    names = [n for n in (base_model, getattr(model, "name_or_path", None)) if n] if base_model else []
     experts = []
     for path in paths:
         expert = load_expert(path, device=device)
