@@ -262,6 +262,9 @@ def test_peft_adapter_of_another_model_names_the_file(tiny, tiny_lm_dir, tmp_pat
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-360M-Instruct"}))
     with pytest.raises(ExpertFileError, match=r"renamed.*trained on base model 'HuggingFaceTB/SmolLM2-360M-Instruct'"):
         load_experts([tmp_path / "renamed"], model=model, base_model=tiny_lm_dir)
+    # one model under its hub id and its semoe alias
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
+    assert load_experts([tmp_path / "renamed"], model=model, base_model="smollm2-135m-instruct")[0].weights
     # same architecture, other widths
     wider = tmp_path / "wider-base"
     LlamaForCausalLM(LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=48, intermediate_size=64,
