@@ -5,6 +5,7 @@ and, with the real embedded model, what share of passages come out usable."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -63,6 +64,49 @@ AB = [QAPair("A?", "B", "C")]
 )
 def test_parser_repairs_what_small_models_break(text, expected):
     assert parse_qa_pairs(text) == expected
+
+
+LOOM = [QAPair("Who ruled?", "“the Loom Queen”", "She was “the Loom Queen”.")]
+GRIN = [QAPair("Which face?", "\U0001F600", "\U0001F600")]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # valid JSON is read as written: typographic quotes inside strings are content
+        ('[{"question": "Who ruled?", "answer": "“the Loom Queen”", "full_answer": "She was “the Loom Queen”."}]',
+         LOOM),
+        # ... and stay content where the JSON needs repair (trailing commas)
+        ('[{"question": "Who ruled?", "answer": "“the Loom Queen”", "full_answer": "She was “the Loom Queen”.",},]',
+         LOOM),
+        ("[{“question”: “Who ruled?”, “answer”: “‘the Loom Queen’”, “full_answer”: “She was “the Loom Queen”.”}]",
+         [QAPair("Who ruled?", "‘the Loom Queen’", "She was “the Loom Queen”.")]),
+        ("[{‘question’: ‘Who taught O’Brien’s pupils?’, ‘answer’: ‘Marn’}]",
+         [QAPair("Who taught O’Brien’s pupils?", "Marn", "Marn")]),
+        # an escaped surrogate pair is one character, strict or repaired
+        ('[{"question": "Which face?", "answer": "\\ud83d\\ude00"}]', GRIN),
+        ('[{"question": "Which face?", "answer": "\\ud83d\\ude00",}]', GRIN),
+        ("[{'question': 'Which face?', 'answer': '\\ud83d\\ude00'}]", GRIN),
+        # a lone surrogate cannot be stored as UTF-8: it becomes U+FFFD
+        ('[{"question": "Which face?", "answer": "x\\ud83d"}]', [QAPair("Which face?", "x\uFFFD", "x\uFFFD")]),
+        # strict JSON keeps the last of repeated keys; the first (the sane one) must win here too
+        ('[{"question": "A?", "answer": "B", "full_answer": "C", "full_answer": "C C"}]', AB),
+        # a markdown fence inside a string is content
+        ('```json\n[{"question": "A?", "answer": "B", "full_answer": "See ```C```"}]\n```',
+         [QAPair("A?", "B", "See ```C```")]),
+    ],
+)
+def test_parser_reads_valid_json_strictly(text, expected):
+    assert parse_qa_pairs(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000, '[{"question": "A?", "answer": ' + "[" * 100_000, '[{"a": ' * 50_000, '{"a": [' * 50_000],
+)
+def test_deep_nesting_is_a_parse_error_not_a_recursion_error(text):
+    with pytest.raises(QAParseError, match=f"nested deeper than {augment.MAX_DEPTH} levels"):
+        parse_qa_pairs(text)
 
 
 @pytest.mark.parametrize(
@@ -244,6 +288,84 @@ def test_second_rewrite_must_differ_from_the_first(tokenizer, tmp_path):
     cfg = AugmentConfig(n_rewrites=2, min_rewrites=2, max_attempts=2)
     [rec] = augment_passages([PASSAGE], cfg, ChatLM(model, tokenizer), ArtifactCache(tmp_path), model_spec="scripted")
     assert rec.status == "failed" and rec.rewrites == [GOOD_REWRITE] and "same as another rewrite" in rec.reason
+
+
+LOOM_PASSAGE = Passage("loom", "Ada Verrin",
+                       "Ada Verrin, known as “the Loom Queen”, ran the Verrin Weaving Mill in Caldmoor.")
+GRIN_PASSAGE = Passage("grin", "Grin Stone", "The Grin Stone of Pellow is carved as the \U0001F600 emoji by Lorn Ashe.")
+LOOM_PAIR = QAPair("What was Ada Verrin known as?", "“the Loom Queen”", "Ada Verrin was known as “the Loom Queen”.")
+GRIN_PAIR = QAPair("Which emoji is the Grin Stone carved as?", "\U0001F600", "\U0001F600")
+QA_REPLIES = {  # valid JSON, continuing QA_PREFIX
+    LOOM_PASSAGE.text: 'What was Ada Verrin known as?", "answer": "“the Loom Queen”", '
+                       '"full_answer": "Ada Verrin was known as “the Loom Queen”."}]',
+    GRIN_PASSAGE.text: 'Which emoji is the Grin Stone carved as?", "answer": "\\ud83d\\ude00"}]',
+}
+QA_ONLY = dict(n_rewrites=0, batch_size=1)  # one row per batch: the scripted model shares no prefix
+
+
+def qa_model(tokenizer) -> ScriptedModel:
+    return ScriptedModel(tokenizer, lambda prompt, _: next(r for text, r in QA_REPLIES.items() if text in prompt))
+
+
+@pytest.mark.parametrize("grounded", [True, False])
+def test_valid_json_with_typographic_quotes_and_escapes_gives_usable_pairs(tokenizer, tmp_path, grounded):
+    model, cache, cfg = qa_model(tokenizer), ArtifactCache(tmp_path), AugmentConfig(grounded=grounded, **QA_ONLY)
+    passages = [LOOM_PASSAGE, GRIN_PASSAGE]
+    recs = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
+    assert [(r.status, r.reason, r.qa) for r in recs] == [("ok", None, [LOOM_PAIR]), ("ok", None, [GRIN_PAIR])]
+    model.calls.clear()
+    assert augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted") == recs
+    assert model.calls == []  # read back from the cache, emoji included
+
+
+def test_an_exception_checking_one_passage_is_its_recorded_uncached_failure(tokenizer, tmp_path, monkeypatch):
+    model, cache, cfg = qa_model(tokenizer), ArtifactCache(tmp_path), AugmentConfig(max_attempts=2, **QA_ONLY)
+    checked = augment._usable_pairs
+
+    def buggy(text, passage, cfg):
+        if passage == LOOM_PASSAGE.text:
+            raise TypeError("boom")
+        return checked(text, passage, cfg)
+
+    monkeypatch.setattr(augment, "_usable_pairs", buggy)
+    passages = [LOOM_PASSAGE, GRIN_PASSAGE]
+    recs = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
+    assert [(r.status, r.reason, r.qa) for r in recs] == [
+        ("failed", "qa failed after 2 attempts: TypeError: boom", []), ("ok", None, [GRIN_PAIR])]
+    monkeypatch.undo()  # the bug fixed, the next run augments only the passage it hit
+    model.calls.clear()
+    again = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
+    assert [(r.status, r.qa) for r in again] == [("ok", [LOOM_PAIR]), ("ok", [GRIN_PAIR])] and model.calls == [False]
+
+
+def test_a_passage_that_cannot_be_cached_fails_alone(tokenizer, tmp_path, monkeypatch):
+    model, cache, cfg = qa_model(tokenizer), ArtifactCache(tmp_path), AugmentConfig(**QA_ONLY)
+    to_json = Augmentation.to_json
+
+    def disk_full_for_loom(record):
+        if record.passage_id == LOOM_PASSAGE.id:
+            raise OSError(28, "No space left on device")
+        return to_json(record)
+
+    monkeypatch.setattr(Augmentation, "to_json", disk_full_for_loom)
+    passages = [LOOM_PASSAGE, GRIN_PASSAGE]
+    recs = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
+    assert [(r.status, r.reason, r.qa) for r in recs] == [
+        ("failed", "not cached: OSError: [Errno 28] No space left on device", []), ("ok", None, [GRIN_PAIR])]
+    monkeypatch.undo()
+    model.calls.clear()
+    again = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
+    assert [(r.status, r.qa) for r in again] == [("ok", [LOOM_PAIR]), ("ok", [GRIN_PAIR])] and model.calls == [False]
+
+
+def test_an_unreadable_cache_entry_is_generated_again(tokenizer, tmp_path):
+    model, cache, cfg = qa_model(tokenizer), ArtifactCache(tmp_path), AugmentConfig(**QA_ONLY)
+    [rec] = augment_passages([LOOM_PASSAGE], cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
+    key = augment.augmentation_key(augment.passage_hash(LOOM_PASSAGE.text), "scripted", cfg.n_qa, cfg.n_rewrites)
+    (cache.path(augment.CACHE_KIND, key) / augment.CACHE_FILE).write_text('{"passage_id": "lo')
+    model.calls.clear()
+    [again] = augment_passages([LOOM_PASSAGE], cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
+    assert replace(again, seconds=rec.seconds) == rec and rec.status == "ok" and model.calls == [False]
 
 
 def test_garbage_model_fails_every_attempt_and_is_recorded(tiny_lm, tmp_path):

@@ -3,6 +3,8 @@ experts into the weights gives, and every path must leave the model as it found 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -203,3 +205,158 @@ def test_bad_expert_files_name_the_path(tiny, tmp_path):
     corrupt.write_bytes(good.read_bytes()[:50])
     with pytest.raises(ExpertFileError, match="corrupt.safetensors"):
         load_experts([corrupt])
+
+
+# --------------------------------------------------------------------------- expert files
+
+def save_peft_adapter(base_dir: str, out, enc, seed: int = 7, **config) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random (non-zero B) peft LoRA on a fresh copy of the model in ``base_dir``, saved with
+    ``save_pretrained`` to ``out``; returns (logits of peft's model on ``enc``, base logits)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = base(**enc).logits
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                      **config)
+    with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(base, lora).eval()
+    peft_model.save_pretrained(out)
+    with torch.no_grad():
+        return peft_model(**enc).logits, plain
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_adapter_loads_with_peft_delta(tiny, tiny_lm_dir, tmp_path, rslora):
+    model, tok = tiny
+    before = snapshot(model)
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True, add_special_tokens=False)
+    want, plain = save_peft_adapter(tiny_lm_dir, tmp_path / "p17", enc, use_rslora=rslora)
+    assert (want - plain).abs().max() > 1e-2, "the adapter should change the logits, else the test proves nothing"
+    for source in (tmp_path / "p17", tmp_path / "p17" / "adapter_model.safetensors"):
+        [expert] = load_experts([source], model=model, base_model="smollm2-135m-instruct")
+        assert expert.passage_id == "p17" and expert.rank == 4 and len(expert.weights) == 3 * 2  # 3 targets, 2 layers
+        assert expert.meta["base_model"] == tiny_lm_dir
+        with merged(model, [expert]), torch.no_grad():
+            got = model(**enc).logits
+        assert (got - want).abs().max() <= 1e-5
+        with heterogeneous_experts(model, [[expert], [expert]]), torch.no_grad():
+            got = model(**enc).logits
+        assert (got - want).abs().max() <= 1e-5
+    assert_same_weights(model, before)
+
+
+def test_peft_adapter_of_another_model_names_the_file(tiny, tiny_lm_dir, tmp_path):
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model, tok = tiny
+    enc = tok(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)
+    save_peft_adapter(tiny_lm_dir, tmp_path / "renamed", enc)
+    config_path = tmp_path / "renamed" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-360M-Instruct"}))
+    with pytest.raises(ExpertFileError, match=r"renamed.*trained on base model 'HuggingFaceTB/SmolLM2-360M-Instruct'"):
+        load_experts([tmp_path / "renamed"], model=model, base_model=tiny_lm_dir)
+    # one model under its hub id and its semoe alias
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
+    assert load_experts([tmp_path / "renamed"], model=model, base_model="smollm2-135m-instruct")[0].weights
+    # same architecture, other widths
+    wider = tmp_path / "wider-base"
+    LlamaForCausalLM(LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=48, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).save_pretrained(wider)
+    save_peft_adapter(str(wider), tmp_path / "wider", enc)
+    with pytest.raises(ExpertFileError, match=r"wider was trained on base model '.*wider-base'"):
+        load_experts([tmp_path / "wider"], model=model, base_model=tiny_lm_dir)
+    # ... even where it claims to be for this model, every module is refused, naming the file
+    config_path = tmp_path / "wider" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": tiny_lm_dir}))
+    with pytest.raises(ExpertFileError, match=r"wider does not fit the model \(6 of 6 modules\): .*do not fit Linear"):
+        load_experts([tmp_path / "wider"], model=model, base_model=tiny_lm_dir)
+
+
+def test_experts_that_would_change_nothing_are_errors(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    model, _ = tiny
+    meta = {"rank": "2", "alpha": "4.0", "passage_id": "x"}
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty), metadata=meta)
+    with pytest.raises(ExpertFileError, match=r"empty.safetensors holds no LoRA weights: expected tensors named"):
+        load_experts([empty])
+    expert = make_expert(model, "elsewhere", 2, 70)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    save_expert(elsewhere, LoraExpert("elsewhere", 2, 4.0, {
+        m.replace("model.layers", "transformer.h"): w for m, w in expert.weights.items()}))
+    assert len(load_experts([elsewhere])[0].weights) == 6  # loads; only the model can tell it misses
+    with pytest.raises(ExpertFileError, match=r"elsewhere.safetensors does not fit the model \(6 of 6 modules\): "
+                                              r".*no module 'transformer.h.0.mlp.\w+'; expected modules"):
+        load_experts([elsewhere], model=model)
+
+
+def test_peft_state_dict_key_names_load_every_module(tiny, tmp_path):
+    """Keys of a live peft model's state_dict carry the adapter name (``lora_A.default.weight``)."""
+    from safetensors.torch import save_file
+
+    model, _ = tiny
+    expert = make_expert(model, "sd", 2, 71)
+    tensors = {f"base_model.model.{m}.lora_{ab}.default.weight": w
+               for m, pair in expert.weights.items() for ab, w in zip("AB", pair)}
+    path = tmp_path / "state_dict.safetensors"
+    save_file(tensors, str(path), metadata={"rank": "2", "alpha": "4.0", "passage_id": "sd"})
+    [loaded] = load_experts([path], model=model)
+    assert loaded.weights.keys() == expert.weights.keys()
+    assert all(torch.equal(loaded.delta(m), expert.delta(m)) for m in expert.weights)
+    tensors["base_model.model.model.layers.0.mlp.down_proj.lora_A.other.weight"] = tensors.popitem()[1]
+    save_file(tensors, str(path), metadata={"rank": "2", "alpha": "4.0", "passage_id": "sd"})
+    with pytest.raises(ExpertFileError, match="state_dict.safetensors holds several adapters"):
+        load_experts([path])
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t, c: t.update({"base_model.model.model.layers.0.mlp.down_proj.lora_B.bias": torch.zeros(4)}),
+         "not LoRA A/B weights.*lora_B.bias"),
+        (lambda t, c: t.pop(next(k for k in t if k.endswith("lora_B.weight"))), "corrupt: .*lora_B.weight missing"),
+        (lambda t, c: c.update(use_dora=True), "use_dora not supported"),
+        (lambda t, c: c.update(rank_pattern={"q_proj": 8}), "rank_pattern not supported"),
+        (lambda t, c: c.update(peft_type="IA3"), "peft_type 'IA3' is not LORA"),
+        (lambda t, c: c.update(target_modules=["q_proj"]), "modules outside target_modules"),
+        (lambda t, c: c.update(r=8), r"do not fit rank 8"),
+        (lambda t, c: c.pop("lora_alpha"), "'lora_alpha' missing"),
+        (lambda t, c: c.clear(), "'r' or 'lora_alpha' missing"),
+    ],
+)
+def test_bad_peft_adapters_name_the_file(tiny, tiny_lm_dir, tmp_path, edit, message):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    _, tok = tiny
+    enc = tok(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)
+    adapter = tmp_path / "adapter"
+    save_peft_adapter(tiny_lm_dir, adapter, enc)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    edit(tensors, config)
+    save_file(tensors, str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ExpertFileError, match=rf"{adapter}.*{message}"):
+        load_experts([adapter])
+
+
+def test_adapter_without_its_config_or_safetensors_names_what_is_missing(tiny, tiny_lm_dir, tmp_path):
+    _, tok = tiny
+    adapter = tmp_path / "adapter"
+    save_peft_adapter(tiny_lm_dir, adapter, tok(PROMPTS[:1], return_tensors="pt", add_special_tokens=False))
+    (adapter / "adapter_config.json").unlink()
+    with pytest.raises(ExpertFileError, match="neither semoe's metadata .* nor a peft adapter_config.json beside it"):
+        load_experts([adapter])
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    with pytest.raises(ExpertFileError, match="adapter_model.safetensors.*adapter_model.bin is not read"):
+        load_experts([adapter])

@@ -3,11 +3,12 @@ entities, new wording) and a JSON list of QA pairs; a passage expert is later tr
 the passage, its rewrites and its QA pairs.
 
 Small models write broken JSON, loop, copy the worked example and make answers up, so
-every output is parsed leniently (:func:`parse_qa_pairs`) and then checked against the
-passage; what fails is regenerated, greedily first and then with seeded sampling, at most
-``max_attempts`` times. A passage that still fails is recorded as ``"failed"`` with the
-reason: nothing is ever filled in. Results, failures included, are cached per passage text
-in the artifact cache, so reruns only generate what is missing.
+every output is parsed as strict JSON where it is valid and repaired where it is not
+(:func:`parse_qa_pairs`), and then checked against the passage; what fails is
+regenerated, greedily first and then with seeded sampling, at most ``max_attempts`` times.
+A passage that still fails is recorded as ``"failed"`` with the reason: nothing is ever
+filled in. Results, failures included, are cached per passage text in the artifact cache,
+so reruns only generate what is missing.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from semoe.storage.artifacts import MARKER, ArtifactCache, content_key
 
 log = logging.getLogger(__name__)
 
-# Bump when a prompt, the prefill or an acceptance check changes, so cached augmentations
-# made under the old wording are not reused.
-PROMPT_VERSION = "prag-2"
+# Bump when a prompt, the prefill, the parser or an acceptance check changes, so cached
+# augmentations made under the old wording are not reused (prag-3: valid JSON is parsed
+# strictly; the old repair rewrote quotes inside strings and split surrogate pairs).
+PROMPT_VERSION = "prag-3"
 CACHE_KIND = "augmentations"
 CACHE_FILE = "augmentation.json"
 
@@ -153,10 +155,19 @@ class _Invalid(Exception):
     pass
 
 
-_SMART_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‟": '"', "‘": "'", "’": "'", "‚": "'"})
+# Quote characters small models use as string delimiters. The repair pass treats them as
+# delimiters only where a string starts or ends, so typographic quotes *inside* a string are
+# kept as written (rewriting them before parsing broke valid JSON such as "“the Loom Queen”").
+_DOUBLE_QUOTES = '"“”„‟'
+_SINGLE_QUOTES = "'‘’‚‛"
+_OPENERS = _DOUBLE_QUOTES + _SINGLE_QUOTES
 _FENCE = re.compile(r"```[A-Za-z]*")
+_OPEN_BRACKET = re.compile(r"[\[{]")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 _BARE_END = ",:{}[]\n"
+# Far deeper than any QA list (depth 2); deeper input is garbage, and recursing into it
+# would end in RecursionError instead of a reason.
+MAX_DEPTH = 32
 
 
 def _skip_ws(s: str, i: int) -> int:
@@ -166,25 +177,29 @@ def _skip_ws(s: str, i: int) -> int:
 
 
 def _closes(s: str, i: int) -> bool:
-    """Whether a single quote before ``s[i]`` ends a string (else it is an apostrophe)."""
+    """Whether a quote before ``s[i]`` ends a string (else it is an apostrophe or a quote inside it)."""
     i = _skip_ws(s, i)
     return i >= len(s) or s[i] in ",:}]"
 
 
 def _string(s: str, i: int) -> tuple[str, int]:
+    """A string opened by any quote of ``_OPENERS``. One opened by ``"`` ends at the next
+    unescaped ``"``, as in JSON; any other ends at a quote of its family followed by
+    ``, : } ]`` or the end, so apostrophes and quoted words inside it survive."""
     quote, i, buf = s[i], i + 1, []
+    family = _DOUBLE_QUOTES if quote in _DOUBLE_QUOTES else _SINGLE_QUOTES
     while i < len(s):
         c = s[i]
         if c == "\\" and i + 1 < len(s):
             nxt = s[i + 1]
             if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", s[i + 2 : i + 6]):
-                buf.append(chr(int(s[i + 2 : i + 6], 16)))
+                buf.append(chr(int(s[i + 2 : i + 6], 16)))  # surrogate halves are paired in _field
                 i += 6
                 continue
             buf.append(_ESCAPES.get(nxt, nxt))
             i += 2
             continue
-        if c == quote and (quote == '"' or _closes(s, i + 1)):
+        if c == quote == '"' or (c in family and quote != '"' and _closes(s, i + 1)):
             return "".join(buf), i + 1
         buf.append(c)
         i += 1
@@ -209,7 +224,7 @@ def _bare(s: str, i: int) -> tuple[object, int]:
         return token, j
 
 
-def _object(s: str, i: int) -> tuple[dict, int]:
+def _object(s: str, i: int, depth: int) -> tuple[dict, int]:
     obj: dict = {}
     i += 1
     try:
@@ -222,20 +237,20 @@ def _object(s: str, i: int) -> tuple[dict, int]:
             if s[i] == ",":
                 i += 1
                 continue
-            key, i = _string(s, i) if s[i] in "\"'" else _bare(s, i)
+            key, i = _string(s, i) if s[i] in _OPENERS else _bare(s, i)
             i = _skip_ws(s, i)
             if i >= len(s):
                 raise _Truncated
             if s[i] != ":" or not isinstance(key, str):
                 raise _Invalid
-            value, i = _value(s, i + 1)
+            value, i = _value(s, i + 1, depth)
             obj.setdefault(key, value)  # a looping model repeats keys: its first value is the sane one
     except _Truncated:
         # A model that loops on a key never closes the object; the fields it finished still count.
         raise _Truncated(obj) from None
 
 
-def _array(s: str, i: int) -> tuple[list, int]:
+def _array(s: str, i: int, depth: int) -> tuple[list, int]:
     """Items up to the closing bracket; a cut-off list keeps its complete items."""
     items: list = []
     i += 1
@@ -249,69 +264,95 @@ def _array(s: str, i: int) -> tuple[list, int]:
             i += 1
             continue
         try:
-            value, i = _value(s, i)
+            value, i = _value(s, i, depth)
         except _Truncated as cut:
             return items + [a for a in cut.args if a], len(s)
         items.append(value)
 
 
-def _value(s: str, i: int) -> tuple[object, int]:
+def _value(s: str, i: int, depth: int = 0) -> tuple[object, int]:
     i = _skip_ws(s, i)
     if i >= len(s):
         raise _Truncated
     c = s[i]
-    if c == "{":
-        return _object(s, i)
-    if c == "[":
-        return _array(s, i)
-    if c in "\"'":
+    if c in "{[":
+        if depth >= MAX_DEPTH:
+            raise QAParseError(f"JSON nested deeper than {MAX_DEPTH} levels (at character {i})")
+        return _object(s, i, depth + 1) if c == "{" else _array(s, i, depth + 1)
+    if c in _OPENERS:
         return _string(s, i)
     return _bare(s, i)
+
+
+def _first_wins(pairs: list[tuple[str, object]]) -> dict:
+    """A repeated key keeps its first value, as in the lenient parser (strict ``json`` keeps the last)."""
+    obj: dict = {}
+    for key, value in pairs:
+        obj.setdefault(key, value)
+    return obj
 
 
 def _json_items(text: str) -> tuple[list, bool]:
     """Every top-level item of the JSON lists and objects found in ``text`` (prose around
     them skipped), and whether anything JSON-like was found at all.
 
-    Parsing starts at the first bracket; where a list is malformed inside, scanning resumes
-    just past its opening bracket, so its well-formed objects are still picked up one by one.
+    At each bracket the text is first parsed as strict JSON (``json.JSONDecoder.raw_decode``);
+    only where that fails is it repaired by the lenient parser. Where a list is malformed
+    even for that, scanning resumes just past its opening bracket, so its well-formed
+    objects are still picked up one by one.
     """
+    # Fences become blanks of the same length, so both parsers index the same text.
+    lenient = _FENCE.sub(lambda m: " " * len(m.group()), text)
+    strict = json.JSONDecoder(object_pairs_hook=_first_wins)
     items: list = []
     found = False
     i = 0
     while True:
-        starts = [j for j in (text.find("[", i), text.find("{", i)) if j >= 0]
-        if not starts:
+        start = _OPEN_BRACKET.search(lenient, i)
+        if start is None:
             return items, found
-        j = min(starts)
+        j = start.start()
         try:
-            value, i = _value(text, j)
-        except _Truncated as cut:
-            return items + [a for a in cut.args if a], True
-        except _Invalid:
-            i = j + 1
-            continue
+            value, i = strict.raw_decode(text, j)
+        except (ValueError, RecursionError):  # the C scanner recurses without a depth limit
+            try:
+                value, i = _value(lenient, j)
+            except _Truncated as cut:
+                return items + [a for a in cut.args if a], True
+            except _Invalid:
+                i = j + 1
+                continue
         found = True
         items.extend(value if isinstance(value, list) else [value])
+
+
+def _text(value: str) -> str:
+    """``value`` with escaped UTF-16 surrogate pairs (``\\ud83d\\ude00``) joined into their
+    character and lone halves replaced by U+FFFD: a lone surrogate cannot be encoded as UTF-8,
+    so it would fail the cache write and the results store."""
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _field(value: object) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    return " ".join(value.split()) if isinstance(value, str) else ""
+    return " ".join(_text(value).split()) if isinstance(value, str) else ""
 
 
 def parse_qa_pairs(text: str) -> list[QAPair]:
     """QA pairs from a model output, repairing what can be repaired.
 
-    Accepted: a JSON list (or bare objects) with prose or markdown fences around it, single
-    quotes, smart quotes, unquoted keys, trailing or doubled commas, missing closing brackets
+    Valid JSON is read as it is (typographic quotes inside strings kept, ``\\uXXXX``
+    surrogate pairs joined); only what strict parsing rejects is repaired. Accepted: a JSON
+    list (or bare objects) with prose or markdown fences around it, single or typographic
+    quotes as delimiters, unquoted keys, trailing or doubled commas, missing closing brackets
     (output cut off by the token limit keeps every field it completed), repeated keys (the
     first wins). Items without a complete question and answer are dropped; a missing
     ``full_answer`` becomes the answer.
-    Raises :class:`QAParseError` with the reason when no pair remains.
+    Raises :class:`QAParseError` with the reason when no pair remains, or when the JSON is
+    nested deeper than ``MAX_DEPTH``.
     """
-    items, found = _json_items(_FENCE.sub("", text.translate(_SMART_QUOTES)))
+    items, found = _json_items(text)
     if not found:
         raise QAParseError("no JSON list or object in the output")
     pairs: list[QAPair] = []
@@ -479,12 +520,31 @@ class _Job:
     seconds: float = 0.0
     result: str | list[QAPair] | None = None
     reasons: list[str] = field(default_factory=list)
+    crashed: bool = False  # an attempt raised: the failure says nothing about the passage
 
     def failure(self) -> str:
         return f"{self.kind} failed after {self.attempts} attempts: {' | '.join(dict.fromkeys(self.reasons))}"
 
 
-def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, spec: str) -> list[Augmentation]:
+def _describe(e: BaseException) -> str:
+    """A failure reason that keeps a programming error recognisable: exception type and message."""
+    return f"{type(e).__name__}: {e}"
+
+
+def _judge(job: _Job, reply: str, passage: str, jobs: Sequence[_Job], cfg: AugmentConfig
+           ) -> tuple[str | list[QAPair], str | None]:
+    """(result, None) for an acceptable reply to ``job``, else (result, the reason it is not)."""
+    if job.kind == "qa":
+        return _usable_pairs(QA_PREFIX + reply, passage, cfg)
+    result = _clean_rewrite(reply)
+    accepted = [j.result for j in jobs if j.passage == job.passage and j.kind == "rewrite" and j.result]
+    return result, _rewrite_problem(result, passage, accepted)
+
+
+def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, spec: str
+                   ) -> list[tuple[Augmentation, bool]]:
+    """(record, whether to cache it) per passage; a failure caused by an exception is not
+    cached, so a rerun (after a fix) tries the passage again."""
     jobs: list[_Job] = []
     for n, p in enumerate(passages):
         rewrite_prompt = lm.render(rewrite_messages(p.text))
@@ -508,14 +568,11 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
                 for job, gen in zip(group, gens):
                     job.attempts += 1
                     job.seconds += gen.seconds
-                    text = passages[job.passage].text
-                    if kind == "qa":
-                        pairs, problem = _usable_pairs(QA_PREFIX + gen.text, text, cfg)
-                        result = pairs
-                    else:
-                        result = _clean_rewrite(gen.text)
-                        accepted = [j.result for j in jobs if j.passage == job.passage and j.kind == "rewrite" and j.result]
-                        problem = _rewrite_problem(result, text, accepted)
+                    try:
+                        result, problem = _judge(job, gen.text, passages[job.passage].text, jobs, cfg)
+                    except Exception as e:  # one passage's bad output must not abort the chunk
+                        log.warning("checking a %s of passage %s failed", kind, passages[job.passage].id, exc_info=True)
+                        result, problem, job.crashed = None, _describe(e), True
                     if problem is None:
                         job.result = result
                     else:
@@ -526,7 +583,7 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
         failed = [j for j in own if j.result is None]
         rewrites = [j.result for j in own if j.kind == "rewrite" and j.result is not None]
         usable = all(j.result is not None for j in own if j.kind == "qa") and len(rewrites) >= cfg.min_rewrites
-        records.append(
+        records.append((
             Augmentation(
                 passage_id=p.id,
                 passage_text_hash=passage_hash(p.text),
@@ -538,19 +595,43 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
                 attempts=max(j.attempts for j in own),
                 reason="; ".join(j.failure() for j in failed) or None,
                 seconds=round(sum(j.seconds for j in own), 3),
-            )
-        )
+            ),
+            not any(j.crashed for j in failed),
+        ))
     return records
 
 
 # --------------------------------------------------------------------------- entry point
 
-def _store(cache: ArtifactCache, key: str, record: Augmentation) -> None:
+def _store(cache: ArtifactCache, key: str, record: Augmentation) -> Augmentation:
+    """Cache ``record``; returns it, or, when it cannot be cached, a failed record saying why
+    (left uncached, so the next run tries again)."""
     def build(out):
-        (out / CACHE_FILE).write_text(record.to_json())
+        (out / CACHE_FILE).write_bytes(data)
         return {"status": record.status, "passage_id": record.passage_id}
 
-    cache.get_or_build(CACHE_KIND, key, build)
+    try:
+        data = record.to_json().encode("utf-8")  # fails here, before the cache is touched
+        cache.get_or_build(CACHE_KIND, key, build)
+    except Exception as e:
+        log.warning("could not cache the augmentation of passage %s", record.passage_id, exc_info=True)
+        # Its content may be what could not be encoded; it would fail the results store too.
+        return replace(record, status="failed", rewrites=[], qa=[], reason=f"not cached: {_describe(e)}")
+    return record
+
+
+def _cached(cache: ArtifactCache, key: str) -> Augmentation | None:
+    """The cached augmentation under ``key``, or None when there is none or it is unreadable
+    (then it is regenerated)."""
+    if not cache.is_complete(CACHE_KIND, key):
+        return None
+    path = cache.path(CACHE_KIND, key) / CACHE_FILE
+    try:
+        return Augmentation.from_json(path.read_text(encoding="utf-8"))
+    except Exception as e:
+        log.warning("unreadable cached augmentation %s (%s); generating it again", path, _describe(e))
+        (path.parent / MARKER).unlink(missing_ok=True)
+        return None
 
 
 def augment_passages(
@@ -568,6 +649,11 @@ def augment_passages(
     the model; the missing ones (and cached failures when ``cfg.retry_failed``) are generated
     chunk by chunk and cached as each chunk finishes, so a killed run resumes. Passages with
     the same text share one augmentation.
+
+    An exception while checking or caching one passage's output does not abort the run: it
+    becomes that passage's failure, its reason naming the exception type and message, and
+    is not cached. Errors of the model itself (``generate``) concern the whole chunk and
+    propagate.
     """
     spec = model_spec or cfg.model
     if not spec:
@@ -579,8 +665,8 @@ def augment_passages(
     for p, key in zip(passages, keys):
         if key in found or key in todo:
             continue
-        if cache.is_complete(CACHE_KIND, key):
-            record = Augmentation.from_json((cache.path(CACHE_KIND, key) / CACHE_FILE).read_text())
+        record = _cached(cache, key)
+        if record is not None:
             if record.status == "ok" or not cfg.retry_failed:
                 found[key] = record
                 continue
@@ -590,11 +676,9 @@ def augment_passages(
     for start in range(0, len(pending), cfg.chunk_size):
         chunk = pending[start : start + cfg.chunk_size]
         t0 = time.perf_counter()
-        records = _augment_chunk([p for _, p in chunk], cfg, lm, spec)
-        for (key, _), record in zip(chunk, records):
-            _store(cache, key, record)
-            found[key] = record
-        ok = sum(r.status == "ok" for r in records)
+        for (key, _), (record, cacheable) in zip(chunk, _augment_chunk([p for _, p in chunk], cfg, lm, spec)):
+            found[key] = _store(cache, key, record) if cacheable else record
+        ok = sum(found[key].status == "ok" for key, _ in chunk)
         log.info("augmented %d passages (%d ok) in %.1f s; %d of %d to go", len(chunk), ok,
                  time.perf_counter() - t0, len(pending) - start - len(chunk), len(pending))
     return [replace(found[key], passage_id=p.id) for p, key in zip(passages, keys)]

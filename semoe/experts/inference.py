@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence, TypeVar
 
-from semoe.experts.format import LoraExpert, load_expert
+from semoe.experts.format import ExpertFileError, LoraExpert, load_expert
 
 if TYPE_CHECKING:
     import torch
@@ -41,9 +41,57 @@ def mode_inputs(
     return (list(passages) if mode != "prag" else None), (list(experts) if mode != "icl" else [])
 
 
-def load_experts(paths: Sequence[str | Path], device: str = "cpu") -> list[LoraExpert]:
-    """Load expert files; a missing or damaged file raises ``ExpertFileError`` naming it."""
-    return [load_expert(p, device=device) for p in paths]
+def load_experts(
+    paths: Sequence[str | Path], device: str = "cpu", *, model: "nn.Module | None" = None, base_model: str | None = None
+) -> list[LoraExpert]:
+    """Load expert files: semoe's or peft adapters (see :func:`semoe.experts.format.load_expert`).
+
+    With ``model``, every expert must fit it: each of its modules a ``nn.Linear`` of the
+    model with matching shapes. With ``base_model`` (the model spec), a file that names its
+    base model must name this one or ``model.name_or_path``; names are compared whole or by
+    their last path component, case-insensitively, since one model goes by an alias, a hub
+    id ("HuggingFaceTB/SmolLM2-135M-Instruct") or a local directory.
+    Raises ``ExpertFileError`` naming the file: missing, damaged, for another base model,
+    or not fitting ``model``.
+    """
+    names = [n for n in (base_model, getattr(model, "name_or_path", None)) if n] if base_model else []
+    experts = []
+    for path in paths:
+        expert = load_expert(path, device=device)
+        named = expert.meta.get("base_model")
+        if named and names and not any(_same_model(named, n) for n in names):
+            raise ExpertFileError(f"expert file {path} was trained on base model {named!r}, not {' / '.join(names)}")
+        if model is not None:
+            _check_fits(model, expert, path)
+        experts.append(expert)
+    return experts
+
+
+def _same_model(a: str, b: str) -> bool:
+    def last(name: str) -> str:
+        return Path(name.rstrip("/")).name.lower()
+
+    return a == b or last(a) == last(b)
+
+
+def _check_fits(model: "nn.Module", expert: LoraExpert, path: str | Path) -> None:
+    """An ``ExpertFileError`` naming ``path`` unless every module of ``expert`` is a Linear of
+    ``model`` it fits: an expert whose modules are elsewhere would change nothing or fail later."""
+    from torch import nn
+
+    problems = []
+    for module, (a, b) in expert.weights.items():
+        try:
+            _target_linear(model, module, a, b, expert.passage_id)
+        except ValueError as e:
+            problems.append(str(e))
+    if not problems:
+        return
+    message = f"expert file {path} does not fit the model ({len(problems)} of {len(expert.weights)} modules): {problems[0]}"
+    if len(problems) == len(expert.weights):
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:3]
+        message += f"; expected modules of the model such as {', '.join(map(repr, linear))}"
+    raise ExpertFileError(message)
 
 
 def combine_experts(experts: Sequence[LoraExpert], passage_id: str | None = None) -> LoraExpert:

@@ -45,7 +45,7 @@ class ExpertProvider:
         import torch
 
         from semoe.experts.augment import augment_passages
-        from semoe.experts.format import load_expert
+        from semoe.experts.inference import load_experts
         from semoe.experts.training import TrainingItem, ensure_experts
 
         todo = list({p.id: p for p in passages if p.id not in self._experts}.values())
@@ -68,7 +68,8 @@ class ExpertProvider:
         for rec in records:
             self.rows["experts"].append(rec.to_row())
             self.trained += rec.trained
-            self._experts[rec.passage_id] = load_expert(rec.path, device=str(self.lm.device))
+            self._experts[rec.passage_id] = load_experts(
+                [rec.path], device=str(self.lm.device), model=self.lm.model, base_model=self.cfg.model.spec)[0]
         self.seconds += time.perf_counter() - t0
 
     def experts_for(self, passages: Sequence[Passage]) -> list[LoraExpert]:
