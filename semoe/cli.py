@@ -82,12 +82,15 @@ def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call):
     Ctrl-C raises ``Interrupted`` saying how many ``kept_what`` (``kept_sql``'s count) were kept."""
     from semoe.flows.api import prefect_api
     from semoe.storage.locks import run_lock
+    from semoe.tasks import interrupts
 
     with run_lock(cfg.store.path, run_id, args.wait, lambda note: print(f"semoe: {note}", file=sys.stderr)):
         try:
-            with prefect_api():
+            with prefect_api(), interrupts.deferred_interrupts():
                 return flow_call()
-        except KeyboardInterrupt:
+        except BaseException:
+            if not interrupts.requested():
+                raise
             kept = _count_kept(cfg.store.path, kept_sql, run_id)
             raise Interrupted(
                 f"run {run_id} stopped; its {kept} committed {kept_what} are kept in {cfg.store.path}: "

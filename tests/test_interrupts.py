@@ -335,3 +335,49 @@ def test_dead_api_fails_fast_with_one_line(tmp_path, tiny_lm_dir):
     assert "exited with code -9 during the run" in last and "rerun the same command to resume" in last
     kept = ResultStore(tmp_path / "results.duckdb", read_only=True).query("select count(*) as n from predictions")
     assert kept[0]["n"] >= 1
+
+
+def test_ctrl_c_inside_a_flow_run_is_raised_only_at_safe_points(monkeypatch):
+    """A Ctrl-C during Prefect's bookkeeping is held to the next safe point (a commit, the
+    start of a task body, or the fallback delay); inside a task body, or a second one, at once."""
+    from semoe.tasks import interrupts
+
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+
+    monkeypatch.setattr(interrupts, "FALLBACK_S", 60.0)
+    with interrupts.deferred_interrupts():
+        ctrl_c()  # in "bookkeeping": recorded, not raised
+        assert interrupts.requested()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    body_ran = []
+
+    @interrupts.interruptible
+    def body():
+        body_ran.append(1)
+        ctrl_c()
+        body_ran.append(2)
+
+    with interrupts.deferred_interrupts():
+        assert not interrupts.requested()  # each block starts clean
+        with pytest.raises(KeyboardInterrupt):
+            body()  # inside a task body: raised at once
+        assert body_ran == [1]
+        with pytest.raises(KeyboardInterrupt):
+            body()  # recorded before the body: raised as it starts
+        assert body_ran == [1]
+    with interrupts.deferred_interrupts():
+        ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c()  # a second Ctrl-C is never held
+
+    monkeypatch.setattr(interrupts, "FALLBACK_S", 0.2)
+    with interrupts.deferred_interrupts(), pytest.raises(KeyboardInterrupt):
+        ctrl_c()
+        time.sleep(5)  # no safe point comes: the fallback raises
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c()  # outside a flow run nothing is held

@@ -25,6 +25,7 @@ from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shar
 from semoe.tasks.evaluation import answer_chunk_task, answer_shard_task, load_examples_task
 from semoe.tasks.experts import build_experts_task
 from semoe.tasks.gpu import ensure_gpu_limits
+from semoe.tasks import interrupts
 from semoe.tasks.indexing import build_index_task
 
 
@@ -90,6 +91,7 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
                     done += n
                     update_progress_artifact(progress, 100.0 * done / total)
                     logger.info("committed %d/%d answers", done, total)
+                    interrupts.check()
             remove_root(shards)
             store.compute_metrics(run_id)
             store.finish_run(run_id)
@@ -157,6 +159,7 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
             ingest_shard(store, result["shard"])
         store.write_tables(result.get("rows", {}))
         trained += result["trained"]
+        interrupts.check()
     remove_root(root)
     logger.info("experts for %d passages (%d newly trained)", len(passages), trained)
     return {"passages": len(passages), "trained": trained}

@@ -17,6 +17,7 @@ from semoe.config import SemoeConfig
 from semoe.routing import grid
 from semoe.storage.locks import run_lock
 from semoe.storage.results import ResultStore
+from semoe.tasks import interrupts
 from semoe.tasks.gpu import ensure_gpu_limits
 from semoe.tasks.routing import evaluate_routing_cell_task, prepare_routing_model_task
 
@@ -61,6 +62,7 @@ def evaluate_routing(config: SemoeConfig) -> dict:
                     rows = evaluate_routing_cell_task(config, run_id, m, cell.policy, cell.mode, str(heatmaps), label)
                     rows["routing_runs"] = [{**row, "cell_key": keys[cell], "computed_in": run_id} for row in rows["routing_runs"]]
                     store.write_tables(rows)
+                    interrupts.check()
             store.finish_run(run_id)
         except BaseException as e:
             store.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")

@@ -12,9 +12,11 @@ from semoe.data.loading import load_examples
 from semoe.data.schema import Example
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
+from semoe.tasks.interrupts import interruptible
 
 
 @task(name="load-examples", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient_io)
+@interruptible
 def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict]:
     return [ex.as_dict() for ex in load_examples(dataset, evaluation.data_context(config))]
 
@@ -24,6 +26,7 @@ def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict
     task_run_name="{method}-{dataset}-{first_id}",
     cache_policy=NONE,  # the results store is the record; resumes skip stored rows
 )
+@interruptible
 def answer_chunk_task(
     config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
     corpus_key: str | None, first_id: str,
@@ -33,6 +36,7 @@ def answer_chunk_task(
 
 
 @task(name="answer-shard", task_run_name="{method}-{dataset}-{first_id}", cache_policy=NONE)
+@interruptible
 def answer_shard_task(
     config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
     corpus_key: str | None, first_id: str, shard_root: str,

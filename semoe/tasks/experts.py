@@ -10,9 +10,11 @@ from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.schema import Passage
 from semoe.tasks.gpu import gpu_slot
+from semoe.tasks.interrupts import interruptible
 
 
 @task(name="build-experts", task_run_name="experts-{first_id}", cache_policy=NONE)
+@interruptible
 def build_experts_task(config: SemoeConfig, passages: list[dict], first_id: str, shard_root: str | None = None) -> dict:
     """{"trained": n, "rows": catalogue rows}; with ``shard_root`` (a worker process) the
     rows are left there as a Parquet shard instead and "shard" is its path."""

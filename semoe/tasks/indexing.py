@@ -7,6 +7,7 @@ from prefect import task
 from semoe.config import SemoeConfig
 from semoe.indexing import build_index
 from semoe.tasks.common import retry_on_transient_io
+from semoe.tasks.interrupts import interruptible
 
 
 def index_cache_key(context, parameters) -> str:
@@ -21,6 +22,7 @@ def index_cache_key(context, parameters) -> str:
     retry_delay_seconds=5,
     retry_condition_fn=retry_on_transient_io,
 )
+@interruptible
 def build_index_task(config: SemoeConfig, corpus_key: str) -> dict:
     info = build_index(config)
     if info.corpus_key != corpus_key:

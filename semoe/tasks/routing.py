@@ -9,10 +9,12 @@ from prefect.cache_policies import NONE
 from semoe.config import SemoeConfig
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
+from semoe.tasks.interrupts import interruptible
 
 
 @task(name="routing-model", task_run_name="model-{label}", cache_policy=NONE, retries=1,
       retry_condition_fn=retry_on_transient_io)  # fmt: skip
+@interruptible
 def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str) -> dict:
     """Load (or train, for the small MoE LM) a model of the grid: its key and training curve rows."""
     from semoe.routing.grid import routing_model
@@ -23,6 +25,7 @@ def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str
 
 
 @task(name="routing-cell", task_run_name="{label}", cache_policy=NONE)  # the store records done cells
+@interruptible
 def evaluate_routing_cell_task(
     config: SemoeConfig, run_id: str, model_index: int, policy_index: int | None, mode: str, heatmap_dir: str,
     label: str,
