@@ -483,3 +483,16 @@ def test_real_model_augments_synthetic_passages(model_cache_root, tmp_path):
     for r in ok:
         assert r.qa and all(normalize_answer(q.answer) in text[r.passage_id] for q in r.qa)
         assert len(r.rewrites) <= 1 and passages[recs.index(r)].text not in r.rewrites
+
+
+def test_rewrite_sentences_follow_the_package_sentence_rule():
+    """Abbreviations end no sentence here either: no name is lost from the checked terms and
+    no sentence is cut or deduplicated at "Dr." or "St." (semoe.generation.answer)."""
+    from semoe.experts.augment import _clean_rewrite, _key_terms
+
+    assert _key_terms("Dr. Smith lives in St. Louis. He was born in 1950.") == {"Smith", "St", "Louis", "1950"}
+    text = "Dr. Smith was born in St. Louis. He moved to Mt. Vernon. He moved to Mt. Vernon. Later he"
+    assert _clean_rewrite(text) == "Dr. Smith was born in St. Louis. He moved to Mt. Vernon."
+    assert _clean_rewrite("Here is the rewrite:\nJ. R. R. Tolkien wrote it in Oxford.") == (
+        "J. R. R. Tolkien wrote it in Oxford."
+    )

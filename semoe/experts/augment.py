@@ -24,6 +24,7 @@ from typing import Iterable, Literal, Sequence
 
 from semoe.data.schema import Passage
 from semoe.experts.augment_config import AugmentConfig
+from semoe.generation.answer import sentence_ends, split_sentences
 from semoe.generation.lm import ChatLM, Message
 from semoe.metrics import normalize_answer
 from semoe.storage.artifacts import MARKER, ArtifactCache, content_key
@@ -375,8 +376,7 @@ def parse_qa_pairs(text: str) -> list[QAPair]:
 
 # --------------------------------------------------------------------------- checks
 
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+_CLOSERS = "\"')]”’"
 _LABEL_LINE = re.compile(r"^[^\n]{0,80}:\s*\n")
 _PARAGRAPH_END = re.compile(r"[.!?][\"')\]]*[ \t]*\n[ \t]*\n")
 # A rewrite shorter than half the passage has lost facts; one keeping under 60 % of the
@@ -389,23 +389,23 @@ _MIN_TERMS_KEPT = 0.6
 def _clean_rewrite(text: str) -> str:
     """Strip fences and a "Here is the rewrite:" line; cut a sentence left unfinished by the token limit."""
     text = _LABEL_LINE.sub("", _FENCE.sub("", text).strip(), count=1).strip().strip('"').strip()
-    ends = list(_SENTENCE_END.finditer(text))
-    text = text[: ends[-1].end()] if ends else ""
+    # the package's sentence rule ("St. Louis", "J. R. R. Tolkien" end nothing), punctuated ends only
+    ends = [e for e in sentence_ends(text) if text[:e].rstrip().rstrip(_CLOSERS).endswith((".", "!", "?", "…"))]
+    text = text[: ends[-1]] if ends else ""
     kept, seen = [], set()
-    for piece in re.split(f"({_SENTENCE_SPLIT.pattern})", text):  # sentences and their separators
-        key = normalize_answer(piece)
+    for a, b in zip([0, *ends], ends):  # each sentence with the whitespace before it
+        key = normalize_answer(text[a:b])
         if key and key in seen:  # a repeated sentence adds nothing; its first occurrence stays
-            kept.pop()  # with the separator before it
             continue
         seen.add(key)
-        kept.append(piece)
+        kept.append(text[a:b])
     return "".join(kept).strip()
 
 
 def _key_terms(text: str) -> set[str]:
     """Names and numbers: capitalised words not opening a sentence, and digit runs."""
     terms = set(re.findall(r"\b\d+\b", text))
-    for sentence in _SENTENCE_SPLIT.split(text):
+    for sentence in split_sentences(text):
         terms.update(re.findall(r"\b[A-Z][\w-]+", sentence)[1:])
     return terms
 
