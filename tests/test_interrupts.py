@@ -381,3 +381,5 @@ def test_ctrl_c_inside_a_flow_run_is_raised_only_at_safe_points(monkeypatch):
         time.sleep(5)  # no safe point comes: the fallback raises
     with pytest.raises(KeyboardInterrupt):
         ctrl_c()  # outside a flow run nothing is held
+    interrupts.check()  # and nothing recorded in a past block is raised
+    assert interrupts.interruptible(lambda: "ran")() == "ran"

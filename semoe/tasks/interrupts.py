@@ -50,8 +50,8 @@ def requested() -> bool:
 
 
 def check() -> None:
-    """A safe point: raise the Ctrl-C recorded since the block began, if any."""
-    if _requested.is_set():
+    """A safe point: inside a deferred block, raise the Ctrl-C recorded since it began."""
+    if _deferring and _requested.is_set():
         raise KeyboardInterrupt
 
 
