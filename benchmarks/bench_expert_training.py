@@ -25,7 +25,7 @@ import torch
 
 from semoe.config import SyntheticConfig
 from semoe.data.synthetic import build_encyclopedia
-from semoe.experts.expert_config import ExpertConfig
+from semoe.config import ExpertConfig
 from semoe.experts.training import (
     QA,
     TrainingItem,

@@ -18,18 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from semoe.config import apply_overrides, config_from_dict
+from semoe.config import MethodSpec, apply_overrides, config_from_dict
 from semoe.data.synthetic import build_encyclopedia
 from semoe.generation import METHODS
-from semoe.generation.base import MethodContext
+from semoe.generation.base import MethodContext, build_method
 from semoe.generation.lm import ChatLM
 from semoe.metrics import exact_match
 from semoe.retrieval import RETRIEVERS
 
 
-def run_method(name: str, questions, ctx: MethodContext) -> dict:
+def run_method(name: str, questions, ctx: MethodContext, cfg) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
-    outs = METHODS.get(name)().run(questions, ctx)
+    outs = build_method(MethodSpec(name=name), cfg).run(questions, ctx)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(questions)
     return {
@@ -67,14 +67,15 @@ def main() -> None:
         retriever = RETRIEVERS.get("tantivy")(cfg.retrieval, Path(tmp) / "index", "bench-triggered")
         retriever.build(enc.passages, total=len(enc.passages))
         model, tokenizer = load_model(cfg.model.spec, str(Path(cfg.cache.root).expanduser()), cfg.model.dtype, cfg.model.device)
-        ctx = MethodContext(cfg=cfg, lm=ChatLM(model, tokenizer, cfg.generation.system_prompt), retriever=retriever)
+        ctx = MethodContext(generation=cfg.generation, lm=ChatLM(model, tokenizer, cfg.generation.system_prompt),
+                            retrieval=cfg.retrieval, retriever=retriever)  # fmt: skip
         for m in methods:  # warm-up: first-call allocations and lazy imports
-            METHODS.get(m)().run(questions[:1], ctx)
+            build_method(MethodSpec(name=m), cfg).run(questions[:1], ctx)
         load0 = os.getloadavg()[0]
         best: dict[str, dict] = {}
         for rep in range(args.repeats):
             for m in methods:
-                r = run_method(m, questions, ctx)
+                r = run_method(m, questions, ctx, cfg)
                 print(f"repeat {rep} {m}: {r['wall']:.3f} s/q wall, {r['cpu']:.3f} s/q cpu", flush=True)
                 if m not in best or r["wall"] < best[m]["wall"]:
                     best[m] = r

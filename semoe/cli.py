@@ -58,10 +58,11 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence], fmt: str = "t
 
 
 def _load(args) -> "SemoeConfig":  # noqa: F821
+    from semoe.checks import check_config
     from semoe.config import load_config
 
     cfg = load_config(args.config, args.set)
-    cfg.check_names()
+    check_config(cfg)
     return cfg
 
 

@@ -9,21 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Literal
 
-from pydantic import BaseModel, Field
-
-WORKER_ENV = "SEMOE_WORKER_NAME"
-
-
-class GpuConfig(BaseModel, extra="forbid"):
-    """Per-GPU concurrency limits (operational: not part of the run identity)."""
-
-    limit: Literal["auto", "on", "off"] = Field(
-        "auto", description="auto: a limit when the model runs on CUDA; on: also on CPU (tests); off: none"
-    )
-    slots: int = Field(1, ge=1, description="model tasks one GPU runs at once (the limit's size when created)")
-    worker: str | None = Field(None, description=f"worker name in limit names; default env {WORKER_ENV}, else the hostname")
+from semoe.config import WORKER_ENV, GpuConfig
 
 
 def worker_name(cfg: GpuConfig) -> str:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from semoe import identity
+from semoe.checks import check_config
 from semoe.config import SemoeConfig
 from semoe.data import DataContext
 from semoe.data.schema import Example
 from semoe.generation import METHODS
-from semoe.generation.base import MethodContext, MethodOutput
+from semoe.generation.base import Method, MethodContext, MethodOutput, build_method
 from semoe.metrics import exact_match, f1_score, recall_at_k
 from semoe.storage.results import utcnow
 
@@ -36,16 +37,34 @@ def data_context(cfg: SemoeConfig) -> DataContext:
     return DataContext(synthetic=cfg.synthetic)
 
 
-def method_uses_retrieval(name: str) -> bool:
-    return METHODS.get(name).uses_retrieval
+def methods(cfg: SemoeConfig) -> dict[str, Method]:
+    """The configured methods by label, params resolved (a ``ConfigError`` for bad params)."""
+    return {spec.display_name: build_method(spec, cfg) for spec in cfg.methods}
+
+
+def method_uses_retrieval(cfg: SemoeConfig, label: str) -> bool:
+    return METHODS.get(cfg.method(label).name).uses_retrieval
 
 
 def needs_retrieval(cfg: SemoeConfig) -> bool:
-    return any(method_uses_retrieval(m) for m in cfg.methods)
+    return any(METHODS.get(m.name).uses_retrieval for m in cfg.methods)
 
 
 def needs_experts(cfg: SemoeConfig) -> bool:
-    return any(METHODS.get(m).uses_experts for m in cfg.methods)
+    return any(METHODS.get(m.name).uses_experts for m in cfg.methods)
+
+
+def expert_settings(cfg: SemoeConfig) -> list:
+    """The distinct passage-expert settings (``ExpertParams``: augment + experts) of the
+    methods that insert experts, one per setting however many methods share it."""
+    from semoe.generation.methods.parametric import ExpertParams
+
+    found: dict[str, ExpertParams] = {}
+    for method in methods(cfg).values():
+        if method.uses_experts:
+            params = ExpertParams(augment=method.params.augment, experts=method.params.experts)
+            found.setdefault(identity.digest(params.identity()), params)
+    return list(found.values())
 
 
 def expert_passages(cfg: SemoeConfig, examples: Sequence[Example], retriever) -> list:
@@ -56,11 +75,10 @@ def expert_passages(cfg: SemoeConfig, examples: Sequence[Example], retriever) ->
     return list({h.passage.id: h.passage for hs in hits for h in hs}.values())
 
 
-
 @dataclass
 class WorkItem:
     dataset: str
-    method: str
+    method: str  # the method's label
     examples: list[Example]
     answer_keys: list[str] = field(default_factory=list)  # one per example (identity.answer_key)
 
@@ -75,13 +93,13 @@ def plan_work(
     each example with the identity of its answer."""
     size = cfg.store.write_every
     items: list[WorkItem] = []
-    for method in cfg.methods:
-        scope = identity.answer_scope(cfg, method, corpus_key)
+    for spec in cfg.methods:
+        label, scope = spec.display_name, identity.answer_scope(cfg, spec, corpus_key)
         for dataset, examples in examples_by_dataset.items():
-            todo = [ex for ex in examples if (dataset, ex.id, method) not in done]
+            todo = [ex for ex in examples if (dataset, ex.id, label) not in done]
             for i in range(0, len(todo), size):
                 chunk = todo[i : i + size]
-                items.append(WorkItem(dataset, method, chunk, [identity.answer_key(scope, ex.question) for ex in chunk]))
+                items.append(WorkItem(dataset, label, chunk, [identity.answer_key(scope, ex.question) for ex in chunk]))
     return items
 
 
@@ -98,22 +116,32 @@ def split_reusable(items: list[WorkItem], stored: set[str]) -> tuple[list[WorkIt
     return reuse, answer
 
 
-def method_context(cfg: SemoeConfig, retriever=None) -> MethodContext:
+def load_lm(cfg: SemoeConfig):
+    """The configured model as a ``ChatLM`` (loaded once per process: ``load_model`` is memoised)."""
     from semoe.generation.lm import ChatLM
     from semoe.models.loading import load_model
 
+    model, tokenizer = load_model(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device)
+    return ChatLM(model, tokenizer, cfg.generation.system_prompt)
+
+
+def expert_provider(cfg: SemoeConfig, lm, params):
+    """Passage experts for ``lm`` with ``params.augment`` / ``params.experts`` (``ExpertParams``)."""
     from semoe.experts.provider import ExpertProvider
 
-    model, tokenizer = load_model(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device)
-    lm = ChatLM(model, tokenizer, cfg.generation.system_prompt)
-    return MethodContext(cfg=cfg, lm=lm, retriever=retriever, experts=ExpertProvider(cfg, lm))
+    return ExpertProvider(lm, cfg.model, params.augment, params.experts, cfg.cache.root)
 
 
-def answer_chunk(item: WorkItem, ctx: MethodContext) -> list[MethodOutput]:
-    method = METHODS.get(item.method)()
-    if method.uses_retrieval and ctx.retriever is None:
+def answer_chunk(cfg: SemoeConfig, item: WorkItem, retriever=None) -> tuple[list[MethodOutput], dict[str, list[dict]]]:
+    """(outputs of ``item``'s method, catalogue rows of the passage experts it built)."""
+    method = build_method(cfg.method(item.method), cfg)
+    if method.uses_retrieval and retriever is None:
         raise RuntimeError(f"method {item.method!r} needs a retriever but none was opened")
-    return method.run(item.examples, ctx)
+    lm = load_lm(cfg)
+    experts = expert_provider(cfg, lm, method.params) if method.uses_experts else None
+    ctx = MethodContext(generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, experts=experts)
+    outputs = method.run(item.examples, ctx)
+    return outputs, experts.drain_rows() if experts else {}
 
 
 def score(
@@ -222,7 +250,7 @@ def preflight(cfg: SemoeConfig) -> str:
     from semoe.storage.artifacts import ArtifactCache
     from semoe.storage.results import ResultStore
 
-    cfg.check_names()
+    check_config(cfg)
     ResultStore(cfg.store.path)
     ArtifactCache(cfg.cache.root).check_writable()
     ctx = data_context(cfg)

@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import semoe
+from semoe.config import MethodSpec, SemoeConfig
+from semoe.data.schema import Example
+from semoe.generation import METHODS
+from semoe.generation.base import build_method
 
 # Modules (relative to the package) whose code can change a result of each kind.
 CODE_PARTS: dict[str, tuple[str, ...]] = {
@@ -98,59 +102,30 @@ def code_version(kinds: Iterable[str] = ("answers", "scores")) -> str:
     return f"{semoe.__version__} " + " ".join(f"{k}={code_digest(k)}" for k in kinds)
 
 
-# --- settings ------------------------------------------------------------------------
-
-# Fields of a section that change how a result is computed, not what it is.
-OPERATIONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "retrieval": ("es_url", "es_index", "es_secret_block", "bulk_batch_size", "writer_heap_mb"),
-    "augment": ("batch_size", "chunk_size"),
-    "experts": ("batch_passages", "micro_batch", "measure_loss"),
-}
-# A dataset's location is not its content (the content is hashed separately).
-_DATASET_LOCATION = ("path", "hf_id")
+# --- QA answers ----------------------------------------------------------------------
 
 
-def section_identity(cfg: "SemoeConfig", name: str) -> Any:  # noqa: F821
-    """The result-deciding settings of one config section (None when the section is unset)."""
-    value = getattr(cfg, name)
-    if value is None:
-        return None
-    d = value.model_dump(mode="json")
-    for field in OPERATIONAL_FIELDS.get(name, ()):
-        d.pop(field, None)
-    return d
-
-
-def dataset_identity(ds: "DatasetConfig") -> dict:  # noqa: F821
-    d = ds.model_dump(mode="json")
-    for field in _DATASET_LOCATION:
-        d.pop(field)
-    return d
-
-
-def examples_digest(examples: Iterable["Example"]) -> str:  # noqa: F821
+def examples_digest(examples: Iterable[Example]) -> str:
     """Content of a dataset as loaded (order, ids, questions, golds, types, gold passages)."""
     return digest([ex.as_dict() for ex in examples])
 
 
-# --- QA answers ----------------------------------------------------------------------
+def _method_identity(cfg: SemoeConfig, spec: MethodSpec) -> dict:
+    """A method's name and its resolved params (``Method.resolve``), less operational fields."""
+    return {"name": spec.name, "params": build_method(spec, cfg).params.identity()}
 
 
-def method_sections(method: str) -> tuple[str, ...]:
-    from semoe.generation import METHODS
-
-    return METHODS.get(method).config_sections()
-
-
-def answer_scope(cfg: "SemoeConfig", method: str, corpus_key: str | None) -> str:  # noqa: F821
-    """Hash of everything but the question that decides ``method``'s answer: its config
-    sections, the corpus content (retrieving methods only) and the answer code."""
-    from semoe.generation import METHODS
-
-    retrieves = METHODS.get(method).uses_retrieval
+def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None) -> str:
+    """Hash of everything but the question that decides the answer of the method ``spec``:
+    its resolved params, the model and generation settings, the retrieval settings and corpus
+    content (retrieving methods only) and the answer code. Not its label: two labels with
+    the same settings share answers."""
+    retrieves = METHODS.get(spec.name).uses_retrieval
     return digest({
-        "method": method,
-        "settings": {s: section_identity(cfg, s) for s in method_sections(method)},
+        "method": _method_identity(cfg, spec),
+        "model": cfg.model.identity(),
+        "generation": cfg.generation.identity(),
+        "retrieval": cfg.retrieval.identity() if retrieves else None,
         "corpus": corpus_key if retrieves else None,
         "code": code_digest("answers"),
     })
@@ -162,22 +137,24 @@ def answer_key(scope: str, question: str) -> str:
     return digest([scope, question])
 
 
-def qa_settings(cfg: "SemoeConfig") -> dict:  # noqa: F821
-    """The settings of a QA evaluation: datasets (not their location), methods and every
-    section some method reads."""
-    sections = sorted({s for m in cfg.methods for s in method_sections(m)})
+def qa_settings(cfg: SemoeConfig) -> dict:
+    """The settings of a QA evaluation: datasets (not their location), the methods with their
+    labels and resolved params, the model, generation and (when a method retrieves) retrieval."""
+    retrieves = any(METHODS.get(m.name).uses_retrieval for m in cfg.methods)
     return {
-        "datasets": [dataset_identity(d) for d in cfg.datasets],
-        "methods": list(cfg.methods),
-        **{s: section_identity(cfg, s) for s in sections},
+        "datasets": [d.identity() for d in cfg.datasets],
+        "methods": [{"label": m.display_name, **_method_identity(cfg, m)} for m in cfg.methods],
+        "model": cfg.model.identity(),
+        "generation": cfg.generation.identity(),
+        "retrieval": cfg.retrieval.identity() if retrieves else None,
     }
 
 
-def qa_config_hash(cfg: "SemoeConfig") -> str:  # noqa: F821
+def qa_config_hash(cfg: SemoeConfig) -> str:
     return digest(qa_settings(cfg))
 
 
-def qa_run_id(cfg: "SemoeConfig", examples: dict[str, list], corpus_key: str | None) -> str:  # noqa: F821
+def qa_run_id(cfg: SemoeConfig, examples: dict[str, list], corpus_key: str | None) -> str:
     """A QA run is one evaluation of exactly these inputs: settings, the datasets' content
     (``examples`` by dataset name), the corpus content and the answer and scoring code. Any
     change is a new run; its unchanged answers are copied from earlier runs (``answer_key``)."""
@@ -193,25 +170,25 @@ def qa_run_id(cfg: "SemoeConfig", examples: dict[str, list], corpus_key: str | N
 # --- routing cells -------------------------------------------------------------------
 
 
-def routing_settings(cfg: "SemoeConfig") -> dict:  # noqa: F821
+def routing_settings(cfg: SemoeConfig) -> dict:
     """The settings of a routing evaluation: the ``routing:`` section, plus the dataset and
     generation settings of its QA scoring when it has one. Nothing of the QA methods."""
     routing = cfg.routing
-    settings: dict[str, Any] = {"routing": section_identity(cfg, "routing")}
+    settings: dict[str, Any] = {"routing": routing.identity() if routing is not None else None}
     if routing is not None and routing.qa is not None:
         dataset = next((d for d in cfg.datasets if d.display_name == routing.qa.dataset), None)
         settings["qa"] = {
-            "dataset": dataset_identity(dataset) if dataset else None,
-            "generation": section_identity(cfg, "generation"),
+            "dataset": dataset.identity() if dataset else None,
+            "generation": cfg.generation.identity(),
         }
     return settings
 
 
-def routing_config_hash(cfg: "SemoeConfig") -> str:  # noqa: F821
+def routing_config_hash(cfg: SemoeConfig) -> str:
     return digest(routing_settings(cfg))
 
 
-def routing_run_id(cfg: "SemoeConfig", corpus_key: str, qa_examples: list) -> str:  # noqa: F821
+def routing_run_id(cfg: SemoeConfig, corpus_key: str, qa_examples: list) -> str:
     """Routing settings, the content of the corpus its texts come from, the QA questions'
     content and the routing code. Cells stored by earlier runs are copied (``routing_cell_key``)."""
     return digest({
@@ -228,7 +205,7 @@ _GRID_FIELDS = ("models", "policies", "mode", "baseline")
 
 
 def routing_cell_key(
-    cfg: "SemoeConfig", model: dict, policy: dict, mode: str, corpus_key: str, qa_examples: list  # noqa: F821
+    cfg: SemoeConfig, model: dict, policy: dict, mode: str, corpus_key: str, qa_examples: list
 ) -> str:
     """Identity of one routing cell: its model and policy settings and mode, the settings every
     cell shares (texts, lengths, dtype, QA), the corpus and QA content and the routing code;

@@ -13,11 +13,13 @@ import importlib
 import pkgutil
 from typing import Callable, Generic, TypeVar
 
+from semoe.config import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """A config named a method/dataset/retriever that is not registered."""
+class UnknownNameError(ConfigError, KeyError):
+    """A config named a method/dataset/retriever that is not registered (a config error)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return self.args[0]

@@ -133,6 +133,11 @@ def resolve_run_id(store: ResultStore, run_id: str) -> str:
     raise UnknownRunError(f"no run {run_id!r} in {store.path}{hint}")
 
 
+def _method_label(method: str | dict) -> str:
+    """A stored config's method: a bare name (stores before methods had params), or a spec."""
+    return method if isinstance(method, str) else method.get("label") or method["name"]
+
+
 def _run_facts(store: ResultStore, run_id: str, routing_models: Sequence[str]) -> tuple[str, list[tuple[str, str]]]:
     """Title and header lines: the run row's status and identity, what an evaluation run
     answered with (from its config) when it has predictions, the models of a routing run."""
@@ -157,7 +162,7 @@ def _run_facts(store: ResultStore, run_id: str, routing_models: Sequence[str]) -
                 ("model", f"`{cfg.get('model', {}).get('spec')}`"),
                 ("retriever", f"`{retrieval.get('backend')}` (top-{retrieval.get('top_k')})"),
                 ("corpus", f"`{corpus.get('format')}{':' + corpus['path'] if corpus.get('path') else ''}`"),
-                ("methods", ", ".join(cfg.get("methods", []))),
+                ("methods", ", ".join(_method_label(m) for m in cfg.get("methods", []))),
             ]
     if routing_models:
         facts.append(("routed models", ", ".join(routing_models)))

@@ -82,3 +82,25 @@ def result_tables(store_path, tables) -> dict[str, list[dict]]:
 
     store = ResultStore(store_path)
     return {name: store.query(RESULT_QUERIES[name]) for name in tables}
+
+
+def seed_augmentations(cfg) -> int:
+    """Cache a usable augmentation (one QA pair naming the title) for every corpus passage of
+    ``cfg``, as if the LLM had written it: a tiny random model cannot, and experts are then
+    trained from these. Returns the number of passages seeded."""
+    from semoe.data import DataContext
+    from semoe.data.loading import iter_passages
+    from semoe.experts import augment
+    from semoe.storage.artifacts import ArtifactCache
+
+    a, cache, n = cfg.augment, ArtifactCache(cfg.cache.root), 0
+    for p in iter_passages(cfg.corpus, DataContext(synthetic=cfg.synthetic)):
+        qa = augment.QAPair(f"What is {p.title}?", p.title, f"It is {p.title}.")
+        record = augment.Augmentation(p.id, augment.passage_hash(p.text), cfg.model.spec, augment.PROMPT_VERSION,
+                                      "ok", rewrites=[p.text] * a.n_rewrites, qa=[qa] * a.n_qa)  # fmt: skip
+        cache.get_or_build(
+            augment.CACHE_KIND, augment.augmentation_key(record.passage_text_hash, cfg.model.spec, a.n_qa, a.n_rewrites),
+            lambda out, r=record: (out / augment.CACHE_FILE).write_text(r.to_json(), encoding="utf-8") and None,
+        )
+        n += 1
+    return n

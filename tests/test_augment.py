@@ -24,7 +24,7 @@ from semoe.experts.augment import (
     _rewrite_complete,
     parse_qa_pairs,
 )
-from semoe.experts.augment_config import AugmentConfig
+from semoe.config import AugmentConfig
 from semoe.generation.lm import ChatLM
 from semoe.metrics import normalize_answer
 from semoe.storage.artifacts import ArtifactCache

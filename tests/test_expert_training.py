@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from semoe.storage.results import migrate
-from semoe.experts.expert_config import ExpertConfig
+from semoe.config import ExpertConfig
 from semoe.experts.format import load_expert, save_expert
 from semoe.experts.training import (
     IGNORE,

@@ -68,11 +68,11 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
 def test_failing_run_is_marked_failed_not_finished(tiny_config, prefect_api, monkeypatch):
     from semoe.flows.pipeline import evaluate
 
-    def broken(item, ctx):
+    def broken(cfg, item, retriever=None):
         raise RuntimeError(f"method {item.method} broke")
 
     monkeypatch.setattr("semoe.evaluation.answer_chunk", broken)
-    cfg = tiny_config.model_copy(update={"methods": ["no-retrieval"]})
+    cfg = SemoeConfig.model_validate({**tiny_config.model_dump(), "methods": ["no-retrieval"]})
     with pytest.raises(RuntimeError, match="no-retrieval broke"):
         evaluate(cfg)
     rows = ResultStore(cfg.store.path).query("select status, error from runs")
@@ -89,3 +89,40 @@ def test_bad_dataset_fails_before_a_run_is_registered(tiny_config, tmp_path, pre
     with pytest.raises(DataFormatError, match="missing.json"):
         evaluate(cfg)
     assert ResultStore(cfg.store.path).query("select count(*) n from runs") == [{"n": 0}]
+
+
+def test_one_config_sweeps_method_params_as_labelled_rows(tmp_path, tiny_lm_dir, prefect_api):
+    """Two DRAGIN thresholds and two LoRA ranks in one config: four labelled rows, each
+    method run with its own settings (threshold 0 always retrieves, a huge one never does;
+    each rank trains its own experts)."""
+    from helpers import seed_augmentations
+
+    from semoe.flows.pipeline import pipeline
+
+    cfg = SemoeConfig.model_validate({
+        "name": "sweep-test",
+        "synthetic": {"seed": 3, "n_entities": 10, "n_questions": 3},
+        "model": {"spec": tiny_lm_dir},
+        "generation": {"max_new_tokens": 6, "batch_size": 4, "few_shot": 0},
+        "retrieval": {"top_k": 1},
+        "trigger": {"max_retrievals": 1},
+        "methods": [
+            {"name": "dragin", "label": "dragin-t0", "params": {"hallucination_threshold": 0.0}},
+            {"name": "dragin", "label": "dragin-t1e9", "params": {"hallucination_threshold": 1e9}},
+            {"name": "prag", "label": "prag-r2", "params": {"experts": {"rank": 2}}},
+            {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}},
+        ],
+        "store": {"path": str(tmp_path / "results.duckdb")},
+        "cache": {"root": str(tmp_path / "cache")},
+    })  # fmt: skip
+    seed_augmentations(cfg)
+    result = pipeline(cfg)
+    store = ResultStore(cfg.store.path)
+    board = {r["method"]: r for r in result["leaderboard"]}
+    assert set(board) == {"dragin-t0", "dragin-t1e9", "prag-r2", "prag-r4"} and all(r["n"] == 3 for r in board.values())
+    assert board["dragin-t0"]["retrievals_per_question"] == 1.0
+    assert board["dragin-t1e9"]["retrievals_per_question"] == 0.0
+    ranks = store.query("select rank, count(*) n from experts group by 1 order by 1")
+    assert [r["rank"] for r in ranks] == [2, 4] and ranks[0]["n"] == ranks[1]["n"] > 0
+    keys = store.query("select method, count(distinct answer_key) k from predictions group by 1 order by 1")
+    assert all(r["k"] == 3 for r in keys)

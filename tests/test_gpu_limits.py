@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from semoe.concurrency import GpuConfig, gpu_limit_names, model_device
+from semoe.config import GpuConfig
+from semoe.concurrency import gpu_limit_names, model_device
 from semoe.config import SemoeConfig
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from semoe.moe_lm.config import MoeLMConfig
+from semoe.config import MoeLMConfig
 from semoe.moe_lm.inference import generate
 from semoe.moe_lm.model import MoeLM, load_balancing_loss
 from semoe.moe_lm.routers import RouterCarry, SemoeLinearRouter, SemoeRecurrentRouter, build_cell

@@ -19,6 +19,7 @@ def setup(tmp_path_factory, tiny_lm_dir):
     cfg = SemoeConfig.model_validate(
         {
             "synthetic": {"seed": 5, "n_entities": 10, "n_questions": 3},
+            "methods": ["prag", "combine", "semoe", "semoe-icl"],
             "model": {"spec": tiny_lm_dir},
             "generation": {"max_new_tokens": 6, "few_shot": 0},
             "augment": {"max_attempts": 1, "rewrite_max_new_tokens": 8, "qa_max_new_tokens": 8},
@@ -27,34 +28,31 @@ def setup(tmp_path_factory, tiny_lm_dir):
         }
     )
     info = build_index(cfg)
-    ctx = evaluation.method_context(cfg, open_retriever(cfg, info.corpus_key))
-    return cfg, ctx, load_examples(cfg.datasets[0], evaluation.data_context(cfg))
+    return cfg, open_retriever(cfg, info.corpus_key), load_examples(cfg.datasets[0], evaluation.data_context(cfg))
 
 
 @pytest.mark.parametrize("method", ["prag", "combine", "semoe", "semoe-icl"])
 def test_expert_methods_answer_every_question_when_augmentation_fails(setup, method):
-    cfg, ctx, examples = setup
-    outputs = evaluation.answer_chunk(evaluation.WorkItem("synthetic", method, examples), ctx)
+    cfg, retriever, examples = setup
+    outputs, catalogue = evaluation.answer_chunk(cfg, evaluation.WorkItem("synthetic", method, examples), retriever)
     rows = evaluation.to_rows("run", "synthetic", method, examples, outputs)
     assert len(rows["predictions"]) == len(examples)
     assert all(r["retrieval_count"] >= 1 for r in rows["predictions"])
     if method.startswith("semoe"):
         assert len(rows["trigger_events"]) == len(examples)  # threshold 0: the first sentence triggers
-    catalogue = ctx.experts.drain_rows()
-    assert ctx.experts.trained == 0
+    assert catalogue["experts"] == []  # nothing trained
     assert all(r["status"] == "failed" and r["reason"] for r in catalogue["augmentations"])
 
 
 def test_semoe_trains_missing_experts_while_decoding(tmp_path, tiny_lm_dir):
     """SEMoE meets passages no offline step saw: their experts are trained on demand from
     inside the decoding loop (which runs under inference mode) and inserted."""
-    from semoe.data.loading import iter_passages
-    from semoe.experts import augment
-    from semoe.storage.artifacts import ArtifactCache
+    from helpers import seed_augmentations
 
     cfg = SemoeConfig.model_validate(
         {
             "synthetic": {"seed": 5, "n_entities": 10, "n_questions": 2},
+            "methods": ["semoe"],
             "model": {"spec": tiny_lm_dir},
             "generation": {"max_new_tokens": 6, "few_shot": 0},
             "trigger": {"hallucination_threshold": 0.0, "max_retrievals": 1},
@@ -62,19 +60,11 @@ def test_semoe_trains_missing_experts_while_decoding(tmp_path, tiny_lm_dir):
             "cache": {"root": str(tmp_path / "cache")},
         }
     )
-    a = cfg.augment
-    for p in iter_passages(cfg.corpus, evaluation.data_context(cfg)):  # the tiny model cannot write QA pairs
-        qa = augment.QAPair(f"What is {p.title}?", p.title, f"It is {p.title}.")
-        record = augment.Augmentation(p.id, augment.passage_hash(p.text), cfg.model.spec, augment.PROMPT_VERSION,
-                                      "ok", rewrites=[p.text] * a.n_rewrites, qa=[qa] * a.n_qa)
-        ArtifactCache(cfg.cache.root).get_or_build(
-            augment.CACHE_KIND, augment.augmentation_key(record.passage_text_hash, cfg.model.spec, a.n_qa, a.n_rewrites),
-            lambda out, r=record: (out / augment.CACHE_FILE).write_text(r.to_json()) and None,
-        )
+    seed_augmentations(cfg)  # the tiny model cannot write QA pairs
     info = build_index(cfg)
-    ctx = evaluation.method_context(cfg, open_retriever(cfg, info.corpus_key))
     examples = load_examples(cfg.datasets[0], evaluation.data_context(cfg))
-    outputs = evaluation.answer_chunk(evaluation.WorkItem("synthetic", "semoe", examples), ctx)
+    item = evaluation.WorkItem("synthetic", "semoe", examples)
+    outputs, catalogue = evaluation.answer_chunk(cfg, item, open_retriever(cfg, info.corpus_key))
     assert len(outputs) == len(examples) and all(o.retrievals for o in outputs)
-    assert ctx.experts.trained >= 1
-    assert all(r["status"] == "ok" for r in ctx.experts.drain_rows()["experts"] if "status" in r)
+    assert len(catalogue["experts"]) >= 1  # trained on demand
+    assert all(r["status"] == "ok" for r in catalogue["experts"] if "status" in r)

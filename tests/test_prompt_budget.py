@@ -23,7 +23,7 @@ from semoe.generation.prompts import (
     build_messages,
     fit_messages,
 )
-from semoe.generation.trigger_config import TriggerConfig
+from semoe.generation.methods.dynamic import TriggeredMethod
 from semoe.retrieval.base import Hit
 
 # --------------------------------------------------------------------------- fitting order (word tokens)
@@ -158,13 +158,17 @@ SHORT = [Passage("s1", "Quorvanthe", "Quorvanthe is a river town famous for glas
 
 
 def context(lm, passages, few_shot=2, **generation):
-    cfg = SimpleNamespace(
-        generation=GenerationConfig(max_new_tokens=NEW, few_shot=few_shot, batch_size=2, **generation),
-        retrieval=RetrievalConfig(top_k=3),
-        trigger=TriggerConfig(max_retrievals=1),
-    )
     experts = SimpleNamespace(experts_for=lambda passages: [])  # prag/combine: no expert (as when augmentation fails)
-    return MethodContext(cfg=cfg, lm=lm, retriever=FixedRetriever(passages), experts=experts)
+    return MethodContext(
+        generation=GenerationConfig(max_new_tokens=NEW, few_shot=few_shot, batch_size=2, **generation), lm=lm,
+        retrieval=RetrievalConfig(top_k=3), retriever=FixedRetriever(passages), experts=experts,
+    )
+
+
+def make_method(name: str):
+    """``name`` with one retrieval at most (triggered methods)."""
+    cls = METHODS.get(name)
+    return cls(cls.Params(max_retrievals=1)) if issubclass(cls, TriggeredMethod) else cls()
 
 
 def example(question: str, i: int = 0) -> Example:
@@ -201,7 +205,7 @@ def test_huge_passage_is_cut_to_the_passage_budget_on_a_token_boundary(lm):
 
     ctx = context(lm, [huge, *SHORT])  # the default budget: 512 tokens a passage, context 2048
     lm.positions.clear()
-    (res,) = METHODS.get("single-retrieval")().run([example("Who built the tower?")], ctx)
+    (res,) = make_method("single-retrieval").run([example("Who built the tower?")], ctx)
     assert res.truncated and res.extra["truncation"]["cut_passages"] == ["huge"] and res.error is None
     assert 512 < res.prompt_tokens <= 2048 - NEW and max(lm.positions) < 2048
 
@@ -209,7 +213,7 @@ def test_huge_passage_is_cut_to_the_passage_budget_on_a_token_boundary(lm):
 @pytest.mark.parametrize("method", ["single-retrieval", "fix-sentence-retrieval", "combine"])
 def test_every_method_fits_its_prompt_to_the_total_budget(small_context, method):
     lm = small_context
-    (out,) = METHODS.get(method)().run([example("Who built the tall tower?")], context(lm, LONG))
+    (out,) = make_method(method).run([example("Who built the tall tower?")], context(lm, LONG))
     assert out.error is None and out.generated_tokens > 0 and out.truncated
     assert out.extra["truncation"] == {"cut_passages": ["p0", "p1", "p2"], "dropped_passages": [], "dropped_shots": 0}
     assert max(lm.positions) < CONTEXT  # prompt and reply within the model's context
@@ -219,7 +223,7 @@ def test_without_passages_few_shot_turns_are_dropped(small_context):
     lm = small_context
     question = "Which tower " + prose("Tall", 280) + "?"  # 336 tokens alone, 388 with one shot, 438 with two
     for method in ["no-retrieval", "prag", "fix-sentence-retrieval"]:
-        (out,) = METHODS.get(method)().run([example(question)], context(lm, []))
+        (out,) = make_method(method).run([example(question)], context(lm, []))
         assert out.error is None and out.truncated and out.extra["truncation"]["dropped_shots"] == 1, method
     assert max(lm.positions) < CONTEXT
 
@@ -232,9 +236,9 @@ def test_question_that_cannot_fit_is_an_error_row_without_generation(small_conte
     lm = small_context
     examples = [example("Who built the tall tower?", 0), example("Which " + prose("Tower", 5000) + "?", 1)]
     ctx = context(lm, LONG)
-    alone = METHODS.get(method)().run(examples[:1], ctx)[0]
+    alone = make_method(method).run(examples[:1], ctx)[0]
     lm.positions.clear()
-    ok, bad = METHODS.get(method)().run(examples, ctx)
+    ok, bad = make_method(method).run(examples, ctx)
     assert max(lm.positions) < CONTEXT  # the long question never reached the model
     assert (ok.raw_output, ok.prompt_tokens, ok.error) == (alone.raw_output, alone.prompt_tokens, None)
     assert bad.error.startswith(f"the question does not fit the prompt budget of {CONTEXT - NEW} tokens "
@@ -267,13 +271,13 @@ def test_prompts_under_budget_are_unchanged_token_for_token(lm, monkeypatch, few
     alone = build_messages(question, None, few_shot=0, cot=cot)  # triggered methods measure it before starting
     for method in ["no-retrieval", "single-retrieval", "fix-sentence-retrieval", "dragin", "combine", "prag"]:
         rendered.clear()
-        (out,) = METHODS.get(method)().run([example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot))
+        (out,) = make_method(method).run([example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot))
         assert not out.truncated and out.error is None and "truncation" not in out.extra
         assert rendered and all(m in expected or m == alone for m in rendered), method
         assert out.prompt_tokens in (sizes[0], sizes[1], sum(sizes)), method  # what the model was fed
     # and the reply is the one generated from the unfitted prompt
     rendered.clear()
-    (out,) = METHODS.get("single-retrieval")().run([example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot))
+    (out,) = make_method("single-retrieval").run([example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot))
     (direct,) = lm.generate([expected[0]], NEW)
     assert (out.raw_output, out.prompt_tokens) == (direct.text, direct.prompt_tokens)
 

@@ -24,9 +24,8 @@ def test_single_retrieval_beats_no_retrieval_on_synthetic_questions(tmp_path, mo
     info = build_index(index_cfg)
     retriever = open_retriever(index_cfg, info.corpus_key)
     examples = load_examples(index_cfg.datasets[0], evaluation.data_context(index_cfg))
-    ctx = evaluation.method_context(model_cfg, retriever)
     em = {}
     for method in ("no-retrieval", "single-retrieval"):
-        outs = evaluation.answer_chunk(evaluation.WorkItem("synthetic", method, examples), ctx)
+        outs, _ = evaluation.answer_chunk(model_cfg, evaluation.WorkItem("synthetic", method, examples), retriever)
         em[method] = sum(exact_match(o.prediction, ex.answers) for o, ex in zip(outs, examples)) / len(examples)
     assert em["single-retrieval"] > em["no-retrieval"] + 0.1, em

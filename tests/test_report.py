@@ -90,7 +90,7 @@ def store_path(tmp_path_factory) -> str:
     store.start_run(RUN_ID, cfg.name, cfg.config_hash(), "test", json.dumps(cfg.model_dump(mode="json")))
     for dataset in ("synthetic", "popqa"):
         examples = _examples(dataset)
-        for method in cfg.methods:
+        for method in methods:
             store.write_predictions(to_rows(RUN_ID, dataset, method, examples, [_output(method, i) for i in range(6)]))
     experts = [_expert_row(cfg, p, cfg.experts.rank, n) for p, n in EXPERT_BYTES.items()]
     experts.append(_expert_row(cfg, "p1", cfg.experts.rank + 6, 99_999))  # other hyperparameters: not this run's

@@ -204,7 +204,7 @@ def test_mirror_router_interface_is_checked():
 
 def test_semoe_moe_lm_routers_are_supported():
     moe_lm = pytest.importorskip("semoe.moe_lm.model")
-    from semoe.moe_lm.config import MoeLMConfig
+    from semoe.config import MoeLMConfig
 
     for router_type in ("linear", "gru"):
         torch.manual_seed(0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
 
-from semoe.routing.config import RoutingEvalConfig
+from semoe.config import RoutingEvalConfig
 from semoe.routing.evaluation import (
     ROUTING_LAYER_STATS_COLUMNS,
     ROUTING_RUNS_COLUMNS,
@@ -137,8 +137,15 @@ def test_policy_key_is_stable():
 
 
 def test_config_validates_policies():
+    from semoe.checks import check_config
+    from semoe.config import SemoeConfig
+
+    def check(policies, **routing):
+        check_config(SemoeConfig.model_validate({"routing": {"models": ["m"], "policies": policies, **routing}}))
+
     cfg = RoutingEvalConfig(models=["m"], policies=[{"name": "bh", "params": {"alpha": 0.2}}, {"name": "roe"}])
     assert [p.display_name for p in cfg.policies] == ["bh", "roe"] and cfg.eval_texts == 64
+    check([{"name": "bh", "params": {"alpha": 0.2}}, {"name": "roe"}])
     bad = [
         ({"name": "nope"}, "unknown routing policy 'nope'"),
         ({"name": "bh", "params": {"alpha": 2}}, "alpha"),
@@ -146,15 +153,14 @@ def test_config_validates_policies():
     ]
     for spec, message in bad:
         with pytest.raises(ValueError, match=message):
-            RoutingEvalConfig(models=["m"], policies=[spec])
+            check([spec])
     with pytest.raises(ValueError, match="calibration_texts > 0"):
-        RoutingEvalConfig(models=["m"], policies=[{"name": "bh", "params": {"p_values": "calibrated"}}],
-                          calibration_texts=0)  # fmt: skip
+        check([{"name": "bh", "params": {"p_values": "calibrated"}}], calibration_texts=0)
 
 
 def test_importing_the_package_stays_light():
     code = (
-        "import sys, semoe.routing as r, semoe.routing.config, semoe.routing.evaluation;"
+        "import sys, semoe.routing as r, semoe.config, semoe.routing.evaluation;"
         "r.POLICIES.names(); r.ADAPTERS.names();"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
     )
@@ -163,7 +169,7 @@ def test_importing_the_package_stays_light():
 
 def test_semoe_moe_lm_through_the_evaluation_helpers():
     moe_lm = pytest.importorskip("semoe.moe_lm.model")
-    from semoe.moe_lm.config import MoeLMConfig
+    from semoe.config import MoeLMConfig
 
     torch.manual_seed(0)
     cfg = MoeLMConfig(d_model=32, n_layers=2, num_heads=4, num_experts=4, k=2, ffn_hidden_dim=32, max_seq_len=64,

@@ -12,9 +12,11 @@ import torch
 from test_routing_adapters import one_thread  # noqa: F401
 from test_routing_eval import read_png
 
+from semoe.checks import check_config
 from semoe.config import ConfigError, SemoeConfig
 from semoe.identity import routing_config_hash
-from semoe.routing.config import PolicySpec, RoutingEvalConfig
+from semoe.config import PolicySpec, RoutingEvalConfig
+from semoe.routing.base import make_policy
 from semoe.routing.grid import Cell, grid_cells, plan_cells, split_texts
 from semoe.storage.results import ResultStore, migrate
 from semoe.storage.schema import MIGRATIONS
@@ -50,20 +52,23 @@ def test_migration_3_upgrades_a_version_2_store(tmp_path):
 def test_routing_section_validation():
     ok = RoutingEvalConfig(models=["some/hub-id", {"moe_lm": TINY_MOE_LM}], policies=POLICIES)
     assert [m.display_name for m in ok.models] == ["some/hub-id", "moe-lm-gru"]
-    assert [p.setting for p in ok.policies] == ["k=3", "alpha=0.2 calibrated", "K=2 tau=1.0"]
+    assert [make_policy(p).setting() for p in ok.policies] == ["k=3", "alpha=0.2 calibrated", "K=2 tau=1.0"]
     bad = [
         ({"models": [{"spec": "x", "moe_lm": TINY_MOE_LM}]}, "exactly one of"),
         ({"models": ["x", "x"]}, "unique"),
         ({"models": ["x"], "policies": [POLICIES[0], POLICIES[0]]}, "listed twice"),
-        ({"models": ["x"], "policies": [POLICIES[1]], "calibration_texts": 0}, "calibration_texts"),
-        ({"models": ["x"], "policies": [{"name": "bh", "params": {"alpha": 3}}]}, "alpha"),
     ]
     for fields, message in bad:
         with pytest.raises(ValueError, match=message):
             RoutingEvalConfig(**fields)
-    cfg = SemoeConfig.model_validate({"routing": {"models": ["x"], "qa": {"dataset": "nq"}}})
-    with pytest.raises(ConfigError, match="routing.qa.dataset 'nq'"):
-        cfg.check_names()
+    checked = [  # what only the registered policies know: checked with the registries (semoe.checks)
+        ({"models": ["x"], "policies": [POLICIES[1]], "calibration_texts": 0}, "calibration_texts"),
+        ({"models": ["x"], "policies": [{"name": "bh", "params": {"alpha": 3}}]}, r"'bh' \(bh\) params: alpha"),
+        ({"models": ["x"], "qa": {"dataset": "nq"}}, "routing.qa.dataset 'nq'"),
+    ]
+    for fields, message in checked:
+        with pytest.raises(ConfigError, match=message):
+            check_config(SemoeConfig.model_validate({"routing": fields}))
     assert SemoeConfig().config_hash() == SemoeConfig.model_validate({"routing": None}).config_hash()
 
 

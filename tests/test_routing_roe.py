@@ -73,7 +73,7 @@ def test_roe_refuses_what_it_cannot_do():
 def test_roe_on_the_small_moe_lm(router_type):
     """MoeLM runs the K copies as batch rows; only the clean row's keys, values and recurrent
     router state are kept, so τ = 0 is greedy decoding and the cache is the clean path's."""
-    from semoe.moe_lm.config import MoeLMConfig
+    from semoe.config import MoeLMConfig
     from semoe.moe_lm.model import MoeLM
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import pytest
 
 import semoe
 from semoe import identity
-from semoe.config import SemoeConfig, load_config
+from semoe.config import MethodSpec, SemoeConfig, load_config
 from semoe.metrics import exact_match, f1_score
 from semoe.storage.results import ResultStore
 
@@ -158,13 +158,21 @@ def test_unrelated_sections_leave_each_job_identity_alone():
     assert identity.qa_run_id(with_routing, examples, "c") == identity.qa_run_id(demo, examples, "c")
     # sections only some methods read: experts settings matter to prag, not to no-retrieval
     ranked = load_config(CONFIGS / "demo.yaml", ["experts.rank=4"])
-    assert identity.answer_scope(ranked, "no-retrieval", "c") == identity.answer_scope(demo, "no-retrieval", "c")
-    assert identity.answer_scope(ranked, "prag", "c") != identity.answer_scope(demo, "prag", "c")
+
+    def scope(cfg, name, corpus="c", **spec):
+        return identity.answer_scope(cfg, MethodSpec(name=name, **spec), corpus)
+
+    assert scope(ranked, "no-retrieval") == scope(demo, "no-retrieval")
+    assert scope(ranked, "prag") != scope(demo, "prag")
+    # a method's own params decide its answers; its label does not
+    assert scope(demo, "prag", params={"experts": {"rank": 4}}) == scope(ranked, "prag")
+    assert scope(demo, "dragin", label="d2", params={"hallucination_threshold": 2}) != scope(demo, "dragin")
+    assert scope(demo, "dragin", label="renamed") == scope(demo, "dragin")
     # the corpus decides retrieving methods' answers only; operational settings decide nothing
-    assert identity.answer_scope(demo, "no-retrieval", "c1") == identity.answer_scope(demo, "no-retrieval", "c2")
-    assert identity.answer_scope(demo, "single-retrieval", "c1") != identity.answer_scope(demo, "single-retrieval", "c2")
+    assert scope(demo, "no-retrieval", "c1") == scope(demo, "no-retrieval", "c2")
+    assert scope(demo, "single-retrieval", "c1") != scope(demo, "single-retrieval", "c2")
     moved = load_config(CONFIGS / "demo.yaml", ["retrieval.es_url=http://elsewhere:9200", "augment.chunk_size=3"])
-    assert identity.answer_scope(moved, "prag", "c") == identity.answer_scope(demo, "prag", "c")
+    assert scope(moved, "prag") == scope(demo, "prag")
 
 
 def test_a_dataset_is_identified_by_its_content_not_its_location(tmp_path):

@@ -19,7 +19,8 @@ from semoe.storage.results import migrate
 from semoe.config import GenerationConfig, RetrievalConfig
 from semoe.generation import METHODS
 from semoe.generation.base import MethodContext
-from semoe.generation.trigger_config import TriggerConfig, trigger_config
+from semoe.config import ConfigError, MethodSpec, SemoeConfig, TriggerConfig
+from semoe.generation.base import build_method
 from semoe.generation.triggered import (
     FixLength,
     FixSentence,
@@ -203,10 +204,14 @@ def test_query_fallbacks_and_qfs():
 # --------------------------------------------------------------------------- config, storage, registry
 
 
-def test_trigger_config_defaults_and_validation():
-    assert trigger_config(SimpleNamespace(cfg=SimpleNamespace())) == TriggerConfig()
-    tc = TriggerConfig(query_formulation="last_sentence", fix_length=8)
-    assert trigger_config(SimpleNamespace(cfg=SimpleNamespace(trigger=tc))) is tc
+def test_trigger_params_default_from_the_trigger_section_per_method():
+    assert METHODS.get("dragin")().params == TriggerConfig()
+    cfg = SemoeConfig(trigger={"query_formulation": "last_sentence", "fix_length": 8})
+    dragin = build_method(MethodSpec(name="dragin", params={"hallucination_threshold": 1.5}), cfg)
+    assert (dragin.params.hallucination_threshold, dragin.params.fix_length) == (1.5, 8)
+    assert build_method(MethodSpec(name="token"), cfg).params == cfg.trigger
+    with pytest.raises(ConfigError, match=r"methods: 'strict' \(dragin\) params: hallucination_thresold: Extra"):
+        build_method(MethodSpec(name="dragin", label="strict", params={"hallucination_thresold": 1}), cfg)
     with pytest.raises(ValueError):
         TriggerConfig(nonsense=1)
     with pytest.raises(ValueError):
@@ -530,17 +535,17 @@ def test_recorded_attention_matches_eager_attention(tiny_lm_dir):
 
 
 def test_method_runs_on_a_context_without_trigger_section(tiny):
-    cfg = SimpleNamespace(generation=GenerationConfig(max_new_tokens=8, few_shot=1), retrieval=RetrievalConfig(top_k=2))
-    retriever = WordRetriever()
-    ctx = MethodContext(cfg=cfg, lm=tiny, retriever=retriever)
+    ctx = MethodContext(generation=GenerationConfig(max_new_tokens=8, few_shot=1), lm=tiny,
+                        retrieval=RetrievalConfig(top_k=2), retriever=WordRetriever())  # fmt: skip
     examples = [SimpleNamespace(question="Where is Quorvanthe?"), SimpleNamespace(question="Who founded Meridel Abbey?")]
     outs = METHODS.get("dragin")().run(examples, ctx)
     assert len(outs) == 2 and all(0 < o.generated_tokens == o.extra["tokens"] <= 16 for o in outs)
     assert all(len(o.retrievals) == len(o.extra["trigger_events"]) >= 1 for o in outs)
     assert all(len(step.hits) <= 2 for o in outs for step in o.retrievals)
     assert set(outs[0].latency) == {"retrieve", "generate"}
-    ctx.cfg.trigger = TriggerConfig(max_retrievals=0, generate_max_length=5)
-    (out,) = METHODS.get("fix-sentence-retrieval")().run(examples[:1], ctx)
+    (out,) = METHODS.get("fix-sentence-retrieval")(TriggerConfig(max_retrievals=0, generate_max_length=5)).run(
+        examples[:1], ctx
+    )
     assert out.retrievals == [] and 0 < out.generated_tokens <= 5
 
 
@@ -549,7 +554,7 @@ def test_method_runs_on_a_context_without_trigger_section(tiny):
 
 @pytest.mark.slow
 def test_dragin_and_token_end_to_end(model_cache_root, tmp_path):
-    from semoe.config import SemoeConfig, SyntheticConfig
+    from semoe.config import SyntheticConfig
     from semoe.data.synthetic import build_encyclopedia
     from semoe.evaluation import to_rows
     from semoe.generation.lm import ChatLM
@@ -560,7 +565,8 @@ def test_dragin_and_token_end_to_end(model_cache_root, tmp_path):
     retriever = RETRIEVERS.get("tantivy")(RetrievalConfig(), tmp_path / "index", "trig-test")
     retriever.build(enc.passages)
     model, tok = load_model("smollm2-135m-instruct", model_cache_root)
-    ctx = MethodContext(cfg=SemoeConfig(), lm=ChatLM(model, tok), retriever=retriever)
+    ctx = MethodContext(generation=GenerationConfig(), lm=ChatLM(model, tok), retrieval=RetrievalConfig(),
+                        retriever=retriever)  # fmt: skip
     for method in ["dragin", "token"]:
         outs = METHODS.get(method)().run(enc.questions, ctx)
         tables = to_rows("run", "synthetic", method, enc.questions, outs)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Literal, Sequence
 
 from semoe.data.schema import Passage
-from semoe.experts.augment_config import AugmentConfig
+from semoe.config import AugmentConfig
 from semoe.generation.answer import sentence_ends, split_sentences
 from semoe.generation.lm import ChatLM, Message
 from semoe.metrics import normalize_answer

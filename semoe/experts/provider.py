@@ -16,15 +16,23 @@ from semoe.experts.format import LoraExpert
 from semoe.storage.artifacts import ArtifactCache
 
 if TYPE_CHECKING:
-    from semoe.config import SemoeConfig
+    from semoe.config import AugmentConfig, ExpertConfig, ModelConfig
     from semoe.generation.lm import ChatLM
 
 
 class ExpertProvider:
-    def __init__(self, cfg: "SemoeConfig", lm: "ChatLM"):
-        self.cfg = cfg
+    """Experts of passages for ``lm`` (the model of ``model``), made with ``augment`` and
+    ``experts`` settings, cached under ``cache_root``."""
+
+    def __init__(
+        self, lm: "ChatLM", model: "ModelConfig", augment: "AugmentConfig", experts: "ExpertConfig", cache_root: str
+    ):
         self.lm = lm
-        self.cache = ArtifactCache(cfg.cache.root)
+        self.model = model
+        self.augment = augment
+        self.experts = experts
+        self.cache_root = cache_root
+        self.cache = ArtifactCache(cache_root)
         self._experts: dict[str, LoraExpert | None] = {}  # passage id -> expert (None: augmentation failed)
         self.rows: dict[str, list[dict]] = {"augmentations": [], "experts": []}
         self.trained = 0
@@ -34,10 +42,10 @@ class ExpertProvider:
         from semoe.generation.lm import ChatLM
         from semoe.models.loading import load_model
 
-        spec = self.cfg.augment.augmenting_model(self.cfg.model.spec)
-        if spec == self.cfg.model.spec:
+        spec = self.augment.augmenting_model(self.model.spec)
+        if spec == self.model.spec:
             return self.lm, spec
-        model, tok = load_model(spec, self.cfg.cache.root, self.cfg.model.dtype, self.cfg.model.device)
+        model, tok = load_model(spec, self.cache_root, self.model.dtype, self.model.device)
         return ChatLM(model, tok), spec
 
     def ensure(self, passages: Sequence[Passage]) -> None:
@@ -53,7 +61,7 @@ class ExpertProvider:
             return
         t0 = time.perf_counter()
         aug_lm, aug_spec = self._augmenting_lm()
-        augs = augment_passages(todo, self.cfg.augment, aug_lm, self.cache, model_spec=aug_spec)
+        augs = augment_passages(todo, self.augment, aug_lm, self.cache, model_spec=aug_spec)
         self.rows["augmentations"].extend(a.to_row() for a in augs)
         ok = [(p, a) for p, a in zip(todo, augs) if a.status == "ok"]
         for p, a in zip(todo, augs):
@@ -62,14 +70,14 @@ class ExpertProvider:
         items = [TrainingItem.create(p.id, p.text, a.rewrites, a.qa) for p, a in ok]
         with torch.inference_mode(False), torch.enable_grad():  # callers may be decoding (SEMoE's trigger)
             records = ensure_experts(
-                items, self.cfg.model.spec, self.cfg.experts, self.cache, self.lm.model, self.lm.tokenizer
+                items, self.model.spec, self.experts, self.cache, self.lm.model, self.lm.tokenizer
             )
         self.lm.model.eval()
         for rec in records:
             self.rows["experts"].append(rec.to_row())
             self.trained += rec.trained
             self._experts[rec.passage_id] = load_experts(
-                [rec.path], device=str(self.lm.device), model=self.lm.model, base_model=self.cfg.model.spec)[0]
+                [rec.path], device=str(self.lm.device), model=self.lm.model, base_model=self.model.spec)[0]
         self.seconds += time.perf_counter() - t0
 
     def experts_for(self, passages: Sequence[Passage]) -> list[LoraExpert]:

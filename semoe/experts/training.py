@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
-from semoe.experts.expert_config import ExpertConfig
+from semoe.config import ExpertConfig
 from semoe.experts.format import LoraExpert, load_expert, save_expert
 from semoe.storage.artifacts import ArtifactCache, content_key
 

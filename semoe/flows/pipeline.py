@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from semoe import evaluation, identity
+from semoe.checks import check_config
 from semoe.config import SemoeConfig
 from semoe.data.loading import corpus_key
 from semoe.data.schema import Example
@@ -63,7 +64,7 @@ def index_corpus(config: SemoeConfig) -> dict:
 def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     """Load questions → retrieve → generate → score → store, resuming a killed run."""
     logger = get_run_logger()
-    config.check_names()
+    check_config(config)
     ensure_gpu_limits(config)
     examples = {
         ds.display_name: [Example.from_dict(e) for e in load_examples_task(config, ds)] for ds in config.datasets
@@ -117,7 +118,7 @@ def _answer_and_commit(config: SemoeConfig, run_id: str, items: list, corpus_key
     shards that this process (the single store writer) ingests in order."""
     calls = [
         (config, run_id, item.dataset, item.method, [e.as_dict() for e in item.examples], item.answer_keys,
-         corpus_key if evaluation.method_uses_retrieval(item.method) else None, item.examples[0].id)
+         corpus_key if evaluation.method_uses_retrieval(config, item.method) else None, item.examples[0].id)
         for item in items
     ]
     if config.runner.kind == "default":
@@ -147,13 +148,17 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     examples = [Example.from_dict(e) for ds in config.datasets for e in load_examples_task(config, ds)]
     passages = evaluation.expert_passages(config, examples, retriever)
     store = ResultStore(config.store.path)
-    size, trained = config.augment.chunk_size, 0
-    chunks = [[p.as_dict() for p in passages[i : i + size]] for i in range(0, len(passages), size)]
-    root = shard_root(store.path, "experts-" + identity.digest([corpus_key, [p["id"] for c in chunks for p in c]]))
+    trained, rows = 0, [p.as_dict() for p in passages]
+    calls = [  # every distinct expert setting of the configured methods, chunk by chunk
+        (config, params, rows[i : i + params.augment.chunk_size], rows[i]["id"])
+        for params in evaluation.expert_settings(config)
+        for i in range(0, len(rows), params.augment.chunk_size)
+    ]
+    root = shard_root(store.path, "experts-" + identity.digest([corpus_key, [c[1].identity() for c in calls]]))
     if config.runner.kind == "default":
-        results = (build_experts_task(config, chunk, chunk[0]["id"]) for chunk in chunks)
+        results = (build_experts_task(*call) for call in calls)
     else:  # all chunks at once on the workers; their rows come back as Parquet shards
-        results = (f.result() for f in [build_experts_task.submit(config, c, c[0]["id"], str(root)) for c in chunks])
+        results = (f.result() for f in [build_experts_task.submit(*call, str(root)) for call in calls])
     for result in results:
         if "shard" in result:
             ingest_shard(store, result["shard"])
@@ -169,7 +174,7 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
 def pipeline(config: SemoeConfig) -> dict:
     """The main job: index the corpus when a method retrieves, build passage experts when a
     method inserts them, then evaluate."""
-    config.check_names()
+    check_config(config)
     key = index_corpus(config)["corpus_key"] if evaluation.needs_retrieval(config) else None
     with shared_cluster(config) as config:
         if evaluation.needs_experts(config):

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from semoe import evaluation, identity
+from semoe.checks import check_config
 from semoe.config import SemoeConfig
 from semoe.routing import grid
 from semoe.storage.locks import run_lock
@@ -32,7 +33,7 @@ def evaluate_routing(config: SemoeConfig) -> dict:
     """Models × routing policies → perplexity, QA, experts per token, speed, memory, heatmaps."""
     logger = get_run_logger()
     routing = grid.routing_section(config)
-    config.check_names()
+    check_config(config)
     ensure_gpu_limits(config)
     run_id = grid.routing_run_id(config)
     store = ResultStore(config.store.path)
@@ -57,8 +58,7 @@ def evaluate_routing(config: SemoeConfig) -> dict:
                 prepared = prepare_routing_model_task(config, m, name)
                 store.write_rows("moe_lm_training", prepared["curve"])
                 for cell in (c for c in cells if c.model == m):
-                    spec = cell.spec(routing)
-                    label = f"{name}-{spec.display_name}-{spec.setting}-{cell.mode}".replace(" ", "-")
+                    label = grid.cell_label(routing, cell)
                     rows = evaluate_routing_cell_task(config, run_id, m, cell.policy, cell.mode, str(heatmaps), label)
                     rows["routing_runs"] = [{**row, "cell_key": keys[cell], "computed_in": run_id} for row in rows["routing_runs"]]
                     store.write_tables(rows)

@@ -1,11 +1,13 @@
-"""What a generation method is given and what it returns."""
+"""What a generation method is given and what it returns, and how a configured method
+(``semoe.config.MethodSpec``) becomes an instance with validated params."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 
+from semoe.config import GenerationConfig, MethodSpec, RetrievalConfig, Section, deep_merge, validate_params
 from semoe.data.schema import Example
 
 if TYPE_CHECKING:
@@ -49,36 +51,65 @@ class MethodOutput:
 
 @dataclass
 class MethodContext:
-    cfg: "SemoeConfig"
+    """What a method runs with: the shared generation and retrieval settings, the model,
+    the retriever (retrieving methods) and the passage-expert provider (expert methods)."""
+
+    generation: GenerationConfig
     lm: "ChatLM"
+    retrieval: RetrievalConfig | None = None
     retriever: "Retriever | None" = None
-    experts: "ExpertProvider | None" = None  # passage experts, for methods that insert them
+    experts: "ExpertProvider | None" = None
+
+
+class NoParams(Section):
+    """A method without settings of its own."""
 
 
 class Method(ABC):
     """A way of answering questions; registered in ``semoe.generation.METHODS``.
 
-    ``run`` gets a batch so methods can batch model calls; per-question latencies are
-    the question's share of the batch's wall time.
+    ``Params`` is the method's own settings model; ``defaults_from`` names the shared config
+    sections its params default from (``""``: the section's fields are the params' own
+    fields; a field name: that field is the whole section), so ``{name: dragin, params:
+    {hallucination_threshold: 1.5}}`` overrides one field of ``trigger:``. ``run`` gets a
+    batch so methods can batch model calls; per-question latencies are the question's share
+    of the batch's wall time.
     """
 
-    uses_retrieval: bool = False
-    uses_experts: bool = False  # needs passage experts (the pipeline builds them beforehand)
-    uses_trigger: bool = False  # reads the ``trigger:`` section (the DRAGIN family)
+    uses_retrieval: ClassVar[bool] = False
+    uses_experts: ClassVar[bool] = False  # needs passage experts (the pipeline builds them beforehand)
+    Params: ClassVar[type[Section]] = NoParams
+    defaults_from: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, params: Section | None = None):
+        self.params = self.Params() if params is None else params
 
     @classmethod
-    def config_sections(cls) -> tuple[str, ...]:
-        """The config sections whose settings decide this method's answers: part of each
-        stored answer's identity (``semoe.identity.answer_scope``), so a change to any other
-        section reuses the answers."""
-        sections = ["model", "generation"]
-        if cls.uses_retrieval:
-            sections.append("retrieval")
-        if cls.uses_trigger:
-            sections.append("trigger")
-        if cls.uses_experts:
-            sections += ["augment", "experts"]
-        return tuple(sections)
+    def resolve(cls, spec: MethodSpec, shared: Mapping[str, Section]) -> Section:
+        """``spec.params`` over the defaults drawn from the ``shared`` sections (by name);
+        a ``ConfigError`` naming the method and each bad field."""
+        defaults: dict = {}
+        for field_name, section in cls.defaults_from.items():
+            dump = shared[section].model_dump()
+            if field_name:
+                defaults[field_name] = dump
+            else:
+                defaults.update(dump)
+        where = f"methods: {spec.display_name!r} ({spec.name}) params"
+        return validate_params(cls.Params, deep_merge(defaults, spec.params), where)
 
     @abstractmethod
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]: ...
+
+
+# Root sections that methods' params default from (``Method.defaults_from``).
+SHARED_SECTIONS = ("trigger", "augment", "experts")
+
+
+def build_method(spec: MethodSpec, cfg: "SemoeConfig") -> Method:
+    """The registered method ``spec.name`` with its params resolved over ``cfg``'s shared
+    sections (``Method.resolve``)."""
+    from semoe.generation import METHODS
+
+    cls = METHODS.get(spec.name)
+    return cls(cls.resolve(spec, {name: getattr(cfg, name) for name in SHARED_SECTIONS}))

@@ -1,6 +1,6 @@
 """A small trainable MoE language model with recurrent routers (CPU-sized).
 
-- ``config``: :class:`MoeLMConfig` (architecture, routing, training), ``load_moe_config``
+- :class:`semoe.config.MoeLMConfig` (architecture, routing, training)
 - ``routers``: ``SemoeLinearRouter``, ``SemoeRecurrentRouter`` (OlmoeTopKRouter's interface)
 - ``model``: ``MoeLM``, ``SemoeSparseMoeBlock``, ``MoeLMCache``, ``load_balancing_loss``
 - ``training``: ``train``, ``load_or_train``, ``MOE_TRAINING_COLUMNS``
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from semoe.moe_lm.config import MoeLMConfig, load_moe_config
+from semoe.config import MoeLMConfig
 
 _LAZY = {
     "ByteTokenizer": "tokenizer",
@@ -35,7 +35,7 @@ _LAZY = {
     "cli_main": "cli",
 }
 
-__all__ = ["MoeLMConfig", "load_moe_config", *_LAZY]
+__all__ = ["MoeLMConfig", *_LAZY]
 
 
 def __getattr__(name: str):

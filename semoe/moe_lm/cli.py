@@ -65,12 +65,11 @@ def usage_table(gen) -> str:
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from semoe.config import ConfigError
-    from semoe.moe_lm.config import load_moe_config
+    from semoe.config import ConfigError, MoeLMConfig, load_section
     from semoe.storage.artifacts import ArtifactCache, CacheError
 
     try:
-        cfg = load_moe_config(args.config, args.set)
+        cfg = load_section(MoeLMConfig, args.config, args.set)
         cache = ArtifactCache(args.cache)
     except (ConfigError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)

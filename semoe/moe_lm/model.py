@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semoe.moe_lm.config import MoeLMConfig
+from semoe.config import MoeLMConfig
 from semoe.moe_lm.routers import RouterCarry, SemoeRecurrentRouter, build_routers
+from semoe.moe_lm.tokenizer import build_tokenizer
 
 
 class RMSNorm(nn.Module):
@@ -212,7 +213,7 @@ class MoeLM(nn.Module):
     def __init__(self, cfg: MoeLMConfig):
         super().__init__()
         self.config = cfg
-        self.vocab_size = cfg.vocab_size
+        self.vocab_size = build_tokenizer(cfg.tokenizer).vocab_size
         self.embed_tokens = nn.Embedding(self.vocab_size, cfg.d_model)
         nn.init.normal_(self.embed_tokens.weight, std=0.02)
         self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semoe.moe_lm.config import MoeLMConfig
+from semoe.config import MoeLMConfig
 
 
 @dataclass

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from semoe.moe_lm.config import MoeLMConfig
+from semoe.config import MoeLMConfig
 from semoe.storage.artifacts import ArtifactCache, content_key
 
 KIND = "moe-lm"

@@ -141,6 +141,23 @@ class RoutingPolicy:
         """Whether :meth:`calibrate` must run on calibration text before routing."""
         return False
 
+    def setting_words(self) -> list[str]:
+        """The params that define this grid cell, in words (policies name their own)."""
+        return [f"{k}={v}" for k, v in sorted(self.params.model_dump(exclude_defaults=True).items())
+                if k != "renormalize"]  # fmt: skip
+
+    def setting(self) -> str:
+        """The grid cell in words, e.g. ``k=4 renorm``, ``alpha=0.05 calibrated``, ``K=8 tau=0.5``."""
+        words = self.setting_words()
+        renormalize = getattr(self.params, "renormalize", None)
+        if renormalize is not None:
+            words.append("renorm" if renormalize else "no-renorm")
+        return " ".join(words)
+
+    def fixed_k(self, own_k: int) -> int | None:
+        """Experts per token when the policy fixes it (``own_k``: the model's); None when adaptive."""
+        return None
+
     def calibrate(self, model, batches) -> None:
         """Fit whatever the policy learns from calibration text (e.g. BH's empirical null)."""
 

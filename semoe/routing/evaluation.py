@@ -6,7 +6,6 @@ The Prefect flow only loads models/texts and writes the rows; everything measura
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import resource
@@ -295,9 +294,10 @@ def write_heatmap_png(path: str | Path, counts: Sequence[Sequence[float]], cell:
 
 
 def policy_key(name: str, params: dict) -> str:
-    """Stable key of a policy and its params (the tables' identity for a policy)."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{name}-{digest}"
+    """Stable key of a policy and its params (the tables' identity for a policy): ``PolicySpec.key``."""
+    from semoe.config import PolicySpec
+
+    return PolicySpec(name=name, params=params).key
 
 
 def _weighted_rate(stats, key: str) -> float | None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semoe.generation.lm import ChatLM, Generation
-from semoe.routing.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
+from semoe.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
+from semoe.routing.base import make_policy
 
 if TYPE_CHECKING:
     from semoe.config import SemoeConfig
@@ -203,14 +204,18 @@ def routing_model(cfg: "SemoeConfig", index: int) -> LoadedModel:
 
 
 def fixed_k(model, spec: PolicySpec) -> int | None:
-    """Experts per token when the policy fixes it: top-k's k (default: the model's own), RoE's
-    k per sample (the model's); None for adaptive policies."""
+    """Experts per token when the policy fixes it (``RoutingPolicy.fixed_k``; the model's
+    own top-k as the default); None for adaptive policies."""
     from semoe.routing.sites import find_routers
 
-    own = find_routers(model)[0].top_k
-    if spec.name == "topk":
-        return spec.params.get("k") or own
-    return own if spec.name == "roe" else None
+    return make_policy(spec).fixed_k(find_routers(model)[0].top_k)
+
+
+def cell_label(routing: RoutingEvalConfig, cell: "Cell") -> str:
+    """``model-policy-setting-mode`` of a cell (its task run's name)."""
+    spec = cell.spec(routing)
+    name = routing.models[cell.model].display_name
+    return f"{name}-{spec.display_name}-{make_policy(spec).setting()}-{cell.mode}".replace(" ", "-")
 
 
 # ---------------------------------------------------------------- QA
@@ -272,7 +277,7 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
         lm = ChatLM(loaded.model, loaded.tokenizer, system)
         routing = route_with(loaded.model, policy, mode=mode, guard=False)
     with routing:
-        outputs = METHODS.get(QA_METHOD)().run(examples, MethodContext(cfg=cfg, lm=lm))
+        outputs = METHODS.get(QA_METHOD)().run(examples, MethodContext(generation=cfg.generation, lm=lm))
     n = len(examples)
     return {
         "qa_n": n,
@@ -323,7 +328,8 @@ def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str 
     batches = encode_texts(loaded.tokenizer, texts.eval, r.max_tokens)
     if not batches:
         raise ValueError("no held-out text has 2 or more tokens; check the corpus section")
-    calibration = encode_texts(loaded.tokenizer, texts.calibration, r.max_tokens) if spec.needs_calibration() else None
+    policy = make_policy(spec)
+    calibration = encode_texts(loaded.tokenizer, texts.calibration, r.max_tokens) if policy.needs_calibration() else None
     prompt = batches[0][:, : r.decode.prompt_tokens] if r.decode.enabled else None
     heat = heatmap_path(heatmap_dir, cell, r) if r.heatmaps and heatmap_dir is not None else None
     if heat is not None:
@@ -331,7 +337,7 @@ def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str 
     ev = evaluate_policy(loaded.model, {"name": spec.name, "params": spec.params}, batches, mode=cell.mode,
                          calibration=calibration, decode_prompt=prompt, max_new_tokens=r.decode.max_new_tokens,
                          guard=r.guard, heatmap_path=heat)  # fmt: skip
-    context: dict = {"model_key": loaded.key, "policy_label": spec.display_name, "setting": spec.setting,
+    context: dict = {"model_key": loaded.key, "policy_label": spec.display_name, "setting": policy.setting(),
                      "k": fixed_k(loaded.model, spec)}  # fmt: skip
     if r.qa is not None:
         context["qa_dataset"] = r.qa.dataset

@@ -61,6 +61,5 @@ def _answer(
     item = evaluation.WorkItem(dataset, method, items, answer_keys)
     retriever = open_retriever(config, corpus_key) if corpus_key else None
     with gpu_slot(config):
-        ctx = evaluation.method_context(config, retriever)
-        outputs = evaluation.answer_chunk(item, ctx)
-    return evaluation.to_rows(run_id, dataset, method, items, outputs, answer_keys), ctx.experts.drain_rows()
+        outputs, catalogue = evaluation.answer_chunk(config, item, retriever)
+    return evaluation.to_rows(run_id, dataset, method, items, outputs, answer_keys), catalogue

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from semoe.config import TriggerConfig
 from semoe.data.schema import Example
 from semoe.generation import METHODS
 from semoe.generation.base import Method, MethodContext, MethodOutput
-from semoe.generation.trigger_config import TriggerConfig, trigger_config
 
 
 class TriggeredMethod(Method):
     """Answers each question with a TriggeredGenerator built from ``policy``; subclasses
-    (e.g. expert insertion) override ``knowledge`` or ``forward``."""
+    (e.g. expert insertion) override ``knowledge`` or ``forward``. Params: the ``trigger:``
+    section's fields, per method."""
 
     uses_retrieval = True
-    uses_trigger = True
+    Params = TriggerConfig
+    defaults_from = {"": "trigger"}
     default_query: str = "current"
     default_threshold: float | None = None
 
@@ -42,11 +44,11 @@ class TriggeredMethod(Method):
     def settings(self, ctx: MethodContext):
         from semoe.generation.triggered import Settings
 
-        tc, g = trigger_config(ctx), ctx.cfg.generation
+        tc, g = self.params, ctx.generation
         max_length = tc.generate_max_length or g.max_new_tokens
         return Settings(
             query_formulation=tc.query_formulation or self.default_query,
-            retrieve_topk=tc.retrieve_topk or ctx.cfg.retrieval.top_k,
+            retrieve_topk=tc.retrieve_topk or ctx.retrieval.top_k,
             generate_max_length=max_length,
             few_shot=g.few_shot,
             chain_of_thought=g.chain_of_thought,
@@ -62,7 +64,7 @@ class TriggeredMethod(Method):
 
         return TriggeredGenerator(
             ctx.lm,
-            self.policy(trigger_config(ctx)),
+            self.policy(self.params),
             self.settings(ctx),
             retrieve=lambda query, k: ctx.retriever.search([query], k)[0],
             knowledge=self.knowledge(ctx),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+from semoe.config import AugmentConfig, ExpertConfig, Section, TriggerConfig
 from semoe.data.schema import Example
 from semoe.generation import METHODS
 from semoe.generation.base import Method, MethodContext, MethodOutput, RetrievalStep
@@ -19,20 +20,36 @@ from semoe.generation.methods.dynamic import DraginRetrieval
 from semoe.generation.triggered import Knowledge
 
 
+class ExpertParams(Section):
+    """How a method's passage experts are made: ``augment:`` and ``experts:`` per method."""
+
+    augment: AugmentConfig = AugmentConfig()
+    experts: ExpertConfig = ExpertConfig()
+
+
+class SemoeParams(TriggerConfig, ExpertParams):
+    """SEMoE's trigger settings (flat, as ``trigger:``) and its experts' (nested)."""
+
+
+EXPERT_DEFAULTS = {"augment": "augment", "experts": "experts"}
+
+
 class _ExpertRetrieval(Method):
     """Retrieve once with the question; answer with the passages' experts."""
 
     uses_retrieval = True
     uses_experts = True
+    Params = ExpertParams
+    defaults_from = EXPERT_DEFAULTS
     passages_in_context = False
 
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
         from semoe.experts.inference import generate_with_experts
         from semoe.generation.methods.standard import answer_once
 
-        g, n = ctx.cfg.generation, max(len(examples), 1)
+        g, n = ctx.generation, max(len(examples), 1)
         t0 = time.perf_counter()
-        hits = ctx.retriever.search([ex.question for ex in examples], ctx.cfg.retrieval.top_k)
+        hits = ctx.retriever.search([ex.question for ex in examples], ctx.retrieval.top_k)
         retrieve_s = (time.perf_counter() - t0) / n
         passages = [[h.passage for h in hs] for hs in hits]
         experts: dict[int, list] = {}  # only questions whose prompt fits get experts
@@ -97,6 +114,8 @@ class ExpertSwap(Knowledge):
 @METHODS.register("semoe", "SEMoE: DRAGIN trigger; retrieved passages' experts swapped into the model")
 class Semoe(DraginRetrieval):
     uses_experts = True
+    Params = SemoeParams
+    defaults_from = {"": "trigger", **EXPERT_DEFAULTS}
     show_passages = False
 
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:

@@ -25,7 +25,7 @@ def answer_once(
     ``generate(conversations, indices)`` answers the prompts that fit (``indices``: their
     positions in ``examples``); default ``ctx.lm.generate``. A question that does not fit
     gets an output with ``error`` set and no generation."""
-    g = ctx.cfg.generation
+    g = ctx.generation
     budget = ctx.lm.prompt_budget(g, g.max_new_tokens)
     fits: list[FittedPrompt | str] = []
     for ex, passages in zip(examples, passages_per_example, strict=True):
@@ -66,7 +66,7 @@ class SingleRetrieval(Method):
     uses_retrieval = True
 
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
-        k = ctx.cfg.retrieval.top_k
+        k = ctx.retrieval.top_k
         t0 = time.perf_counter()
         hits = ctx.retriever.search([ex.question for ex in examples], k)
         retrieve_share = (time.perf_counter() - t0) / max(len(examples), 1)

@@ -18,6 +18,9 @@ class TopPPolicy(BoundedPolicy):
 
     Params = TopPParams
 
+    def setting_words(self) -> list[str]:
+        return [f"p={self.params.p}"]
+
     def route(self, logits, site):
         import torch
 

@@ -40,6 +40,9 @@ class BHPolicy(BoundedPolicy):
     def needs_calibration(self) -> bool:
         return self.params.p_values == "calibrated" and self.params.null is None
 
+    def setting_words(self) -> list[str]:
+        return [f"alpha={self.params.alpha}", self.params.p_values]
+
     def calibrate(self, model, batches) -> None:
         from semoe.routing.calibration import fit_empirical_null
 

@@ -40,6 +40,12 @@ class RoEPolicy(BasePolicy):
         self.clean_rows = 0
         self._generators: dict = {}
 
+    def setting_words(self) -> list[str]:
+        return [f"K={self.params.samples}", f"tau={self.params.tau}"]
+
+    def fixed_k(self, own_k: int) -> int:
+        return own_k  # per sample: the model's own k
+
     def bind(self, sites) -> None:
         from semoe.routing.roe import create_tau_map
 

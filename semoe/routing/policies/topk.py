@@ -31,6 +31,12 @@ class TopKPolicy(BasePolicy):
     def k(self, site) -> int:
         return self.params.k or site.top_k
 
+    def setting_words(self) -> list[str]:
+        return [f"k={self.params.k}" if self.params.k else "own k"]
+
+    def fixed_k(self, own_k: int) -> int:
+        return self.params.k or own_k
+
     def route(self, logits, site):
         from semoe.routing.selection import router_probs, topk_routing
 

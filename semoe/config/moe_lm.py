@@ -12,15 +12,14 @@ would make the embedding and output layer the largest part of a CPU-sized model.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from semoe.config.base import Section
 
 
-class MoeLMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MoeLMConfig(Section):
     tokenizer: Literal["byte"] = Field("byte", description="byte: UTF-8 bytes + BOS/EOS (258 ids)")
     d_model: PositiveInt = 128
     n_layers: PositiveInt = 4
@@ -69,22 +68,3 @@ class MoeLMConfig(BaseModel):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
-
-    @property
-    def vocab_size(self) -> int:
-        from semoe.moe_lm.tokenizer import build_tokenizer
-
-        return build_tokenizer(self.tokenizer).vocab_size
-
-
-def load_moe_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MoeLMConfig:
-    """A YAML mapping of :class:`MoeLMConfig` fields (or the defaults), then ``key=value`` overrides."""
-    # Imported here: semoe.config includes this model (via the routing section), not the reverse.
-    from semoe.config import ConfigError, _format_validation_error, apply_overrides, read_yaml_mapping
-
-    data, source = read_yaml_mapping(path)
-    data = apply_overrides(data, overrides or [])
-    try:
-        return MoeLMConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(source, e)) from None

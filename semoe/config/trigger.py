@@ -7,21 +7,18 @@ matching general setting, so one config can run several triggered methods side b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-if TYPE_CHECKING:
-    from semoe.generation.base import MethodContext
+from semoe.config.base import Section
 
 QueryFormulation = Literal[
     "direct", "forward_all", "current", "current_wo_wrong", "last_sentence", "last_n_tokens", "real_words"
 ]
 
 
-class TriggerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TriggerConfig(Section):
     query_formulation: QueryFormulation | None = Field(
         None,
         description="query on a trigger: direct (the question), forward_all (question + text so far), current "
@@ -41,8 +38,3 @@ class TriggerConfig(BaseModel):
     retrieve_keep_top_k: int = Field(40, ge=1, description="real_words: content words kept in the query")
     last_n_tokens: int = Field(32, ge=1, description="last_n_tokens: query length in tokens")
     max_retrievals: int | None = Field(None, ge=0, description="retrievals per question; None: unlimited (length-bounded)")
-
-
-def trigger_config(ctx: "MethodContext") -> TriggerConfig:
-    """The run's trigger settings, defaults when the config has no ``trigger`` section."""
-    return getattr(ctx.cfg, "trigger", None) or TriggerConfig()

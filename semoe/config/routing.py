@@ -4,76 +4,40 @@ which models, which routing policies, which texts.
 Texts come from the config's ``corpus`` section (read by the registered corpus readers): a
 fixed, spread-out subset of its passages is held out for perplexity, the small MoE LM trains
 on the rest, and BH's empirical nulls are fitted on the first training passages. QA scores
-one of the config's ``datasets`` through the pipeline's own generation path. This module
-imports nothing from ``semoe.config`` so that the top-level config can include it.
+one of the config's ``datasets`` through the pipeline's own generation path. Policy names
+and params are checked against the registered policies by ``semoe.checks``; what a policy's
+params mean (its setting in words, a fixed k, calibration) is the policy class's business.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from semoe.moe_lm.config import MoeLMConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from semoe.config.base import Section
+from semoe.config.moe_lm import MoeLMConfig
 
 
-class PolicySpec(_Section):
+class PolicySpec(Section):
     name: str = Field(..., description="registered routing policy: topk, bh, roe, top-p, entropy-k")
     params: dict[str, Any] = Field(default_factory=dict, description="the policy's params (see its Params model)")
     label: str | None = Field(None, description="name shown in results; defaults to `name`")
-
-    @model_validator(mode="after")
-    def _known(self):
-        from semoe.registry import UnknownNameError
-        from semoe.routing import POLICIES
-
-        try:
-            POLICIES.get(self.name).Params(**self.params)
-        except UnknownNameError as e:
-            raise ValueError(str(e)) from None
-        except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
-            raise ValueError(f"policy {self.name!r}: {problems}") from None
-        return self
 
     @property
     def display_name(self) -> str:
         return self.label or self.name
 
-    def needs_calibration(self) -> bool:
-        return self.name == "bh" and self.params.get("p_values") == "calibrated" and not self.params.get("null")
-
     @property
     def key(self) -> str:
-        """The policy's identity in the store (name and params as configured)."""
-        from semoe.routing.evaluation import policy_key
-
-        return policy_key(self.name, self.params)
-
-    @property
-    def setting(self) -> str:
-        """The grid cell in words, e.g. ``k=4 renorm``, ``alpha=0.05 calibrated``, ``K=8``."""
-        p = self.params
-        if self.name == "topk":
-            words = [f"k={p['k']}" if p.get("k") else "own k"]
-        elif self.name == "bh":
-            words = [f"alpha={p.get('alpha', 0.1)}", p.get("p_values", "softmax")]
-        elif self.name == "roe":
-            words = [f"K={p.get('samples', 8)}", f"tau={p.get('tau', 0.5)}"]
-        elif self.name == "top-p":
-            words = [f"p={p.get('p', 0.5)}"]
-        else:
-            words = [f"{k}={v}" for k, v in sorted(p.items()) if k != "renormalize"]
-        if p.get("renormalize") is not None:
-            words.append("renorm" if p["renormalize"] else "no-renorm")
-        return " ".join(words)
+        """The policy's identity in the store: its name and a hash of its params as configured."""
+        digest = hashlib.sha256(json.dumps(self.params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return f"{self.name}-{digest}"
 
 
-class RoutingModelConfig(_Section):
+class RoutingModelConfig(Section):
     """A model to route: an HF MoE model (``spec``) or semoe's small MoE LM trained from ``moe_lm``."""
 
     spec: str | None = Field(None, description="embedded alias, local directory or HF hub id of an MoE model")
@@ -98,18 +62,19 @@ class RoutingModelConfig(_Section):
         return self.spec if self.spec is not None else f"moe-lm-{self.moe_lm.router_type}"
 
 
-class DecodeSpeedConfig(_Section):
+class DecodeSpeedConfig(Section):
     enabled: bool = True
     prompt_tokens: int = Field(64, ge=1, description="prompt length taken from the first eval text")
     max_new_tokens: int = Field(32, ge=1, le=4096)
 
 
-class QAConfig(_Section):
+class QAConfig(Section):
     dataset: str = Field(..., description="display name of one of the config's `datasets`")
     limit: int | None = Field(None, ge=1, description="score the first N questions; None = all")
 
 
-class RoutingEvalConfig(_Section):
+class RoutingEvalConfig(Section):
+    operational = ("guard", "heatmaps")
     models: list[RoutingModelConfig] = Field(..., description="HF MoE model specs and/or small MoE LM configs")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
@@ -142,7 +107,4 @@ class RoutingEvalConfig(_Section):
         if len(set(keys)) != len(keys):
             twice = sorted({p.display_name for p in self.policies if keys.count(p.key) > 1})
             raise ValueError(f"policies {twice} are listed twice with the same params")
-        missing = [p.display_name for p in self.policies if p.needs_calibration()]
-        if missing and self.calibration_texts == 0:
-            raise ValueError(f"policies {missing} use calibrated p-values: set calibration_texts > 0")
         return self

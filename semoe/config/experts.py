@@ -1,4 +1,7 @@
-"""Settings of per-passage LoRA expert training (the ``experts:`` config section).
+"""Passage experts: how a passage is augmented (``augment:``, PRAG's recipe) and how its LoRA
+is trained (``experts:``).
+
+Expert training (``ExpertConfig``).
 
 Defaults are PRAG's (rank 2, alpha 32, no dropout, lr 3e-4, one epoch over the passage's
 training sequences, LoRA on the MLP projections, torch AdamW with its default weight decay).
@@ -10,13 +13,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-OPERATIONAL_FIELDS = ("batch_passages", "micro_batch", "measure_loss")
+from semoe.config.base import Section
 
 
-class ExpertConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ExpertConfig(Section):
+    operational = ("batch_passages", "micro_batch", "measure_loss")
 
     rank: PositiveInt = 2
     alpha: PositiveFloat = 32.0
@@ -68,13 +71,49 @@ class ExpertConfig(BaseModel):
     def scaling(self) -> float:
         return self.alpha / self.rank
 
-    def identity(self) -> dict:
-        """The settings an expert's weights depend on."""
-        d = self.model_dump(mode="json")
-        for key in OPERATIONAL_FIELDS:
-            d.pop(key)
-        return d
-
     def init_identity(self) -> dict:
         """The settings the shared initial LoRA depends on."""
         return {"rank": self.rank, "alpha": self.alpha, "targets": self.targets, "init_seed": self.init_seed}
+
+
+class AugmentConfig(Section):
+    """How each passage is rewritten and turned into QA pairs.
+
+    The cache key holds only what decides the content of a success (passage text,
+    augmenting model, prompt version, ``n_qa``, ``n_rewrites``, ``min_rewrites``); the other settings change
+    how hard the pipeline tries, not what a good augmentation is.
+    """
+
+    operational = ("batch_size", "chunk_size")
+
+    model: str | None = Field(None, description="augmenting model spec; None = the generator's model.spec")
+    n_rewrites: int = Field(1, ge=0, description="rewrites per passage (PRAG: 1)")
+    n_qa: int = Field(3, ge=1, le=10, description="QA pairs asked for per passage (PRAG: 3)")
+    min_rewrites: int = Field(
+        0, ge=0, description="accepted rewrites a passage needs; with fewer it still trains on its QA pairs (the "
+        "failed rewrites' reasons are recorded)",
+    )
+    min_qa: int = Field(1, ge=1, description="usable QA pairs an answer needs to be accepted")
+    max_attempts: int = Field(3, ge=1, le=10, description="generations per rewrite / QA list before the passage fails")
+    retry_temperature: float = Field(0.7, gt=0, le=2, description="sampling temperature of retries (attempt 1 is greedy)")
+    seed: int = Field(0, description="seed of the sampled retries")
+    grounded: bool = Field(
+        True, description="keep only QA pairs whose answer occurs in the passage and whose question names nothing absent from it"
+    )
+    batch_size: int = Field(8, ge=1, description="conversations per model.generate call")
+    chunk_size: int = Field(32, ge=1, description="passages generated and cached together (resume granularity)")
+    rewrite_max_new_tokens: int = Field(192, ge=8, le=4096)
+    qa_max_new_tokens: int = Field(200, ge=8, le=4096)
+    retry_failed: bool = Field(False, description="regenerate passages whose cached augmentation failed")
+
+    @model_validator(mode="after")
+    def _min_qa_le_n_qa(self) -> "AugmentConfig":
+        if self.min_qa > self.n_qa:
+            raise ValueError(f"min_qa ({self.min_qa}) must not exceed n_qa ({self.n_qa})")
+        if self.min_rewrites > self.n_rewrites:
+            raise ValueError(f"min_rewrites ({self.min_rewrites}) must not exceed n_rewrites ({self.n_rewrites})")
+        return self
+
+    def augmenting_model(self, generator_spec: str) -> str:
+        """The spec to load and to key the cache with."""
+        return self.model or generator_spec

@@ -1,0 +1,49 @@
+"""Checks of a config against what is registered: every name (datasets, corpus format,
+retriever, methods, routing policies) exists, every method's and policy's params fit its
+``Params`` model, and the sections agree with each other. The config package itself knows
+no registry (it is a leaf); this module is where the two meet, run once before a job starts
+(``semoe run``/``route``/``validate``, and each flow for deployment runs)."""
+
+from __future__ import annotations
+
+from semoe.config import ConfigError, PolicySpec, SemoeConfig, validate_params
+from semoe.data import CORPORA, DATASETS
+from semoe.generation.base import build_method
+from semoe.retrieval import RETRIEVERS
+
+
+def check_config(cfg: SemoeConfig) -> None:
+    """Raise ``UnknownNameError`` for an unregistered name, ``ConfigError`` naming the field
+    for params or sections that do not fit."""
+    RETRIEVERS.get(cfg.retrieval.backend)
+    CORPORA.get(cfg.corpus.format)
+    for dataset in cfg.datasets:
+        DATASETS.get(dataset.name)
+    for spec in cfg.methods:
+        build_method(spec, cfg)
+    if cfg.routing is not None:
+        check_routing(cfg)
+
+
+def check_routing(cfg: SemoeConfig) -> None:
+    routing = cfg.routing
+    for spec in routing.policies:
+        policy = make_checked_policy(spec)
+        if policy.needs_calibration() and routing.calibration_texts == 0:
+            raise ConfigError(f"routing.policies: {spec.display_name!r} uses calibrated p-values: "
+                              "set routing.calibration_texts > 0")  # fmt: skip
+    qa = routing.qa
+    if qa and qa.dataset not in {d.display_name for d in cfg.datasets}:
+        raise ConfigError(
+            f"routing.qa.dataset {qa.dataset!r} is not one of the configured datasets "
+            f"{[d.display_name for d in cfg.datasets]}"
+        )
+
+
+def make_checked_policy(spec: PolicySpec):
+    """The routing policy of ``spec``, its params validated (``ConfigError`` naming them)."""
+    from semoe.routing import POLICIES
+
+    cls = POLICIES.get(spec.name)
+    params = validate_params(cls.Params, spec.params, f"routing.policies: {spec.display_name!r} ({spec.name}) params")
+    return cls(**params.model_dump(exclude_unset=True))

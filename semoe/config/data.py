@@ -1,0 +1,47 @@
+"""Where questions and passages come from: the synthetic encyclopedia, datasets, the corpus."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeFloat
+
+from semoe.config.base import Section
+
+
+class SyntheticConfig(Section):
+    """Deterministic fictional encyclopedia (see semoe.data.synthetic)."""
+
+    seed: int = 0
+    n_entities: int = Field(400, ge=8, description="entities per kind (people, places, organisations, works)")
+    n_questions: int = Field(50, ge=1)
+    extra_passages_per_entity: int = Field(0, ge=0, description="filler passages per entity (distractors)")
+    question_mix: dict[Literal["single-hop", "bridge", "comparison"], NonNegativeFloat] = Field(
+        default_factory=lambda: {"single-hop": 0.5, "bridge": 0.3, "comparison": 0.2},
+        description="relative weight of each question type; types left out get no questions",
+    )
+
+
+class DatasetConfig(Section):
+    operational = ("path", "hf_id")  # where the file is; its content is hashed where it is read
+
+    name: str = Field(..., description="registered dataset name, see `semoe ls`")
+    label: str | None = Field(None, description="name stored in results; defaults to `name`")
+    path: str | None = Field(None, description="local file in the dataset's native format")
+    hf_id: str | None = Field(None, description="HF hub dataset id (online users)")
+    split: str = "validation"
+    sample: int | None = Field(None, description="keep the first N examples (after shuffle); None or -1 = all")
+    shuffle: bool = False
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
+
+
+class CorpusConfig(Section):
+    format: str = Field("synthetic", description="registered corpus format: synthetic, dpr-tsv, jsonl, dataset-contexts")
+    path: str | None = None
+    limit: int | None = Field(None, ge=1, description="index only the first N passages")
+    options: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,43 @@
+"""Operational sections: where results and artifacts live, where tasks run, GPU limits.
+None of them decides a result (``semoe.identity`` leaves them out)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from semoe.config.base import Section
+
+WORKER_ENV = "SEMOE_WORKER_NAME"
+
+
+class StoreConfig(Section):
+    path: str = "results/semoe.duckdb"
+    write_every: int = Field(16, ge=1, description="examples per committed write batch (resume granularity)")
+
+
+class CacheConfig(Section):
+    root: str = Field("~/.cache/semoe", description="artifact cache: indexes, converted models, ...")
+
+
+class RunnerConfig(Section):
+    """Where expert training and evaluation shards run. ``default``: tasks one after another
+    in the flow process. ``dask``: a Dask cluster (``address``, or a local one of
+    ``n_workers`` processes); workers write Parquet shards that the flow process ingests,
+    since DuckDB admits one writing process."""
+
+    kind: Literal["default", "dask"] = "default"
+    address: str | None = Field(None, description="scheduler of a running Dask cluster, e.g. tcp://host:8786")
+    n_workers: int = Field(2, ge=1, description="worker processes of the local cluster (when no address)")
+    threads_per_worker: int = Field(1, ge=1)
+
+
+class GpuConfig(Section):
+    """Per-GPU concurrency limits (operational: not part of the run identity)."""
+
+    limit: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: a limit when the model runs on CUDA; on: also on CPU (tests); off: none"
+    )
+    slots: int = Field(1, ge=1, description="model tasks one GPU runs at once (the limit's size when created)")
+    worker: str | None = Field(None, description=f"worker name in limit names; default env {WORKER_ENV}, else the hostname")
