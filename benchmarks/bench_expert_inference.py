@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from semoe.config import SyntheticConfig
-from semoe.data.synthetic import build_encyclopedia
+from semoe.data.encyclopedia import build_encyclopedia
 from semoe.experts.format import LoraExpert
 from semoe.experts.inference import generate_with_experts, merged, mode_inputs
 from semoe.generation.lm import ChatLM

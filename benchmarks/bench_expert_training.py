@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from semoe.config import SyntheticConfig
-from semoe.data.synthetic import build_encyclopedia
+from semoe.data.encyclopedia import build_encyclopedia
 from semoe.config import ExpertConfig
 from semoe.experts.training import (
     QA,

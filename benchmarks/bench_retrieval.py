@@ -59,7 +59,7 @@ def make_queries(passages: list[Passage], n: int, query_words: int, seed: int) -
 def encyclopedia_corpus(config_path: str, n_queries: int) -> tuple[list[Passage], list[tuple[str, str]]]:
     """The config's synthetic passages; queries are its questions (source = first gold passage)."""
     from semoe.config import load_config
-    from semoe.data.synthetic import build_encyclopedia
+    from semoe.data.encyclopedia import build_encyclopedia
 
     enc = build_encyclopedia(load_config(config_path).synthetic)
     questions = [(q.gold_passage_ids[0], q.question) for q in enc.questions]

@@ -28,7 +28,7 @@ import torch
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
 from semoe.routing import fit_empirical_null, roe_generate, route_with
-from semoe.routing.evaluation import PeakMemory, greedy_decode
+from semoe.routing.measure import PeakMemory, greedy_decode
 
 
 def build(args) -> OlmoeForCausalLM:
@@ -171,7 +171,7 @@ def router_sharpness(model, args) -> str:
 
 
 def roe_cost(model, args) -> None:
-    from semoe.routing.evaluation import cache_bytes
+    from semoe.routing.measure import cache_bytes
 
     prompt = torch.randint(3, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(2))
     results: dict = {}

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from semoe.config import MethodSpec, apply_overrides, config_from_dict
-from semoe.data.synthetic import build_encyclopedia
+from semoe.data.encyclopedia import build_encyclopedia
 from semoe.generation import METHODS
 from semoe.generation.base import MethodContext, build_method
 from semoe.generation.lm import ChatLM

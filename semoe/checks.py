@@ -42,7 +42,7 @@ def check_routing(cfg: SemoeConfig) -> None:
 
 def make_checked_policy(spec: PolicySpec):
     """The routing policy of ``spec``, its params validated (``ConfigError`` naming them)."""
-    from semoe.routing import POLICIES
+    from semoe.routing.registry import POLICIES
 
     cls = POLICIES.get(spec.name)
     params = validate_params(cls.Params, spec.params, f"routing.policies: {spec.display_name!r} ({spec.name}) params")

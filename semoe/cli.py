@@ -4,13 +4,12 @@ imported only by the subcommands that need them, so ``--help`` and ``ls`` are in
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
 import os
 import sys
 from typing import Sequence
+
+from semoe.textfmt import format_table
 
 DEFAULT_STORE = "results/semoe.duckdb"
 
@@ -34,27 +33,6 @@ def _friendly_errors() -> tuple[type[BaseException], ...]:
         ConfigError, UnknownNameError, DataFormatError, StoreError, RetrievalError, ModelLoadError, CacheError,
         ExpertFileError, ApiError,
     )
-
-
-def format_table(columns: Sequence[str], rows: Sequence[Sequence], fmt: str = "table") -> str:
-    if fmt == "json":
-        return json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
-        w.writerows(rows)
-        return buf.getvalue().rstrip("\n")
-
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}".rstrip("0").rstrip(".") if v == v else "nan"
-        return "" if v is None else str(v)
-
-    text = [[cell(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in text])
 
 
 def _load(args) -> "SemoeConfig":  # noqa: F821

@@ -33,10 +33,6 @@ def qa_run_id(cfg: SemoeConfig, examples: dict[str, list[Example]], corpus_key: 
     return identity.qa_run_id(cfg, examples, corpus_key if needs_retrieval(cfg) else None)
 
 
-def data_context(cfg: SemoeConfig) -> DataContext:
-    return DataContext(synthetic=cfg.synthetic)
-
-
 def methods(cfg: SemoeConfig) -> dict[str, Method]:
     """The configured methods by label, params resolved (a ``ConfigError`` for bad params)."""
     return {spec.display_name: build_method(spec, cfg) for spec in cfg.methods}
@@ -253,7 +249,7 @@ def preflight(cfg: SemoeConfig) -> str:
     check_config(cfg)
     ResultStore(cfg.store.path)
     ArtifactCache(cfg.cache.root).check_writable()
-    ctx = data_context(cfg)
+    ctx = DataContext.of(cfg)
     examples = {ds.display_name: load_examples(ds, ctx) for ds in cfg.datasets}
     key = corpus_key(cfg.corpus, ctx) if needs_retrieval(cfg) else None
     if key is not None:

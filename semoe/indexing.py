@@ -7,6 +7,7 @@ import functools
 import time
 from dataclasses import asdict, dataclass
 
+from semoe.data import DataContext
 from semoe.config import CorpusConfig, RetrievalConfig, SemoeConfig
 from semoe.data.loading import corpus_key, iter_passages
 from semoe.retrieval import RETRIEVERS
@@ -44,9 +45,8 @@ def open_retriever(cfg: SemoeConfig, key: str) -> Retriever:
 
 
 def build_index(cfg: SemoeConfig) -> IndexInfo:
-    from semoe.evaluation import data_context
 
-    ctx = data_context(cfg)
+    ctx = DataContext.of(cfg)
     key = corpus_key(cfg.corpus, ctx)
     retriever = open_retriever(cfg, key)
     if retriever.is_built():

@@ -12,7 +12,7 @@ import pytest
 from semoe.storage.results import migrate
 from semoe.config import SyntheticConfig
 from semoe.data.schema import Passage
-from semoe.data.synthetic import build_encyclopedia
+from semoe.data.encyclopedia import build_encyclopedia
 from semoe.experts import augment
 from semoe.experts.augment import (
     QA_PREFIX,

@@ -199,7 +199,7 @@ def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
     """SmolLM2 with a passage's expert merged scores that passage's answers higher (asked
     without the passage, as PRAG's ``prag`` mode asks) than the base model does."""
     from semoe.config import SyntheticConfig
-    from semoe.data.synthetic import build_encyclopedia
+    from semoe.data.encyclopedia import build_encyclopedia
     from semoe.experts.training import user_prompt
     from semoe.models.loading import load_model
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from semoe.data import DataContext
 from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.loading import load_examples
@@ -28,7 +29,7 @@ def setup(tmp_path_factory, tiny_lm_dir):
         }
     )
     info = build_index(cfg)
-    return cfg, open_retriever(cfg, info.corpus_key), load_examples(cfg.datasets[0], evaluation.data_context(cfg))
+    return cfg, open_retriever(cfg, info.corpus_key), load_examples(cfg.datasets[0], DataContext.of(cfg))
 
 
 @pytest.mark.parametrize("method", ["prag", "combine", "semoe", "semoe-icl"])
@@ -62,7 +63,7 @@ def test_semoe_trains_missing_experts_while_decoding(tmp_path, tiny_lm_dir):
     )
     seed_augmentations(cfg)  # the tiny model cannot write QA pairs
     info = build_index(cfg)
-    examples = load_examples(cfg.datasets[0], evaluation.data_context(cfg))
+    examples = load_examples(cfg.datasets[0], DataContext.of(cfg))
     item = evaluation.WorkItem("synthetic", "semoe", examples)
     outputs, catalogue = evaluation.answer_chunk(cfg, item, open_retriever(cfg, info.corpus_key))
     assert len(outputs) == len(examples) and all(o.retrievals for o in outputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from semoe.data import DataContext
 from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.loading import load_examples
@@ -23,7 +24,7 @@ def test_single_retrieval_beats_no_retrieval_on_synthetic_questions(tmp_path, mo
     model_cfg = SemoeConfig.model_validate({**settings, "cache": {"root": model_cache_root}})
     info = build_index(index_cfg)
     retriever = open_retriever(index_cfg, info.corpus_key)
-    examples = load_examples(index_cfg.datasets[0], evaluation.data_context(index_cfg))
+    examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))
     em = {}
     for method in ("no-retrieval", "single-retrieval"):
         outs, _ = evaluation.answer_chunk(model_cfg, evaluation.WorkItem("synthetic", method, examples), retriever)

@@ -12,7 +12,7 @@ import torch
 from test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
 
 from semoe.config import RoutingEvalConfig
-from semoe.routing.evaluation import (
+from semoe.routing.measure import (
     ROUTING_LAYER_STATS_COLUMNS,
     ROUTING_RUNS_COLUMNS,
     PeakMemory,
@@ -63,7 +63,7 @@ def test_decode_speed_and_clean_cache_size(olmoe):
 def test_peak_memory_sees_torch_allocations():
     # A fresh process: the high-water mark of this one depends on every earlier test.
     code = (
-        "import torch\nfrom semoe.routing.evaluation import PeakMemory\n"
+        "import torch\nfrom semoe.routing.measure import PeakMemory\n"
         "with PeakMemory() as mem:\n    block = torch.ones(50_000_000)\n    del block\n"
         "print(mem.method, mem.added_bytes)"
     )
@@ -160,7 +160,7 @@ def test_config_validates_policies():
 
 def test_importing_the_package_stays_light():
     code = (
-        "import sys, semoe.routing as r, semoe.config, semoe.routing.evaluation;"
+        "import sys, semoe.routing as r, semoe.config, semoe.routing.measure;"
         "r.POLICIES.names(); r.ADAPTERS.names();"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
     )

@@ -10,7 +10,7 @@ import pytest
 
 from semoe.config import ConfigError, CorpusConfig, DatasetConfig, SyntheticConfig, config_from_dict
 from semoe.data import CORPORA, DATASETS, DataContext
-from semoe.data.synthetic import _REAL_WORDS, MAX_WORDS, MIN_WORDS, QUESTION_TYPES, build_encyclopedia, question_counts
+from semoe.data.encyclopedia import _REAL_WORDS, MAX_WORDS, MIN_WORDS, QUESTION_TYPES, build_encyclopedia, question_counts
 
 CFG = SyntheticConfig(seed=3, n_entities=40, n_questions=300, extra_passages_per_entity=2)
 
@@ -47,7 +47,7 @@ def test_same_seed_same_output_and_different_seed_differs(enc):
 
 def test_output_does_not_depend_on_the_process_hash_seed(enc):
     code = (
-        "from semoe.config import SyntheticConfig; from semoe.data.synthetic import build_encyclopedia; "
+        "from semoe.config import SyntheticConfig; from semoe.data.encyclopedia import build_encyclopedia; "
         f"e = build_encyclopedia(SyntheticConfig.model_validate_json({CFG.model_dump_json()!r})); "
         "print(e.passages[-1].text, e.questions[-1].question, e.questions[-1].answers)"
     )

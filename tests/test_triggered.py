@@ -555,7 +555,7 @@ def test_method_runs_on_a_context_without_trigger_section(tiny):
 @pytest.mark.slow
 def test_dragin_and_token_end_to_end(model_cache_root, tmp_path):
     from semoe.config import SyntheticConfig
-    from semoe.data.synthetic import build_encyclopedia
+    from semoe.data.encyclopedia import build_encyclopedia
     from semoe.evaluation import to_rows
     from semoe.generation.lm import ChatLM
     from semoe.models.loading import load_model

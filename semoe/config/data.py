@@ -10,7 +10,7 @@ from semoe.config.base import Section
 
 
 class SyntheticConfig(Section):
-    """Deterministic fictional encyclopedia (see semoe.data.synthetic)."""
+    """Deterministic fictional encyclopedia (see semoe.data.encyclopedia)."""
 
     seed: int = 0
     n_entities: int = Field(400, ge=8, description="entities per kind (people, places, organisations, works)")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from semoe.registry import Registry
 
 if TYPE_CHECKING:
-    from semoe.config import SyntheticConfig
+    from semoe.config import SemoeConfig, SyntheticConfig
 
 DATASETS: Registry = Registry("dataset", "semoe.data.sources")
 CORPORA: Registry = Registry("corpus format", "semoe.data.sources")
@@ -25,3 +25,7 @@ class DataContext:
     """What a loader may need beyond its own config section."""
 
     synthetic: "SyntheticConfig"
+
+    @classmethod
+    def of(cls, cfg: "SemoeConfig") -> "DataContext":
+        return cls(synthetic=cfg.synthetic)

@@ -152,7 +152,7 @@ def corpus_key(cfg: CorpusConfig, ctx: DataContext) -> str:
         "limit": cfg.limit,
     }
     if cfg.format == "synthetic":
-        from semoe.data.synthetic import passage_identity
+        from semoe.data.encyclopedia import passage_identity
 
         parts["synthetic"] = passage_identity(ctx.synthetic)
     else:

@@ -12,6 +12,7 @@ from typing import Iterator
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from semoe.data import DataContext
 from semoe import evaluation, identity
 from semoe.checks import check_config
 from semoe.config import SemoeConfig
@@ -23,7 +24,7 @@ from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
 from semoe.storage.locks import run_lock
 from semoe.storage.results import ResultStore, utcnow
 from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
-from semoe.tasks.evaluation import answer_chunk_task, answer_shard_task, load_examples_task
+from semoe.tasks.answering import answer_chunk_task, answer_shard_task, load_examples_task
 from semoe.tasks.experts import build_experts_task
 from semoe.tasks.gpu import ensure_gpu_limits
 from semoe.tasks import interrupts
@@ -34,7 +35,7 @@ from semoe.tasks.indexing import build_index_task
 def index_corpus(config: SemoeConfig) -> dict:
     """Index the configured corpus with the configured backend (reused when unchanged)."""
     logger = get_run_logger()
-    key = corpus_key(config.corpus, evaluation.data_context(config))
+    key = corpus_key(config.corpus, DataContext.of(config))
     built = open_retriever(config, key).is_built()
     info = build_index_task.with_options(refresh_cache=not built)(config, key)
     if built:  # the task's (possibly cached) result describes an earlier build

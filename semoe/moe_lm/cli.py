@@ -50,7 +50,7 @@ def _progress(total: int):
 def usage_table(gen) -> str:
     """One row per layer: the share of tokens that had each expert in their top-k, and how often
     consecutive tokens changed expert set (low for routers that keep a sequence on the same experts)."""
-    from semoe.cli import format_table
+    from semoe.textfmt import format_table
 
     n_tokens = len(gen.experts)
     columns = ["layer"] + [f"e{e}" for e in range(gen.num_experts)] + ["switch %"]

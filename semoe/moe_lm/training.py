@@ -50,7 +50,7 @@ def checkpoint_key(cfg: MoeLMConfig, texts: Sequence[str]) -> str:
 def encyclopedia_texts(synthetic=None) -> list[str]:
     """The default corpus: the synthetic encyclopedia's passages (``SyntheticConfig()`` unless given)."""
     from semoe.config import SyntheticConfig
-    from semoe.data.synthetic import build_encyclopedia
+    from semoe.data.encyclopedia import build_encyclopedia
 
     return [p.text for p in build_encyclopedia(synthetic or SyntheticConfig()).passages]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from semoe.registry import Registry
 from semoe.routing.base import (
     RouterAdapter,
     RoutingError,
@@ -25,19 +24,7 @@ from semoe.routing.base import (
     UnsupportedModelError,
 )
 
-ADAPTERS: Registry = Registry("routing adapter", "semoe.routing.adapters")
-POLICIES: Registry = Registry("routing policy", "semoe.routing.policies")
-
-
-def register_policy(name: str):
-    """Register a policy class under ``name`` and record the name on the class."""
-
-    def decorator(cls):
-        cls.name = name
-        return POLICIES.register(name)(cls)
-
-    return decorator
-
+from semoe.routing.registry import ADAPTERS, POLICIES, register_policy
 
 def benjamini_hochberg(p_values, alpha: float):
     """Benjamini–Hochberg step-up rejection mask along the last dimension (see calibration)."""
@@ -55,11 +42,11 @@ _LAZY = {
     "RoutingStats": "semoe.routing.stats",
     "EmpiricalNull": "semoe.routing.calibration",
     "fit_empirical_null": "semoe.routing.calibration",
-    "roe_generate": "semoe.routing.roe",
-    "roe_decode": "semoe.routing.roe",
-    "roe_next_token_probs": "semoe.routing.roe",
-    "ensemble_next_token_probs": "semoe.routing.roe",
-    "create_tau_map": "semoe.routing.roe",
+    "roe_generate": "semoe.routing.ensemble",
+    "roe_decode": "semoe.routing.ensemble",
+    "roe_next_token_probs": "semoe.routing.ensemble",
+    "ensemble_next_token_probs": "semoe.routing.ensemble",
+    "create_tau_map": "semoe.routing.policies.roe",
 }
 
 

@@ -55,7 +55,7 @@ class RouterAdapter:
     # OLMoE/Qwen cast top-k weights back to the logits dtype, Mixtral keeps float32.
     scores_in_logits_dtype: ClassVar[bool] = True
     # The family's causal LM computes logits as a bias-free ``lm_head`` on the base model's
-    # last hidden state, nothing else (lets RoE run the head itself, see semoe.routing.roe).
+    # last hidden state, nothing else (lets RoE run the head itself, see semoe.routing.ensemble).
     plain_lm_head: ClassVar[bool] = False
     _verified: ClassVar[bool] = False
 
@@ -183,7 +183,7 @@ class RoutingPolicy:
 
 def make_policy(spec: Any) -> RoutingPolicy:
     """A policy from an instance, a registered name, or a ``{name, params}`` mapping/object."""
-    from semoe.routing import POLICIES
+    from semoe.routing.registry import POLICIES
 
     if isinstance(spec, RoutingPolicy):
         return spec

@@ -230,7 +230,7 @@ def qa_not_applicable(loaded: LoadedModel) -> str | None:
 
 
 class RoEChatLM(ChatLM):
-    """A :class:`ChatLM` whose replies are RoE ensemble decodes (``semoe.routing.roe.roe_decode``),
+    """A :class:`ChatLM` whose replies are RoE ensemble decodes (``semoe.routing.ensemble.roe_decode``),
     so RoE answers the same prompts, with the same answer extraction, as every method."""
 
     def __init__(self, model, tokenizer, policy, system_prompt: str | None = None):
@@ -239,7 +239,7 @@ class RoEChatLM(ChatLM):
 
     def generate(self, conversations, max_new_tokens, batch_size=8, on_batch=None) -> list[Generation]:
         """One conversation at a time: RoE decodes one sequence (its K copies are the batch)."""
-        from semoe.routing.roe import roe_decode
+        from semoe.routing.ensemble import roe_decode
 
         eos, results = self.tokenizer.eos_token_id, []
         for i, conversation in enumerate(conversations):
@@ -265,7 +265,7 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
     from semoe.generation import METHODS
     from semoe.generation.base import MethodContext
     from semoe.metrics import exact_match, f1_score
-    from semoe.routing.evaluation import is_roe
+    from semoe.routing.measure import is_roe
     from semoe.routing.patch import route_with
 
     if not examples:
@@ -319,7 +319,7 @@ def heatmap_path(heatmap_dir: str | Path, cell: Cell, routing: RoutingEvalConfig
 def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str | Path | None) -> dict[str, list[dict]]:
     """Perplexity, routing statistics, decode speed, peak memory, QA and the heatmap of one
     cell: ``{"routing_runs": [row], "routing_layer_stats": rows}``."""
-    from semoe.routing.evaluation import encode_texts, evaluate_policy
+    from semoe.routing.measure import encode_texts, evaluate_policy
 
     r = routing_section(cfg)
     loaded = routing_model(cfg, cell.model)

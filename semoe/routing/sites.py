@@ -28,7 +28,7 @@ class RouterSite:
 
 def adapter_index() -> dict[str, type[RouterAdapter]]:
     """Router class name → adapter, over every registered adapter."""
-    from semoe.routing import ADAPTERS
+    from semoe.routing.registry import ADAPTERS
 
     index: dict[str, type[RouterAdapter]] = {}
     for name in ADAPTERS.names():

@@ -143,7 +143,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         3,
         [
-            # Routing-policy evaluations (semoe.routing.evaluation, flow evaluate_routing): one row
+            # Routing-policy evaluations (semoe.routing.measure, flow evaluate_routing): one row
             # per run × model × policy × mode; `setting` is the human-readable grid cell ("k=2",
             # "alpha=0.05 calibrated", "K=4") and `k` the fixed experts per token (NULL when adaptive).
             """CREATE TABLE routing_runs (

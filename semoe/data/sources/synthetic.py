@@ -9,7 +9,7 @@ from typing import Iterator
 from semoe.config import CorpusConfig, DatasetConfig, SyntheticConfig
 from semoe.data import CORPORA, DATASETS, DataContext
 from semoe.data.schema import Example, Passage
-from semoe.data.synthetic import Encyclopedia, build_encyclopedia
+from semoe.data.encyclopedia import Encyclopedia, build_encyclopedia
 
 
 @functools.lru_cache(maxsize=4)

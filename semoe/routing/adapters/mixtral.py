@@ -1,6 +1,6 @@
 """Mixtral: ``MixtralTopKRouter`` always renormalises the top-k weights and keeps them in float32."""
 
-from semoe.routing import ADAPTERS
+from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
 
 

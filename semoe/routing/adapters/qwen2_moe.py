@@ -1,7 +1,7 @@
 """Qwen2-MoE: routed experts via ``Qwen2MoeTopKRouter``; the gated shared expert is not routed
 and stays untouched. Layers listed in ``mlp_only_layers`` are dense and have no router."""
 
-from semoe.routing import ADAPTERS
+from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
 
 

@@ -1,6 +1,6 @@
 """Qwen3-MoE: ``Qwen3MoeTopKRouter``; Qwen3-30B-A3B ships ``norm_topk_prob=True``."""
 
-from semoe.routing import ADAPTERS
+from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
 
 

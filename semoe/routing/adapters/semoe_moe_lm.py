@@ -6,7 +6,7 @@ the call, not through arguments; a patched forward runs the original one, so the
 exactly as without a policy.
 """
 
-from semoe.routing import ADAPTERS
+from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from semoe.routing import register_policy
+from semoe.routing.registry import register_policy
 from semoe.routing.base import RoutingError
 from semoe.routing.policies.common import BoundedParams, BoundedPolicy
 

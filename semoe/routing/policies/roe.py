@@ -3,19 +3,33 @@
 Adding Gumbel noise before top-k samples k experts without replacement from
 ``softmax(logits / τ)``; τ = 0 is the model's own routing. The mixing weights stay
 the model's clean router probabilities of the sampled experts, so only the roster changes.
-Ensembling K such samples per token is ``semoe.routing.roe``; as a plain policy (e.g. for
+Ensembling K such samples per token is ``semoe.routing.ensemble``; as a plain policy (e.g. for
 perplexity) every token routes noisily except the first ``clean_rows`` rows of a call.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import Any, Sequence
 
 from pydantic import Field
 
-from semoe.routing import register_policy
+from semoe.routing.registry import register_policy
 from semoe.routing.base import RoutingError
 from semoe.routing.policies.common import BasePolicy, PolicyParams
+
+
+def create_tau_map(num_layers: int, tau: float | Sequence[float] = 0.5, *, skip: int = 1, seed: int = 0) -> list[float]:
+    """τ per MoE layer: ``tau`` (or uniform in ``[low, high]``, drawn once per layer with
+    ``seed``), and 0 on the first and last ``skip`` layers, whose routing RoE leaves clean."""
+    if isinstance(tau, (int, float)):
+        taus = [float(tau)] * num_layers
+    else:
+        low, high = tau
+        rng = random.Random(seed)
+        taus = [rng.uniform(low, high) for _ in range(num_layers)]
+    return [0.0 if i < skip or i >= num_layers - skip else t for i, t in enumerate(taus)]
+
 
 
 class RoEParams(PolicyParams):
@@ -47,8 +61,6 @@ class RoEPolicy(BasePolicy):
         return own_k  # per sample: the model's own k
 
     def bind(self, sites) -> None:
-        from semoe.routing.roe import create_tau_map
-
         p = self.params
         if p.tau_map is None:
             self.taus = create_tau_map(len(sites), p.tau, skip=p.skip, seed=p.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from semoe.routing import register_policy
+from semoe.routing.registry import register_policy
 from semoe.routing.base import RoutingError
 from semoe.routing.policies.common import BasePolicy, PolicyParams
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
+from semoe.data import DataContext
 from semoe import evaluation
 from semoe.config import DatasetConfig, SemoeConfig
 from semoe.data.loading import load_examples
@@ -18,7 +19,7 @@ from semoe.tasks.interrupts import interruptible
 @task(name="load-examples", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient_io)
 @interruptible
 def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict]:
-    return [ex.as_dict() for ex in load_examples(dataset, evaluation.data_context(config))]
+    return [ex.as_dict() for ex in load_examples(dataset, DataContext.of(config))]
 
 
 @task(

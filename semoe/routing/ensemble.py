@@ -11,7 +11,6 @@ averaged and decoding is greedy on the average.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -20,18 +19,6 @@ import torch
 
 from semoe.routing.base import RoutingError
 from semoe.routing.stats import RoutingStats
-
-
-def create_tau_map(num_layers: int, tau: float | Sequence[float] = 0.5, *, skip: int = 1, seed: int = 0) -> list[float]:
-    """τ per MoE layer: ``tau`` (or uniform in ``[low, high]``, drawn once per layer with
-    ``seed``), and 0 on the first and last ``skip`` layers, whose routing RoE leaves clean."""
-    if isinstance(tau, (int, float)):
-        taus = [float(tau)] * num_layers
-    else:
-        low, high = tau
-        rng = random.Random(seed)
-        taus = [rng.uniform(low, high) for _ in range(num_layers)]
-    return [0.0 if i < skip or i >= num_layers - skip else t for i, t in enumerate(taus)]
 
 
 @dataclass

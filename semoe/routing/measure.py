@@ -158,13 +158,13 @@ def perplexity(
 
     ``policy=None`` is the model's own routing (recorded through ``topk`` in analyze mode,
     so its statistics are comparable). RoE in patch mode scores the K-sample average with
-    the clean cache (:func:`semoe.routing.roe.ensemble_next_token_probs`).
+    the clean cache (:func:`semoe.routing.ensemble.ensemble_next_token_probs`).
     """
     import torch
 
     from semoe.routing.base import make_policy
     from semoe.routing.patch import route_with
-    from semoe.routing.roe import ensemble_next_token_probs
+    from semoe.routing.ensemble import ensemble_next_token_probs
 
     if policy is None:
         policy, mode = make_policy("topk"), "analyze"
@@ -228,7 +228,7 @@ def decode(model, input_ids, policy: Any = None, max_new_tokens: int = 32, *, gu
     """Greedy decoding speed under ``policy`` (RoE: K-sample ensemble decoding)."""
     from semoe.routing.base import make_policy
     from semoe.routing.patch import route_with
-    from semoe.routing.roe import roe_decode
+    from semoe.routing.ensemble import roe_decode
 
     input_ids = input_ids.to(next(model.parameters()).device)
     if policy is None:

@@ -1,0 +1,147 @@
+"""The import graph of the package: no cycles, and no upward import between layers.
+
+Imports are read from the source (module level and inside functions alike; ``TYPE_CHECKING``
+blocks aside), so a function-local import cannot hide a cycle. A package is in one layer; it
+may import its own modules and those of lower layers. Packages sharing a layer are
+independent of each other.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import semoe
+
+ROOT = Path(semoe.__file__).parent
+
+# Top to bottom. "generation.methods" is the registered methods, above passage experts,
+# which use the generation core below them.
+LAYERS: list[set[str]] = [
+    {"__main__"},
+    {"cli"},
+    {"deployments"},
+    {"flows"},
+    {"tasks"},
+    {"evaluation", "reporting"},
+    {"checks"},
+    {"routing"},
+    {"identity", "indexing"},
+    {"generation.methods"},
+    {"experts", "moe_lm"},
+    {"generation"},
+    {"models", "retrieval"},
+    {"data", "storage", "metrics", "concurrency", "textfmt"},
+    {"registry"},
+    {"config"},
+    {""},  # the package's own __init__ (its version)
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")[1:]
+    if parts[:2] == ["generation", "methods"]:
+        return "generation.methods"
+    return parts[0] if parts else ""
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """semoe modules imported by ``path`` anywhere but under ``if TYPE_CHECKING``."""
+    found: set[str] = set()
+    is_package = path.name == "__init__.py"
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names if a.name.startswith("semoe"))
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = module.split(".")[: len(module.split(".")) - child.level + is_package]
+                    base = ".".join(anchor + ([base] if base else []))
+                if base.startswith("semoe"):
+                    found.add(base)
+                    found.update(f"{base}.{a.name}" for a in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+    def resolve(name: str) -> str | None:  # "semoe.x.y.attr" -> the module that holds it
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    return {m: {t for n in _imports(p, m) if (t := resolve(n)) and t != m} for m, p in files.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    assert _cycles(_graph()) == []
+
+
+def test_no_upward_or_sideways_import_between_layers():
+    layer_of = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    graph = _graph()
+    unplaced = sorted({_package(m) for m in graph} - set(layer_of))
+    assert not unplaced, f"packages missing from LAYERS: {unplaced}"
+    bad = sorted(
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if _package(m) != _package(t) and layer_of[_package(t)] <= layer_of[_package(m)]
+    )
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_function_local_imports(tmp_path):
+    pkg = tmp_path / "semoe"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def f():\n    from semoe.b import g\n", encoding="utf-8")
+    (pkg / "b.py").write_text("from semoe import a\n\ndef g():\n    pass\n", encoding="utf-8")
+    assert _imports(pkg / "a.py", "semoe.a") == {"semoe.b", "semoe.b.g"}
+    assert _cycles({"semoe.a": {"semoe.b"}, "semoe.b": {"semoe.a"}}) == [["semoe.a", "semoe.b"]]
