@@ -128,6 +128,19 @@ def expert_provider(cfg: SemoeConfig, lm, params):
     return ExpertProvider(lm, cfg.model, params.augment, params.experts, cfg.cache.root)
 
 
+def reuse_stored_answers(
+    cfg: SemoeConfig, store, run_id: str, examples: dict[str, list[Example]], corpus_key: str | None
+) -> tuple[list[WorkItem], int]:
+    """Plan the answers ``run_id`` still lacks, copy (re-scored) those stored under the same
+    answer keys by any run, and return (the chunks still to answer, the number copied)."""
+    planned = plan_work(cfg, examples, store.done_keys(run_id), corpus_key)
+    stored = store.stored_answers([k for item in planned for k in item.answer_keys])
+    reusable, todo = split_reusable(planned, set(stored))
+    for item in reusable:
+        store.write_predictions(reused_rows(run_id, item, stored))
+    return todo, sum(len(i.examples) for i in reusable)
+
+
 def answer_chunk(cfg: SemoeConfig, item: WorkItem, retriever=None) -> tuple[list[MethodOutput], dict[str, list[dict]]]:
     """(outputs of ``item``'s method, catalogue rows of the passage experts it built)."""
     method = build_method(cfg.method(item.method), cfg)

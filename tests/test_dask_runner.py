@@ -38,6 +38,7 @@ def _tables(store: ResultStore) -> dict[str, list[dict]]:
 
 def test_dask_runner_matches_default_runner(tmp_path, tiny_lm_dir, prefect_api, monkeypatch):
     import semoe.flows.pipeline as flows
+    import semoe.flows.runners as runners
     from semoe.storage import shards
 
     ingested = []
@@ -46,7 +47,7 @@ def test_dask_runner_matches_default_runner(tmp_path, tiny_lm_dir, prefect_api, 
         ingested.append(path)
         return shards.ingest_shard(store, path)
 
-    monkeypatch.setattr(flows, "ingest_shard", counting_ingest)
+    monkeypatch.setattr(runners, "ingest_shard", counting_ingest)
     default_cfg = _config(tmp_path, tiny_lm_dir, "default", {})
     dask_cfg = _config(tmp_path, tiny_lm_dir, "dask", {"kind": "dask", "n_workers": 2})
     default = flows.pipeline(default_cfg)

@@ -10,9 +10,12 @@ once and shares between its subflows.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from semoe.config import ConfigError, RunnerConfig, SemoeConfig
+from semoe.storage.results import ResultStore
+from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
 
 
 def _require_dask() -> None:
@@ -72,3 +75,46 @@ def shared_cluster(config: SemoeConfig) -> Iterator[SemoeConfig]:
     with LocalCluster(**_local_cluster_kwargs(config.runner)) as cluster:
         runner = config.runner.model_copy(update={"address": cluster.scheduler_address})
         yield config.model_copy(update={"runner": runner})
+
+
+class Runner:
+    """The seam between a flow and where its tasks run: ``run(task, calls)`` runs
+    ``task(*call)`` for each call and commits each call's tables to the store, in order, as
+    they come; the flow never sees shards. Local: in this process, one call after another.
+    Dask: all calls at once on the workers, which leave Parquet shards (DuckDB admits one
+    writing process) that this process, the single writer, ingests; a resumed run first
+    ingests the shards a killed one left (``resume``)."""
+
+    def __init__(self, store: ResultStore, shard_dir: Path):
+        self.store = store
+        self.shard_dir = shard_dir
+
+    def resume(self) -> int:
+        """Commit what tasks of a killed attempt finished but never handed over; their number."""
+        return 0
+
+    def run(self, task, calls: list[tuple]) -> Iterator[int]:
+        """Commit the tables of each call in order, yielding its index once committed."""
+        for i, call in enumerate(calls):
+            self.store.commit(task(*call))
+            yield i
+
+
+class DaskRunner(Runner):
+    def resume(self) -> int:
+        return ingest_pending(self.store, self.shard_dir)
+
+    def run(self, task, calls: list[tuple]) -> Iterator[int]:
+        futures = [task.submit(*call, shard_root=str(self.shard_dir)) for call in calls]
+        for i, future in enumerate(futures):
+            ingest_shard(self.store, future.result())
+            yield i
+
+
+@contextmanager
+def runner_for(kind: str, store: ResultStore, key: str) -> Iterator[Runner]:
+    """The runner of ``runner.kind`` ``kind`` for one job (``key``: its shards' directory
+    name); the shard directory is removed once the job ends without an error."""
+    shard_dir = shard_root(store.path, key)
+    yield (Runner if kind == "default" else DaskRunner)(store, shard_dir)
+    remove_root(shard_dir)

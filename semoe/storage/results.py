@@ -247,6 +247,13 @@ class ResultStore:
                     con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
             con.execute("INSERT OR REPLACE INTO predictions BY NAME SELECT * FROM pred_df")
 
+    def commit(self, tables: dict[str, Sequence[dict]]) -> None:
+        """Write a task's tables: predictions with their per-example rows (``write_predictions``),
+        every other table keyed (``write_tables``)."""
+        per_example = {t: tables[t] for t in ("predictions", *PER_EXAMPLE_TABLES) if t in tables}
+        self.write_predictions(per_example)
+        self.write_tables({t: rows for t, rows in tables.items() if t not in per_example})
+
     def write_rows(self, table: str, rows: Sequence[dict]) -> None:
         """Keyed insert of generic rows (metrics, index stats, ...)."""
         self.write_tables({table: rows})

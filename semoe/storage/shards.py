@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from semoe.storage.results import PER_EXAMPLE_TABLES, ResultStore
+from semoe.storage.results import ResultStore
 
 
 def shard_root(store_path: str | Path, run_id: str) -> Path:
@@ -58,11 +58,7 @@ def pending_shards(root: str | Path) -> list[Path]:
 def ingest_shard(store: ResultStore, path: str | Path) -> None:
     """Load one shard into the store, then delete it (a crash in between only means the
     shard is ingested again)."""
-    tables = read_shard(path)
-    per_example = {t: tables.pop(t) for t in ("predictions", *PER_EXAMPLE_TABLES) if t in tables}
-    store.write_predictions(per_example)
-    for table, rows in tables.items():
-        store.write_rows(table, rows)
+    store.commit(read_shard(path))
     shutil.rmtree(path)
 
 

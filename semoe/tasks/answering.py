@@ -6,12 +6,12 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
-from semoe.data import DataContext
 from semoe import evaluation
 from semoe.config import DatasetConfig, SemoeConfig
+from semoe.data import DataContext
 from semoe.data.loading import load_examples
 from semoe.data.schema import Example
-from semoe.tasks.common import retry_on_transient_io
+from semoe.tasks.common import hand_back, retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
 
@@ -30,26 +30,14 @@ def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict
 @interruptible
 def answer_chunk_task(
     config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
-    corpus_key: str | None, first_id: str,
-) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """(per-example rows, catalogue rows of experts built on demand) for the store writer."""
-    return _answer(config, run_id, dataset, method, examples, answer_keys, corpus_key)
-
-
-@task(name="answer-shard", task_run_name="{method}-{dataset}-{first_id}", cache_policy=NONE)
-@interruptible
-def answer_shard_task(
-    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
-    corpus_key: str | None, first_id: str, shard_root: str,
-) -> str:
-    """Answer a chunk on a worker process and leave its rows as a Parquet shard under
-    ``shard_root`` (the flow process ingests it); returns the shard's path."""
+    corpus_key: str | None, first_id: str, shard_root: str | None = None,
+) -> dict[str, list[dict]] | str:
+    """The rows of a chunk's answers (predictions, retrievals, trigger events) and of the
+    passage experts built on demand, handed back to the store writer (``hand_back``)."""
     from semoe.storage.artifacts import content_key
-    from semoe.storage.shards import write_shard
 
     rows, catalogue = _answer(config, run_id, dataset, method, examples, answer_keys, corpus_key)
-    key = content_key(dataset, method, [e["id"] for e in examples])
-    return str(write_shard(shard_root, f"answers-{key}", {**rows, **catalogue}))
+    return hand_back({**rows, **catalogue}, shard_root, "answers-" + content_key(dataset, method, answer_keys))
 
 
 def _answer(

@@ -10,6 +10,7 @@ from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.schema import Passage
 from semoe.generation.methods.parametric import ExpertParams
+from semoe.tasks.common import hand_back
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
 
@@ -18,18 +19,13 @@ from semoe.tasks.interrupts import interruptible
 @interruptible
 def build_experts_task(
     config: SemoeConfig, params: ExpertParams, passages: list[dict], first_id: str, shard_root: str | None = None
-) -> dict:
-    """{"trained": n, "rows": catalogue rows} of the experts of ``passages`` made with
-    ``params`` (augment + experts settings); with ``shard_root`` (a worker process) the rows
-    are left there as a Parquet shard instead and "shard" is its path."""
+) -> dict[str, list[dict]] | str:
+    """The catalogue rows (``augmentations``, ``experts``) of the experts of ``passages`` made
+    with ``params`` (augment + experts settings), handed back to the store writer (``hand_back``)."""
+    from semoe.storage.artifacts import content_key
+
     with gpu_slot(config):
         provider = evaluation.expert_provider(config, evaluation.load_lm(config), params)
         provider.ensure([Passage(**p) for p in passages])
-    rows = provider.drain_rows()
-    if shard_root is None:
-        return {"trained": provider.trained, "rows": rows}
-    from semoe.storage.artifacts import content_key
-    from semoe.storage.shards import write_shard
-
-    key = content_key([p["id"] for p in passages], params.identity())
-    return {"trained": provider.trained, "shard": str(write_shard(shard_root, f"experts-{key}", rows))}
+    key = "experts-" + content_key([p["id"] for p in passages], params.identity())
+    return hand_back(provider.drain_rows(), shard_root, key)

@@ -21,16 +21,19 @@ def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str
 
     with gpu_slot(config):
         loaded = routing_model(config, model_index)
-    return {"model_key": loaded.key, "curve": loaded.curve}
+    return {"moe_lm_training": loaded.curve}
 
 
 @task(name="routing-cell", task_run_name="{label}", cache_policy=NONE)  # the store records done cells
 @interruptible
 def evaluate_routing_cell_task(
     config: SemoeConfig, run_id: str, model_index: int, policy_index: int | None, mode: str, heatmap_dir: str,
-    label: str,
+    label: str, cell_key: str,
 ) -> dict[str, list[dict]]:
+    """The rows of one cell (``routing_runs``, ``routing_layer_stats``), keyed ``cell_key``."""
     from semoe.routing.grid import Cell, evaluate_cell
 
     with gpu_slot(config):
-        return evaluate_cell(config, run_id, Cell(model_index, policy_index, mode), heatmap_dir)
+        tables = evaluate_cell(config, run_id, Cell(model_index, policy_index, mode), heatmap_dir)
+    tables["routing_runs"] = [{**r, "cell_key": cell_key, "computed_in": run_id} for r in tables["routing_runs"]]
+    return tables
