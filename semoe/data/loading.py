@@ -72,13 +72,11 @@ class ReadPosition:
         self.size = path.stat().st_size
         self.line = 0
         self._file: IO[bytes] | None = None
+        self._last = 0
 
     @property
     def bytes_read(self) -> int:
-        try:
-            return self._file.tell() if self._file is not None else 0
-        except (ValueError, OSError):  # closed: the reader is done
-            return self.size
+        return self._file.tell() if self._file is not None else self._last
 
 
 class _HashSet:
@@ -448,23 +446,28 @@ def iter_lines(path: Path, replace_errors: bool = False, position: ReadPosition 
     replaced = 0
     try:
         with open_binary(path) as f:
+            on_disk = f.fileobj if isinstance(f, gzip.GzipFile) else f
             if position is not None:
-                position._file = f.fileobj if isinstance(f, gzip.GzipFile) else f
-            for lineno, raw in enumerate(f, 1):
-                if position is not None:
-                    position.line = lineno
-                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8) :]
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    if not replace_errors:
-                        raise DataFormatError(
-                            f"{path}: line {lineno}: not valid UTF-8 (bad byte at column {e.start + 1}); "
-                            "re-encode the file as UTF-8"
-                        ) from None
-                    replaced += 1
-                    yield raw.decode("utf-8", "replace")
+                position._file = on_disk
+            try:
+                for lineno, raw in enumerate(f, 1):
+                    if position is not None:
+                        position.line = lineno
+                    if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                        raw = raw[len(codecs.BOM_UTF8) :]
+                    try:
+                        yield raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        if not replace_errors:
+                            raise DataFormatError(
+                                f"{path}: line {lineno}: not valid UTF-8 (bad byte at column {e.start + 1}); "
+                                "re-encode the file as UTF-8"
+                            ) from None
+                        replaced += 1
+                        yield raw.decode("utf-8", "replace")
+            finally:
+                if position is not None:  # where it stopped, read before the file closes
+                    position._last, position._file = on_disk.tell(), None
     finally:
         if replaced:
             log.warning("%s: replaced undecodable bytes with U+FFFD on %d lines", path, replaced)

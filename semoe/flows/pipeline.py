@@ -16,11 +16,11 @@ from semoe import evaluation, identity
 from semoe.config import SemoeConfig
 from semoe.data.loading import corpus_key
 from semoe.data.schema import Example
-from semoe.indexing import describe_corpus, open_retriever
+from semoe.indexing import IndexInfo, describe_corpus, open_retriever, record_index
 from semoe.flows.runners import shared_cluster, with_runner
 from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
 from semoe.storage.locks import run_lock
-from semoe.storage.results import ResultStore, utcnow
+from semoe.storage.results import ResultStore
 from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
 from semoe.tasks.evaluation import answer_chunk_task, answer_shard_task, load_examples_task
 from semoe.tasks.experts import build_experts_task
@@ -39,23 +39,10 @@ def index_corpus(config: SemoeConfig) -> dict:
     if built:  # the task's (possibly cached) result describes an earlier build
         logger.info("index %s for %s reused (%s)", info["backend"], describe_corpus(config.corpus), info["index_dir"])
     else:
-        rate = info["passages"] / info["seconds"] if info["seconds"] else None
-        logger.info("indexed %s passages in %.1f s (%.0f passages/s)", info["passages"], info["seconds"], rate or 0)
-        ResultStore(config.store.path).write_rows(
-            "indexes",
-            [
-                {
-                    "corpus_key": key,
-                    "backend": info["backend"],
-                    "passages": info["passages"],
-                    "seconds": info["seconds"],
-                    "passages_per_s": rate,
-                    "skipped_rows": info.get("skipped_rows", 0),
-                    "location": info["index_dir"],
-                    "built_at": utcnow(),
-                }
-            ],
-        )
+        built = IndexInfo(**info)
+        logger.info("indexed %s passages in %.1f s (%.0f passages/s)", built.passages, built.seconds,
+                    built.passages_per_s or 0)  # fmt: skip
+        record_index(config.store.path, built)
     return info
 
 
