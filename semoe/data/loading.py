@@ -249,8 +249,9 @@ def _close(items: Iterator) -> None:
 
 
 class _Progress:
-    """Progress of a stream through its file: a tqdm bar by bytes (rate and ETA) on stderr,
-    and a log line a minute for the Prefect run log (``semoe`` is an extra logger there)."""
+    """Progress of a stream through its file: a tqdm bar by bytes (rate and ETA) when stderr is
+    a terminal, and a log line a minute for logs and the Prefect run log (``semoe`` is an
+    extra logger there)."""
 
     LOG_EVERY_S = 60.0
 
@@ -265,14 +266,15 @@ class _Progress:
         self.position = position
         self.started = self.logged = time.monotonic()
         self.bar = tqdm(total=position.size, unit="B", unit_scale=True, unit_divisor=1024, desc=self.label,
-                        mininterval=1.0)  # fmt: skip
+                        mininterval=1.0, disable=None)  # fmt: skip
 
     def update(self, n: int) -> None:
-        if self.bar is None:
+        if self.position is None:
             return
         done = self.position.bytes_read
-        self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(f"{n:,} passages", refresh=False)
+        if not self.bar.disable:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(f"{n:,} passages", refresh=False)
         now = time.monotonic()
         if now - self.logged >= self.LOG_EVERY_S:
             self.logged = now
