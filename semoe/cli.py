@@ -109,6 +109,38 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _log_progress() -> None:
+    """semoe's INFO lines (progress of long stages) on stderr, for commands run without Prefect."""
+    logger = logging.getLogger("semoe")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("semoe: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def cmd_index(args) -> int:
+    """Index the configured corpus, reusing a complete index, and record the build in the store.
+    The plain function, not the ``index_corpus`` flow: one step gains nothing from Prefect's
+    retries or UI but would wait for an API server to start (``semoe serve --flow index_corpus``
+    gives a UI-visible run). A build killed midway leaves nothing marked complete."""
+    from semoe.indexing import build_index, describe_corpus, record_index
+
+    cfg = _load(args)
+    _log_progress()
+    info = build_index(cfg)
+    where = f"{info.backend} index of {describe_corpus(cfg.corpus)} at {info.index_dir}"
+    if info.reused:
+        print(f"reused the {where} (corpus key {info.corpus_key})")
+        return 0
+    record_index(cfg.store.path, info)
+    skipped = f", {info.skipped_rows} malformed rows skipped" if info.skipped_rows else ""
+    print(f"indexed {info.passages:,} passages in {info.seconds:.1f} s ({info.passages_per_s or 0:,.0f} passages/s"
+          f"{skipped}): {where}")
+    print(f"recorded in {cfg.store.path} (table indexes)")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from semoe.config import config_yaml
 
@@ -267,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="if another process is running the same run, wait up to SECONDS for it (default: stop)")
 
     with_wait(with_config(sub.add_parser("run", help="run the pipeline flow (index → evaluate → store)")))
+    with_config(sub.add_parser("index", help="index the config's corpus with its retrieval backend, without evaluating"))
     with_config(sub.add_parser("validate", help="check a config and print it resolved, with its hash"))
     with_wait(with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)")))
     sub.add_parser("ls", help="list registered datasets, corpus formats, retrievers, methods")
@@ -297,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "run": cmd_run, "route": cmd_route, "validate": cmd_validate, "ls": cmd_ls, "sql": cmd_sql,
+    "run": cmd_run, "index": cmd_index, "route": cmd_route, "validate": cmd_validate, "ls": cmd_ls, "sql": cmd_sql,
     "report": cmd_report, "export": cmd_export, "serve": cmd_serve, "deployments": cmd_deployments,
 }
 

@@ -28,6 +28,10 @@ class IndexInfo:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def passages_per_s(self) -> float | None:
+        return self.passages / self.seconds if self.passages is not None and self.seconds else None
+
 
 def _index_dir(cache_root: str, backend: str, key: str):
     return ArtifactCache(cache_root).path("indexes", f"{backend}-{key}")
@@ -52,7 +56,7 @@ def build_index(cfg: SemoeConfig) -> IndexInfo:
     if retriever.is_built():
         return IndexInfo(cfg.retrieval.backend, key, str(retriever.index_dir), True, None, 0.0)
     t0 = time.perf_counter()
-    passages = iter_passages(cfg.corpus, ctx)
+    passages = iter_passages(cfg.corpus, ctx, progress=f"{cfg.retrieval.backend} index")
     stats = retriever.build(passages, total=None)
     return IndexInfo(
         cfg.retrieval.backend,
@@ -62,6 +66,27 @@ def build_index(cfg: SemoeConfig) -> IndexInfo:
         stats.get("passages"),
         time.perf_counter() - t0,
         passages.skipped_rows,
+    )
+
+
+def record_index(store_path: str, info: IndexInfo) -> None:
+    """The ``indexes`` row of a fresh build (a reused index keeps the row of its build)."""
+    from semoe.storage.results import ResultStore, utcnow
+
+    ResultStore(store_path).write_rows(
+        "indexes",
+        [
+            {
+                "corpus_key": info.corpus_key,
+                "backend": info.backend,
+                "passages": info.passages,
+                "seconds": info.seconds,
+                "passages_per_s": info.passages_per_s,
+                "skipped_rows": info.skipped_rows or 0,
+                "location": info.index_dir,
+                "built_at": utcnow(),
+            }
+        ],
     )
 
 

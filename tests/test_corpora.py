@@ -254,6 +254,113 @@ def test_missing_corpus_file(tmp_path):
         list(iter_passages(CorpusConfig(format="jsonl"), CTX))
 
 
+def test_split_tsv_line_bounds_match_a_stripped_line():
+    """The quoted path works within the line-end bounds: same fields, same errors as on the
+    line with its end stripped, for random lines of quotes, tabs and line ends."""
+    import random
+
+    from semoe.data.loading import split_tsv_line
+
+    def outcome(line):
+        try:
+            return split_tsv_line(line)
+        except ValueError as e:
+            return str(e)
+
+    rnd = random.Random(1)
+    for _ in range(5000):
+        body = "".join(rnd.choice(['"', '""', "\t", "a", "\r"]) for _ in range(rnd.randrange(8)))
+        end = rnd.choice(["", "\n", "\r\n", "\r\r\n"])
+        assert outcome(body + end) == outcome(body.rstrip("\r\n")), repr(body + end)
+
+
+# --- duplicate ids and progress -------------------------------------------------------
+
+
+def test_hash_set_agrees_with_a_python_set():
+    """Membership through growth, including keys crowding the table's last slots (wrap-around)."""
+    import random
+
+    from semoe.data.loading import _HashSet
+
+    rnd = random.Random(0)
+    keys = [rnd.getrandbits(64) or 1 for _ in range(20_000)]
+    keys += [(rnd.getrandbits(40) << 24) | 0xFFFFFF for _ in range(300)]  # one home slot, the last: wraps
+    keys += rnd.sample(keys, 5000)  # repeats
+    rnd.shuffle(keys)
+    table, seen = _HashSet(bits=4), set()
+    for k in keys:
+        assert table.add(k) == (k in seen)
+        seen.add(k)
+    assert all(table.add(k) for k in seen)
+    assert len(table._table) * 3 >= len(seen) * 4
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_duplicate_id_fails_on_the_row_that_repeats_it(tmp_path, gz):
+    """Named with both lines as the second occurrence streams past, before any later row is read
+    (the last row is malformed and must not be what fails)."""
+    rows = [[str(i), f"text {i}", f"T{i}"] for i in range(1, 2001)]
+    rows[1500] = ["17", "again", "T"]  # line 1502 repeats line 18 (header on line 1)
+    path = write_dpr(tmp_path / ("psgs.tsv.gz" if gz else "psgs.tsv"), rows + [["x", "only two"]])
+    stream = iter_passages(CorpusConfig(format="dpr-tsv", path=str(path)), CTX)
+    got = []
+    with pytest.raises(
+        DataFormatError,
+        match=rf"^{re.escape(str(path))}: line 1502: duplicate passage id '17' \(first at line 18\); passage ids must be unique$",
+    ):
+        for p in stream:
+            got.append(p)
+    assert len(got) == 1500
+
+
+def test_hash_collisions_are_not_duplicates(tmp_path, monkeypatch):
+    """Ids that merely share a hash pass; a real duplicate among them is still named exactly."""
+    import semoe.data.loading as loading
+
+    monkeypatch.setattr(loading, "_slot_hash", lambda pid: 1 + len(pid) % 2)  # every id collides
+    path = write_dpr(tmp_path / "psgs.tsv", [[pid, "text", "T"] for pid in ["a", "bb", "c", "dd", "e"]])
+    assert [p.id for p in read("dpr-tsv", path)] == ["a", "bb", "c", "dd", "e"]
+    path = write_dpr(tmp_path / "psgs.tsv", [[pid, "text", "T"] for pid in ["a", "bb", "c", "bb", "e"]])
+    with pytest.raises(DataFormatError, match=r"line 5: duplicate passage id 'bb' \(first at line 3\)"):
+        read("dpr-tsv", path)
+    jsonl = tmp_path / "wiki.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "text": "t"}) + "\n" for i in ["a", "b", "c", "a"]))
+    with pytest.raises(DataFormatError, match=r"wiki\.jsonl: line 4: duplicate passage id 'a' \(first at line 1\)"):
+        read("jsonl", jsonl)
+
+
+def test_empty_passage_names_its_line(tmp_path):
+    path = write_dpr(tmp_path / "psgs.tsv", [["1", "ok", "A"], ["2", " \t ", "B"]])
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}: line 3: passage '2' has empty text$"):
+        read("dpr-tsv", path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_progress_by_bytes_of_the_file(tmp_path, gz, monkeypatch, caplog):
+    """Progress lines say how much of the file (compressed bytes for .gz) is read; the last says
+    all of it, and a limited stream stops short of it."""
+    import semoe.data.loading as loading
+
+    monkeypatch.setattr(loading._Progress, "LOG_EVERY_S", 0.0)
+    path = write_dpr(tmp_path / ("psgs.tsv.gz" if gz else "psgs.tsv"),
+                     [[str(i), f"text {i} " * 20, f"T{i}"] for i in range(1, 20_001)])  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="semoe"):
+        stream = iter_passages(CorpusConfig(format="dpr-tsv", path=str(path)), CTX, progress="test index")
+        assert sum(1 for _ in stream) == 20_000
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test index:")]
+    shares = [float(re.search(r"([\d.]+)% of " + re.escape(path.name), line).group(1)) for line in lines]
+    assert len(shares) == 5 and shares == sorted(shares) and 0 < shares[0] < 50, lines
+    assert shares[-1] == 100.0 and lines[-1].startswith("test index: 20,000 passages") and "ETA 0:00:00" in lines[-1]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="semoe"):
+        limited = iter_passages(CorpusConfig(format="dpr-tsv", path=str(path), limit=5000), CTX, progress="test index")
+        assert sum(1 for _ in limited) == 5000
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test index:")][-1]
+    assert float(re.search(r"([\d.]+)% of", last).group(1)) < 60
+
+
 # --- jsonl ---------------------------------------------------------------------------
 
 

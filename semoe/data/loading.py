@@ -7,12 +7,14 @@ reads as one sentence instead of a KeyError traceback from deep inside a stage.
 
 from __future__ import annotations
 
+import array
 import codecs
 import gzip
 import hashlib
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -49,15 +51,80 @@ def load_examples(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
     return examples
 
 
-def iter_passages(cfg: CorpusConfig, ctx: DataContext) -> "PassageStream":
+def iter_passages(cfg: CorpusConfig, ctx: DataContext, progress: str | None = None) -> "PassageStream":
     """Stream the corpus (first ``limit`` passages); the reader is closed when the limit is hit.
-    A passage with empty text, or an id seen before, is a :class:`DataFormatError`; rows the
-    reader skipped (``skip_bad_rows``) are counted in ``.skipped_rows``."""
-    return PassageStream(cfg, ctx)
+    A passage with empty text, or an id seen before, is a :class:`DataFormatError` raised as
+    soon as that row is read; rows the reader skipped (``skip_bad_rows``) are counted in
+    ``.skipped_rows``. ``progress`` (a label, e.g. "tantivy index") shows how far through the
+    file the stream is: a tqdm bar by bytes with rate and ETA, and an INFO log line a minute."""
+    return PassageStream(cfg, ctx, progress)
 
 
-def _id_hash(pid: str) -> int:
-    return int.from_bytes(hashlib.blake2b(pid.encode(), digest_size=8).digest(), "little")
+class ReadPosition:
+    """How far a streaming file reader has got: the line last read and the bytes of the file
+    consumed (compressed bytes for ``.gz``, so the fraction done is right for both).
+
+    A reader that has one yields it before its first passage (see :class:`PassageStream`);
+    :func:`iter_lines` keeps it current."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.size = path.stat().st_size
+        self.line = 0
+        self._file: IO[bytes] | None = None
+        self._last = 0
+
+    @property
+    def bytes_read(self) -> int:
+        return self._file.tell() if self._file is not None else self._last
+
+
+class _HashSet:
+    """A set of 64-bit ints (never 0) in one flat array: open addressing with linear probing,
+    doubled at 3/4 load. 8 bytes a slot: DPR's 21M ids fill 2**25 slots = 268 MB (402 MB for
+    the moment the table doubles), where a Python set of the ids takes several GB and one of
+    their int hashes ~1.5 GB."""
+
+    def __init__(self, bits: int = 10):
+        self._mask = (1 << bits) - 1
+        self._table = array.array("Q", [0]) * (1 << bits)
+        self._count = 0
+
+    def add(self, h: int) -> bool:
+        """Add ``h``; True when it was already there."""
+        table, mask = self._table, self._mask
+        i = h & mask
+        while v := table[i]:
+            if v == h:
+                return True
+            i = (i + 1) & mask
+        table[i] = h
+        self._count += 1
+        if self._count * 4 > mask * 3:
+            self._grow()
+        return False
+
+    def _grow(self) -> None:
+        # A plain loop: a few seconds at 12.6M ids, once per build, where numpy's sort-based
+        # rebuild needs temporaries several times the table's size.
+        old = self._table
+        self._mask = mask = self._mask * 2 + 1
+        self._table = table = array.array("Q", [0]) * (mask + 1)
+        for h in old:
+            if h:
+                i = h & mask
+                while table[i]:
+                    i = (i + 1) & mask
+                table[i] = h
+
+
+_HASH_BITS = (1 << 64) - 1
+
+
+def _slot_hash(pid: str) -> int:
+    # Python's own str hash: 64 bits, computed in C (and cached on the string); salted per
+    # process, which is all a check within one stream needs. 0 marks an empty slot.
+    return hash(pid) & _HASH_BITS or 1
 
 
 class PassageStream:
@@ -66,15 +133,17 @@ class PassageStream:
     Readers yield :class:`SkippedRow` for a row dropped under ``skip_bad_rows``; the stream
     filters them out, counts them (``skipped_rows``, final once the stream is exhausted or
     closed) and logs the total once, so an index build can record how much of a file it lost.
+    A file reader may first yield its :class:`ReadPosition`, which names lines in errors and
+    drives the progress display.
     """
 
-    def __init__(self, cfg: CorpusConfig, ctx: DataContext):
+    def __init__(self, cfg: CorpusConfig, ctx: DataContext, progress: str | None = None):
         self.cfg, self.ctx = cfg, ctx
         self.skipped_rows = 0
-        self._passages = self._checked()
+        self._passages = self._checked(progress)
 
-    def __iter__(self) -> "PassageStream":
-        return self
+    def __iter__(self) -> Iterator[Passage]:
+        return self._passages  # the generator itself: no Python-level __next__ per passage
 
     def __next__(self) -> Passage:
         return next(self._passages)
@@ -82,41 +151,142 @@ class PassageStream:
     def close(self) -> None:
         self._passages.close()
 
-    def _read(self) -> Iterator[Passage | SkippedRow]:
-        return _limited(CORPORA.get(self.cfg.format)(self.cfg, self.ctx), self.cfg.limit)
+    def _read(self) -> Iterator[Passage | SkippedRow | ReadPosition]:
+        items = CORPORA.get(self.cfg.format)(self.cfg, self.ctx)
+        return items if self.cfg.limit is None else _limited(items, self.cfg.limit)
 
-    def _checked(self) -> Iterator[Passage]:
-        """Empty passages fail at once; duplicate ids at the end of the stream, found among
-        8-byte id hashes (170 MB for DPR's 21M passages, where a set of the ids would take
-        gigabytes), then named by a second pass over the file."""
-        import array
-
-        import numpy as np
-
-        where = f"corpus {self.cfg.path or self.cfg.format}"
-        hashes = array.array("Q")
+    def _checked(self, progress: str | None) -> Iterator[Passage]:
+        """Empty passages and duplicate ids fail on the row that has them. Ids are checked by
+        their 64-bit hash in a :class:`_HashSet`; a hash seen before is confirmed on the ids
+        themselves (:meth:`_confirm`), so two ids that merely share a hash are never reported."""
+        seen = _HashSet()
+        shared: dict[int, dict[str, str]] = {}  # hash -> {id: where} for hashes seen more than once
+        position: ReadPosition | None = None
         first_skipped: SkippedRow | None = None
-        passages = self._read()
+        shown = _Progress(progress) if progress else None
+        n = 0
+        items = self._read()
         try:
-            for p in passages:
-                if isinstance(p, SkippedRow):
-                    self.skipped_rows += 1
-                    first_skipped = first_skipped or p
+            for p in items:
+                if type(p) is not Passage:
+                    if isinstance(p, ReadPosition):
+                        position = p
+                        if shown:
+                            shown.start(p)
+                    else:
+                        self.skipped_rows += 1
+                        first_skipped = first_skipped or p
                     continue
-                if not p.text.strip():
-                    raise DataFormatError(f"{where}: passage {p.id!r} has empty text")
-                hashes.append(_id_hash(p.id))
+                n += 1
+                if not p.text or p.text.isspace():
+                    raise DataFormatError(f"{self._source(position)}: {_place(position, n)}: passage {p.id!r} has empty text")
+                h = _slot_hash(p.id)
+                if seen.add(h):
+                    self._confirm(shared, h, p.id, position, n)
+                if shown and not n & 0xFFF:
+                    shown.update(n)
                 yield p
         finally:
-            passages.close()
+            _close(items)
+            if shown:
+                shown.finish(n)
             if self.skipped_rows:
                 log.warning("skipped %d malformed rows (the first: %s)", self.skipped_rows, first_skipped.problem)
-        values, counts = np.unique(np.frombuffer(hashes, dtype=np.uint64), return_counts=True)
-        repeated = set(values[counts > 1].tolist())
-        if repeated:
-            first = next(p.id for p in self._read() if isinstance(p, Passage) and _id_hash(p.id) in repeated)
-            more = f" (and {len(repeated) - 1} more ids)" if len(repeated) > 1 else ""
-            raise DataFormatError(f"{where}: duplicate passage id {first!r}{more}; passage ids must be unique")
+
+    def _source(self, position: ReadPosition | None) -> str:
+        return str(position.path) if position is not None else f"corpus {self.cfg.path or self.cfg.format}"
+
+    def _confirm(self, shared: dict[int, dict[str, str]], h: int, pid: str, position: ReadPosition | None, n: int) -> None:
+        """``pid`` hashes like an earlier id: raise if it is that id, else remember both.
+        The earlier id is found by reading the stream again up to it, which costs time only
+        on a real duplicate (about to fail anyway) or a true 64-bit collision (~1e-5 odds
+        over all of DPR's 21M ids)."""
+        place = _place(position, n)
+        ids = shared.get(h)
+        if ids is None:
+            ids = shared[h] = dict([self._first_with_hash(h)])
+        if pid in ids:
+            raise DataFormatError(
+                f"{self._source(position)}: {place}: duplicate passage id {pid!r} (first at {ids[pid]}); "
+                "passage ids must be unique"
+            )
+        ids[pid] = place
+
+    def _first_with_hash(self, h: int) -> tuple[str, str]:
+        """The first id with hash ``h`` and its place, from a fresh read of the stream."""
+        position, n = None, 0
+        items = self._read()
+        try:
+            for p in items:
+                if isinstance(p, ReadPosition):
+                    position = p
+                elif isinstance(p, Passage):
+                    n += 1
+                    if _slot_hash(p.id) == h:
+                        return p.id, _place(position, n)
+        finally:
+            _close(items)
+        raise DataFormatError(f"corpus {self.cfg.path or self.cfg.format} changed while it was read")
+
+
+def _place(position: ReadPosition | None, n: int) -> str:
+    return f"line {position.line}" if position is not None else f"passage {n}"
+
+
+def _close(items: Iterator) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
+class _Progress:
+    """Progress of a stream through its file: a tqdm bar by bytes (rate and ETA) when stderr is
+    a terminal, and a log line a minute for logs and the Prefect run log (``semoe`` is an
+    extra logger there)."""
+
+    LOG_EVERY_S = 60.0
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.position: ReadPosition | None = None
+
+    def start(self, position: ReadPosition) -> None:
+        from tqdm import tqdm
+
+        self.position = position
+        self.started = self.logged = time.monotonic()
+        self.bar = tqdm(total=position.size, unit="B", unit_scale=True, unit_divisor=1024, desc=self.label,
+                        mininterval=1.0, disable=None)  # fmt: skip
+
+    def update(self, n: int) -> None:
+        if self.position is None:
+            return
+        done = self.position.bytes_read
+        if not self.bar.disable:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(f"{n:,} passages", refresh=False)
+        now = time.monotonic()
+        if now - self.logged >= self.LOG_EVERY_S:
+            self.logged = now
+            elapsed = now - self.started
+            share = done / self.position.size if self.position.size else 1.0
+            eta = elapsed * (1 - share) / share if share else float("nan")
+            log.info("%s: %s passages, %.1f%% of %s (%.0f passages/s, ETA %s)", self.label, f"{n:,}", 100 * share,
+                     self.position.path.name, n / elapsed, _hms(eta))  # fmt: skip
+
+    def finish(self, n: int) -> None:
+        if self.bar is not None:
+            self.update(n)
+            self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    if seconds != seconds:
+        return "unknown"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def _limited(items: Iterator[Passage | SkippedRow], limit: int | None) -> Iterator[Passage | SkippedRow]:
@@ -133,9 +303,7 @@ def _limited(items: Iterator[Passage | SkippedRow], limit: int | None) -> Iterat
                 if not remaining:
                     return
     finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        _close(items)
 
 
 def corpus_key(cfg: CorpusConfig, ctx: DataContext) -> str:
@@ -262,27 +430,37 @@ def open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
-def iter_lines(path: Path, replace_errors: bool = False) -> Iterator[str]:
+def iter_lines(path: Path, replace_errors: bool = False, position: ReadPosition | None = None) -> Iterator[str]:
     """Stream decoded lines, line ends kept; a UTF-8 byte-order mark before the first line is
     dropped (editors on Windows write one, and it would glue itself to the first header name).
     Decoding per line lets a bad byte be reported with its line number; ``replace_errors``
-    turns bad bytes into U+FFFD instead and logs how many lines had them."""
+    turns bad bytes into U+FFFD instead and logs how many lines had them. ``position``, when
+    given, is kept at the line just yielded and the bytes of ``path`` read so far."""
     replaced = 0
     try:
         with open_binary(path) as f:
-            for lineno, raw in enumerate(f, 1):
-                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8) :]
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    if not replace_errors:
-                        raise DataFormatError(
-                            f"{path}: line {lineno}: not valid UTF-8 (bad byte at column {e.start + 1}); "
-                            "re-encode the file as UTF-8"
-                        ) from None
-                    replaced += 1
-                    yield raw.decode("utf-8", "replace")
+            on_disk = f.fileobj if isinstance(f, gzip.GzipFile) else f
+            if position is not None:
+                position._file = on_disk
+            try:
+                for lineno, raw in enumerate(f, 1):
+                    if position is not None:
+                        position.line = lineno
+                    if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                        raw = raw[len(codecs.BOM_UTF8) :]
+                    try:
+                        yield raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        if not replace_errors:
+                            raise DataFormatError(
+                                f"{path}: line {lineno}: not valid UTF-8 (bad byte at column {e.start + 1}); "
+                                "re-encode the file as UTF-8"
+                            ) from None
+                        replaced += 1
+                        yield raw.decode("utf-8", "replace")
+            finally:
+                if position is not None:  # where it stopped, read before the file closes
+                    position._last, position._file = on_disk.tell(), None
     finally:
         if replaced:
             log.warning("%s: replaced undecodable bytes with U+FFFD on %d lines", path, replaced)
@@ -302,21 +480,27 @@ def split_tsv_line(line: str) -> list[str]:
     Raises ``ValueError`` naming the column (1-based) of a quote not closed on the line, or
     of text after a closing quote.
     """
-    line = line.rstrip("\r\n")
     if '"' not in line:  # the fast path: most rows quote nothing
-        return line.split("\t")
+        fields = line.split("\t")
+        fields[-1] = fields[-1].rstrip("\r\n")
+        return fields
+    # Bounds instead of copies: DPR quotes every text, so this is the common path at scale.
+    end = len(line)
+    while end and line[end - 1] in "\r\n":
+        end -= 1
     fields: list[str] = []
-    pos, end = 0, len(line)
+    pos = 0
     while True:
-        if line.startswith('"', pos):
-            close = line.find('"', pos + 1)
-            while close >= 0 and line.startswith('"', close + 1):  # a doubled quote inside
-                close = line.find('"', close + 2)
+        if line.startswith('"', pos, end):
+            close = line.find('"', pos + 1, end)
+            while close >= 0 and line.startswith('"', close + 1, end):  # a doubled quote inside
+                close = line.find('"', close + 2, end)
             if close < 0:
                 raise ValueError(
                     f"column {len(fields) + 1} opens a quote that is not closed on this line (unbalanced quote?)"
                 )
-            fields.append(line[pos + 1 : close].replace('""', '"'))
+            field = line[pos + 1 : close]
+            fields.append(field.replace('""', '"') if '"' in field else field)
             pos = close + 1
             if pos == end:
                 return fields
@@ -324,9 +508,9 @@ def split_tsv_line(line: str) -> list[str]:
                 raise ValueError(f"column {len(fields)} has text after its closing quote (unbalanced quote?)")
             pos += 1
         else:
-            tab = line.find("\t", pos)
+            tab = line.find("\t", pos, end)
             if tab < 0:
-                fields.append(line[pos:])
+                fields.append(line[pos:end])
                 return fields
             fields.append(line[pos:tab])
             pos = tab + 1

@@ -19,9 +19,9 @@ from semoe.data.schema import Example
 from semoe.flows.lifecycle import run_lifecycle
 from semoe.flows.progress import Progress
 from semoe.flows.runners import runner_for, shared_cluster, with_runner
-from semoe.indexing import describe_corpus, open_retriever
+from semoe.indexing import IndexInfo, describe_corpus, open_retriever, record_index
 from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
-from semoe.storage.results import ResultStore, utcnow
+from semoe.storage.results import ResultStore
 from semoe.tasks.answering import answer_chunk_task, load_examples_task
 from semoe.tasks.experts import build_experts_task
 from semoe.tasks.gpu import ensure_gpu_limits
@@ -38,23 +38,10 @@ def index_corpus(config: SemoeConfig) -> dict:
     if built:  # the task's (possibly cached) result describes an earlier build
         logger.info("index %s for %s reused (%s)", info["backend"], describe_corpus(config.corpus), info["index_dir"])
     else:
-        rate = info["passages"] / info["seconds"] if info["seconds"] else None
-        logger.info("indexed %s passages in %.1f s (%.0f passages/s)", info["passages"], info["seconds"], rate or 0)
-        ResultStore(config.store.path).write_rows(
-            "indexes",
-            [
-                {
-                    "corpus_key": key,
-                    "backend": info["backend"],
-                    "passages": info["passages"],
-                    "seconds": info["seconds"],
-                    "passages_per_s": rate,
-                    "skipped_rows": info.get("skipped_rows", 0),
-                    "location": info["index_dir"],
-                    "built_at": utcnow(),
-                }
-            ],
-        )
+        built = IndexInfo(**info)
+        logger.info("indexed %s passages in %.1f s (%.0f passages/s)", built.passages, built.seconds,
+                    built.passages_per_s or 0)  # fmt: skip
+        record_index(config.store.path, built)
     return info
 
 

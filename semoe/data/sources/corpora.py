@@ -15,7 +15,16 @@ from typing import Any, Iterator, NamedTuple
 
 from semoe.config import CorpusConfig
 from semoe.data import CORPORA, DataContext
-from semoe.data.loading import Record, as_text, iter_lines, json_loads, read_records, resolve_path, split_tsv_line
+from semoe.data.loading import (
+    ReadPosition,
+    Record,
+    as_text,
+    iter_lines,
+    json_loads,
+    read_records,
+    resolve_path,
+    split_tsv_line,
+)
 from semoe.data.schema import DataFormatError, Passage, SkippedRow
 
 
@@ -61,16 +70,19 @@ def _tsv_layout(row: list[str], path: Path, lineno: int) -> tuple[_Layout, bool]
 
 
 @CORPORA.register("dpr-tsv", "DPR psgs_w100.tsv (id, text, title; header line; .gz accepted), streamed")
-def read_dpr_tsv(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow]:
+def read_dpr_tsv(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow | ReadPosition]:
     """One passage per line, fields quoted as DPR writes them (:func:`split_tsv_line`);
-    columns by header name, or DPR's order when there is no header."""
+    columns by header name, or DPR's order when there is no header. Yields its
+    :class:`ReadPosition` first. The loop runs once per row of a 21M-row file: keep it lean."""
     path = resolve_path(cfg.path, "corpus")
     bad = _BadRows(path, cfg)
-    lines = iter_lines(path, replace_errors=bad.skip)
+    position = ReadPosition(path)
+    yield position
+    lines = iter_lines(path, replace_errors=bad.skip, position=position)
     layout: _Layout | None = None
     try:
         for lineno, line in enumerate(lines, 1):
-            if not line.strip("\r\n"):
+            if len(line) <= 2 and not line.strip("\r\n"):
                 continue
             try:
                 row = split_tsv_line(line)
@@ -79,17 +91,17 @@ def read_dpr_tsv(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | Skip
                 continue
             if layout is None:
                 layout, is_header = _tsv_layout(row, path, lineno)
+                id_col, text_col, title_col, width = layout
                 if is_header:
                     continue
-            if len(row) != layout.width:
-                yield bad(lineno, f"expected {layout.width} tab-separated columns (id, text, title), got {len(row)}")
+            if len(row) != width:
+                yield bad(lineno, f"expected {width} tab-separated columns (id, text, title), got {len(row)}")
                 continue
-            pid = row[layout.id].strip()
+            pid = row[id_col].strip()
             if not pid:
                 yield bad(lineno, "empty passage id")
                 continue
-            title = "" if layout.title is None else row[layout.title]
-            yield Passage(id=pid, title=title, text=row[layout.text])
+            yield Passage(pid, "" if title_col is None else row[title_col], row[text_col])
     finally:
         lines.close()
 
@@ -106,11 +118,14 @@ def _split_contents(contents: str) -> tuple[str, str]:
 
 
 @CORPORA.register("jsonl", "one passage per line: {id, title, text} or wiki18's {id, contents}, streamed")
-def read_jsonl(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow]:
-    """A missing id falls back to the 0-based line number, stable for a given file."""
+def read_jsonl(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow | ReadPosition]:
+    """A missing id falls back to the 0-based line number, stable for a given file. Yields
+    its :class:`ReadPosition` first."""
     path = resolve_path(cfg.path, "corpus")
     bad = _BadRows(path, cfg)
-    lines = iter_lines(path, replace_errors=bad.skip)
+    position = ReadPosition(path)
+    yield position
+    lines = iter_lines(path, replace_errors=bad.skip, position=position)
     try:
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
