@@ -57,6 +57,10 @@ class RouterAdapter:
     # The family's causal LM computes logits as a bias-free ``lm_head`` on the base model's
     # last hidden state, nothing else (lets RoE run the head itself, see semoe.routing.roe).
     plain_lm_head: ClassVar[bool] = False
+    # Sibling of the router in the MoE block that runs the experts as
+    # ``forward(hidden_states, top_k_index, top_k_weights)``; patch mode wraps it so that
+    # variable-k routing computes only the selected (token, expert) pairs. None: no such module.
+    experts_attr: ClassVar[str | None] = "experts"
     _verified: ClassVar[bool] = False
 
     @classmethod
