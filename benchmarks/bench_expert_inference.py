@@ -36,7 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from _common import add_timing_args, apply_threads, compare, load_average, print_table, ratio
+from _common import Clock, add_timing_args, apply_threads, compare, load_average, print_table, ratio
 
 from semoe.config import SyntheticConfig
 from semoe.data.synthetic import build_encyclopedia
@@ -104,11 +104,30 @@ def peft_copy(model):
     return wrapped.eval()  # peft refuses adapter_names in training mode
 
 
-def peft_generate(mixed: MixedAdapterModel, lm: ChatLM, conversations, experts, max_new_tokens, batch_size):
-    """Load each question's experts as one adapter, generate in mixed-adapter batches, delete them."""
+def peft_generate(mixed: MixedAdapterModel, lm: ChatLM, conversations, experts, max_new_tokens, batch_size,
+                  setup: Clock | None = None):
+    """Load each question's experts as one adapter, generate in mixed-adapter batches, delete
+    them; ``setup`` adds up the time spent loading and deleting adapters."""
+    setup = setup or Clock()
+    peft_model, names = mixed.peft, []
+    with setup:
+        add_adapters(peft_model, experts, names)
+
+    def on_batch(idx):
+        mixed.names = [names[i] for i in idx]
+
+    try:
+        return lm.generate(conversations, max_new_tokens, batch_size=batch_size, on_batch=on_batch)
+    finally:
+        with setup:
+            for name in names:
+                peft_model.delete_adapter(name)
+
+
+def add_adapters(peft_model, experts, names: list[str]) -> None:
+    """Question q's experts, summed (``combine_experts``), as adapter ``q{q}``; names appended."""
     from peft import LoraConfig
 
-    peft_model, names = mixed.peft, []
     for q, ex in enumerate(experts):
         c, name = combine_experts(ex), f"q{q}"
         peft_model.add_adapter(name, LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=list(TARGETS),
@@ -120,15 +139,6 @@ def peft_generate(mixed: MixedAdapterModel, lm: ChatLM, conversations, experts, 
                 layer.lora_B[name].weight.copy_(b)
         names.append(name)
     peft_model.eval()
-
-    def on_batch(idx):
-        mixed.names = [names[i] for i in idx]
-
-    try:
-        return lm.generate(conversations, max_new_tokens, batch_size=batch_size, on_batch=on_batch)
-    finally:
-        for name in names:
-            peft_model.delete_adapter(name)
 
 
 def main() -> None:
@@ -175,7 +185,8 @@ def main() -> None:
 
     variants = {
         "merge loop (batch 1)": merge_loop,
-        "peft mixed-adapter batch": lambda: peft_generate(mixed, peft_lm, conversations, experts, new, args.batch_size),
+        "peft mixed-adapter batch": lambda: peft_generate(mixed, peft_lm, conversations, experts, new, args.batch_size,
+                                                          peft_setup),
         "semoe per-row LoRA": lambda: generate_with_experts(lm, conversations, experts, new, args.batch_size),
     }
     warm = (conversations[:2], experts[:2], 2)  # first-call allocations and kernel selection
@@ -189,6 +200,7 @@ def main() -> None:
         print(f"  round {r + 1}: " + ", ".join(f"{k} {t.wall[-1]:.1f}s wall / {t.cpu[-1]:.1f}s cpu"
                                              for k, t in timings.items()), flush=True)
 
+    peft_setup = Clock()
     timings, answers = compare(variants, args.repeats, warmups, on_round=progress)
     base = answers["merge loop (batch 1)"]
     same = {name: f"{sum(a.text == b.text for a, b in zip(base, out))}/{n}" for name, out in answers.items()}
@@ -197,6 +209,8 @@ def main() -> None:
                 extra={"questions/s (wall)": qps, "identical answers": same})
     print("  " + ratio(timings, "peft mixed-adapter batch", "semoe per-row LoRA")
           + "  (semoe's speed-up over peft's mixed-adapter batches)")
+    print(f"  peft: loading and deleting the adapters took {peft_setup.cpu / args.repeats:.2f} s cpu "
+          f"({peft_setup.wall / args.repeats:.2f} s wall) per round")
     for name, out in answers.items():
         for i, (a, b) in enumerate(zip(base, out)):
             if a.text != b.text:
