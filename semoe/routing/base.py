@@ -115,7 +115,9 @@ class Routing:
     Only the first ``counts[t]`` slots of token ``t`` are active (all when ``counts`` is
     None; ``active`` is the matching (T, kmax) mask). Inactive slots repeat the token's
     first expert with weight 0, so every experts implementation (eager loop, grouped_mm,
-    batched_mm) accepts them and no extra expert runs. ``floor``/``ceiling`` mark tokens
+    batched_mm) accepts them and the output is unchanged; they would still cost one more
+    pass of that expert each, which patch mode avoids by running only the active slots
+    (``semoe.routing.patch``). ``floor``/``ceiling`` mark tokens
     whose wanted k was raised to ``min_k`` or cut to ``max_k`` (None for policies without
     bounds).
     """
