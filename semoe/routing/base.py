@@ -57,6 +57,10 @@ class RouterAdapter:
     # The family's causal LM computes logits as a bias-free ``lm_head`` on the base model's
     # last hidden state, nothing else (lets RoE run the head itself, see semoe.routing.ensemble).
     plain_lm_head: ClassVar[bool] = False
+    # Sibling of the router in the MoE block that runs the experts as
+    # ``forward(hidden_states, top_k_index, top_k_weights)``; patch mode wraps it so that
+    # variable-k routing computes only the selected (token, expert) pairs. None: no such module.
+    experts_attr: ClassVar[str | None] = "experts"
     _verified: ClassVar[bool] = False
 
     @classmethod
@@ -111,7 +115,9 @@ class Routing:
     Only the first ``counts[t]`` slots of token ``t`` are active (all when ``counts`` is
     None; ``active`` is the matching (T, kmax) mask). Inactive slots repeat the token's
     first expert with weight 0, so every experts implementation (eager loop, grouped_mm,
-    batched_mm) accepts them and no extra expert runs. ``floor``/``ceiling`` mark tokens
+    batched_mm) accepts them and the output is unchanged; they would still cost one more
+    pass of that expert each, which patch mode avoids by running only the active slots
+    (``semoe.routing.patch``). ``floor``/``ceiling`` mark tokens
     whose wanted k was raised to ``min_k`` or cut to ``max_k`` (None for policies without
     bounds).
     """

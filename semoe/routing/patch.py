@@ -5,6 +5,13 @@ forward (so logits, recurrent state and output recorders behave as before), asks
 policy for a :class:`Routing`, records statistics, and returns either the policy's
 choice (``patch``) or the original one (``analyze``). Leaving the context deletes the
 attributes, so the modules are exactly as they were.
+
+Variable-k policies (BH, top-p, entropy-k) pad every token to the batch's largest k with
+zero-weight slots, which the model's experts module would compute all the same. In patch
+mode the experts module beside each router is shadowed too: when the routing it receives
+has inactive slots, it runs the model's own experts code on the selected (token, expert)
+pairs only (one pair per row) and sums each token's pairs, so the work follows the experts
+actually chosen.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ class RoutingSession:
     mode: Mode
     stats: RoutingStats
     probe: _Probe | None = None
+    skip_inactive: bool = True
+    # site index -> (indices returned by its router, active mask) until its experts run
+    pending: dict = field(default_factory=dict)
 
 
 def _dense(indices: torch.Tensor, weights: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -66,7 +76,34 @@ class _PatchedForward:
         if session.mode == "analyze":
             return out
         weights = routing.weights.to(logits.dtype) if site.adapter.scores_in_logits_dtype else routing.weights
+        if session.skip_inactive and site.experts is not None and routing.active is not None:
+            session.pending[site.index] = (routing.indices, routing.active)
         return (logits, weights, routing.indices, *out[3:])
+
+
+class _PatchedExperts:
+    """Callable installed as ``experts.forward`` in patch mode: drops the inactive slots of
+    the routing its router just returned (see the module docstring)."""
+
+    _semoe_routing = True
+
+    def __init__(self, session: RoutingSession, site: RouterSite, original):
+        self.session, self.site, self.original = session, site, original
+
+    def __call__(self, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+        pending = self.session.pending.pop(self.site.index, None)
+        # Only the routing this router produced, unchanged on its way here, is known to
+        # have zero-weight slots; anything else runs as the block passes it.
+        if pending is None or pending[0] is not top_k_index or args or kwargs:
+            return self.original(hidden_states, top_k_index, top_k_weights, *args, **kwargs)
+        active = pending[1]
+        if bool(active.all()):
+            return self.original(hidden_states, top_k_index, top_k_weights)
+        token, slot = active.nonzero(as_tuple=True)
+        pairs = self.original(
+            hidden_states[token], top_k_index[token, slot].unsqueeze(1), top_k_weights[token, slot].unsqueeze(1)
+        )  # (pairs, hidden): each selected (token, expert) once, already weighted
+        return pairs.new_zeros((hidden_states.shape[0], pairs.shape[-1])).index_add_(0, token, pairs)
 
 
 def default_probe(model, length: int = 32) -> torch.Tensor:
@@ -110,34 +147,45 @@ def route_with(
     mode: Mode = "patch",
     guard: bool = True,
     probe_ids: torch.Tensor | None = None,
+    skip_inactive: bool = True,
 ) -> Iterator[RoutingSession]:
     """Route ``model`` with ``policy`` inside the block; statistics on ``session.stats``.
 
     ``mode="patch"``: the policy routes. ``mode="analyze"``: the model's own routing runs
     and the policy's choices are only recorded. With ``guard`` (patch mode), a policy
     that should change routing is checked on a probe input first (:class:`RoutingNoOpError`).
+    ``skip_inactive`` (patch mode): variable-k routing computes only each token's selected
+    experts; False runs the zero-weight padding slots too (same outputs up to float
+    summation order, kept for comparison).
     """
     if mode not in ("patch", "analyze"):
         raise ValueError(f"mode must be 'patch' or 'analyze', got {mode!r}")
     policy = make_policy(policy)
     sites = find_routers(model)
     policy.bind(sites)
-    session = RoutingSession(model, policy, sites, mode, RoutingStats(sites))
-    installed: list[tuple[RouterSite, bool, Any]] = []
+    session = RoutingSession(model, policy, sites, mode, RoutingStats(sites), skip_inactive=skip_inactive)
+    installed: list[tuple[Any, bool, Any]] = []
+
+    def shadow(site: RouterSite, module, path: str, wrapper) -> None:
+        current = module.forward
+        if getattr(current, "_semoe_routing", False):
+            raise RoutingError(f"{path} already has a routing policy installed")
+        own = "forward" in module.__dict__
+        installed.append((module, own, module.__dict__.get("forward")))
+        module.forward = wrapper(session, site, current)
+
     try:
         for site in sites:
-            current = site.module.forward
-            if getattr(current, "_semoe_routing", False):
-                raise RoutingError(f"{site.path} already has a routing policy installed")
-            own = "forward" in site.module.__dict__
-            installed.append((site, own, site.module.__dict__.get("forward")))
-            site.module.forward = _PatchedForward(session, site, current)
+            shadow(site, site.module, site.path, _PatchedForward)
+            if mode == "patch" and skip_inactive and site.experts is not None:
+                shadow(site, site.experts, f"{site.path} (experts)", _PatchedExperts)
         if mode == "patch" and guard and any(policy.expects_change(s) for s in sites):
             _verify_changes(session, probe_ids)
         yield session
     finally:
-        for site, own, previous in reversed(installed):
+        session.pending.clear()
+        for module, own, previous in reversed(installed):
             if own:
-                site.module.forward = previous
+                module.forward = previous
             else:
-                del site.module.forward
+                del module.forward

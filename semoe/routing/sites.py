@@ -24,6 +24,7 @@ class RouterSite:
     top_k: int
     num_experts: int
     renormalize: bool
+    experts: Any = None  # the MoE block's experts module (``RouterAdapter.experts_attr``), if found
 
 
 def adapter_index() -> dict[str, type[RouterAdapter]]:
@@ -62,11 +63,24 @@ def find_routers(model) -> list[RouterSite]:
                 top_k=module.top_k,
                 num_experts=module.num_experts,
                 renormalize=adapter.renormalize(module),
+                experts=_experts_module(model, path, module, adapter),
             )
         )
     if not sites:
         raise UnsupportedModelError(_unsupported_message(model, index))
     return sites
+
+
+def _experts_module(model, path: str, router, adapter: type[RouterAdapter]):
+    """The experts module beside ``router`` in its MoE block, or None when the block has none
+    that matches it (then patch mode runs the experts as the block calls them)."""
+    if adapter.experts_attr is None:
+        return None
+    parent = model.get_submodule(path.rpartition(".")[0])
+    experts = getattr(parent, adapter.experts_attr, None)
+    if experts is None or getattr(experts, "num_experts", None) != router.num_experts:
+        return None
+    return experts
 
 
 def _unsupported_message(model, index: dict) -> str:
