@@ -82,7 +82,7 @@ def test_every_experts_implementation_skips_padding(impl):
 
 def test_semoe_moe_lm_skips_padding():
     moe_lm = pytest.importorskip("semoe.moe_lm.model")
-    from semoe.moe_lm.config import MoeLMConfig
+    from semoe.config import MoeLMConfig
 
     for router_type in ("linear", "gru"):
         torch.manual_seed(0)
