@@ -22,6 +22,7 @@ from semoe.flows.runners import shared_cluster, with_runner
 from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
 from semoe.storage.locks import run_lock
 from semoe.storage.results import ResultStore, utcnow
+from semoe.storage.rows import IndexRow
 from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
 from semoe.tasks.evaluation import answer_chunk_task, answer_shard_task, load_examples_task
 from semoe.tasks.experts import build_experts_task
@@ -42,21 +43,11 @@ def index_corpus(config: SemoeConfig) -> dict:
     else:
         rate = info["passages"] / info["seconds"] if info["seconds"] else None
         logger.info("indexed %s passages in %.1f s (%.0f passages/s)", info["passages"], info["seconds"], rate or 0)
-        ResultStore(config.store.path).write_rows(
-            "indexes",
-            [
-                {
-                    "corpus_key": key,
-                    "backend": info["backend"],
-                    "passages": info["passages"],
-                    "seconds": info["seconds"],
-                    "passages_per_s": rate,
-                    "skipped_rows": info.get("skipped_rows", 0),
-                    "location": info["index_dir"],
-                    "built_at": utcnow(),
-                }
-            ],
-        )
+        ResultStore(config.store.path).write_rows("indexes", [
+            IndexRow(corpus_key=key, backend=info["backend"], passages=info["passages"], seconds=info["seconds"],
+                     passages_per_s=rate, location=info["index_dir"], built_at=utcnow(),
+                     skipped_rows=info.get("skipped_rows", 0))
+        ])  # fmt: skip
     return info
 
 

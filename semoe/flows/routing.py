@@ -18,6 +18,7 @@ from semoe.config import SemoeConfig
 from semoe.routing import grid
 from semoe.storage.locks import run_lock
 from semoe.storage.results import ResultStore
+from semoe.storage.rows import rekeyed
 from semoe.tasks import interrupts
 from semoe.tasks.gpu import ensure_gpu_limits
 from semoe.tasks.routing import evaluate_routing_cell_task, prepare_routing_model_task
@@ -60,7 +61,7 @@ def evaluate_routing(config: SemoeConfig) -> dict:
                 for cell in (c for c in cells if c.model == m):
                     label = grid.cell_label(routing, cell)
                     rows = evaluate_routing_cell_task(config, run_id, m, cell.policy, cell.mode, str(heatmaps), label)
-                    rows["routing_runs"] = [{**row, "cell_key": keys[cell], "computed_in": run_id} for row in rows["routing_runs"]]
+                    rows["routing_runs"] = rekeyed("routing_runs", rows["routing_runs"], cell_key=keys[cell], computed_in=run_id)
                     store.write_tables(rows)
                     interrupts.check()
             store.finish_run(run_id)
