@@ -370,6 +370,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 SET extra = json_merge_patch(extra, '{"trigger_events": null, "hallucination_events": null, "sentences": null}')
                 WHERE extra IS NOT NULL""",
             # Cost per method, as in version 4, with each prediction's expert settings on its row.
+            # Targets are a set (ExpertConfig sorts them when it validates; a default list is
+            # not validated): compared in sorted order.
             "DROP VIEW cost_by_method",
             """CREATE VIEW cost_by_method AS
                 WITH expert_size AS (
@@ -382,7 +384,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                     JOIN retrievals rt USING (run_id, dataset, example_id, method)
                     JOIN expert_size s
                       ON s.passage_id = rt.passage_id AND s.base_model = p.base_model
-                     AND s.rank = p.expert_rank AND s.targets = p.expert_targets
+                     AND s.rank = p.expert_rank AND list_sort(s.targets) = list_sort(p.expert_targets)
                     WHERE p.latency_experts_s > 0
                 ),
                 per_question AS (
