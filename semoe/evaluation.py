@@ -19,6 +19,7 @@ from semoe.generation import METHODS
 from semoe.generation.base import Method, MethodContext, MethodOutput, build_method
 from semoe.metrics import exact_match, f1_score, recall_at_k
 from semoe.storage.results import utcnow
+from semoe.storage.rows import PredictionRow, RetrievalRow, rekeyed
 
 
 def register_run(store: "ResultStore", run_id: str, cfg: SemoeConfig, config_hash: str, kinds: Sequence[str]) -> str:  # noqa: F821
@@ -166,6 +167,31 @@ def score(
     }
 
 
+# Keys of ``MethodOutput.extra`` stored in columns or tables of their own, never again in ``extra``.
+STORED_APART = ("trigger_events", "hallucination_events", "sentences")
+
+
+@dataclass(frozen=True)
+class ExpertUse:
+    """What fixes the size of a method's passage experts: the ``predictions`` columns
+    ``base_model``, ``expert_rank`` and ``expert_targets`` (joined with ``experts`` by the
+    ``cost_by_method`` view)."""
+
+    base_model: str
+    rank: int
+    targets: tuple[str, ...]
+
+
+def expert_use(cfg: SemoeConfig, label: str) -> ExpertUse | None:
+    """The expert settings of the method labelled ``label`` (its resolved params), None for a
+    method without passage experts."""
+    method = build_method(cfg.method(label), cfg)
+    if not method.uses_experts:
+        return None
+    experts = method.params.experts
+    return ExpertUse(cfg.model.spec, experts.rank, tuple(experts.targets))
+
+
 def to_rows(
     run_id: str,
     dataset: str,
@@ -173,9 +199,13 @@ def to_rows(
     examples: Sequence[Example],
     outputs: Sequence[MethodOutput],
     answer_keys: Sequence[str] | None = None,
+    *,
+    experts: ExpertUse | None,
 ) -> dict[str, list[dict]]:
     """Score outputs and build the rows of ``predictions`` and its per-example tables;
-    ``answer_keys`` (one per example, ``semoe.identity.answer_key``) make them reusable.
+    ``answer_keys`` (one per example, ``semoe.identity.answer_key``) make them reusable;
+    ``experts`` is the method's ``expert_use`` (required: a forgotten setting would leave the
+    method's experts out of the cost view).
 
     An output with ``error`` (e.g. a question over the context) is stored with a NULL
     prediction and the reason, and scored em = f1 = 0: it stays in n, so accuracy is not
@@ -189,40 +219,44 @@ def to_rows(
         hits = [h for step in out.retrievals for h in step.hits]
         key = {"run_id": run_id, "dataset": dataset, "example_id": ex.id, "method": method}
         failed = out.error is not None
+        extra = {k: v for k, v in out.extra.items() if k not in STORED_APART}
         tables["predictions"].append(
-            {
+            PredictionRow(
                 **key,
-                "question": ex.question,
-                "question_type": ex.type,
-                "golds": list(ex.answers),
-                "prediction": None if failed else out.prediction,
-                "raw_output": None if failed else out.raw_output,
+                question=ex.question,
+                question_type=ex.type,
+                golds=list(ex.answers),
+                prediction=None if failed else out.prediction,
+                raw_output=None if failed else out.raw_output,
                 **score(ex, None if failed else out.prediction, [h.passage.id for h in hits],
                         [h.passage.title for h in hits], bool(out.retrievals)),  # fmt: skip
-                "truncated": out.truncated,
-                "error": out.error,
-                "retrieval_count": len(out.retrievals),
-                "generation_count": out.generation_count,
-                "prompt_tokens": out.prompt_tokens,
-                "generated_tokens": out.generated_tokens,
-                "hallucination_events": out.extra.get("hallucination_events"),
-                "sentences": out.extra.get("sentences"),
-                "latency_s": sum(out.latency.values()),
-                "latency_retrieve_s": out.latency.get("retrieve", 0.0),
-                "latency_generate_s": out.latency.get("generate", 0.0),
-                "latency_experts_s": out.latency.get("experts", 0.0),
-                "extra": json.dumps(out.extra, sort_keys=True, default=str),
-                "answer_key": answer_key,
-                "answered_in": run_id,
-                "created_at": now,
-            }
+                truncated=out.truncated,
+                error=out.error,
+                retrieval_count=len(out.retrievals),
+                generation_count=out.generation_count,
+                prompt_tokens=out.prompt_tokens,
+                generated_tokens=out.generated_tokens,
+                hallucination_events=out.extra.get("hallucination_events"),
+                sentences=out.extra.get("sentences"),
+                latency_s=sum(out.latency.values()),
+                latency_retrieve_s=out.latency.get("retrieve", 0.0),
+                latency_generate_s=out.latency.get("generate", 0.0),
+                latency_experts_s=out.latency.get("experts", 0.0),
+                extra=json.dumps(extra, sort_keys=True, default=str),
+                answer_key=answer_key,
+                answered_in=run_id,
+                created_at=now,
+                base_model=experts.base_model if experts else None,
+                expert_rank=experts.rank if experts else None,
+                expert_targets=list(experts.targets) if experts else None,
+            ).as_dict()
         )
         tables["retrievals"].extend(
-            {**key, "step": step.step, "rank": h.rank, "query": step.query, "passage_id": h.passage.id,
-             "title": h.passage.title, "score": float(h.score)}
+            RetrievalRow(**key, step=step.step, rank=h.rank, query=step.query, passage_id=h.passage.id,
+                         title=h.passage.title, score=float(h.score)).as_dict()
             for step in out.retrievals
             for h in step.hits
-        )
+        )  # fmt: skip
         tables["trigger_events"].extend(trigger_event_rows(run_id, dataset, ex.id, method, out.extra))
     return tables
 
@@ -230,7 +264,8 @@ def to_rows(
 def reused_rows(run_id: str, item: WorkItem, stored: dict[str, dict[str, list[dict]]]) -> dict[str, list[dict]]:
     """Rows of ``item`` copied from stored answers with the same answer keys (``stored``:
     answer key → the tables of that answer, as ``ResultStore.stored_answers`` returns),
-    re-keyed to this run and re-scored against this run's golds."""
+    re-keyed to this run and re-scored against this run's golds. The answer key covers the
+    method's resolved params and the model, so the copied expert settings are this run's."""
     tables: dict[str, list[dict]] = {"predictions": [], "retrievals": [], "trigger_events": []}
     for ex, answer_key in zip(item.examples, item.answer_keys, strict=True):
         src = stored[answer_key]
@@ -239,11 +274,11 @@ def reused_rows(run_id: str, item: WorkItem, stored: dict[str, dict[str, list[di
         hits = sorted(src["retrievals"], key=lambda r: (r["step"], r["rank"]))
         scores = score(ex, pred["prediction"], [h["passage_id"] for h in hits], [h["title"] for h in hits],
                        bool(pred["retrieval_count"]))  # fmt: skip
-        tables["predictions"].append(
-            {**pred, **key, **scores, "question": ex.question, "question_type": ex.type, "golds": list(ex.answers)}
+        tables["predictions"] += rekeyed(
+            "predictions", [pred], **key, **scores, question=ex.question, question_type=ex.type, golds=list(ex.answers)
         )
         for table in ("retrievals", "trigger_events"):
-            tables[table].extend({**row, **key} for row in src[table])
+            tables[table] += rekeyed(table, src[table], **key)
     return tables
 
 

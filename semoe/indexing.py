@@ -72,22 +72,12 @@ def build_index(cfg: SemoeConfig) -> IndexInfo:
 def record_index(store_path: str, info: IndexInfo) -> None:
     """The ``indexes`` row of a fresh build (a reused index keeps the row of its build)."""
     from semoe.storage.results import ResultStore, utcnow
+    from semoe.storage.rows import IndexRow
 
-    ResultStore(store_path).write_rows(
-        "indexes",
-        [
-            {
-                "corpus_key": info.corpus_key,
-                "backend": info.backend,
-                "passages": info.passages,
-                "seconds": info.seconds,
-                "passages_per_s": info.passages_per_s,
-                "skipped_rows": info.skipped_rows or 0,
-                "location": info.index_dir,
-                "built_at": utcnow(),
-            }
-        ],
-    )
+    row = IndexRow(corpus_key=info.corpus_key, backend=info.backend, passages=info.passages, seconds=info.seconds,
+                   passages_per_s=info.passages_per_s, location=info.index_dir, built_at=utcnow(),
+                   skipped_rows=info.skipped_rows or 0)  # fmt: skip
+    ResultStore(store_path).write_rows("indexes", [row])
 
 
 def describe_corpus(corpus: CorpusConfig) -> str:

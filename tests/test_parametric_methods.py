@@ -36,7 +36,7 @@ def setup(tmp_path_factory, tiny_lm_dir):
 def test_expert_methods_answer_every_question_when_augmentation_fails(setup, method):
     cfg, retriever, examples = setup
     outputs, catalogue = evaluation.answer_chunk(cfg, evaluation.WorkItem("synthetic", method, examples), retriever)
-    rows = evaluation.to_rows("run", "synthetic", method, examples, outputs)
+    rows = evaluation.to_rows("run", "synthetic", method, examples, outputs, experts=evaluation.expert_use(cfg, method))
     assert len(rows["predictions"]) == len(examples)
     assert all(r["retrieval_count"] >= 1 for r in rows["predictions"])
     if method.startswith("semoe"):

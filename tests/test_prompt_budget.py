@@ -245,7 +245,7 @@ def test_question_that_cannot_fit_is_an_error_row_without_generation(small_conte
                                 f"(context of {CONTEXT} tokens minus {NEW} new tokens): without passages")
     assert (bad.raw_output, bad.generated_tokens, bad.generation_count) == ("", 0, 0)
 
-    rows = to_rows("run", "test", method, examples, [ok, bad])["predictions"]
+    rows = to_rows("run", "test", method, examples, [ok, bad], experts=None)["predictions"]
     assert (rows[1]["prediction"], rows[1]["raw_output"], rows[1]["em"], rows[1]["f1"]) == (None, None, 0.0, 0.0)
     assert rows[1]["error"] == bad.error and rows[0]["error"] is None
     assert [r["truncated"] for r in rows] == [ok.truncated, False]

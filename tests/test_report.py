@@ -15,7 +15,7 @@ import pytest
 from semoe.cli import main
 from semoe.config import SemoeConfig
 from semoe.data.schema import Example, Passage
-from semoe.evaluation import to_rows
+from semoe.evaluation import expert_use, to_rows
 from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.reporting import UnknownRunError, build_report, to_markdown, write_run_report
 from semoe.retrieval.base import Hit
@@ -91,7 +91,8 @@ def store_path(tmp_path_factory) -> str:
     for dataset in ("synthetic", "popqa"):
         examples = _examples(dataset)
         for method in methods:
-            store.write_predictions(to_rows(RUN_ID, dataset, method, examples, [_output(method, i) for i in range(6)]))
+            outputs = [_output(method, i) for i in range(6)]
+            store.write_predictions(to_rows(RUN_ID, dataset, method, examples, outputs, experts=expert_use(cfg, method)))
     experts = [_expert_row(cfg, p, cfg.experts.rank, n) for p, n in EXPERT_BYTES.items()]
     experts.append(_expert_row(cfg, "p1", cfg.experts.rank + 6, 99_999))  # other hyperparameters: not this run's
     store.write_rows("experts", experts)

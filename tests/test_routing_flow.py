@@ -173,7 +173,8 @@ def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_
                          [third["run_id"], first["run_id"]])  # fmt: skip
     assert copied == old
     layer_counts = store.query("SELECT run_id, count(*) n FROM routing_layer_stats GROUP BY 1 ORDER BY n")
-    assert [r["n"] for r in layer_counts] == [4 * 3 * 2, 5 * 3 * 2]  # the rerun of the same grid added none
+    assert [r["n"] for r in layer_counts] == [4 * 3 * 2, 5 * 3 * 2]
+    assert store.query("SELECT count(*) n FROM routing_layer_stats")[0]["n"] == 4 * 3 * 2 + 5 * 3 * 2  # copies, no duplicates
 
 
 def test_roe_answers_like_greedy_generation_at_zero_tau(tiny_olmoe_dir, model_cache_root):

@@ -230,8 +230,7 @@ def test_trigger_event_rows_fit_the_ddl():
         {"step": 0, "token_index": 3, "token": "Kelloway", "score": 2.5, "query": "q one", "passage_ids": ["p1", "p2"]},
         {"step": 1, "token_index": 9, "token": "", "score": None, "query": "q two", "passage_ids": []},
     ]}
-    rows = trigger_event_rows("run", "ds", "ex1", "dragin", json.dumps(extra))
-    assert rows == trigger_event_rows("run", "ds", "ex1", "dragin", extra)
+    rows = trigger_event_rows("run", "ds", "ex1", "dragin", extra)
     assert trigger_event_rows("run", "ds", "ex1", "no-retrieval", {}) == []
     con = duckdb.connect()
     migrate(con)
@@ -569,12 +568,13 @@ def test_dragin_and_token_end_to_end(model_cache_root, tmp_path):
                         retriever=retriever)  # fmt: skip
     for method in ["dragin", "token"]:
         outs = METHODS.get(method)().run(enc.questions, ctx)
-        tables = to_rows("run", "synthetic", method, enc.questions, outs)
+        tables = to_rows("run", "synthetic", method, enc.questions, outs, experts=None)
         assert len(tables["predictions"]) == 3
         for ex, out, row in zip(enc.questions, outs, tables["predictions"]):
             assert out.raw_output and row["prediction"] and row["generated_tokens"] > 0
-            events = trigger_event_rows("run", "synthetic", ex.id, method, row["extra"])
+            events = [e for e in tables["trigger_events"] if e["example_id"] == ex.id]
             assert row["retrieval_count"] == len(out.extra["trigger_events"]) == len(events)
+            assert "trigger_events" not in json.loads(row["extra"])  # stored once: in trigger_events
             assert row["latency_s"] > 0 and out.prompt_tokens > 0
             assert out.extra["prefill_tokens"] > 0 and out.extra["tokens"] == out.generated_tokens
         # the answers come in the few-shot format, and the triggers retrieve

@@ -28,6 +28,8 @@ from semoe.generation.answer import sentence_ends, split_sentences
 from semoe.generation.lm import ChatLM, Message
 from semoe.metrics import normalize_answer
 from semoe.storage.artifacts import MARKER, ArtifactCache, content_key
+from semoe.storage.results import utcnow
+from semoe.storage.rows import AugmentationRow
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +72,21 @@ class Augmentation:
         return cls(**d)
 
     def to_row(self) -> dict:
-        """A row of the ``augmentations`` table (see semoe/storage/schema.py)."""
-        return {
-            "passage_hash": self.passage_text_hash,
-            "passage_id": self.passage_id,
-            "model": self.model,
-            "prompt_version": self.prompt_version,
-            "status": self.status,
-            "rewrites": list(self.rewrites),
-            "qa": json.dumps([asdict(q) for q in self.qa], ensure_ascii=False),
-            "qa_count": len(self.qa),
-            "attempts": self.attempts,
-            "reason": self.reason,
-            "seconds": self.seconds,
-        }
+        """A row of the ``augmentations`` table (``semoe.storage.rows.AugmentationRow``)."""
+        return AugmentationRow(
+            passage_hash=self.passage_text_hash,
+            passage_id=self.passage_id,
+            model=self.model,
+            prompt_version=self.prompt_version,
+            status=self.status,
+            rewrites=list(self.rewrites),
+            qa=json.dumps([asdict(q) for q in self.qa], ensure_ascii=False),
+            qa_count=len(self.qa),
+            attempts=self.attempts,
+            reason=self.reason,
+            seconds=self.seconds,
+            created_at=utcnow(),
+        ).as_dict()
 
 
 def passage_hash(text: str) -> str:

@@ -55,6 +55,7 @@ import torch
 from semoe.config import ExpertConfig
 from semoe.experts.format import LoraExpert, load_expert, save_expert
 from semoe.storage.artifacts import ArtifactCache, content_key
+from semoe.storage.rows import ExpertRow
 
 if TYPE_CHECKING:
     from torch import nn
@@ -577,10 +578,8 @@ class ExpertRecord:
     trained: bool = field(default=False, compare=False)  # by this call (not a column)
 
     def to_row(self) -> dict:
-        """A row of the ``experts`` table (see semoe/storage/schema.py)."""
-        row = asdict(self)
-        row.pop("trained")
-        return row
+        """A row of the ``experts`` table (``semoe.storage.rows.ExpertRow``)."""
+        return ExpertRow(**{c: getattr(self, c) for c in ExpertRow.columns()}).as_dict()
 
 
 def expert_key(item: TrainingItem, model_spec: str, cfg: ExpertConfig, init_sha256: str) -> str:

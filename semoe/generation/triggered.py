@@ -59,11 +59,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -76,6 +75,7 @@ from semoe.generation.answer import (
 )
 from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.generation.prompts import PromptBudget, PromptTooLongError, Truncation
+from semoe.storage.rows import TriggerEventRow
 
 if TYPE_CHECKING:
     import torch
@@ -815,21 +815,22 @@ class TriggeredGenerator:
 
 # --------------------------------------------------------------------------- storage
 
-def trigger_event_rows(run_id: str, dataset: str, example_id: str, method: str, extra: dict | str | None) -> list[dict]:
-    """``trigger_events`` rows from a prediction's ``extra`` (the dict or its stored JSON);
-    methods without triggers give none."""
-    if isinstance(extra, str):
-        extra = json.loads(extra)
-    key = {"run_id": run_id, "dataset": dataset, "example_id": example_id, "method": method}
+def trigger_event_rows(run_id: str, dataset: str, example_id: str, method: str, extra: Mapping | None) -> list[dict]:
+    """``trigger_events`` rows (``semoe.storage.rows.TriggerEventRow``) from a method output's
+    ``extra`` (``MethodOutput.extra``); methods without triggers give none. The table is where
+    trigger events are stored: ``predictions.extra`` does not keep them."""
     return [
-        {
-            **key,
-            "step": int(e["step"]),
-            "token_index": e.get("token_index"),
-            "token": e.get("token"),
-            "score": None if e.get("score") is None else float(e["score"]),
-            "query": e.get("query"),
-            "passage_ids": [str(p) for p in e.get("passage_ids", [])],
-        }
+        TriggerEventRow(
+            run_id=run_id,
+            dataset=dataset,
+            example_id=example_id,
+            method=method,
+            step=int(e["step"]),
+            token_index=e.get("token_index"),
+            token=e.get("token"),
+            score=None if e.get("score") is None else float(e["score"]),
+            query=e.get("query"),
+            passage_ids=[str(p) for p in e.get("passage_ids", [])],
+        ).as_dict()
         for e in (extra or {}).get("trigger_events", [])
     ]

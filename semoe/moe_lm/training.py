@@ -22,15 +22,16 @@ from typing import Callable, Sequence
 
 from semoe.config import MoeLMConfig
 from semoe.storage.artifacts import ArtifactCache, content_key
+from semoe.storage.rows import MoeLMTrainingRow
 
 KIND = "moe-lm"
 # Bump when a code change alters what a given config trains into, so old checkpoints are not reused.
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 
-MOE_TRAINING_COLUMNS = ("model_key", "step", "loss", "aux_loss", "lr", "seconds")
-"""Keys of every curve row, in the column order of the store's ``moe_lm_training`` table
-(``semoe.storage.schema``, migration 3). ``loss`` is the cross-entropy (nats/token),
+MOE_TRAINING_COLUMNS = MoeLMTrainingRow.columns()
+"""Keys of every curve row (``semoe.storage.rows.MoeLMTrainingRow``), in the column order of the
+store's ``moe_lm_training`` table. ``loss`` is the cross-entropy (nats/token),
 ``aux_loss`` the unweighted load-balancing loss, ``lr`` the rate used for that step, ``seconds``
 the wall time since training started."""
 
@@ -105,8 +106,8 @@ def train(cfg: MoeLMConfig, texts: Sequence[str], on_step: Callable[[dict], None
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         schedule.step()
-        values = (key, step, ce.item(), out.aux_loss.item(), lr, time.perf_counter() - started)
-        row = dict(zip(MOE_TRAINING_COLUMNS, values))
+        row = MoeLMTrainingRow(model_key=key, step=step, loss=ce.item(), aux_loss=out.aux_loss.item(), lr=lr,
+                               seconds=time.perf_counter() - started).as_dict()
         curve.append(row)
         if on_step is not None:
             on_step(row)

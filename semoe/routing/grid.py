@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from semoe.generation.lm import ChatLM, Generation
 from semoe.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
 from semoe.routing.base import make_policy
+from semoe.storage.rows import rekeyed
 
 if TYPE_CHECKING:
     from semoe.config import SemoeConfig
@@ -78,8 +79,8 @@ def copied_cell(run_id: str, routing: RoutingEvalConfig, cell: "Cell", tables: d
     """The stored rows of a cell with the same cell key (``ResultStore.stored_routing_cells``),
     re-keyed to ``run_id``; ``computed_in`` keeps naming the run that measured them."""
     model, policy_key, mode = cell.ident(routing)
-    ident = {"run_id": run_id, "model": model, "policy_key": policy_key, "mode": mode}
-    return {table: [{**row, **ident} for row in rows] for table, rows in tables.items()}
+    return {table: rekeyed(table, rows, run_id=run_id, model=model, policy_key=policy_key, mode=mode)
+            for table, rows in tables.items()}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the grid

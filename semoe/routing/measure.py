@@ -18,21 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-# Column order of the store's tables (semoe.storage.schema, migrations 3 and 5); the flow fills cell_key and
-# computed_in (semoe.identity).
-ROUTING_RUNS_COLUMNS = (
-    "run_id", "model", "model_key", "policy_key", "policy", "policy_label", "setting", "k", "policy_params", "mode",
-    "texts", "tokens", "nll", "perplexity", "eval_seconds", "tokens_per_s", "decode_tokens_per_s",
-    "peak_memory_bytes", "memory_method", "kv_cache_bytes", "experts_per_token", "experts_std", "floor_rate",
-    "ceiling_rate", "qa_dataset", "qa_n", "qa_em", "qa_f1", "qa_note", "heatmap_path", "created_at",
-    "cell_key", "computed_in",
-)  # fmt: skip
-# Columns a caller fills in (the rest are measured here).
+from semoe.storage.rows import RoutingLayerStatRow, RoutingRunRow
+
+# Column order of the store's tables (their rows: semoe.storage.rows).
+ROUTING_RUNS_COLUMNS = RoutingRunRow.columns()
+# Columns a caller fills in (the rest are measured here; the flow fills cell_key and computed_in).
 ROUTING_RUN_CONTEXT = ("model_key", "policy_label", "setting", "k", "qa_dataset", "qa_n", "qa_em", "qa_f1", "qa_note")
-ROUTING_LAYER_STATS_COLUMNS = (
-    "run_id", "model", "policy_key", "mode", "layer", "module", "decoder_layer", "num_experts", "tokens",
-    "experts_mean", "experts_std", "floor_rate", "ceiling_rate", "overlap", "k_histogram", "expert_counts",
-)  # fmt: skip
+ROUTING_LAYER_STATS_COLUMNS = RoutingLayerStatRow.columns()
 
 
 # ---------------------------------------------------------------- memory
@@ -328,37 +320,40 @@ def routing_run_row(
         raise ValueError(f"not routing_runs context columns: {sorted(unknown)}")
     params = policy.describe()
     stats = ppl.stats
-    row = dict.fromkeys(ROUTING_RUNS_COLUMNS)
-    row.update(context)
-    return row | {
-        "run_id": run_id,
-        "model": model,
-        "policy_key": key or policy_key(policy.name, params),
-        "policy": policy.name,
-        "policy_params": json.dumps(params, sort_keys=True, default=str),
-        "mode": mode,
-        "texts": ppl.texts,
-        "tokens": ppl.tokens,
-        "nll": ppl.nll,
-        "perplexity": ppl.perplexity,
-        "eval_seconds": ppl.seconds,
-        "tokens_per_s": ppl.tokens_per_s,
-        "decode_tokens_per_s": decode_result.tokens_per_s if decode_result else None,
-        "peak_memory_bytes": memory.peak_bytes if memory else None,
-        "memory_method": memory.method if memory else None,
-        "kv_cache_bytes": decode_result.kv_cache_bytes if decode_result else None,
-        "experts_per_token": stats.experts_per_token(),
-        "experts_std": stats.experts_per_token_std(),
-        "floor_rate": _weighted_rate(stats, "floor_rate"),
-        "ceiling_rate": _weighted_rate(stats, "ceiling_rate"),
-        "heatmap_path": heatmap_path,
-        "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
-    }
+    return RoutingRunRow(
+        **context,
+        run_id=run_id,
+        model=model,
+        policy_key=key or policy_key(policy.name, params),
+        policy=policy.name,
+        policy_params=json.dumps(params, sort_keys=True, default=str),
+        mode=mode,
+        texts=ppl.texts,
+        tokens=ppl.tokens,
+        nll=ppl.nll,
+        perplexity=ppl.perplexity,
+        eval_seconds=ppl.seconds,
+        tokens_per_s=ppl.tokens_per_s,
+        decode_tokens_per_s=decode_result.tokens_per_s if decode_result else None,
+        peak_memory_bytes=memory.peak_bytes if memory else None,
+        memory_method=memory.method if memory else None,
+        kv_cache_bytes=decode_result.kv_cache_bytes if decode_result else None,
+        experts_per_token=stats.experts_per_token(),
+        experts_std=stats.experts_per_token_std(),
+        floor_rate=_weighted_rate(stats, "floor_rate"),
+        ceiling_rate=_weighted_rate(stats, "ceiling_rate"),
+        heatmap_path=heatmap_path,
+        created_at=datetime.now(timezone.utc).replace(tzinfo=None),
+    ).as_dict()
 
 
 def layer_stat_rows(run_id: str, model: str, key: str, mode: str, stats) -> list[dict]:
-    ids = {"run_id": run_id, "model": model, "policy_key": key, "mode": mode}
-    return [{**ids, **{c: r[c] for c in ROUTING_LAYER_STATS_COLUMNS[4:]}} for r in stats.summary()]
+    """``routing_layer_stats`` rows of one cell: one per routed layer (``stats.summary()``)."""
+    measured = ROUTING_LAYER_STATS_COLUMNS[4:]  # after the cell's key
+    return [
+        RoutingLayerStatRow(run_id=run_id, model=model, policy_key=key, mode=mode, **{c: r[c] for c in measured}).as_dict()
+        for r in stats.summary()
+    ]
 
 
 # ---------------------------------------------------------------- one policy end to end

@@ -151,11 +151,11 @@ class ResultStore:
         with self.connect() as con:
             row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
             if row is None:
-                con.execute(
-                    "INSERT INTO runs (run_id, name, config_hash, code_version, config_json, status, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, 'running', ?)",
-                    [run_id, name, config_hash, code_version, config_json, utcnow()],
-                )
+                from semoe.storage.rows import RunRow
+
+                new = RunRow(run_id=run_id, name=name, config_hash=config_hash, code_version=code_version,
+                             config_json=config_json, status="running", started_at=utcnow()).as_dict()
+                con.execute(f"INSERT INTO runs ({', '.join(new)}) VALUES ({', '.join('?' * len(new))})", list(new.values()))
                 return "new"
             if row[0] != "finished":
                 con.execute(
@@ -230,9 +230,12 @@ class ResultStore:
             return
         import polars as pl
 
+        from semoe.storage.rows import as_dicts
+
         unknown = set(tables) - {"predictions", *PER_EXAMPLE_TABLES}
         if unknown:
             raise StoreError(f"not per-example tables: {sorted(unknown)}")
+        predictions = as_dicts("predictions", predictions)
         pred_df = pl.DataFrame(list(predictions), infer_schema_length=None)
         keys_df = pred_df.select(*PREDICTION_KEY)  # noqa: F841 (used by SQL)
         with self.connect() as con, transaction(con):
@@ -243,7 +246,7 @@ class ResultStore:
                 )
                 rows = tables.get(table)
                 if rows:
-                    df = pl.DataFrame(list(rows), infer_schema_length=None)  # noqa: F841 (used by SQL)
+                    df = pl.DataFrame(as_dicts(table, rows), infer_schema_length=None)  # noqa: F841 (used by SQL)
                     con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
             con.execute("INSERT OR REPLACE INTO predictions BY NAME SELECT * FROM pred_df")
 
@@ -255,14 +258,17 @@ class ResultStore:
         self.write_tables({t: rows for t, rows in tables.items() if t not in per_example})
 
     def write_rows(self, table: str, rows: Sequence[dict]) -> None:
-        """Keyed insert of generic rows (metrics, index stats, ...)."""
+        """Keyed insert of the rows of one table (metrics, index stats, ...)."""
         self.write_tables({table: rows})
 
     def write_tables(self, tables: dict[str, Sequence[dict]]) -> None:
-        """Keyed insert of the rows of several tables in one transaction (all or nothing)."""
+        """Keyed insert of the rows of several tables in one transaction (all or nothing);
+        rows are ``semoe.storage.rows`` rows or their ``as_dict``."""
         import polars as pl
 
-        frames = {t: pl.DataFrame(list(rows), infer_schema_length=None) for t, rows in tables.items() if rows}
+        from semoe.storage.rows import as_dicts
+
+        frames = {t: pl.DataFrame(as_dicts(t, rows), infer_schema_length=None) for t, rows in tables.items() if rows}
         if not frames:
             return
         with self.connect() as con, transaction(con):

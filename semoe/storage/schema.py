@@ -340,4 +340,80 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM leaderboard l JOIN latest USING (run_id)""",
         ],
     ),
+    (
+        6,
+        [
+            # Typed rows (semoe.storage.rows). Each prediction records its method's passage-expert
+            # settings (a run's methods may use different ranks or targets; NULL without experts),
+            # so views join on columns instead of JSON paths into runs.config_json.
+            "ALTER TABLE predictions ADD COLUMN base_model VARCHAR",
+            "ALTER TABLE predictions ADD COLUMN expert_rank INTEGER",
+            "ALTER TABLE predictions ADD COLUMN expert_targets VARCHAR[]",
+            # Rows stored before: the settings their run's config gave the method (its own
+            # params.experts over the shared experts section; methods were bare names before
+            # params existed). Predictions that spent no time on experts used none.
+            """UPDATE predictions AS p
+                SET base_model = s.base_model, expert_rank = s.expert_rank, expert_targets = s.expert_targets
+                FROM (
+                    SELECT r.run_id, coalesce(m->>'label', m->>'name', m->>'$') AS method,
+                           r.config_json->>'$.model.spec' AS base_model,
+                           coalesce(TRY_CAST(m->'params'->'experts'->>'rank' AS INTEGER),
+                                    TRY_CAST(r.config_json->>'$.experts.rank' AS INTEGER)) AS expert_rank,
+                           TRY_CAST(coalesce(m->'params'->'experts'->'targets', r.config_json->'$.experts.targets')
+                                    AS VARCHAR[]) AS expert_targets
+                    FROM runs r, unnest(CAST(r.config_json->'$.methods' AS JSON[])) AS t(m)
+                ) AS s
+                WHERE p.run_id = s.run_id AND p.method = s.method AND p.latency_experts_s > 0""",
+            # Trigger events live in their table, the per-question counters in their columns:
+            # drop the copies older code kept in extra.
+            """UPDATE predictions
+                SET extra = json_merge_patch(extra, '{"trigger_events": null, "hallucination_events": null, "sentences": null}')
+                WHERE extra IS NOT NULL""",
+            # Cost per method, as in version 4, with each prediction's expert settings on its row.
+            # Targets are a set (ExpertConfig sorts them when it validates; a default list is
+            # not validated): compared in sorted order.
+            "DROP VIEW cost_by_method",
+            """CREATE VIEW cost_by_method AS
+                WITH expert_size AS (
+                    SELECT base_model, rank, targets, passage_id, max(bytes) AS bytes
+                    FROM experts GROUP BY base_model, rank, targets, passage_id
+                ),
+                expert_use AS (
+                    SELECT DISTINCT p.run_id, p.dataset, p.method, p.example_id, rt.passage_id, s.bytes
+                    FROM predictions p
+                    JOIN retrievals rt USING (run_id, dataset, example_id, method)
+                    JOIN expert_size s
+                      ON s.passage_id = rt.passage_id AND s.base_model = p.base_model
+                     AND s.rank = p.expert_rank AND list_sort(s.targets) = list_sort(p.expert_targets)
+                    WHERE p.latency_experts_s > 0
+                ),
+                per_question AS (
+                    SELECT run_id, dataset, method, example_id, sum(bytes) AS bytes
+                    FROM expert_use GROUP BY run_id, dataset, method, example_id
+                ),
+                per_method AS (
+                    SELECT run_id, dataset, method, count(*) AS experts, sum(bytes) AS bytes
+                    FROM (SELECT DISTINCT run_id, dataset, method, passage_id, bytes FROM expert_use)
+                    GROUP BY run_id, dataset, method
+                )
+                SELECT p.run_id, p.dataset, p.method, count(*) AS n,
+                       round(avg(p.latency_s), 3) AS seconds_per_question,
+                       round(avg(p.latency_retrieve_s), 4) AS retrieve_seconds_per_question,
+                       round(avg(p.latency_generate_s), 4) AS generate_seconds_per_question,
+                       round(avg(coalesce(p.latency_experts_s, 0)), 4) AS experts_seconds_per_question,
+                       round(sum(p.latency_s), 3) AS total_seconds,
+                       round(avg(p.retrieval_count), 3) AS retrievals_per_question,
+                       round(avg(p.generation_count), 3) AS generations_per_question,
+                       round(avg(p.prompt_tokens), 1) AS prompt_tokens_per_question,
+                       round(avg(p.generated_tokens), 1) AS generated_tokens_per_question,
+                       sum(p.prompt_tokens) + sum(p.generated_tokens) AS total_tokens,
+                       coalesce(any_value(m.experts), 0) AS experts_used,
+                       coalesce(any_value(m.bytes), 0)::BIGINT AS expert_bytes,
+                       round(coalesce(sum(q.bytes), 0) / count(*), 1) AS expert_bytes_per_question
+                FROM predictions p
+                LEFT JOIN per_question q USING (run_id, dataset, method, example_id)
+                LEFT JOIN per_method m USING (run_id, dataset, method)
+                GROUP BY p.run_id, p.dataset, p.method""",
+        ],
+    ),
 ]

@@ -28,6 +28,8 @@ def write_shard(root: str | Path, key: str, tables: Mapping[str, Sequence[dict]]
     """Write ``tables`` (table name → rows) as the shard ``root/key``, atomically."""
     import polars as pl
 
+    from semoe.storage.rows import as_dicts
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / key, root / f".{key}.{os.getpid()}.tmp"
@@ -35,7 +37,7 @@ def write_shard(root: str | Path, key: str, tables: Mapping[str, Sequence[dict]]
     tmp.mkdir()
     for table, rows in tables.items():
         if rows:
-            pl.DataFrame(list(rows), infer_schema_length=None).write_parquet(tmp / f"{table}.parquet")
+            pl.DataFrame(as_dicts(table, rows), infer_schema_length=None).write_parquet(tmp / f"{table}.parquet")
     shutil.rmtree(final, ignore_errors=True)  # a retried task's shard replaces the earlier one
     tmp.rename(final)
     return final

@@ -51,4 +51,5 @@ def _answer(
     retriever = open_retriever(config, corpus_key) if corpus_key else None
     with gpu_slot(config):
         outputs, catalogue = evaluation.answer_chunk(config, item, retriever)
-    return evaluation.to_rows(run_id, dataset, method, items, outputs, answer_keys), catalogue
+    experts = evaluation.expert_use(config, method)
+    return evaluation.to_rows(run_id, dataset, method, items, outputs, answer_keys, experts=experts), catalogue

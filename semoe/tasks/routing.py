@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from semoe.config import SemoeConfig
+from semoe.storage.rows import rekeyed
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
@@ -35,5 +36,5 @@ def evaluate_routing_cell_task(
 
     with gpu_slot(config):
         tables = evaluate_cell(config, run_id, Cell(model_index, policy_index, mode), heatmap_dir)
-    tables["routing_runs"] = [{**r, "cell_key": cell_key, "computed_in": run_id} for r in tables["routing_runs"]]
+    tables["routing_runs"] = rekeyed("routing_runs", tables["routing_runs"], cell_key=cell_key, computed_in=run_id)
     return tables
