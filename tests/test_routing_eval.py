@@ -15,7 +15,6 @@ from semoe.config import RoutingEvalConfig
 from semoe.routing.measure import (
     ROUTING_LAYER_STATS_COLUMNS,
     ROUTING_RUNS_COLUMNS,
-    PeakMemory,
     decode,
     evaluate_policy,
     perplexity,
