@@ -23,7 +23,7 @@ from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
 
-from helpers import AWKWARD_QUERIES, CORPUS
+from tests.support.helpers import AWKWARD_QUERIES, CORPUS
 
 ES_URL = os.environ.get("SEMOE_ES_URL")
 
