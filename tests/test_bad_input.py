@@ -13,7 +13,10 @@ from tests.support.bad_input_cases import CASES, error_message, prepare, run_cas
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+REAL_MODEL = [pytest.mark.slow, pytest.mark.real_model]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=REAL_MODEL if c.real_model else ()) for c in CASES])
 def test_bad_input_gives_one_clear_error_and_loses_nothing(case, tmp_path, request):
     if case.in_flow:
         request.getfixturevalue("prefect_api")
