@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.semoe-installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo experts-demo routing-demo test bench clean-results deploy-check ui-check
+.PHONY: install demo experts-demo routing-demo test test-fast bench clean-results deploy-check ui-check
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,8 +26,13 @@ experts-demo: install
 routing-demo: install
 	$(VENV)/bin/semoe route configs/routing-demo.yaml
 
+# CI: every lane (tests/README.md).
 test: install
 	$(PY) -m pytest -q
+
+# The fast lane: no real-model tokenizer or weights (flows run on the weightless `dummy` model).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not real_model"
 
 bench: install
 	$(PY) benchmarks/bench_retrieval.py

@@ -1,4 +1,4 @@
-"""Print docs/bad-input.md: every case of the bad-input matrix (tests/bad_input_cases.py)
+"""Print docs/bad-input.md: every case of the bad-input matrix (tests/support/bad_input_cases.py)
 run through the CLI as the test runs it, with the exact error message it gave.
 
     .venv/bin/python scripts/bad_input_matrix.py > docs/bad-input.md
@@ -20,17 +20,17 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS", "false")
 os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"  # the table wants the CLI's message, not the flow's log
 os.environ.pop("PREFECT_API_URL", None)
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the shared cases are the package tests.support
 
-from bad_input_cases import CASES, error_message, prepare, run_case, stored_rows  # noqa: E402
-from helpers import make_tiny_lm  # noqa: E402
+from tests.support.bad_input_cases import CASES, error_message, prepare, run_case, stored_rows  # noqa: E402
+from tests.support.helpers import make_tiny_lm  # noqa: E402
 
 # Parts of messages that differ from run to run, shown as placeholders.
 VARYING = [(r"\b[0-9a-f]{24}\b", "<key>"), (r"PID \d+", "PID <pid>"), (r"held in \S+python\S*", "held in <python>")]
 
 HEADER = """# Bad input: one clear error, nothing lost
 
-Each row is a case of the bad-input matrix (`tests/bad_input_cases.py`, asserted by
+Each row is a case of the bad-input matrix (`tests/support/bad_input_cases.py`, asserted by
 `tests/test_bad_input.py`). Every case exits with code 2 and prints one `semoe: error:`
 message, without a traceback; the rows an earlier run left in the results store are
 untouched. "preflight" cases are caught by the CLI before any flow starts; "flow" cases

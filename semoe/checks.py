@@ -9,6 +9,7 @@ from __future__ import annotations
 from semoe.config import ConfigError, PolicySpec, SemoeConfig, validate_params
 from semoe.data import CORPORA, DATASETS
 from semoe.generation.base import build_method
+from semoe.models.dummy import dummy_seed
 from semoe.retrieval import RETRIEVERS
 
 
@@ -20,7 +21,9 @@ def check_config(cfg: SemoeConfig) -> None:
     for dataset in cfg.datasets:
         DATASETS.get(dataset.name)
     for spec in cfg.methods:
-        build_method(spec, cfg)
+        if build_method(spec, cfg).needs_weights and dummy_seed(cfg.model.spec) is not None:
+            raise ConfigError(f"methods: {spec.display_name!r} ({spec.name}) needs a real LM (model internals); "
+                              f"model.spec {cfg.model.spec!r} is the weightless dummy model")
     if cfg.routing is not None:
         check_routing(cfg)
 

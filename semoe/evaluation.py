@@ -115,11 +115,9 @@ def split_reusable(items: list[WorkItem], stored: set[str]) -> tuple[list[WorkIt
 
 def load_lm(cfg: SemoeConfig):
     """The configured model as a ``ChatLM`` (loaded once per process: ``load_model`` is memoised)."""
-    from semoe.generation.lm import ChatLM
-    from semoe.models.loading import load_model
+    from semoe.models.loading import load_chat_lm
 
-    model, tokenizer = load_model(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device)
-    return ChatLM(model, tokenizer, cfg.generation.system_prompt)
+    return load_chat_lm(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device, cfg.generation.system_prompt)
 
 
 def expert_provider(cfg: SemoeConfig, lm, params):

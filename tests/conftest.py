@@ -15,7 +15,14 @@ os.environ.pop("PREFECT_API_URL", None)
 
 import pytest  # noqa: E402
 
+# Fixtures that need the embedded model's tokenizer or weights: their tests are in the real-model lane.
+REAL_MODEL_FIXTURES = {"tiny_lm_dir", "model_cache_root"}
 
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_model)
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +44,6 @@ def model_cache_root() -> str:
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> str:
     """A tiny random Llama with a real tokenizer: generation logic without real weights."""
-    from helpers import make_tiny_lm
+    from tests.support.helpers import make_tiny_lm
 
     return make_tiny_lm(tmp_path_factory.mktemp("tiny-llama"))

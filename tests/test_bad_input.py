@@ -1,4 +1,4 @@
-"""The bad-input matrix (tests/bad_input_cases.py) through the CLI: exit code 2, one
+"""The bad-input matrix (tests/support/bad_input_cases.py) through the CLI: exit code 2, one
 `semoe: error:` line naming the problem, no traceback, and the rows an earlier run left
 in the store are still there (no bad input marks a run finished either)."""
 
@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bad_input_cases import CASES, error_message, prepare, run_case, stored_rows
+from tests.support.bad_input_cases import CASES, error_message, prepare, run_case, stored_rows
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+REAL_MODEL = [pytest.mark.slow, pytest.mark.real_model]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=REAL_MODEL if c.real_model else ()) for c in CASES])
 def test_bad_input_gives_one_clear_error_and_loses_nothing(case, tmp_path, request):
     if case.in_flow:
         request.getfixturevalue("prefect_api")

@@ -20,7 +20,7 @@ from semoe.data import CORPORA, DataContext
 from semoe.data.loading import corpus_key, iter_passages
 from semoe.data.schema import DataFormatError, Passage
 
-from helpers import shared_file  # noqa: E402
+from tests.support.helpers import shared_file  # noqa: E402
 
 CTX = DataContext(synthetic=SyntheticConfig())
 

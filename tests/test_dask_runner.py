@@ -1,6 +1,7 @@
 """The Dask task runner: the same small pipeline on a local cluster of 2 worker processes
 gives the same stored results as the default runner (workers write Parquet shards, the
-flow process ingests them), and shard ingestion is idempotent."""
+flow process ingests them), and shard ingestion is idempotent. On the weightless dummy model
+(answers fan out), and on a tiny random model with an expert method (experts fan out too)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,20 @@ import pytest
 
 from semoe.config import SemoeConfig
 from semoe.storage.results import ResultStore
-
-from helpers import result_tables  # noqa: E402
-
-pytestmark = pytest.mark.slow
+from tests.support.helpers import result_tables
 
 TABLES = ["predictions", "retrievals", "trigger_events", "metrics", "augmentations"]
+METHODS = {"dummy": ["no-retrieval", "single-retrieval"], "tiny": ["no-retrieval", "single-retrieval", "prag"]}
 
 
-def _config(tmp_path, tiny_lm_dir, name: str, runner: dict) -> SemoeConfig:
+def _config(tmp_path, model: str, spec: str, name: str, runner: dict) -> SemoeConfig:
     return SemoeConfig.model_validate(
         {
             "name": "dask-test",
             "synthetic": {"seed": 5, "n_entities": 10, "n_questions": 4},
-            "model": {"spec": tiny_lm_dir},
-            "generation": {"max_new_tokens": 4, "batch_size": 4, "few_shot": 1},
-            "methods": ["no-retrieval", "single-retrieval", "prag"],
+            "model": {"spec": spec},
+            "generation": {"max_new_tokens": 6, "batch_size": 4, "few_shot": 1},
+            "methods": METHODS[model],
             "augment": {"max_attempts": 1, "rewrite_max_new_tokens": 8, "qa_max_new_tokens": 8, "chunk_size": 4},
             "store": {"path": str(tmp_path / name / "results.duckdb"), "write_every": 2},
             "cache": {"root": str(tmp_path / name / "cache")},
@@ -36,10 +35,14 @@ def _tables(store: ResultStore) -> dict[str, list[dict]]:
     return result_tables(store.path, TABLES)
 
 
-def test_dask_runner_matches_default_runner(tmp_path, tiny_lm_dir, prefect_api, monkeypatch):
+@pytest.mark.parametrize("model", ["dummy", pytest.param("tiny", marks=[pytest.mark.slow, pytest.mark.real_model])])
+def test_dask_runner_matches_default_runner(model, tmp_path, prefect_api, monkeypatch, request):
     import semoe.flows.pipeline as flows
     import semoe.flows.runners as runners
     from semoe.storage import shards
+
+    spec = "dummy" if model == "dummy" else request.getfixturevalue("tiny_lm_dir")
+    n_answers, experts = 4 * len(METHODS[model]), model == "tiny"
 
     ingested = []
 
@@ -48,17 +51,18 @@ def test_dask_runner_matches_default_runner(tmp_path, tiny_lm_dir, prefect_api, 
         return shards.ingest_shard(store, path)
 
     monkeypatch.setattr(runners, "ingest_shard", counting_ingest)
-    default_cfg = _config(tmp_path, tiny_lm_dir, "default", {})
-    dask_cfg = _config(tmp_path, tiny_lm_dir, "dask", {"kind": "dask", "n_workers": 2})
+    default_cfg = _config(tmp_path, model, spec, "default", {})
+    dask_cfg = _config(tmp_path, model, spec, "dask", {"kind": "dask", "n_workers": 2})
     default = flows.pipeline(default_cfg)
     assert ingested == []
     dask = flows.pipeline(dask_cfg)
-    assert len([p for p in ingested if "answers-" in p]) == 6  # 3 methods x 4 questions, 2 per chunk
-    assert any("experts-" in p for p in ingested)  # build_experts fanned out too
-    assert dask["run_id"] == default["run_id"] and dask["produced"] == default["produced"] == 12
+    assert len([p for p in ingested if "answers-" in p]) == n_answers // 2  # methods x 4 questions, 2 per chunk
+    assert any("experts-" in p for p in ingested) == experts  # build_experts fanned out too
+    assert dask["run_id"] == default["run_id"] and dask["produced"] == default["produced"] == n_answers
 
     expected, got = _tables(ResultStore(default_cfg.store.path)), _tables(ResultStore(dask_cfg.store.path))
-    assert len(expected["predictions"]) == 12 and expected["retrievals"] and expected["augmentations"]
+    assert len(expected["predictions"]) == n_answers and expected["retrievals"]
+    assert bool(expected["augmentations"]) == experts
     assert got == expected
     assert not (tmp_path / "dask" / "results-shards").exists()  # every shard ingested and removed
 

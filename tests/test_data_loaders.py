@@ -16,7 +16,7 @@ from semoe.data.loading import load_examples
 from semoe.data.schema import DataFormatError
 from semoe.registry import UnknownNameError
 
-from helpers import shared_file  # noqa: E402
+from tests.support.helpers import shared_file  # noqa: E402
 
 CTX = DataContext(synthetic=SyntheticConfig())
 

@@ -69,10 +69,9 @@ def test_waiting_second_process_gets_the_lock_when_the_holder_dies(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(RunLockedError, match=r"\(waited 0\.5 s\)"), run_lock(store, "run-a", wait_s=0.5):
         pass
-    assert time.monotonic() - t0 >= 0.5
+    assert time.monotonic() - t0 >= 0.5  # it waited before giving up (a lower bound: load cannot break it)
     subprocess.Popen(["sh", "-c", f"sleep 1; kill -9 {holder.pid}"])  # SIGKILL: the kernel drops the lock
-    with run_lock(store, "run-a", wait_s=30) as path:
-        assert time.monotonic() - t0 < 30
+    with run_lock(store, "run-a", wait_s=30) as path:  # raises RunLockedError if the lock never came
         assert path.read_text().split()[0] == str(os.getpid())
     holder.wait()
 
@@ -256,13 +255,16 @@ def test_api_that_cannot_start_gives_one_line(tmp_path):
     assert _wait_group_gone(proc.pid), "the server was left running"
 
 
-def _slow_run_config(tmp_path, tiny_lm_dir) -> Path:
-    """The tiny model answering one question per commit, enough of them to interrupt."""
+N_QUESTIONS = 100  # one per commit: far more than can commit between the signal and the stop
+
+
+def _slow_run_config(tmp_path) -> Path:
+    """The dummy model answering one question per commit, enough of them to interrupt."""
     config = tmp_path / "slow.yaml"
     config.write_text(yaml.safe_dump({
         "name": "interrupt-test",
-        "synthetic": {"seed": 7, "n_entities": 10, "n_questions": 30},
-        "model": {"spec": tiny_lm_dir},
+        "synthetic": {"seed": 7, "n_entities": 30, "n_questions": N_QUESTIONS},
+        "model": {"spec": "dummy"},
         "generation": {"max_new_tokens": 6, "batch_size": 1, "few_shot": 1},
         "methods": ["no-retrieval"],
         "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 1},
@@ -284,57 +286,49 @@ def _until_committed(proc: subprocess.Popen, lines: list[str]) -> int:
     pytest.fail("the run ended before its first commit:\n" + "".join(lines))
 
 
-@pytest.mark.slow
-def test_ctrl_c_ends_fast_with_exit_130_and_says_what_was_kept(tmp_path, tiny_lm_dir):
-    proc = _semoe(["run", str(_slow_run_config(tmp_path, tiny_lm_dir))])
+def test_ctrl_c_ends_fast_with_exit_130_and_says_what_was_kept(tmp_path):
+    proc = _semoe(["run", str(_slow_run_config(tmp_path))])
     lines: list[str] = []
     try:
         _until_committed(proc, lines)
-        t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
-        out, _ = proc.communicate(timeout=60)
-        elapsed = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=120)  # a hang guard, not a speed limit
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     lines.append(out)
     text = "".join(lines)
     assert proc.returncode == 130, text
-    assert elapsed < 15, f"took {elapsed:.1f} s to stop:\n{text}"
     assert "Traceback" not in text, text
     last = text.strip().splitlines()[-1]
     store = ResultStore(tmp_path / "results.duckdb", read_only=True)
     (run,) = store.query("select run_id, status from runs")
     kept = store.query("select count(*) as n from predictions")[0]["n"]
-    assert 1 <= kept < 30
+    assert 1 <= kept < N_QUESTIONS  # it stopped at the next safe point, not at the end of the run
     assert last == (f"semoe: interrupted: run {run['run_id']} stopped; its {kept} committed answers are kept in "
                     f"{tmp_path / 'results.duckdb'}: rerun the same command to resume")
     assert run["status"] == "failed"
     assert _wait_group_gone(proc.pid), "the Prefect server outlived semoe"
 
 
-@pytest.mark.slow
-def test_dead_api_fails_fast_with_one_line(tmp_path, tiny_lm_dir):
-    proc = _semoe(["run", str(_slow_run_config(tmp_path, tiny_lm_dir))])
+def test_dead_api_fails_fast_with_one_line(tmp_path):
+    proc = _semoe(["run", str(_slow_run_config(tmp_path))])
     lines: list[str] = []
     try:
         server = _until_committed(proc, lines)
-        t0 = time.monotonic()
         os.kill(server, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=60)
-        elapsed = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=120)  # a hang guard, not a speed limit
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(lines) + out
     assert proc.returncode == 2, text
-    assert elapsed < 15, f"took {elapsed:.1f} s to stop:\n{text}"
     assert text.count("semoe: error: ") == 1, text
     last = text.strip().splitlines()[-1]
     assert last.startswith(f"semoe: error: the temporary Prefect API server (pid {server}, "), last
     assert "exited with code -9 during the run" in last and "rerun the same command to resume" in last
     kept = ResultStore(tmp_path / "results.duckdb", read_only=True).query("select count(*) as n from predictions")
-    assert kept[0]["n"] >= 1
+    assert 1 <= kept[0]["n"] < N_QUESTIONS  # the death was noticed at once, not at the end of the run
 
 
 def test_ctrl_c_inside_a_flow_run_is_raised_only_at_safe_points(monkeypatch):

@@ -48,7 +48,7 @@ def test_expert_methods_answer_every_question_when_augmentation_fails(setup, met
 def test_semoe_trains_missing_experts_while_decoding(tmp_path, tiny_lm_dir):
     """SEMoE meets passages no offline step saw: their experts are trained on demand from
     inside the decoding loop (which runs under inference mode) and inserted."""
-    from helpers import seed_augmentations
+    from tests.support.helpers import seed_augmentations
 
     cfg = SemoeConfig.model_validate(
         {

@@ -14,7 +14,7 @@ from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
 
-from helpers import AWKWARD_QUERIES, CORPUS
+from tests.support.helpers import AWKWARD_QUERIES, CORPUS
 
 
 

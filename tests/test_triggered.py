@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import CORPUS
+from tests.support.helpers import CORPUS
 from semoe.storage.results import migrate
 from semoe.config import GenerationConfig, RetrievalConfig
 from semoe.generation import METHODS

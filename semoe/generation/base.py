@@ -78,6 +78,8 @@ class Method(ABC):
 
     uses_retrieval: ClassVar[bool] = False
     uses_experts: ClassVar[bool] = False  # needs passage experts (the pipeline builds them beforehand)
+    # reads model internals (logits, attention, LoRA weights): refused with the weightless dummy model
+    needs_weights: ClassVar[bool] = False
     Params: ClassVar[type[Section]] = NoParams
     defaults_from: ClassVar[dict[str, str]] = {}
 

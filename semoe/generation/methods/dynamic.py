@@ -22,6 +22,7 @@ class TriggeredMethod(Method):
     section's fields, per method."""
 
     uses_retrieval = True
+    needs_weights = True  # token probabilities and attention
     Params = TriggerConfig
     defaults_from = {"": "trigger"}
     default_query: str = "current"

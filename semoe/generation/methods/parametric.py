@@ -39,6 +39,7 @@ class _ExpertRetrieval(Method):
 
     uses_retrieval = True
     uses_experts = True
+    needs_weights = True  # LoRA experts are trained on and inserted into the model
     Params = ExpertParams
     defaults_from = EXPERT_DEFAULTS
     passages_in_context = False

@@ -9,7 +9,8 @@ import pytest
 
 from semoe.data.schema import Passage
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def shared_file(rel: str) -> Path:
