@@ -12,6 +12,7 @@ from semoe.data.loading import load_examples
 from semoe.data.schema import Example
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
+from semoe.tasks.threads import use_threads
 from semoe.tasks.interrupts import interruptible
 
 
@@ -60,6 +61,7 @@ def _answer(
     items = [Example.from_dict(e) for e in examples]
     item = evaluation.WorkItem(dataset, method, items, answer_keys)
     retriever = open_retriever(config, corpus_key) if corpus_key else None
+    use_threads(config)
     with gpu_slot(config):
         ctx = evaluation.method_context(config, retriever)
         outputs = evaluation.answer_chunk(item, ctx)

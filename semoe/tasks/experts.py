@@ -10,6 +10,7 @@ from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.schema import Passage
 from semoe.tasks.gpu import gpu_slot
+from semoe.tasks.threads import use_threads
 from semoe.tasks.interrupts import interruptible
 
 
@@ -18,6 +19,7 @@ from semoe.tasks.interrupts import interruptible
 def build_experts_task(config: SemoeConfig, passages: list[dict], first_id: str, shard_root: str | None = None) -> dict:
     """{"trained": n, "rows": catalogue rows}; with ``shard_root`` (a worker process) the
     rows are left there as a Parquet shard instead and "shard" is its path."""
+    use_threads(config)
     with gpu_slot(config):
         ctx = evaluation.method_context(config)
         ctx.experts.ensure([Passage(**p) for p in passages])

@@ -9,6 +9,8 @@ from prefect.cache_policies import NONE
 from semoe.config import SemoeConfig
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
+from semoe.tasks.threads import use_threads
+from semoe.tasks.threads import use_threads
 from semoe.tasks.interrupts import interruptible
 
 
@@ -19,6 +21,7 @@ def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str
     """Load (or train, for the small MoE LM) a model of the grid: its key and training curve rows."""
     from semoe.routing.grid import routing_model
 
+    use_threads(config)
     with gpu_slot(config):
         loaded = routing_model(config, model_index)
     return {"model_key": loaded.key, "curve": loaded.curve}
@@ -32,5 +35,6 @@ def evaluate_routing_cell_task(
 ) -> dict[str, list[dict]]:
     from semoe.routing.grid import Cell, evaluate_cell
 
+    use_threads(config)
     with gpu_slot(config):
         return evaluate_cell(config, run_id, Cell(model_index, policy_index, mode), heatmap_dir)
