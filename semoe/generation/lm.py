@@ -279,8 +279,8 @@ class ChatLM:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.model.config)
-            with torch.inference_mode():
-                self.model(input_ids=input_ids[:1, :shared].to(device), cache=cache, use_cache=True)
+            with torch.inference_mode():  # only the cache is wanted: no logits over the whole prefix
+                self.model(input_ids=input_ids[:1, :shared].to(device), cache=cache, use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(len(rows))
             kwargs["cache"] = cache
         if stop_when is not None:
