@@ -42,7 +42,7 @@ def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 class _RowStop:
     """transformers stopping criterion: a row is done once ``stop_when`` accepts its reply
-    so far. Stateless, so it holds whichever rows are still in the batch."""
+    so far. Stateless: it judges whichever rows are still in the batch."""
 
     def __init__(self, tokenizer, prompt_length: int, stop_when: StopWhen):
         self.tokenizer, self.prompt_length, self.stop_when = tokenizer, prompt_length, stop_when
@@ -54,6 +54,10 @@ class _RowStop:
         return torch.tensor([self.stop_when(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
+# Per-row model inputs that ``_update_model_kwargs_for_generation`` carries from step to step.
+_BATCH_KWARGS = ("attention_mask", "position_ids", "token_type_ids")
+
+
 def _decode_dropping_finished(model, input_ids, logits_processor, stopping_criteria, generation_config,
                               on_rows: Callable[[list[int]], None] | None = None, synced_gpus: bool = False,
                               streamer=None, **model_kwargs) -> list[list[int]]:
@@ -62,7 +66,7 @@ def _decode_dropping_finished(model, input_ids, logits_processor, stopping_crite
     multinomial draw and stopping criteria), except that a row leaves the batch as soon as a
     criterion stops it (EOS, ``stop_when``), taking its KV-cache and attention-mask rows with
     it, so no decode step is spent on finished rows. Greedy rows get the tokens they would
-    get in the full batch (``tests/test_generation_speed.py``); sampled rows draw from the
+    get in the full batch (``tests/test_generation_batching.py``); sampled rows draw from the
     same distributions, but the seeded stream is shared by fewer rows.
 
     Returns the new tokens of each input row, its stopping token included. ``on_rows(rows)``
@@ -105,10 +109,6 @@ def _decode_dropping_finished(model, input_ids, logits_processor, stopping_crite
                 on_rows(rows)
         model_inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=1, **model_kwargs)
         outputs = model(**model_inputs, return_dict=True)
-
-
-# Per-row model inputs that ``_update_model_kwargs_for_generation`` carries from step to step.
-_BATCH_KWARGS = ("attention_mask", "position_ids", "token_type_ids")
 
 
 class ChatLM:

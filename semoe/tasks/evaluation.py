@@ -12,8 +12,8 @@ from semoe.data.loading import load_examples
 from semoe.data.schema import Example
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
-from semoe.tasks.threads import use_threads
 from semoe.tasks.interrupts import interruptible
+from semoe.tasks.threads import use_threads
 
 
 @task(name="load-examples", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient_io)

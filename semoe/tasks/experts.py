@@ -10,8 +10,8 @@ from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.schema import Passage
 from semoe.tasks.gpu import gpu_slot
-from semoe.tasks.threads import use_threads
 from semoe.tasks.interrupts import interruptible
+from semoe.tasks.threads import use_threads
 
 
 @task(name="build-experts", task_run_name="experts-{first_id}", cache_policy=NONE)

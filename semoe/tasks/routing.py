@@ -9,9 +9,8 @@ from prefect.cache_policies import NONE
 from semoe.config import SemoeConfig
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
-from semoe.tasks.threads import use_threads
-from semoe.tasks.threads import use_threads
 from semoe.tasks.interrupts import interruptible
+from semoe.tasks.threads import use_threads
 
 
 @task(name="routing-model", task_run_name="model-{label}", cache_policy=NONE, retries=1,
