@@ -145,11 +145,17 @@ def answer_chunk(cfg: SemoeConfig, item: WorkItem, retriever=None) -> tuple[list
     method = build_method(cfg.method(item.method), cfg)
     if method.uses_retrieval and retriever is None:
         raise RuntimeError(f"method {item.method!r} needs a retriever but none was opened")
-    lm = load_lm(cfg)
-    experts = expert_provider(cfg, lm, method.params) if method.uses_experts else None
-    ctx = MethodContext(generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, experts=experts)
+    ctx = method_context(cfg, retriever, method.params if method.uses_experts else None)
     outputs = method.run(item.examples, ctx)
-    return outputs, experts.drain_rows() if experts else {}
+    return outputs, ctx.experts.drain_rows() if ctx.experts else {}
+
+
+def method_context(cfg: SemoeConfig, retriever=None, expert_params=None) -> MethodContext:
+    """What a method runs with: the configured model, generation and retrieval settings, the
+    retriever, and passage experts made with ``expert_params`` (``ExpertParams``) if given."""
+    lm = load_lm(cfg)
+    experts = expert_provider(cfg, lm, expert_params) if expert_params is not None else None
+    return MethodContext(generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, experts=experts)
 
 
 def score(

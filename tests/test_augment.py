@@ -147,7 +147,8 @@ GOOD_REWRITE = (
 
 
 class ScriptedModel:
-    """Stands in for a causal LM: each row's continuation is ``reply(prompt, do_sample)``;
+    """Stands in for a causal LM: each row's continuation is ``reply(prompt, do_sample)``,
+    returned as ChatLM's decoding loop returns it (the new tokens of each row, EOS included);
     records the ``do_sample`` flag of every generate call."""
 
     def __init__(self, tokenizer, reply):
@@ -160,15 +161,12 @@ class ScriptedModel:
         yield self.anchor
 
     def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, do_sample, **_):
-        import torch
-
         self.calls.append(do_sample)
         rows = []
         for ids, mask in zip(input_ids, attention_mask):
             reply = self.reply(self.tok.decode(ids[mask.bool()]), do_sample)
             rows.append(self.tok(reply, add_special_tokens=False).input_ids[: max_new_tokens - 1] + [self.tok.eos_token_id])
-        width = max(map(len, rows))
-        return torch.cat([input_ids, torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])], 1)
+        return rows
 
 
 @pytest.fixture(scope="module")

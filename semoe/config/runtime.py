@@ -30,7 +30,13 @@ class RunnerConfig(Section):
     kind: Literal["default", "dask"] = "default"
     address: str | None = Field(None, description="scheduler of a running Dask cluster, e.g. tcp://host:8786")
     n_workers: int = Field(2, ge=1, description="worker processes of the local cluster (when no address)")
-    threads_per_worker: int = Field(1, ge=1)
+    threads_per_worker: int = Field(1, ge=1, description="tasks a Dask worker runs at once")
+    threads: int | None = Field(
+        None, ge=1,
+        description="torch CPU threads of each process that runs models (the flow process, each Dask worker); "
+        "None: OMP_NUM_THREADS when set, else all cores; a local Dask cluster's workers: cores ÷ "
+        "(n_workers × threads_per_worker). Operational: results do not depend on it",
+    )
 
 
 class GpuConfig(Section):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from semoe.generation.lm import ChatLM, Generation, Message
+    from semoe.generation.lm import ChatLM, Generation, Message, StopWhen
 
 Mode = Literal["icl", "prag", "combine"]
 MODES: tuple[Mode, ...] = ("icl", "prag", "combine")
@@ -182,8 +182,8 @@ class HeterogeneousLora:
     Forward hooks are installed per target module on first use and stay until ``close``;
     ``set_experts`` swaps the stacks in place, so triggered retrieval can change a row's
     experts between generation calls without reinstalling anything. The batch dimension of
-    every forward must equal the number of rows given, which holds for greedy/sampled
-    ``generate`` (finished rows stay in the batch); a mismatch raises instead of mixing rows.
+    every forward must equal the number of rows given (``ChatLM.generate`` sets them again when
+    finished rows leave the batch); a mismatch raises instead of mixing rows.
     """
 
     def __init__(self, model: "nn.Module"):
@@ -277,9 +277,12 @@ def generate_with_experts(
     experts_per_sample: Sequence[Sequence[LoraExpert]],
     max_new_tokens: int,
     batch_size: int = 8,
+    *,
+    stop_when: "StopWhen | None" = None,
 ) -> list["Generation"]:
     """``ChatLM.generate`` where each conversation is answered with its own experts: the
-    rows of each model batch get their conversations' experts just before it runs."""
+    rows of each model batch get their conversations' experts just before it runs, and
+    again when finished rows leave it."""
     if len(conversations) != len(experts_per_sample):
         raise ValueError(f"{len(conversations)} conversations but {len(experts_per_sample)} expert lists")
     with heterogeneous_experts(lm.model) as lora:
@@ -288,4 +291,5 @@ def generate_with_experts(
             max_new_tokens,
             batch_size=batch_size,
             on_batch=lambda idx: lora.set_experts([experts_per_sample[i] for i in idx]),
+            stop_when=stop_when,
         )

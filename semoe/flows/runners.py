@@ -4,7 +4,7 @@
 process). ``dask`` runs the expert-training and answer-chunk tasks on a Dask cluster: the
 one at ``runner.address`` (its workers need ``PREFECT_API_URL`` of the server the flow
 reports to), or a local cluster of ``runner.n_workers`` processes that the pipeline starts
-once and shares between its subflows.
+once and shares between its subflows, each with its share of the cores as torch threads.
 """
 
 from __future__ import annotations
@@ -38,12 +38,16 @@ def task_runner_for(runner: RunnerConfig):
 
 
 def _local_cluster_kwargs(runner: RunnerConfig) -> dict:
+    """Worker processes get ``PREFECT_API_URL`` and their share of the cores as torch threads
+    (``semoe.tasks.threads.local_worker_threads``; Dask's own default is one)."""
+    from semoe.tasks.threads import local_worker_env
+
     return {
         "n_workers": runner.n_workers,
         "threads_per_worker": runner.threads_per_worker,
         "processes": True,
         "dashboard_address": None,
-        "env": {"PREFECT_API_URL": _prefect_api_url()},
+        "env": {"PREFECT_API_URL": _prefect_api_url(), **local_worker_env(runner)},
     }
 
 

@@ -42,22 +42,73 @@ def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 class _RowStop:
     """transformers stopping criterion: a row is done once ``stop_when`` accepts its reply
-    so far, so one long-winded row does not hold the others' decode steps hostage."""
+    so far. Stateless: it judges whichever rows are still in the batch."""
 
     def __init__(self, tokenizer, prompt_length: int, stop_when: StopWhen):
         self.tokenizer, self.prompt_length, self.stop_when = tokenizer, prompt_length, stop_when
-        self.done: list[bool] | None = None
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        if self.done is None:
-            self.done = [False] * input_ids.shape[0]
-        for row in range(input_ids.shape[0]):
-            if not self.done[row]:
-                text = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
-                self.done[row] = self.stop_when(text)
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([self.stop_when(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+# Per-row model inputs that ``_update_model_kwargs_for_generation`` carries from step to step.
+_BATCH_KWARGS = ("attention_mask", "position_ids", "token_type_ids")
+
+
+def _decode_dropping_finished(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                              on_rows: Callable[[list[int]], None] | None = None, synced_gpus: bool = False,
+                              streamer=None, **model_kwargs) -> list[list[int]]:
+    """Decoding loop for ``model.generate(custom_generate=...)``: transformers' own sampling
+    loop (``GenerationMixin._sample``: the same prefill, logits processors, greedy argmax or
+    multinomial draw and stopping criteria), except that a row leaves the batch as soon as a
+    criterion stops it (EOS, ``stop_when``), taking its KV-cache and attention-mask rows with
+    it, so no decode step is spent on finished rows. Greedy rows get the tokens they would
+    get in the full batch (``tests/test_generation_batching.py``); sampled rows draw from the
+    same distributions, but the seeded stream is shared by fewer rows.
+
+    Returns the new tokens of each input row, its stopping token included. ``on_rows(rows)``
+    is called with the input row positions still decoding whenever rows leave."""
+    import torch
+
+    if synced_gpus or streamer is not None or generation_config.return_dict_in_generate:
+        raise ValueError("decoding that drops finished rows supports neither synced GPUs, streamers nor dict outputs")
+    rows = list(range(input_ids.shape[0]))  # input row of each batch row
+    new: list[list[int]] = [[] for _ in rows]
+    outputs = model._prefill(input_ids, generation_config, model_kwargs)
+    while True:
+        model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs)
+        logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
+        del outputs
+        scores = logits_processor(input_ids, logits)
+        if generation_config.do_sample:
+            tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            tokens = torch.argmax(scores, dim=-1)
+        input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
+        for row, token in zip(rows, tokens.tolist()):
+            new[row].append(token)
+        done = stopping_criteria(input_ids, scores)
+        if bool(done.all()):
+            return new
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            input_ids = input_ids[keep]
+            for key in _BATCH_KWARGS:
+                value = model_kwargs.get(key)
+                if value is not None:
+                    if value.shape[0] != done.shape[0]:  # e.g. 3-D rotary positions: rows are not dim 0
+                        raise ValueError(f"cannot drop finished rows: model input {key!r} of shape "
+                                         f"{tuple(value.shape)} is not batch-first")
+                    model_kwargs[key] = value[keep]
+            model_kwargs["cache"].batch_select_indices(keep)
+            rows = [rows[i] for i in keep.tolist()]
+            if on_rows is not None:
+                on_rows(rows)
+        model_inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=1, **model_kwargs)
+        outputs = model(**model_inputs, return_dict=True)
 
 
 class ChatLM:
@@ -147,11 +198,15 @@ class ChatLM:
         max_new_tokens: int,
         batch_size: int = 8,
         on_batch: Callable[[list[int]], None] | None = None,
+        *,
+        stop_when: StopWhen | None = None,
     ) -> list[Generation]:
-        """Greedy replies in input order. ``on_batch(indices)`` is called before each model
-        batch with the input indices of its rows, e.g. to set per-row experts."""
+        """Greedy replies in input order. ``on_batch(indices)`` is called with the input
+        indices of a model batch's rows before it runs, and again whenever finished rows
+        leave it, e.g. to set per-row experts. A reply ends at EOS, after ``max_new_tokens``
+        or once ``stop_when`` accepts it."""
         gens = self.generate_rendered([self.render(c) for c in conversations], max_new_tokens, batch_size,
-                                      on_batch=on_batch)
+                                      stop_when=stop_when, on_batch=on_batch)
         return [Generation(g.text.strip(), g.prompt_tokens, g.new_tokens, g.seconds) for g in gens]
 
     def generate_rendered(
@@ -170,7 +225,9 @@ class ChatLM:
         Greedy at temperature 0, else sampled with a seed per batch: reruns of the same inputs
         give the same replies, and the caller's RNG state is left alone. The token prefix all
         prompts of a batch share (instructions, few-shot turns) is run once and its KV cache
-        shared by the rows, unless ``on_batch`` gives rows different weights (experts)."""
+        shared by the rows, unless ``on_batch`` gives rows different weights (experts). A row
+        leaves its batch once it is finished (``_decode_dropping_finished``); ``on_batch`` is
+        called for each batch and again with the rows left whenever rows leave."""
         import torch
 
         tok = self.tokenizer
@@ -181,27 +238,25 @@ class ChatLM:
         with torch.random.fork_rng(devices=[]):
             for n, start in enumerate(range(0, len(order), batch_size)):
                 idx = order[start : start + batch_size]
+                on_rows = None
                 if on_batch is not None:
                     on_batch(idx)
+                    on_rows = lambda rows, idx=idx: on_batch([idx[r] for r in rows])  # noqa: E731
                 torch.manual_seed(seed + n)
                 t0 = time.perf_counter()
-                out, prompt_length = self._generate_batch([ids[i] for i in idx], max_new_tokens, stop_when,
-                                                          share_prefix=on_batch is None, **mode)
+                replies = self._generate_batch([ids[i] for i in idx], max_new_tokens, stop_when, on_rows,
+                                               share_prefix=on_batch is None, **mode)
                 share = (time.perf_counter() - t0) / len(idx)
-                for row, i in enumerate(idx):
-                    new = out[row, prompt_length:].tolist()
-                    n_new = next((j + 1 for j, t in enumerate(new) if t == tok.eos_token_id), len(new))
-                    if stop_when is not None:  # rows stopped early are padded after their last token
-                        n_new = next((j + 1 for j in range(n_new) if stop_when(tok.decode(new[: j + 1], skip_special_tokens=True))), n_new)
-                    text = tok.decode(new[:n_new], skip_special_tokens=True)
-                    results[i] = Generation(text=text, prompt_tokens=len(ids[i]), new_tokens=n_new, seconds=share)
+                for i, new in zip(idx, replies):
+                    text = tok.decode(new, skip_special_tokens=True)
+                    results[i] = Generation(text=text, prompt_tokens=len(ids[i]), new_tokens=len(new), seconds=share)
         return results  # type: ignore[return-value]
 
     def _generate_batch(self, rows: list[list[int]], max_new_tokens: int, stop_when: StopWhen | None,
-                        share_prefix: bool, **mode):
-        """(output ids, prompt length in them). With a shared prefix the layout is
-        ``prefix | left padding | suffix``: positions come from the attention mask, so every
-        row sees the prefix at the positions its batch-1 pass computed."""
+                        on_rows: Callable[[list[int]], None] | None, share_prefix: bool, **mode) -> list[list[int]]:
+        """New tokens of each row (its stopping token included). With a shared prefix the
+        layout is ``prefix | left padding | suffix``: positions come from the attention mask,
+        so every row sees the prefix at the positions its batch-1 pass computed."""
         import torch
         from transformers import StoppingCriteriaList
 
@@ -224,13 +279,13 @@ class ChatLM:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.model.config)
-            with torch.inference_mode():
-                self.model(input_ids=input_ids[:1, :shared].to(device), cache=cache, use_cache=True)
+            with torch.inference_mode():  # only the cache is wanted: no logits over the whole prefix
+                self.model(input_ids=input_ids[:1, :shared].to(device), cache=cache, use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(len(rows))
             kwargs["cache"] = cache
         if stop_when is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RowStop(tok, input_ids.shape[1], stop_when)])
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                      max_new_tokens=max_new_tokens, pad_token_id=pad, **mode, **kwargs)
-        return out, input_ids.shape[1]
+            return self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                       max_new_tokens=max_new_tokens, pad_token_id=pad, on_rows=on_rows,
+                                       custom_generate=_decode_dropping_finished, **mode, **kwargs)

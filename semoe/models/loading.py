@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from semoe.storage.artifacts import ArtifactCache, content_key
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -122,6 +125,32 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# CPU flags of native half-precision matmuls (AVX-512 / AMX). Without them torch emulates the
+# dtype on CPU and runs slower than float32 (with them bfloat16 prefill runs ~3x faster).
+NATIVE_CPU_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_dtype_warning(dtype: str, flags: set[str] | None) -> str | None:
+    """Why ``dtype`` would be slow on this CPU (None: native, float32, or flags unknown)."""
+    native = NATIVE_CPU_FLAGS.get(dtype)
+    if native is None or flags is None or flags & set(native):
+        return None
+    return (f"model.dtype {dtype} on a CPU without {' or '.join(native)}: torch emulates it, slower than "
+            "float32; use float32 on this machine")
+
+
 _LOAD_LOCK = threading.Lock()
 
 
@@ -164,7 +193,10 @@ def _load_model(spec: str, cache_root: str, dtype: str, device: str):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except OSError as e:
         raise ModelLoadError(f"cannot load model {spec!r} from {source}: {str(e).splitlines()[0]}") from None
-    model.to(pick_device(device)).eval()
+    device = pick_device(device)
+    if device == "cpu" and (warning := cpu_dtype_warning(str(model.dtype).removeprefix("torch."), cpu_flags())):
+        log.warning(warning)
+    model.to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -238,8 +238,9 @@ class RoEChatLM(ChatLM):
         super().__init__(model, tokenizer, system_prompt)
         self.policy = policy
 
-    def generate(self, conversations, max_new_tokens, batch_size=8, on_batch=None) -> list[Generation]:
-        """One conversation at a time: RoE decodes one sequence (its K copies are the batch)."""
+    def generate(self, conversations, max_new_tokens, batch_size=8, on_batch=None, *, stop_when=None) -> list[Generation]:
+        """One conversation at a time: RoE decodes one sequence (its K copies are the batch);
+        a reply is cut after the first token where ``stop_when`` accepts it, as ``ChatLM`` stops."""
         from semoe.routing.ensemble import roe_decode
 
         eos, results = self.tokenizer.eos_token_id, []
@@ -252,6 +253,9 @@ class RoEChatLM(ChatLM):
             out = roe_decode(self.model, ids, self.policy, max_new_tokens, eos_token_id=eos, guard=False)
             new = out.sequences[0, ids.shape[1] :].tolist()
             n_new = next((j + 1 for j, t in enumerate(new) if t == eos), len(new))
+            if stop_when is not None:
+                decode = self.tokenizer.decode
+                n_new = next((j for j in range(1, n_new) if stop_when(decode(new[:j], skip_special_tokens=True))), n_new)
             text = self.tokenizer.decode(new[:n_new], skip_special_tokens=True).strip()
             results.append(Generation(text, ids.shape[1], n_new, time.perf_counter() - start))
         return results

@@ -14,6 +14,7 @@ from semoe.data.schema import Example
 from semoe.tasks.common import hand_back, retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
+from semoe.tasks.threads import use_threads
 
 
 @task(name="load-examples", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient_io)
@@ -49,6 +50,7 @@ def _answer(
     items = [Example.from_dict(e) for e in examples]
     item = evaluation.WorkItem(dataset, method, items, answer_keys)
     retriever = open_retriever(config, corpus_key) if corpus_key else None
+    use_threads(config)
     with gpu_slot(config):
         outputs, catalogue = evaluation.answer_chunk(config, item, retriever)
     experts = evaluation.expert_use(config, method)

@@ -13,6 +13,7 @@ from semoe.generation.methods.parametric import ExpertParams
 from semoe.tasks.common import hand_back
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
+from semoe.tasks.threads import use_threads
 
 
 @task(name="build-experts", task_run_name="experts-{first_id}", cache_policy=NONE)
@@ -24,6 +25,7 @@ def build_experts_task(
     with ``params`` (augment + experts settings), handed back to the store writer (``hand_back``)."""
     from semoe.storage.artifacts import content_key
 
+    use_threads(config)
     with gpu_slot(config):
         provider = evaluation.expert_provider(config, evaluation.load_lm(config), params)
         provider.ensure([Passage(**p) for p in passages])

@@ -11,6 +11,7 @@ from semoe.storage.rows import rekeyed
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
+from semoe.tasks.threads import use_threads
 
 
 @task(name="routing-model", task_run_name="model-{label}", cache_policy=NONE, retries=1,
@@ -20,6 +21,7 @@ def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str
     """Load (or train, for the small MoE LM) a model of the grid: its key and training curve rows."""
     from semoe.routing.grid import routing_model
 
+    use_threads(config)
     with gpu_slot(config):
         loaded = routing_model(config, model_index)
     return {"moe_lm_training": loaded.curve}
@@ -34,6 +36,7 @@ def evaluate_routing_cell_task(
     """The rows of one cell (``routing_runs``, ``routing_layer_stats``), keyed ``cell_key``."""
     from semoe.routing.grid import Cell, evaluate_cell
 
+    use_threads(config)
     with gpu_slot(config):
         tables = evaluate_cell(config, run_id, Cell(model_index, policy_index, mode), heatmap_dir)
     tables["routing_runs"] = rekeyed("routing_runs", tables["routing_runs"], cell_key=cell_key, computed_in=run_id)

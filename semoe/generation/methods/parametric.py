@@ -56,13 +56,13 @@ class _ExpertRetrieval(Method):
         experts: dict[int, list] = {}  # only questions whose prompt fits get experts
         experts_s = 0.0
 
-        def generate(conversations, indices):
+        def generate(conversations, indices, stop_when):
             nonlocal experts_s
             t0 = time.perf_counter()
             experts.update((i, ctx.experts.experts_for(passages[i])) for i in indices)
             experts_s = (time.perf_counter() - t0) / n
             return generate_with_experts(ctx.lm, conversations, [experts[i] for i in indices], g.max_new_tokens,
-                                         g.batch_size)
+                                         g.batch_size, stop_when=stop_when)
 
         shown = passages if self.passages_in_context else [None] * len(examples)
         outputs = answer_once(examples, ctx, shown, generate)

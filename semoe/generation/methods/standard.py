@@ -7,14 +7,23 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from semoe.data.schema import Example
 from semoe.generation import METHODS
-from semoe.generation.answer import extract_answer
+from semoe.generation.answer import answer_span, extract_answer
 from semoe.generation.base import Method, MethodContext, MethodOutput, RetrievalStep
 from semoe.generation.prompts import FittedPrompt, PromptTooLongError
 
 if TYPE_CHECKING:
-    from semoe.generation.lm import Generation, Message
+    from semoe.generation.lm import Generation, Message, StopWhen
 
-Generate = Callable[[list[list["Message"]], list[int]], list["Generation"]]
+Generate = Callable[[list[list["Message"]], list[int], "StopWhen"], list["Generation"]]
+
+
+def answer_complete(reply: str) -> bool:
+    """Whether ``reply`` holds its whole answer: the sentence after the first "the answer is"
+    that introduces one has ended (``answer_span`` with ``final=False``, which counts an end
+    only once no continuation can move it). Decoding on cannot change what ``extract_answer``
+    returns, so a row stops here; a reply without the phrase runs to EOS or the token limit."""
+    span = answer_span(reply, final=False)
+    return span is not None and span[1] is not None
 
 
 def answer_once(
@@ -22,9 +31,10 @@ def answer_once(
 ) -> list[MethodOutput]:
     """One generation per question from its prompt fitted to the budget (``ChatLM.fit``).
 
-    ``generate(conversations, indices)`` answers the prompts that fit (``indices``: their
-    positions in ``examples``); default ``ctx.lm.generate``. A question that does not fit
-    gets an output with ``error`` set and no generation."""
+    ``generate(conversations, indices, stop_when)`` answers the prompts that fit (``indices``:
+    their positions in ``examples``), ending each reply once ``stop_when`` (``answer_complete``)
+    accepts it; default ``ctx.lm.generate``. A question that does not fit gets an output with
+    ``error`` set and no generation."""
     g = ctx.generation
     budget = ctx.lm.prompt_budget(g, g.max_new_tokens)
     fits: list[FittedPrompt | str] = []
@@ -34,8 +44,9 @@ def answer_once(
         except PromptTooLongError as e:
             fits.append(str(e))
     ok = [i for i, f in enumerate(fits) if isinstance(f, FittedPrompt)]
-    generate = generate or (lambda conversations, _: ctx.lm.generate(conversations, g.max_new_tokens, g.batch_size))
-    generations = dict(zip(ok, generate([fits[i].messages for i in ok], ok))) if ok else {}
+    generate = generate or (lambda conversations, _, stop_when: ctx.lm.generate(
+        conversations, g.max_new_tokens, g.batch_size, stop_when=stop_when))
+    generations = dict(zip(ok, generate([fits[i].messages for i in ok], ok, answer_complete))) if ok else {}
     outputs = []
     for i, fit in enumerate(fits):
         if isinstance(fit, str):
