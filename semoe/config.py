@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator, model_validator
 
 # Sections owned by feature packages live beside the code they configure.
 from semoe.concurrency import GpuConfig
@@ -78,6 +78,12 @@ class RetrievalConfig(_Section):
     )
     bulk_batch_size: int = Field(2000, ge=1)
     writer_heap_mb: int = Field(256, ge=16)
+    search_threads: int | None = Field(
+        None, ge=1, description="threads searching one batch of queries (tantivy, bm25s); None: all CPU cores"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the backend's own settings, e.g. the analyzer (see its Params model)"
+    )
 
     @field_validator("es_url")
     @classmethod
@@ -90,6 +96,24 @@ class RetrievalConfig(_Section):
                 "SEMOE_ES_USER + SEMOE_ES_PASSWORD, or retrieval.es_secret_block"
             )
         return v
+
+    @model_validator(mode="after")
+    def _known_options(self):
+        """``options`` must fit the backend's Params model (checked here, so a typo fails at
+        load; empty options are every backend's defaults and need no backend import)."""
+        if not self.options:
+            return self
+        from semoe.registry import UnknownNameError
+        from semoe.retrieval import RETRIEVERS
+
+        try:
+            RETRIEVERS.get(self.backend).Params(**self.options)
+        except UnknownNameError as e:
+            raise ValueError(str(e)) from None
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"options of retrieval backend {self.backend!r}: {problems}") from None
+        return self
 
 
 class ModelConfig(_Section):

@@ -102,7 +102,7 @@ def code_version(kinds: Iterable[str] = ("answers", "scores")) -> str:
 
 # Fields of a section that change how a result is computed, not what it is.
 OPERATIONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "retrieval": ("es_url", "es_index", "es_secret_block", "bulk_batch_size", "writer_heap_mb"),
+    "retrieval": ("es_url", "es_index", "es_secret_block", "bulk_batch_size", "writer_heap_mb", "search_threads"),
     "augment": ("batch_size", "chunk_size"),
     "experts": ("batch_passages", "micro_batch", "measure_loss"),
 }
