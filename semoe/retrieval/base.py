@@ -13,11 +13,13 @@ and are checked against the manifest, so an index built otherwise is never reuse
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Iterable
+from typing import TYPE_CHECKING, ClassVar, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +38,19 @@ class Hit:
     passage: Passage
     score: float
     rank: int  # 1-based
+
+
+@contextlib.contextmanager
+def build_lock(index_dir: Path) -> Iterator[None]:
+    """Exclusive lock beside ``index_dir``: two processes building the same index would
+    delete each other's work."""
+    lock_path = index_dir.parent / f".{index_dir.name}.lock"
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class NoParams(BaseModel):

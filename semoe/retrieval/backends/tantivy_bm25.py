@@ -23,21 +23,20 @@ searched on ``search_threads`` threads: tantivy releases the GIL while it search
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable
 
 import tantivy
 
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.analysis import DEFAULT_TOKENIZER, AnalyzerParams
-from semoe.retrieval.base import Hit, RetrievalError, Retriever
+from semoe.retrieval.base import Hit, RetrievalError, Retriever, build_lock
 
 if TYPE_CHECKING:
     from semoe.config import RetrievalConfig
@@ -104,16 +103,8 @@ class TantivyRetriever(Retriever):
         if self._tokenizer != DEFAULT_TOKENIZER:
             index.register_tokenizer(self._tokenizer, self._analyzer)
 
-    @contextlib.contextmanager
-    def _build_lock(self) -> Iterator[None]:
-        """Two processes building the same index would delete each other's work."""
-        lock_path = self.index_dir.parent / f".{self.index_dir.name}.lock"
-        with open(lock_path, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _build_lock(self) -> contextlib.AbstractContextManager[None]:
+        return build_lock(self.index_dir)
 
     def build(self, passages: Iterable[Passage], total: int | None = None) -> dict:
         from tqdm import tqdm

@@ -1,0 +1,208 @@
+"""In-memory BM25 with bm25s (https://github.com/xhluca/bm25s; Lù, 2024, "BM25S: Orders of
+magnitude faster lexical search via eager sparse scoring"), FlashRAG's default BM25.
+
+bm25s scores eagerly: at build time it stores the BM25 score of every (term, passage)
+pair in a sparse matrix, so a query is a sum of a few matrix columns and a top-k over
+all passages. Its cost per query is one pass over the passages (a dense score array)
+plus the postings of its terms, whatever the terms, and the whole matrix lives in
+memory: about 8 bytes per distinct (term, passage) pair (float32 score + int32 row),
+i.e. ~0.45 GB per million 100-word passages with English stop words removed.
+
+Terms come from semoe's analyzer (``semoe.retrieval.analysis``, the same as the tantivy
+backend's), over title and text as one field. ``retrieval.options``: the analyzer plus
+``k1``, ``b`` and bm25s's ``method``; all of them are computed into the stored scores, so
+all are part of the index identity. Only passages that contain a query term are returned
+(bm25s itself would pad the top-k with score-0 passages).
+
+Layout of ``index_dir``: bm25s's saved arrays (``*.index.npy``, ``vocab.index.json``,
+``params.index.json``), ``passages.jsonl`` with ``offsets.npy`` (byte offset of each
+passage's line, so hits are read from disk, not held in memory) and ``manifest.json``,
+written last; a build writes into a hidden sibling directory that replaces ``index_dir``
+only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from array import array
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Literal
+
+from pydantic import Field
+
+from semoe.data.schema import Passage
+from semoe.retrieval import RETRIEVERS
+from semoe.retrieval.analysis import AnalyzerParams
+from semoe.retrieval.base import Hit, RetrievalError, Retriever, build_lock
+
+if TYPE_CHECKING:
+    from semoe.config import RetrievalConfig
+
+MANIFEST = "manifest.json"
+PASSAGES = "passages.jsonl"
+OFFSETS = "offsets.npy"
+FORMAT_VERSION = 1
+
+
+class Bm25sParams(AnalyzerParams):
+    """``retrieval.options`` of the bm25s backend: the analyzer and BM25's parameters."""
+
+    k1: float = Field(1.2, gt=0, description="term-frequency saturation; 1.2 as tantivy and Elasticsearch (bm25s: 1.5)")
+    b: float = Field(0.75, ge=0, le=1, description="length normalisation")
+    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = Field(
+        "lucene", description="bm25s's BM25 variant (Kamphuis et al., ECIR 2020)"
+    )
+
+    def index_identity(self) -> dict:
+        # Scores are precomputed at build time: every setting decides what the index holds.
+        return {"analyzer": self.analyzer_identity(), "k1": self.k1, "b": self.b, "method": self.method}
+
+
+@RETRIEVERS.register("bm25s", "in-memory BM25 (bm25s, eager sparse scores): fast batch search, RAM ~ corpus")
+class Bm25sRetriever(Retriever):
+    """BM25 over title+text with bm25s; the score matrix is loaded into memory on first search."""
+
+    Params = Bm25sParams
+
+    def __init__(self, cfg: "RetrievalConfig", index_dir: Path, corpus_key: str):
+        super().__init__(cfg, index_dir, corpus_key)
+        self._analyzer = self.params.text_analyzer()
+        self._model: Any = None  # bm25s.BM25 once loaded
+        self._offsets: Any = None  # numpy int64 array, one offset per passage + end
+        self._passages_fh = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.index_dir / MANIFEST
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_built(self) -> bool:
+        m = self.manifest()
+        return (
+            isinstance(m, dict)
+            and m.get("backend") == "bm25s"
+            and m.get("corpus_key") == self.corpus_key
+            and m.get("format_version") == FORMAT_VERSION
+            and m.get("index") == self.params.index_identity()
+        )
+
+    def _terms(self, title: str, text: str) -> list[str]:
+        # Analysed apart, so no term spans the end of the title and the start of the text.
+        return self._analyzer.analyze(title) + self._analyzer.analyze(text)
+
+    def build(self, passages: Iterable[Passage], total: int | None = None) -> dict:
+        import bm25s
+        import numpy as np
+        from tqdm import tqdm
+
+        parent = self.index_dir.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        with build_lock(self.index_dir):
+            self.close()
+            self.manifest_path.unlink(missing_ok=True)
+            for stale in parent.glob(f".{self.index_dir.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = parent / f".{self.index_dir.name}.tmp-{os.getpid()}"
+            tmp.mkdir()
+            started = time.perf_counter()
+            try:
+                vocab: dict[str, int] = {}
+                docs: list[array] = []  # term ids per passage; array('i') is 4 bytes a term
+                offsets = array("q", [0])
+                with open(tmp / PASSAGES, "wb") as out:
+                    progress = tqdm(total=total, unit=" passages", unit_scale=True, desc="bm25s index", mininterval=1.0)
+                    with progress:
+                        for p in passages:
+                            title, text = p.title or "", p.text or ""
+                            terms = self._terms(title, text)
+                            docs.append(array("i", [vocab.setdefault(t, len(vocab)) for t in terms]))
+                            line = json.dumps({"id": str(p.id), "title": title, "text": text}, ensure_ascii=False)
+                            offsets.append(offsets[-1] + out.write(line.encode("utf-8") + b"\n"))
+                            progress.update(1)
+                n = len(docs)
+                if n:
+                    model = bm25s.BM25(k1=self.params.k1, b=self.params.b, method=self.params.method)
+                    model.index((docs, vocab), show_progress=False)
+                    del docs
+                    model.save(str(tmp), show_progress=False)
+                np.save(tmp / OFFSETS, np.frombuffer(offsets, dtype=np.int64))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(self.index_dir, ignore_errors=True)
+            os.rename(tmp, self.index_dir)
+            seconds = round(time.perf_counter() - started, 3)
+            manifest = {
+                "backend": "bm25s",
+                "corpus_key": self.corpus_key,
+                "passages": n,
+                "seconds": seconds,
+                "format_version": FORMAT_VERSION,
+                "index": self.params.index_identity(),
+                "bm25s": bm25s.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            marker_tmp = self.index_dir / f".{MANIFEST}.tmp"
+            marker_tmp.write_text(json.dumps(manifest, indent=2))
+            os.replace(marker_tmp, self.manifest_path)
+        return {"passages": n, "seconds": seconds}
+
+    def _load(self) -> None:
+        if self._offsets is not None:
+            return
+        if not self.is_built():
+            raise RetrievalError(
+                f"no complete bm25s index for corpus {self.corpus_key} at {self.index_dir}; build it first"
+            )
+        import bm25s
+        import numpy as np
+
+        try:
+            offsets = np.load(self.index_dir / OFFSETS)
+            model = bm25s.BM25.load(str(self.index_dir), show_progress=False) if len(offsets) > 1 else None
+            self._passages_fh = open(self.index_dir / PASSAGES, "rb")
+        except (OSError, ValueError, KeyError) as e:
+            raise RetrievalError(f"bm25s index at {self.index_dir} cannot be opened (delete it to rebuild): {e}") from None
+        self._model, self._offsets = model, offsets
+
+    def _passage(self, row: int) -> Passage:
+        start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+        d = json.loads(os.pread(self._passages_fh.fileno(), end - start, start))
+        return Passage(id=d["id"], title=d["title"], text=d["text"])
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        self._load()
+        results: list[list[Hit]] = [[] for _ in queries]
+        if k < 1 or self._model is None:
+            return results
+        vocab = self._model.vocab_dict
+        ids = [list(dict.fromkeys(vocab[t] for t in self._analyzer.analyze(q or "") if t in vocab)) for q in queries]
+        todo = [i for i, q in enumerate(ids) if q]  # a query without known terms matches nothing
+        if not todo:
+            return results
+        k = min(k, len(self._offsets) - 1)
+        threads = self.search_threads
+        # bm25s searches each query on its own (threads map over queries): same hits at any thread count.
+        found = self._model.retrieve(
+            [ids[i] for i in todo], k=k, show_progress=False, n_threads=threads if threads > 1 else 0
+        )
+        for i, rows, scores in zip(todo, found.documents, found.scores):
+            # bm25s fills the top-k with score-0 passages when fewer contain a query term.
+            kept = [(int(r), float(s)) for r, s in zip(rows, scores) if s > 0]
+            results[i] = [Hit(self._passage(r), s, rank) for rank, (r, s) in enumerate(kept, start=1)]
+        return results
+
+    def close(self) -> None:
+        if self._passages_fh is not None:
+            with contextlib.suppress(OSError):
+                self._passages_fh.close()
+        self._model = self._offsets = self._passages_fh = None
