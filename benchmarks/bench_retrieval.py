@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -191,8 +192,10 @@ def main() -> None:
                 build_wall, build_cpu = timed(lambda: stats.update(builder.build(iter(passages), total=None)))
                 disk = du_mb(index_dir) if index_dir.exists() else float("nan")
                 builder.close()
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 print(f"{label}: indexed {stats['passages']:,} passages in {build_wall:.1f} s wall, "
-                      f"{build_cpu:.1f} s CPU; {disk:,.0f} MB on disk", flush=True)
+                      f"{build_cpu:.1f} s CPU; {disk:,.0f} MB on disk; process peak RSS so far {peak:,.0f} MB",
+                      flush=True)
                 reference = None
                 for n_threads in threads:
                     r = RETRIEVERS.get(backend)(cfg.model_copy(update={"search_threads": n_threads}), index_dir, "bench")
