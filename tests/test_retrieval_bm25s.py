@@ -138,3 +138,32 @@ def test_builds_from_lazy_generator_without_holding_passages(tmp_path):
     assert peak_alive <= 10, f"{peak_alive} passages were held in memory at once"
     [hits] = r.search(["tok1234x"], 3)
     assert hits[0].passage == Passage("g1234", "Entity 1234", "filler text number 1234 with token tok1234x")
+
+
+def test_top_k_agrees_with_bm25s_own_retrieve(tmp_path):
+    """semoe sums bm25s's score columns itself (only over the postings): the scores and the
+    ranking are bm25s's, on both the sparse and the dense path."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(300)]
+    weights = [1.0 / (i + 1) for i in range(len(words))]
+    passages = [Passage(f"d{i}", "", " ".join(rng.choices(words, weights, k=30))) for i in range(3000)]
+    r = make(tmp_path)
+    r.build(iter(passages))
+    queries = [" ".join(rng.choices(words, k=rng.randint(1, 6))) for _ in range(60)] + ["w0 w1 w2 w3", "w299"]
+    ours = r.search(queries, 5)
+    model = r._model
+    dense = 0
+    for q, hits in zip(queries, ours):
+        ids = list(dict.fromkeys(model.vocab_dict[t] for t in q.split() if t in model.vocab_dict))
+        reference = model.get_scores(ids)
+        dense += sum(int(model.scores["indptr"][t + 1] - model.scores["indptr"][t]) for t in ids) * 8 > 3000
+        expected = np.sort(reference[reference > 0])[::-1][:5]
+        assert [h.score for h in hits] == pytest.approx(expected.tolist(), rel=1e-5), q
+        for h in hits:
+            assert h.score == pytest.approx(float(reference[int(h.passage.id[1:])]), rel=1e-5)
+    assert 0 < dense < len(queries), "both paths are exercised"
+    r.close()
