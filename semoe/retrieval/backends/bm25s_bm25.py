@@ -58,7 +58,9 @@ class Bm25sParams(AnalyzerParams):
 
     k1: float = Field(1.2, gt=0, description="term-frequency saturation; 1.2 as tantivy and Elasticsearch (bm25s: 1.5)")
     b: float = Field(0.75, ge=0, le=1, description="length normalisation")
-    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = Field(
+    # bm25s's BM25L/BM25+ add a per-query constant for absent terms, which the sum over
+    # postings here does not; they are not offered.
+    method: Literal["lucene", "robertson", "atire"] = Field(
         "lucene", description="bm25s's BM25 variant (Kamphuis et al., ECIR 2020)"
     )
 
@@ -67,7 +69,7 @@ class Bm25sParams(AnalyzerParams):
         return {"analyzer": self.analyzer_identity(), "k1": self.k1, "b": self.b, "method": self.method}
 
 
-@RETRIEVERS.register("bm25s", "in-memory BM25 (bm25s, eager sparse scores): fast batch search, RAM ~ corpus")
+@RETRIEVERS.register("bm25s", "in-memory BM25 (bm25s, precomputed sparse scores); RAM grows with the corpus")
 class Bm25sRetriever(Retriever):
     """BM25 over title+text with bm25s; the score matrix is loaded into memory on first search."""
 
