@@ -69,6 +69,14 @@ class Bm25sParams(AnalyzerParams):
         return {"analyzer": self.analyzer_identity(), "k1": self.k1, "b": self.b, "method": self.method}
 
 
+def _bm25s():
+    try:
+        import bm25s
+    except ImportError:
+        raise RetrievalError("retrieval.backend bm25s needs the bm25s package: pip install 'semoe[bm25s]'") from None
+    return bm25s
+
+
 @RETRIEVERS.register("bm25s", "in-memory BM25 (bm25s, precomputed sparse scores); RAM grows with the corpus")
 class Bm25sRetriever(Retriever):
     """BM25 over title+text with bm25s; the score matrix is loaded into memory on first search."""
@@ -108,9 +116,10 @@ class Bm25sRetriever(Retriever):
         return self._analyzer.analyze(title) + self._analyzer.analyze(text)
 
     def build(self, passages: Iterable[Passage], total: int | None = None) -> dict:
-        import bm25s
         import numpy as np
         from tqdm import tqdm
+
+        bm25s = _bm25s()
 
         parent = self.index_dir.parent
         parent.mkdir(parents=True, exist_ok=True)
@@ -171,9 +180,9 @@ class Bm25sRetriever(Retriever):
             raise RetrievalError(
                 f"no complete bm25s index for corpus {self.corpus_key} at {self.index_dir}; build it first"
             )
-        import bm25s
         import numpy as np
 
+        bm25s = _bm25s()
         try:
             offsets = np.load(self.index_dir / OFFSETS)
             model = bm25s.BM25.load(str(self.index_dir), show_progress=False) if len(offsets) > 1 else None
