@@ -167,3 +167,9 @@ def test_top_k_agrees_with_bm25s_own_retrieve(tmp_path):
             assert h.score == pytest.approx(float(reference[int(h.passage.id[1:])]), rel=1e-5)
     assert 0 < dense < len(queries), "both paths are exercised"
     r.close()
+
+
+def test_missing_package_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "bm25s", None)  # as if not installed
+    with pytest.raises(RetrievalError, match=r"pip install 'semoe\[bm25s\]'"):
+        make(tmp_path).build(iter(CORPUS))
