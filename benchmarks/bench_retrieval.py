@@ -71,21 +71,28 @@ def make_vocab(seed: int, size: int, head: str) -> np.ndarray:
 
 
 class SyntheticCorpus:
-    """Deterministic passages, generated in chunks on every pass (never all in memory)."""
+    """Deterministic passages, generated in chunks; kept in memory after the first pass
+    when ``keep`` (generating is slower than indexing), else generated on every pass."""
 
-    def __init__(self, n: int, words_per_passage: int, vocab: np.ndarray, seed: int, zipf: bool):
+    def __init__(self, n: int, words_per_passage: int, vocab: np.ndarray, seed: int, zipf: bool, keep: bool = True):
         self.n, self.words, self.vocab, self.seed = n, words_per_passage, vocab, seed
+        self.kept: dict[int, list[Passage]] | None = {} if keep else None
         weights = 1.0 / np.arange(1, len(vocab) + 1) if zipf else np.ones(len(vocab))
         self.cdf = np.cumsum(weights / weights.sum())
 
     def chunk(self, c: int) -> list[Passage]:
+        if self.kept is not None and c in self.kept:
+            return self.kept[c]
         rng = np.random.default_rng([self.seed, c])
         start, stop = c * CHUNK, min(self.n, (c + 1) * CHUNK)
         ranks = np.searchsorted(self.cdf, rng.random((stop - start, 3 + self.words)), side="right")
         words = self.vocab[np.minimum(ranks, len(self.vocab) - 1)]
-        return [
+        passages = [
             Passage(f"syn-{start + i}", " ".join(row[:3]).title(), " ".join(row[3:])) for i, row in enumerate(words)
         ]
+        if self.kept is not None:
+            self.kept[c] = passages
+        return passages
 
     def __iter__(self) -> Iterator[Passage]:
         for c in range((self.n + CHUNK - 1) // CHUNK):
@@ -95,12 +102,10 @@ class SyntheticCorpus:
         """(source passage id, query) pairs: words sampled from random passages."""
         rng = random.Random(seed + 1)
         picks = sorted(rng.randrange(self.n) for _ in range(n))
-        out, cached = [], {}
+        out = []
         for i in picks:
             c = i // CHUNK
-            if c not in cached:
-                cached = {c: self.chunk(c)}
-            p = cached[c][i - c * CHUNK]
+            p = self.chunk(c)[i - c * CHUNK]
             words = p.text.split()
             out.append((p.id, " ".join(rng.sample(words, min(query_words, len(words)))) + "?"))
         rng.shuffle(out)
@@ -161,6 +166,8 @@ def main() -> None:
     ap.add_argument("--query-words", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256, help="queries per search() call")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--regenerate", action="store_true", help="generate passages on every pass instead of keeping "
+                    "them in memory (~1 GB per million)")
     ap.add_argument("--config", help="benchmark on a config's synthetic encyclopedia instead (e.g. configs/demo.yaml): "
                     "its passages, and its questions repeated up to --queries as queries")
     args = ap.parse_args()
@@ -171,7 +178,9 @@ def main() -> None:
         regime = f"{args.config}: {len(passages):,} synthetic encyclopedia passages, question queries"
     else:
         vocab = make_vocab(args.seed, args.vocab, args.head)
-        passages = SyntheticCorpus(args.passages, args.words_per_passage, vocab, args.seed, args.distribution == "zipf")
+        passages = SyntheticCorpus(
+            args.passages, args.words_per_passage, vocab, args.seed, args.distribution == "zipf", not args.regenerate
+        )
         queries = passages.queries(args.queries, args.query_words, args.seed)
         regime = (f"{args.passages:,} passages x {args.words_per_passage} words, {args.distribution} over "
                   f"{len(vocab):,} words, head={args.head}; {len(queries):,} queries of {args.query_words} words")

@@ -147,6 +147,8 @@ def test_top_k_agrees_with_bm25s_own_retrieve(tmp_path):
 
     import numpy as np
 
+    from semoe.retrieval.backends.bm25s_bm25 import DENSE_FRACTION
+
     rng = random.Random(0)
     words = [f"w{i}" for i in range(300)]
     weights = [1.0 / (i + 1) for i in range(len(words))]
@@ -160,7 +162,7 @@ def test_top_k_agrees_with_bm25s_own_retrieve(tmp_path):
     for q, hits in zip(queries, ours):
         ids = list(dict.fromkeys(model.vocab_dict[t] for t in q.split() if t in model.vocab_dict))
         reference = model.get_scores(ids)
-        dense += sum(int(model.scores["indptr"][t + 1] - model.scores["indptr"][t]) for t in ids) * 8 > 3000
+        dense += sum(int(model.scores["indptr"][t + 1] - model.scores["indptr"][t]) for t in ids) * DENSE_FRACTION > 3000
         expected = np.sort(reference[reference > 0])[::-1][:5]
         assert [h.score for h in hits] == pytest.approx(expected.tolist(), rel=1e-5), q
         for h in hits:
