@@ -16,7 +16,8 @@ from semoe.retrieval import RETRIEVERS
 def check_config(cfg: SemoeConfig) -> None:
     """Raise ``UnknownNameError`` for an unregistered name, ``ConfigError`` naming the field
     for params or sections that do not fit."""
-    RETRIEVERS.get(cfg.retrieval.backend)
+    backend = RETRIEVERS.get(cfg.retrieval.backend)
+    validate_params(backend.Params, cfg.retrieval.options, f"retrieval.options of backend {cfg.retrieval.backend!r}")
     CORPORA.get(cfg.corpus.format)
     for dataset in cfg.datasets:
         DATASETS.get(dataset.name)

@@ -45,7 +45,7 @@ CODE_PARTS: dict[str, tuple[str, ...]] = {
 }
 
 # Libraries whose version can change the numbers (a missing one counts as absent).
-LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "safetensors", "gguf", "tantivy", "numpy")
+LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "safetensors", "gguf", "tantivy", "bm25s", "numpy")
 
 
 def digest(obj: Any, n: int = 16) -> str:

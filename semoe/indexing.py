@@ -33,14 +33,21 @@ class IndexInfo:
         return self.passages / self.seconds if self.passages is not None and self.seconds else None
 
 
-def _index_dir(cache_root: str, backend: str, key: str):
-    return ArtifactCache(cache_root).path("indexes", f"{backend}-{key}")
+def _index_dir(cache_root: str, backend: str, key: str, index_identity: dict | None = None):
+    """``<backend>-<corpus key>``, plus a digest of the backend's index identity (e.g. a
+    non-default analyzer), so indexes built with other settings live side by side."""
+    from semoe.identity import digest
+
+    suffix = f"-{digest(index_identity, 8)}" if index_identity else ""
+    return ArtifactCache(cache_root).path("indexes", f"{backend}-{key}{suffix}")
 
 
 @functools.lru_cache(maxsize=4)
 def _open(backend: str, retrieval_json: str, cache_root: str, key: str) -> Retriever:
     cls = RETRIEVERS.get(backend)
-    return cls(RetrievalConfig.model_validate_json(retrieval_json), _index_dir(cache_root, backend, key), key)
+    cfg = RetrievalConfig.model_validate_json(retrieval_json)
+    identity = cls.Params(**cfg.options).index_identity()
+    return cls(cfg, _index_dir(cache_root, backend, key, identity), key)
 
 
 def open_retriever(cfg: SemoeConfig, key: str) -> Retriever:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ConfigDict, Field, field_validator
 
 from semoe.config.base import Section
@@ -10,7 +12,7 @@ from semoe.config.base import Section
 class RetrievalConfig(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)  # es_url may carry a password
 
-    operational = ("es_url", "es_index", "es_secret_block", "bulk_batch_size", "writer_heap_mb")
+    operational = ("es_url", "es_index", "es_secret_block", "bulk_batch_size", "writer_heap_mb", "search_threads")
 
     backend: str = Field("tantivy", description="registered retriever: tantivy (embedded) or elasticsearch")
     top_k: int = Field(3, ge=1, le=100)
@@ -21,6 +23,13 @@ class RetrievalConfig(Section):
     )
     bulk_batch_size: int = Field(2000, ge=1)
     writer_heap_mb: int = Field(256, ge=16)
+
+    search_threads: int | None = Field(
+        None, ge=1, description="threads searching one batch of queries (tantivy, bm25s); None: all CPU cores"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the backend's own settings, e.g. the analyzer (see its Params model)"
+    )
 
     @field_validator("es_url")
     @classmethod

@@ -4,14 +4,24 @@ A backend class is registered in ``semoe.retrieval.RETRIEVERS`` and constructed 
 ``cls(cfg: RetrievalConfig, index_dir: Path, corpus_key: str)``. ``index_dir`` is a
 directory in the artifact cache owned by this corpus (embedded engines keep their
 index there; server engines may keep only a manifest).
+
+A backend's own settings come from ``retrieval.options``, validated by its ``Params``
+model (unknown keys are an error). Settings that change what the index holds (the
+analyzer, precomputed scores) are its ``index_identity``: they name the index directory
+and are checked against the manifest, so an index built otherwise is never reused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, ClassVar, Iterable, Iterator
+
+from pydantic import BaseModel, ConfigDict
 
 from semoe.data.schema import Passage
 
@@ -30,11 +40,47 @@ class Hit:
     rank: int  # 1-based
 
 
+@contextlib.contextmanager
+def build_lock(index_dir: Path) -> Iterator[None]:
+    """Exclusive lock beside ``index_dir``: two processes building the same index would
+    delete each other's work."""
+    lock_path = index_dir.parent / f".{index_dir.name}.lock"
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class NoParams(BaseModel):
+    """A backend without options: ``retrieval.options`` must be empty."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def index_identity(self) -> dict:
+        return {}
+
+
 class Retriever(ABC):
+    Params: ClassVar[type[BaseModel]] = NoParams
+    """The backend's ``retrieval.options`` model; its ``index_identity()`` is the dict of
+    settings that change what the index holds ({} when none)."""
+
     def __init__(self, cfg: "RetrievalConfig", index_dir: Path, corpus_key: str):
         self.cfg = cfg
         self.index_dir = Path(index_dir)
         self.corpus_key = corpus_key
+        self.params = self.Params(**cfg.options)
+
+    @property
+    def search_threads(self) -> int:
+        """Threads for one batch of queries: ``retrieval.search_threads``, else the CPU
+        cores this process may run on."""
+        if self.cfg.search_threads:
+            return self.cfg.search_threads
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere all cores
+        return len(affinity(0)) if affinity else os.cpu_count() or 1
 
     @abstractmethod
     def is_built(self) -> bool:

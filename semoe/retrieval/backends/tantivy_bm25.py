@@ -9,24 +9,36 @@ LLM holds quotes, colons, parentheses, ``AND``...): they are split by the same
 analyzer the fields are indexed with and turned into a flat disjunction of term
 queries over title and text, i.e. what the parser makes of plain words, without its
 syntax. BM25 uses tantivy's fixed parameters (k1=1.2, b=0.75).
+
+The analyzer (``retrieval.options``: stop words, stemmer, see ``semoe.retrieval.analysis``)
+is registered as the fields' tokenizer and recorded in the manifest; an index whose
+manifest names another analyzer is not complete for this one.
+
+Speed: tantivy-py's ``Searcher.search`` scores a disjunction exhaustively, with or
+without ``count`` (measured with 0.27: a rare term OR'ed with five common ones costs what
+the five alone cost, so block-WAND does not prune), so a query costs about one step per
+posting of its terms and grows with the corpus; dropping stop words removes the longest
+posting lists. A batch is searched on ``search_threads`` threads: tantivy releases the
+GIL while it searches.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable
 
 import tantivy
 
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
-from semoe.retrieval.base import Hit, RetrievalError, Retriever
+from semoe.retrieval.analysis import DEFAULT_TOKENIZER, AnalyzerParams
+from semoe.retrieval.base import Hit, RetrievalError, Retriever, build_lock
 
 if TYPE_CHECKING:
     from semoe.config import RetrievalConfig
@@ -39,34 +51,33 @@ COMMIT_EVERY = 100_000
 SEARCH_FIELDS = ("title", "text")
 
 
-def _schema() -> tantivy.Schema:
+def _schema(tokenizer_name: str) -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("id", stored=True, tokenizer_name="raw")
-    sb.add_text_field("title", stored=True)
-    sb.add_text_field("text", stored=True)
+    sb.add_text_field("title", stored=True, tokenizer_name=tokenizer_name)
+    sb.add_text_field("text", stored=True, tokenizer_name=tokenizer_name)
     return sb.build()
 
 
-def _query_analyzer() -> tantivy.TextAnalyzer:
-    """The analyzer behind tantivy's "default" tokenizer (the one title/text use), so
-    query terms are exactly the indexed terms."""
-    return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.remove_long(40))
-        .filter(tantivy.Filter.lowercase())
-        .build()
-    )
+class TantivyParams(AnalyzerParams):
+    """``retrieval.options`` of the tantivy backend: the analyzer."""
 
 
 @RETRIEVERS.register("tantivy", "embedded BM25 (tantivy), zero setup")
 class TantivyRetriever(Retriever):
     """BM25 over title+text in an on-disk tantivy index inside the artifact cache."""
 
+    Params = TantivyParams
+
     def __init__(self, cfg: "RetrievalConfig", index_dir: Path, corpus_key: str):
         super().__init__(cfg, index_dir, corpus_key)
-        self._schema = _schema()
-        self._analyzer = _query_analyzer()
+        self._tokenizer = self.params.tokenizer_name()
+        self._schema = _schema(self._tokenizer)
+        # Queries are split by the analyzer the fields are indexed with, so query terms
+        # are exactly the indexed terms.
+        self._analyzer = self.params.text_analyzer()
         self._searcher: tantivy.Searcher | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -85,19 +96,19 @@ class TantivyRetriever(Retriever):
             and m.get("backend") == "tantivy"
             and m.get("corpus_key") == self.corpus_key
             and m.get("schema_version") == SCHEMA_VERSION
+            # Manifests written before the analyzer was configurable have none: the default.
+            and m.get("analyzer", {}) == self.params.analyzer_identity()
             and tantivy.Index.exists(str(self.index_dir))
         )
 
-    @contextlib.contextmanager
-    def _build_lock(self) -> Iterator[None]:
-        """Two processes building the same index would delete each other's work."""
-        lock_path = self.index_dir.parent / f".{self.index_dir.name}.lock"
-        with open(lock_path, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _register_tokenizer(self, index: tantivy.Index) -> None:
+        """A custom analyzer lives in the process, not in the index: register it on every
+        ``Index`` object before writing to (or parsing for) its fields."""
+        if self._tokenizer != DEFAULT_TOKENIZER:
+            index.register_tokenizer(self._tokenizer, self._analyzer)
+
+    def _build_lock(self) -> contextlib.AbstractContextManager[None]:
+        return build_lock(self.index_dir)
 
     def build(self, passages: Iterable[Passage], total: int | None = None) -> dict:
         from tqdm import tqdm
@@ -115,6 +126,7 @@ class TantivyRetriever(Retriever):
             writer = None
             try:
                 index = tantivy.Index(self._schema, path=str(tmp), reuse=False)
+                self._register_tokenizer(index)
                 writer = index.writer(self.cfg.writer_heap_mb * 1_000_000, 0)  # 0: a thread per core
                 add, Document = writer.add_document, tantivy.Document
                 n = 0
@@ -144,6 +156,7 @@ class TantivyRetriever(Retriever):
                 "passages": n,
                 "seconds": seconds,
                 "schema_version": SCHEMA_VERSION,
+                "analyzer": self.params.analyzer_identity(),
                 "tantivy": tantivy.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
@@ -169,7 +182,9 @@ class TantivyRetriever(Retriever):
                     f"no complete tantivy index for corpus {self.corpus_key} at {self.index_dir}; build it first"
                 )
             try:
-                self._searcher = tantivy.Index.open(str(self.index_dir)).searcher()
+                index = tantivy.Index.open(str(self.index_dir))
+                self._register_tokenizer(index)
+                self._searcher = index.searcher()
             except (OSError, ValueError) as e:
                 raise RetrievalError(
                     f"tantivy index at {self.index_dir} cannot be opened (delete it to rebuild): {e}"
@@ -186,12 +201,13 @@ class TantivyRetriever(Retriever):
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         searcher = self._get_searcher()
-        results: list[list[Hit]] = []
-        for text in queries:
-            query = self._query(text)
-            if query is None or k < 1:
-                results.append([])
-                continue
+        if k < 1:
+            return [[] for _ in queries]
+        built = [self._query(text) for text in queries]  # the analyzer runs in Python: once, here
+
+        def one(query: tantivy.Query | None) -> list[Hit]:
+            if query is None:
+                return []
             try:
                 found = searcher.search(query, k, count=False).hits
             except ValueError as e:
@@ -203,8 +219,24 @@ class TantivyRetriever(Retriever):
                     id=doc.get_first("id"), title=doc.get_first("title") or "", text=doc.get_first("text") or ""
                 )
                 hits.append(Hit(passage=passage, score=float(score), rank=rank))
-            results.append(hits)
-        return results
+            return hits
+
+        # Each query is searched on its own, so threads change the speed, never the hits.
+        threads = self.search_threads
+        if threads <= 1 or len(built) <= 1:
+            return [one(q) for q in built]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="semoe-tantivy")
+        # A few queries per task: a future per query costs about as much as a rare-term search.
+        size = max(1, len(built) // (threads * 8))
+        chunks = [built[i : i + size] for i in range(0, len(built), size)]
+        return [hits for chunk in self._pool.map(lambda c: [one(q) for q in c], chunks) for hits in chunk]
+
+    def _shutdown_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def close(self) -> None:
+        self._shutdown_pool()
         self._searcher = None
