@@ -9,7 +9,7 @@ from __future__ import annotations
 from semoe.config import ConfigError, PolicySpec, SemoeConfig, validate_params
 from semoe.data import CORPORA, DATASETS
 from semoe.generation.base import build_method
-from semoe.models.dummy import dummy_seed
+from semoe.models.loading import dummy_seed
 from semoe.retrieval import RETRIEVERS
 
 

@@ -115,7 +115,7 @@ def split_reusable(items: list[WorkItem], stored: set[str]) -> tuple[list[WorkIt
 
 def load_lm(cfg: SemoeConfig):
     """The configured model as a ``ChatLM`` (loaded once per process: ``load_model`` is memoised)."""
-    from semoe.models.loading import load_chat_lm
+    from semoe.generation.loading import load_chat_lm
 
     return load_chat_lm(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device, cfg.generation.system_prompt)
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import json
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 import semoe
+from semoe.hashing import digest
 from semoe.config import MethodSpec, SemoeConfig
 from semoe.data.schema import Example
 from semoe.generation import METHODS
@@ -46,12 +46,6 @@ CODE_PARTS: dict[str, tuple[str, ...]] = {
 
 # Libraries whose version can change the numbers (a missing one counts as absent).
 LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "safetensors", "gguf", "tantivy", "bm25s", "numpy")
-
-
-def digest(obj: Any, n: int = 16) -> str:
-    """Short sha256 hex of a JSON-serialisable object (keys sorted, so order never matters)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:n]
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

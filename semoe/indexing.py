@@ -36,7 +36,7 @@ class IndexInfo:
 def _index_dir(cache_root: str, backend: str, key: str, index_identity: dict | None = None):
     """``<backend>-<corpus key>``, plus a digest of the backend's index identity (e.g. a
     non-default analyzer), so indexes built with other settings live side by side."""
-    from semoe.identity import digest
+    from semoe.hashing import digest
 
     suffix = f"-{digest(index_identity, 8)}" if index_identity else ""
     return ArtifactCache(cache_root).path("indexes", f"{backend}-{key}{suffix}")

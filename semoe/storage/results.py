@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from semoe.storage.errors import StoreError, StoreLockedError
 from semoe.storage.schema import MIGRATIONS
 
 LOCK_WAIT_S = 15.0
@@ -27,14 +28,6 @@ LOCK_WAIT_S = 15.0
 PER_EXAMPLE_TABLES = ("retrievals", "trigger_events")
 PREDICTION_KEY = ("run_id", "dataset", "example_id", "method")
 ROUTING_CELL_KEY = ("run_id", "model", "policy_key", "mode")
-
-
-class StoreError(RuntimeError):
-    """The results store cannot be opened or written."""
-
-
-class StoreLockedError(StoreError):
-    pass
 
 
 def utcnow() -> datetime:

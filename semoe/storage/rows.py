@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Mapping, Sequence, TypeVar
 
-from semoe.storage.results import StoreError
+from semoe.storage.errors import StoreError
 
 R = TypeVar("R", bound="Row")
 

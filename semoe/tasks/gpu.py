@@ -16,7 +16,7 @@ from semoe.config import SemoeConfig
 
 def limit_names(config: SemoeConfig) -> list[str]:
     """This process's limit names for the configured model device ([] on CPU unless forced)."""
-    from semoe.models.dummy import dummy_seed
+    from semoe.models.loading import dummy_seed
 
     if config.gpu.limit == "off" or dummy_seed(config.model.spec) is not None:  # the dummy model uses no device
         return []

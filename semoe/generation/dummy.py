@@ -19,32 +19,13 @@ import time
 from typing import Callable, Sequence
 
 from semoe.generation.lm import ChatLM, Generation, Message, StopWhen
-from semoe.models.loading import ModelLoadError
+from semoe.models.loading import DUMMY, needs_real_lm
 
-DUMMY = "dummy"
 CONTEXT_LENGTH = 2048  # tokens, as the tiny test Llama; enough for few-shot RAG prompts
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+$")
 _WORD = re.compile(r"\w+")
 _USER = "<|user|>\n"
 _TURN = re.compile(r"<\|(system|user|assistant)\|>\n")
-
-
-def dummy_seed(spec: str) -> int | None:
-    """The seed of a dummy spec (``dummy`` → 0, ``dummy:7`` → 7); None for any other spec.
-    Raises ModelLoadError for ``dummy:<not an integer>``."""
-    name, sep, seed = spec.partition(":")
-    if name != DUMMY:
-        return None
-    if not sep:
-        return 0
-    try:
-        return int(seed)
-    except ValueError:
-        raise ModelLoadError(f"model spec {spec!r}: the dummy model's seed must be an integer, e.g. dummy:1") from None
-
-
-def needs_real_lm(spec: str, what: str) -> ModelLoadError:
-    return ModelLoadError(f"model {spec!r} has no weights: {what} needs a real LM (set model.spec to a model)")
 
 
 class DummyChatLM(ChatLM):
