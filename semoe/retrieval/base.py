@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -27,6 +28,9 @@ from semoe.data.schema import Passage
 
 if TYPE_CHECKING:
     from semoe.config import RetrievalConfig
+
+
+MANIFEST = "manifest.json"  # an embedded engine's record of a complete build
 
 
 class RetrievalError(RuntimeError):
@@ -72,6 +76,45 @@ class Retriever(ABC):
         self.index_dir = Path(index_dir)
         self.corpus_key = corpus_key
         self.params = self.Params(**cfg.options)
+        self._pool = None  # ThreadPoolExecutor of batch searches, made on first use
+
+    @property
+    def manifest_path(self) -> Path:
+        """Where an embedded engine records a complete build (written last, atomically)."""
+        return self.index_dir / MANIFEST
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_manifest(self, manifest: dict) -> None:
+        """Mark the build complete: the manifest is written last, atomically."""
+        tmp = self.index_dir / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, self.manifest_path)
+
+    def map_queries(self, items: list, one: Callable[[Any], list[Hit]]) -> list[list[Hit]]:
+        """``[one(item) for item in items]`` on ``search_threads`` threads (the engines release
+        the GIL while they search). Each query is searched on its own, so threads change the
+        speed, never the hits; a few queries per task, since a future per query costs about
+        as much as a rare-term search."""
+        threads = self.search_threads
+        if threads <= 1 or len(items) <= 1:
+            return [one(x) for x in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"semoe-{type(self).__name__}")
+        size = max(1, len(items) // (threads * 8))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        return [hits for chunk in self._pool.map(lambda c: [one(x) for x in c], chunks) for hits in chunk]
+
+    def close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     @property
     def search_threads(self) -> int:

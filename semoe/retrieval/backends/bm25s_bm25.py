@@ -31,7 +31,6 @@ import os
 import shutil
 import time
 from array import array
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
@@ -45,7 +44,6 @@ from semoe.retrieval.base import Hit, RetrievalError, Retriever, build_lock
 if TYPE_CHECKING:
     from semoe.config import RetrievalConfig
 
-MANIFEST = "manifest.json"
 PASSAGES = "passages.jsonl"
 OFFSETS = "offsets.npy"
 FORMAT_VERSION = 1
@@ -90,17 +88,6 @@ class Bm25sRetriever(Retriever):
         self._model: Any = None  # bm25s.BM25 once loaded
         self._offsets: Any = None  # numpy int64 array, one offset per passage + end
         self._passages_fh = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.index_dir / MANIFEST
-
-    def manifest(self) -> dict | None:
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
-            return None
 
     def is_built(self) -> bool:
         m = self.manifest()
@@ -169,9 +156,7 @@ class Bm25sRetriever(Retriever):
                 "bm25s": bm25s.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            marker_tmp = self.index_dir / f".{MANIFEST}.tmp"
-            marker_tmp.write_text(json.dumps(manifest, indent=2))
-            os.replace(marker_tmp, self.manifest_path)
+            self.write_manifest(manifest)
         return {"passages": n, "seconds": seconds}
 
     def _load(self) -> None:
@@ -239,20 +224,10 @@ class Bm25sRetriever(Retriever):
                 return []
             return [Hit(self._passage(r), s, rank) for rank, (r, s) in enumerate(self._top_k(term_ids, k), start=1)]
 
-        # Each query is scored on its own, so threads change the speed, never the hits.
-        threads = self.search_threads
-        if threads <= 1 or len(ids) <= 1:
-            return [one(q) for q in ids]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="semoe-bm25s")
-        size = max(1, len(ids) // (threads * 8))
-        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-        return [hits for chunk in self._pool.map(lambda c: [one(q) for q in c], chunks) for hits in chunk]
+        return self.map_queries(ids, one)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self.close_pool()
         if self._passages_fh is not None:
             with contextlib.suppress(OSError):
                 self._passages_fh.close()

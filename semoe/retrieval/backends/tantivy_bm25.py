@@ -25,11 +25,9 @@ GIL while it searches.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -43,7 +41,6 @@ from semoe.retrieval.base import Hit, RetrievalError, Retriever, build_lock
 if TYPE_CHECKING:
     from semoe.config import RetrievalConfig
 
-MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 # Each commit flushes the writer's segments; without them the final merge of a 2M-passage
 # build peaked at 1.6 GB RSS (0.64 GB with them), for no gain in speed.
@@ -77,17 +74,6 @@ class TantivyRetriever(Retriever):
         # are exactly the indexed terms.
         self._analyzer = self.params.text_analyzer()
         self._searcher: tantivy.Searcher | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.index_dir / MANIFEST
-
-    def manifest(self) -> dict | None:
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
-            return None
 
     def is_built(self) -> bool:
         m = self.manifest()
@@ -160,9 +146,7 @@ class TantivyRetriever(Retriever):
                 "tantivy": tantivy.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            marker_tmp = self.index_dir / f".{MANIFEST}.tmp"
-            marker_tmp.write_text(json.dumps(manifest, indent=2))
-            os.replace(marker_tmp, self.manifest_path)
+            self.write_manifest(manifest)
         return {"passages": n, "seconds": seconds}
 
     @staticmethod
@@ -221,22 +205,8 @@ class TantivyRetriever(Retriever):
                 hits.append(Hit(passage=passage, score=float(score), rank=rank))
             return hits
 
-        # Each query is searched on its own, so threads change the speed, never the hits.
-        threads = self.search_threads
-        if threads <= 1 or len(built) <= 1:
-            return [one(q) for q in built]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="semoe-tantivy")
-        # A few queries per task: a future per query costs about as much as a rare-term search.
-        size = max(1, len(built) // (threads * 8))
-        chunks = [built[i : i + size] for i in range(0, len(built), size)]
-        return [hits for chunk in self._pool.map(lambda c: [one(q) for q in c], chunks) for hits in chunk]
-
-    def _shutdown_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        return self.map_queries(built, one)
 
     def close(self) -> None:
-        self._shutdown_pool()
+        self.close_pool()
         self._searcher = None
