@@ -86,10 +86,18 @@ def compare(
 
 
 def add_timing_args(ap: argparse.ArgumentParser, repeats: int = 3, threads: int | None = 1) -> None:
-    ap.add_argument("--repeats", type=int, default=repeats,
-                    help="timed rounds after the warm-up; each variant keeps its best wall and CPU time")
-    ap.add_argument("--threads", type=int, default=threads,
-                    help="torch intra-op threads (1: steadiest on a shared machine; 0: torch's choice)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=repeats,
+        help="timed rounds after the warm-up; each variant keeps its best wall and CPU time",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help="torch intra-op threads (1: steadiest on a shared machine; 0: torch's choice)",
+    )
 
 
 def apply_threads(threads: int | None) -> int:
@@ -123,8 +131,9 @@ def print_table(
     extra = extra or {}
     base = timings[baseline]
     sense = "speed-up over" if speedup else "time relative to"
-    print(f"\n[{regime}] best of {len(base.wall)} rounds; ratios = {sense} '{baseline}' "
-          f"(trust 'x cpu'; {load_average()})")
+    print(
+        f"\n[{regime}] best of {len(base.wall)} rounds; ratios = {sense} '{baseline}' (trust 'x cpu'; {load_average()})"
+    )
     width = max(28, *(len(n) + 2 for n in timings))
     head = f"{'variant':<{width}}{'wall ' + unit:>12}{'cpu ' + unit:>12}{'x wall':>8}{'x cpu':>8}"
     print(head + "".join(f"{c:>{max(len(c) + 2, 10)}}" for c in extra))

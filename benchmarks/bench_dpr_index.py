@@ -116,8 +116,11 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(path, args.rows, args.seed)
         print(f"generated {path} ({path.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f} s")
-    print(f"{path}: {args.rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB; {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f} at start; {args.repeats} repeats (median shown), each in a fresh process")
+    print(
+        f"{path}: {args.rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f} at start; {args.repeats} repeats (median shown), "
+        "each in a fresh process"
+    )
     sides = {"this": SRC} | ({"baseline": args.baseline_src.resolve()} if args.baseline_src else {})
     modes = [m.strip() for m in args.modes.split(",")]
     for src in sides.values():  # warm-up: imports, page cache
@@ -128,23 +131,32 @@ def main() -> None:
             for side, src in sides.items():  # interleaved, so both sides see the same load
                 results.setdefault((side, mode), []).append(measure(src, mode, path))
 
-    print(f"\n{'side':<9} {'regime':<6} {'wall s':>8} {'cpu s':>8} {'rows/s wall':>12} {'rows/s cpu':>11} "
-          f"{'cpu/wall':>8} {'peak RSS MB':>11}")
+    print(
+        f"\n{'side':<9} {'regime':<6} {'wall s':>8} {'cpu s':>8} {'rows/s wall':>12} {'rows/s cpu':>11} "
+        f"{'cpu/wall':>8} {'peak RSS MB':>11}"
+    )
     med: dict[tuple[str, str], dict] = {}
     for (side, mode), runs in results.items():
         assert all(r["passages"] == args.rows for r in runs), f"{side} {mode}: passages {[r['passages'] for r in runs]}"
         m = med[side, mode] = {k: statistics.median(r[k] for r in runs) for k in ("wall", "cpu", "rss_mb")}
-        print(f"{side:<9} {mode:<6} {m['wall']:>8.1f} {m['cpu']:>8.1f} {args.rows / m['wall']:>12,.0f} "
-              f"{args.rows / m['cpu']:>11,.0f} {m['cpu'] / m['wall']:>8.2f} {m['rss_mb']:>11,.0f}")
+        print(
+            f"{side:<9} {mode:<6} {m['wall']:>8.1f} {m['cpu']:>8.1f} {args.rows / m['wall']:>12,.0f} "
+            f"{args.rows / m['cpu']:>11,.0f} {m['cpu'] / m['wall']:>8.2f} {m['rss_mb']:>11,.0f}"
+        )
     for side in sides:
         if ("read" in modes) and ("index" in modes):
             r, i = med[side, "read"], med[side, "index"]
-            print(f"{side}: reading is {r['cpu'] / i['cpu']:.0%} of the build's CPU time, {r['wall'] / i['wall']:.0%} of its wall time")
+            print(
+                f"{side}: reading is {r['cpu'] / i['cpu']:.0%} of the build's CPU time, "
+                f"{r['wall'] / i['wall']:.0%} of its wall time"
+            )
     if "baseline" in sides:
         for mode in modes:
             b, t = med["baseline", mode], med["this", mode]
-            print(f"{mode}: this vs baseline speed-up {b['cpu'] / t['cpu']:.2f}x by CPU time, "
-                  f"{b['wall'] / t['wall']:.2f}x by wall time; peak RSS {t['rss_mb']:,.0f} vs {b['rss_mb']:,.0f} MB")
+            print(
+                f"{mode}: this vs baseline speed-up {b['cpu'] / t['cpu']:.2f}x by CPU time, "
+                f"{b['wall'] / t['wall']:.2f}x by wall time; peak RSS {t['rss_mb']:,.0f} vs {b['rss_mb']:,.0f} MB"
+            )
     if "index" in modes:
         rate = args.rows / med["this", "index"]["wall"]
         print(f"21M rows (psgs_w100.tsv) at this wall rate: {21_015_324 / rate / 60:.1f} min")

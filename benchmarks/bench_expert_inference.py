@@ -53,7 +53,7 @@ def random_expert(model, name: str, rank: int, alpha: float, b_std: float, gen: 
     weights = {}
     for path, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and path.rsplit(".", 1)[-1] in TARGETS:
-            bound = module.in_features ** -0.5
+            bound = module.in_features**-0.5
             a = (torch.rand(rank, module.in_features, generator=gen) * 2 - 1) * bound
             b = torch.randn(module.out_features, rank, generator=gen) * b_std
             weights[path] = (a, b)
@@ -104,8 +104,9 @@ def peft_copy(model):
     return wrapped.eval()  # peft refuses adapter_names in training mode
 
 
-def peft_generate(mixed: MixedAdapterModel, lm: ChatLM, conversations, experts, max_new_tokens, batch_size,
-                  setup: Clock | None = None):
+def peft_generate(
+    mixed: MixedAdapterModel, lm: ChatLM, conversations, experts, max_new_tokens, batch_size, setup: Clock | None = None
+):
     """Load each question's experts as one adapter, generate in mixed-adapter batches, delete
     them; ``setup`` adds up the time spent loading and deleting adapters."""
     setup = setup or Clock()
@@ -130,8 +131,9 @@ def add_adapters(peft_model, experts, names: list[str]) -> None:
 
     for q, ex in enumerate(experts):
         c, name = combine_experts(ex), f"q{q}"
-        peft_model.add_adapter(name, LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=list(TARGETS),
-                                                init_lora_weights=False))
+        peft_model.add_adapter(
+            name, LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=list(TARGETS), init_lora_weights=False)
+        )
         with torch.no_grad():
             for path, (a, b) in c.weights.items():
                 layer = peft_model.base_model.model.get_submodule(path)
@@ -171,10 +173,15 @@ def main() -> None:
     ]
     lengths = [len(tok(lm.render(c), add_special_tokens=False).input_ids) for c in conversations]
     n, new = len(conversations), args.max_new_tokens
-    regime = (f"{args.mode}: {n} questions, prompts {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / n:.0f}), "
-              f"{args.experts} experts x rank {args.rank} per question, {new} new tokens, batch {args.batch_size}")
-    print(f"{args.model} on {lm.device} ({threads} threads), loaded in {time.perf_counter() - t0:.1f} s; {regime} "
-          f"on {'/'.join(TARGETS)}; {load_average()}", flush=True)
+    regime = (
+        f"{args.mode}: {n} questions, prompts {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / n:.0f}), "
+        f"{args.experts} experts x rank {args.rank} per question, {new} new tokens, batch {args.batch_size}"
+    )
+    print(
+        f"{args.model} on {lm.device} ({threads} threads), loaded in {time.perf_counter() - t0:.1f} s; {regime} "
+        f"on {'/'.join(TARGETS)}; {load_average()}",
+        flush=True,
+    )
 
     def merge_loop(convs=conversations, exps=experts, tokens=new):
         answers = []
@@ -185,8 +192,9 @@ def main() -> None:
 
     variants = {
         "merge loop (batch 1)": merge_loop,
-        "peft mixed-adapter batch": lambda: peft_generate(mixed, peft_lm, conversations, experts, new, args.batch_size,
-                                                          peft_setup),
+        "peft mixed-adapter batch": lambda: peft_generate(
+            mixed, peft_lm, conversations, experts, new, args.batch_size, peft_setup
+        ),
         "semoe per-row LoRA": lambda: generate_with_experts(lm, conversations, experts, new, args.batch_size),
     }
     warm = (conversations[:2], experts[:2], 2)  # first-call allocations and kernel selection
@@ -197,20 +205,33 @@ def main() -> None:
     }
 
     def progress(r, timings):
-        print(f"  round {r + 1}: " + ", ".join(f"{k} {t.wall[-1]:.1f}s wall / {t.cpu[-1]:.1f}s cpu"
-                                             for k, t in timings.items()), flush=True)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{k} {t.wall[-1]:.1f}s wall / {t.cpu[-1]:.1f}s cpu" for k, t in timings.items()),
+            flush=True,
+        )
 
     peft_setup = Clock()
     timings, answers = compare(variants, args.repeats, warmups, on_round=progress)
     base = answers["merge loop (batch 1)"]
     same = {name: f"{sum(a.text == b.text for a, b in zip(base, out))}/{n}" for name, out in answers.items()}
     qps = {name: f"{n / t.best_wall:.2f}" for name, t in timings.items()}
-    print_table(regime, timings, "merge loop (batch 1)", speedup=True,
-                extra={"questions/s (wall)": qps, "identical answers": same})
-    print("  " + ratio(timings, "peft mixed-adapter batch", "semoe per-row LoRA")
-          + "  (semoe's speed-up over peft's mixed-adapter batches)")
-    print(f"  peft: loading and deleting the adapters took {peft_setup.cpu / args.repeats:.2f} s cpu "
-          f"({peft_setup.wall / args.repeats:.2f} s wall) per round")
+    print_table(
+        regime,
+        timings,
+        "merge loop (batch 1)",
+        speedup=True,
+        extra={"questions/s (wall)": qps, "identical answers": same},
+    )
+    print(
+        "  "
+        + ratio(timings, "peft mixed-adapter batch", "semoe per-row LoRA")
+        + "  (semoe's speed-up over peft's mixed-adapter batches)"
+    )
+    print(
+        f"  peft: loading and deleting the adapters took {peft_setup.cpu / args.repeats:.2f} s cpu "
+        f"({peft_setup.wall / args.repeats:.2f} s wall) per round"
+    )
     for name, out in answers.items():
         for i, (a, b) in enumerate(zip(base, out)):
             if a.text != b.text:

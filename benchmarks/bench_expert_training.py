@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 from _common import add_timing_args, apply_threads, compare, load_average, print_table, ratio
 
-from semoe.config import SyntheticConfig
+from semoe.config import ExpertConfig, SyntheticConfig
 from semoe.data.encyclopedia import build_encyclopedia
-from semoe.config import ExpertConfig
 from semoe.experts.training import (
     QA,
     TrainingItem,
@@ -53,9 +52,11 @@ def make_items(n: int, seed: int) -> list[TrainingItem]:
     items = []
     for person in enc.people[:n]:
         name, text = f"{person.name} {person.surname}", texts[person.passage_id]
-        qa = [QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
-              QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
-              QA(f"What was the occupation of {name}?", person.occupation, f"{name} was {_a(person.occupation)}.")]
+        qa = [
+            QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
+            QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
+            QA(f"What was the occupation of {name}?", person.occupation, f"{name} was {_a(person.occupation)}."),
+        ]
         items.append(TrainingItem.create(person.passage_id, text, [" ".join(reversed(text.split(". ")))], qa))
     return items
 
@@ -72,8 +73,13 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=8)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="embedded alias or local model directory")
     ap.add_argument("--cache", default="~/.cache/semoe", help="artifact cache (converted embedded models)")
-    ap.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=TRAINERS,
-                    help="trainers to run (the first one listed is the baseline of the ratios)")
+    ap.add_argument(
+        "--trainers",
+        nargs="+",
+        default=list(TRAINERS),
+        choices=TRAINERS,
+        help="trainers to run (the first one listed is the baseline of the ratios)",
+    )
     ap.add_argument("--batch-passages", type=int, default=8, help="passages per lockstep batch")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=1)
@@ -84,11 +90,14 @@ def main() -> None:
     threads = apply_threads(args.threads)
     model, tok = load_model(args.model, str(Path(args.cache).expanduser()), device="cpu")
     items = make_items(args.passages, args.seed)
-    cfg = ExpertConfig(epochs=args.epochs, batch_passages=args.batch_passages, micro_batch=args.micro_batch,
-                       measure_loss=False)
+    cfg = ExpertConfig(
+        epochs=args.epochs, batch_passages=args.batch_passages, micro_batch=args.micro_batch, measure_loss=False
+    )
     tokens = [len(s.ids) for it in items for s in build_sequences(tok, it, cfg)]
-    regime = (f"{len(items)} passages, {len(tokens) / len(items):.0f} sequences of {sum(tokens) / len(tokens):.0f} "
-              f"tokens each, {args.epochs} epoch(s), lockstep batch {args.batch_passages}")
+    regime = (
+        f"{len(items)} passages, {len(tokens) / len(items):.0f} sequences of {sum(tokens) / len(tokens):.0f} "
+        f"tokens each, {args.epochs} epoch(s), lockstep batch {args.batch_passages}"
+    )
     print(f"model {args.model}, {regime}, torch threads {threads}, {load_average()}", flush=True)
     init = initial_lora(model, cfg)
     bf16 = cfg.model_copy(update={"compute_dtype": "bfloat16"})
@@ -98,8 +107,11 @@ def main() -> None:
             return [train_expert_peft(model, tok, it, cfg, init).expert for it in chunk]
 
     def batched(chunk, run_cfg):
-        return [r.expert for start in range(0, len(chunk), args.batch_passages)
-                for r in train_experts_batched(model, tok, chunk[start : start + args.batch_passages], run_cfg, init)]
+        return [
+            r.expert
+            for start in range(0, len(chunk), args.batch_passages)
+            for r in train_experts_batched(model, tok, chunk[start : start + args.batch_passages], run_cfg, init)
+        ]
 
     trainers = {
         "peft loop fp32": lambda chunk: peft_loop(chunk, False),
@@ -110,11 +122,18 @@ def main() -> None:
     trainers = {name: trainers[name] for name in args.trainers}
 
     def progress(r, timings):
-        print(f"  round {r + 1}: " + ", ".join(f"{k} {t.wall[-1]:.0f}s wall / {t.cpu[-1]:.0f}s cpu"
-                                             for k, t in timings.items()), flush=True)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{k} {t.wall[-1]:.0f}s wall / {t.cpu[-1]:.0f}s cpu" for k, t in timings.items()),
+            flush=True,
+        )
 
-    timings, experts = compare({name: (lambda fn=fn: fn(items)) for name, fn in trainers.items()}, args.repeats,
-                               {name: (lambda fn=fn: fn(items[:1])) for name, fn in trainers.items()}, progress)
+    timings, experts = compare(
+        {name: (lambda fn=fn: fn(items)) for name, fn in trainers.items()},
+        args.repeats,
+        {name: (lambda fn=fn: fn(items[:1])) for name, fn in trainers.items()},
+        progress,
+    )
     timings = {name: t.scaled(1 / len(items)) for name, t in timings.items()}
 
     scorer = cfg.model_copy(update={"compute_dtype": "float32"})
@@ -122,21 +141,33 @@ def main() -> None:
     final = {name: sum(expert_losses(model, tok, items, experts[name], scorer)) / len(items) for name in trainers}
     base = args.trainers[0]
     print(f"\nmean loss before training (init): {before:.4f}")
-    print_table(f"{regime}; seconds per passage", timings, base, speedup=True, extra={
-        "final loss": {n: f"{v:.4f}" for n, v in final.items()},
-        "vs " + base: {n: f"{(v - final[base]) / final[base]:+.2%}" for n, v in final.items()},
-    })
-    pairs = [("peft loop fp32", "batched fp32", "batching alone (fp32)"),
-             ("batched fp32", "batched bf16", "bfloat16 on the batched trainer"),
-             ("peft loop fp32", "peft loop, autocast bf16", "bfloat16 autocast on the peft loop"),
-             ("peft loop, autocast bf16", "batched bf16", "semoe's bf16 recipe over the peft loop in bf16")]
+    print_table(
+        f"{regime}; seconds per passage",
+        timings,
+        base,
+        speedup=True,
+        extra={
+            "final loss": {n: f"{v:.4f}" for n, v in final.items()},
+            "vs " + base: {n: f"{(v - final[base]) / final[base]:+.2%}" for n, v in final.items()},
+        },
+    )
+    pairs = [
+        ("peft loop fp32", "batched fp32", "batching alone (fp32)"),
+        ("batched fp32", "batched bf16", "bfloat16 on the batched trainer"),
+        ("peft loop fp32", "peft loop, autocast bf16", "bfloat16 autocast on the peft loop"),
+        ("peft loop, autocast bf16", "batched bf16", "semoe's bf16 recipe over the peft loop in bf16"),
+    ]
     for slow, fast, what in pairs:
         if slow in timings and fast in timings:
             print(f"  gain of {what}: " + ratio(timings, slow, fast))
     for name in trainers:
         if name != base:
-            diff = max((a.weights[m][j] - b.weights[m][j]).abs().max().item()
-                       for a, b in zip(experts[name], experts[base]) for m in a.weights for j in (0, 1))
+            diff = max(
+                (a.weights[m][j] - b.weights[m][j]).abs().max().item()
+                for a, b in zip(experts[name], experts[base])
+                for m in a.weights
+                for j in (0, 1)
+            )
             print(f"  max |weight difference| {name} vs {base}: {diff:.2e}")
 
 

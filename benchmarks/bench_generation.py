@@ -37,7 +37,7 @@ def rows_stay(model, input_ids, logits_processor, stopping_criteria, generation_
     out = GenerationMixin._sample(model, input_ids, logits_processor, criteria, generation_config, **kwargs)
     eos = set(generation_config._eos_token_tensor.view(-1).tolist())
     rows = []
-    for new in out[:, input_ids.shape[1]:].tolist():
+    for new in out[:, input_ids.shape[1] :].tolist():
         rows.append(new[: next((j + 1 for j, t in enumerate(new) if t in eos), len(new))])
     return rows
 
@@ -58,8 +58,8 @@ def main() -> None:
     from semoe import evaluation
     from semoe.config import MethodSpec, load_config
     from semoe.data import DataContext
-    from semoe.generation.base import build_method
     from semoe.data.loading import load_examples
+    from semoe.generation.base import build_method
     from semoe.indexing import build_index, open_retriever
 
     torch.set_num_threads(args.threads)
@@ -86,22 +86,30 @@ def main() -> None:
         return time.process_time() - c0, time.perf_counter() - w0, sum(steps), [o.prediction for o in outs]
 
     load0 = os.getloadavg()[0]
-    print(f"regime: {len(examples)} questions of {Path(args.config).name}, {cfg.model.spec} {args.dtype} on CPU, "
-          f"batch {cfg.generation.batch_size}, {cfg.generation.max_new_tokens} new tokens, "
-          f"torch threads {torch.get_num_threads()}, repeats {args.repeats} (median) after a warm-up per side")
+    print(
+        f"regime: {len(examples)} questions of {Path(args.config).name}, {cfg.model.spec} {args.dtype} on CPU, "
+        f"batch {cfg.generation.batch_size}, {cfg.generation.max_new_tokens} new tokens, "
+        f"torch threads {torch.get_num_threads()}, repeats {args.repeats} (median) after a warm-up per side"
+    )
     for method in ("no-retrieval", "single-retrieval"):
         results = {}
         for side in sides:
             run(side, method)  # warm-up
         for side in sides:
             reps = [run(side, method) for _ in range(args.repeats)]
-            results[side] = (statistics.median(r[0] for r in reps), statistics.median(r[1] for r in reps),
-                             reps[0][2], reps[0][3])
+            results[side] = (
+                statistics.median(r[0] for r in reps),
+                statistics.median(r[1] for r in reps),
+                reps[0][2],
+                reps[0][3],
+            )
         (c0, w0, s0, p0), (c1, w1, s1, p1) = results["rows-stay"], results["rows-leave"]
         print(f"{method:17s} rows-stay  cpu {c0:7.2f} s  wall {w0:7.2f} s  decode row-steps {s0}")
         print(f"{method:17s} rows-leave cpu {c1:7.2f} s  wall {w1:7.2f} s  decode row-steps {s1}")
-        print(f"{method:17s} ratio      cpu {c1 / c0:7.2f}    wall {w1 / w0:7.2f}    row-steps {s1 / s0:.2f}   "
-              f"answers identical: {p0 == p1}")
+        print(
+            f"{method:17s} ratio      cpu {c1 / c0:7.2f}    wall {w1 / w0:7.2f}    row-steps {s1 / s0:.2f}   "
+            f"answers identical: {p0 == p1}"
+        )
     lm_module._decode_dropping_finished, standard.answer_complete = current_decode, current_stop
     print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 

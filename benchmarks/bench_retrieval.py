@@ -21,7 +21,8 @@ heap, e.g. bm25s's score matrix; file = mapped index pages, which the OS can evi
 
     python benchmarks/bench_retrieval.py --passages 200000 --queries 2000
     python benchmarks/bench_retrieval.py --passages 1000000 --threads 1,2 --head none
-    python benchmarks/bench_retrieval.py --variant es-like=tantivy --variant en=tantivy:'{"stopwords":"english","stemmer":"english"}'
+    python benchmarks/bench_retrieval.py --variant es-like=tantivy \
+        --variant en=tantivy:'{"stopwords":"english","stemmer":"english"}'
     SEMOE_ES_URL=http://localhost:9200 python benchmarks/bench_retrieval.py --variant es=elasticsearch
 """
 
@@ -155,8 +156,9 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--k", type=int, default=3)
-    ap.add_argument("--variant", action="append", help="LABEL=BACKEND[:JSON options]; default: "
-                    + ", ".join(DEFAULT_VARIANTS))
+    ap.add_argument(
+        "--variant", action="append", help="LABEL=BACKEND[:JSON options]; default: " + ", ".join(DEFAULT_VARIANTS)
+    )
     ap.add_argument("--threads", default="1,2", help="search threads to measure, comma-separated")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--words-per-passage", type=int, default=100, help="DPR passages are 100 words")
@@ -166,10 +168,16 @@ def main() -> None:
     ap.add_argument("--query-words", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256, help="queries per search() call")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--regenerate", action="store_true", help="generate passages on every pass instead of keeping "
-                    "them in memory (~1 GB per million)")
-    ap.add_argument("--config", help="benchmark on a config's synthetic encyclopedia instead (e.g. configs/demo.yaml): "
-                    "its passages, and its questions repeated up to --queries as queries")
+    ap.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="generate passages on every pass instead of keeping them in memory (~1 GB per million)",
+    )
+    ap.add_argument(
+        "--config",
+        help="benchmark on a config's synthetic encyclopedia instead (e.g. configs/demo.yaml): "
+        "its passages, and its questions repeated up to --queries as queries",
+    )
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -182,10 +190,15 @@ def main() -> None:
             args.passages, args.words_per_passage, vocab, args.seed, args.distribution == "zipf", not args.regenerate
         )
         queries = passages.queries(args.queries, args.query_words, args.seed)
-        regime = (f"{args.passages:,} passages x {args.words_per_passage} words, {args.distribution} over "
-                  f"{len(vocab):,} words, head={args.head}; {len(queries):,} queries of {args.query_words} words")
-    print(f"regime: {regime}; top-{args.k}, batches of {args.batch}, {args.repeats} repeats after a warm-up "
-          f"(queries generated in {time.perf_counter() - t0:.1f} s)", flush=True)
+        regime = (
+            f"{args.passages:,} passages x {args.words_per_passage} words, {args.distribution} over "
+            f"{len(vocab):,} words, head={args.head}; {len(queries):,} queries of {args.query_words} words"
+        )
+    print(
+        f"regime: {regime}; top-{args.k}, batches of {args.batch}, {args.repeats} repeats after a warm-up "
+        f"(queries generated in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
 
     threads = [int(t) for t in args.threads.split(",")]
     texts = [q for _, q in queries]
@@ -198,27 +211,33 @@ def main() -> None:
             builder = RETRIEVERS.get(backend)(cfg, index_dir, "bench")
             try:
                 stats = {}
-                build_wall, build_cpu = timed(lambda: stats.update(builder.build(iter(passages), total=None)))
+                build_wall, build_cpu = timed(lambda b=builder, s=stats: s.update(b.build(iter(passages), total=None)))
                 disk = du_mb(index_dir) if index_dir.exists() else float("nan")
                 builder.close()
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                print(f"{label}: indexed {stats['passages']:,} passages in {build_wall:.1f} s wall, "
-                      f"{build_cpu:.1f} s CPU; {disk:,.0f} MB on disk; process peak RSS so far {peak:,.0f} MB",
-                      flush=True)
+                print(
+                    f"{label}: indexed {stats['passages']:,} passages in {build_wall:.1f} s wall, "
+                    f"{build_cpu:.1f} s CPU; {disk:,.0f} MB on disk; process peak RSS so far {peak:,.0f} MB",
+                    flush=True,
+                )
                 reference = None
                 for n_threads in threads:
-                    r = RETRIEVERS.get(backend)(cfg.model_copy(update={"search_threads": n_threads}), index_dir, "bench")
+                    r = RETRIEVERS.get(backend)(
+                        cfg.model_copy(update={"search_threads": n_threads}), index_dir, "bench"
+                    )
                     before = rss_kb()
 
                     def run(qs=texts, r=r):
-                        return [h for s in range(0, len(qs), args.batch) for h in r.search(qs[s : s + args.batch], args.k)]
+                        return [
+                            h for s in range(0, len(qs), args.batch) for h in r.search(qs[s : s + args.batch], args.k)
+                        ]
 
                     run(texts[: min(200, len(texts))])  # warm-up: opens the index, pages it in
                     after = rss_kb()
                     times, hits = [], None
                     for _ in range(args.repeats):
                         box = {}
-                        times.append(timed(lambda: box.update(h=run())))
+                        times.append(timed(lambda b=box: b.update(h=run())))
                         hits = box["h"]
                     r.close()
                     got = [[(h.passage.id, round(h.score, 4)) for h in hs] for hs in hits]
@@ -226,36 +245,53 @@ def main() -> None:
                     wall = statistics.median(t[0] for t in times)
                     cpu = statistics.median(t[1] for t in times)
                     found = sum(any(h.passage.id == src for h in hs) for (src, _), hs in zip(queries, hits)) / len(hits)
-                    rows.append({
-                        "variant": label, "threads": n_threads, "qps_wall": len(texts) / wall,
-                        "qps_cpu": len(texts) / cpu, "cpu_ms_per_query": 1000 * cpu / len(texts),
-                        "index_s": build_wall, "index_cpu_s": build_cpu, "disk_mb": disk,
-                        # Only the first opening of an index is a clean measurement.
-                        "anon_mb": (after["RssAnon"] - before["RssAnon"]) / 1024 if reference is None else None,
-                        "file_mb": (after["RssFile"] - before["RssFile"]) / 1024 if reference is None else None,
-                        "found": found, "same_as_1_thread": same,
-                    })
+                    rows.append(
+                        {
+                            "variant": label,
+                            "threads": n_threads,
+                            "qps_wall": len(texts) / wall,
+                            "qps_cpu": len(texts) / cpu,
+                            "cpu_ms_per_query": 1000 * cpu / len(texts),
+                            "index_s": build_wall,
+                            "index_cpu_s": build_cpu,
+                            "disk_mb": disk,
+                            # Only the first opening of an index is a clean measurement.
+                            "anon_mb": (after["RssAnon"] - before["RssAnon"]) / 1024 if reference is None else None,
+                            "file_mb": (after["RssFile"] - before["RssFile"]) / 1024 if reference is None else None,
+                            "found": found,
+                            "same_as_1_thread": same,
+                        }
+                    )
                     reference = reference or got
-                    print(f"  {label} threads={n_threads}: {rows[-1]['qps_wall']:,.0f} q/s wall, "
-                          f"{rows[-1]['qps_cpu']:,.0f} q/s CPU; same hits as 1 thread: {same}", flush=True)
+                    print(
+                        f"  {label} threads={n_threads}: {rows[-1]['qps_wall']:,.0f} q/s wall, "
+                        f"{rows[-1]['qps_cpu']:,.0f} q/s CPU; same hits as 1 thread: {same}",
+                        flush=True,
+                    )
             finally:
                 if hasattr(builder, "drop"):
                     builder.drop()
                 builder.close()
 
     print(f"\n{regime}; top-{args.k}")
-    head = (f"{'variant':<14}{'thr':>4}{'q/s wall':>10}{'q/s CPU':>10}{'ms CPU/q':>9}{'wall x':>8}{'CPU x':>7}"
-            f"{'index s':>9}{'disk MB':>9}{'+anon MB':>9}{'+file MB':>9}{'found':>7}{'=1thr':>6}")
+    head = (
+        f"{'variant':<14}{'thr':>4}{'q/s wall':>10}{'q/s CPU':>10}{'ms CPU/q':>9}{'wall x':>8}{'CPU x':>7}"
+        f"{'index s':>9}{'disk MB':>9}{'+anon MB':>9}{'+file MB':>9}{'found':>7}{'=1thr':>6}"
+    )
     print(head)
     print("-" * len(head))
     for row in rows:
         base = next(b for b in rows if b["threads"] == row["threads"])
-        print(f"{row['variant']:<14}{row['threads']:>4}{row['qps_wall']:>10,.0f}{row['qps_cpu']:>10,.0f}"
-              f"{row['cpu_ms_per_query']:>9.2f}{row['qps_wall'] / base['qps_wall']:>8.2f}"
-              f"{row['qps_cpu'] / base['qps_cpu']:>7.2f}{row['index_s']:>9.1f}{row['disk_mb']:>9,.0f}"
-              f"{_mb(row['anon_mb'])}{_mb(row['file_mb'])}{row['found']:>7.1%}{row['same_as_1_thread']:>6}")
-    print("x: ratio to the first variant at the same thread count (higher is faster). "
-          "+anon/+file MB: resident memory the opened index added (first opening only).")
+        print(
+            f"{row['variant']:<14}{row['threads']:>4}{row['qps_wall']:>10,.0f}{row['qps_cpu']:>10,.0f}"
+            f"{row['cpu_ms_per_query']:>9.2f}{row['qps_wall'] / base['qps_wall']:>8.2f}"
+            f"{row['qps_cpu'] / base['qps_cpu']:>7.2f}{row['index_s']:>9.1f}{row['disk_mb']:>9,.0f}"
+            f"{_mb(row['anon_mb'])}{_mb(row['file_mb'])}{row['found']:>7.1%}{row['same_as_1_thread']:>6}"
+        )
+    print(
+        "x: ratio to the first variant at the same thread count (higher is faster). "
+        "+anon/+file MB: resident memory the opened index added (first opening only)."
+    )
 
 
 def _mb(value: float | None) -> str:

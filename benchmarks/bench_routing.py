@@ -36,11 +36,20 @@ from semoe.routing.measure import PeakMemory, greedy_decode
 
 def build(args) -> OlmoeForCausalLM:
     cfg = OlmoeConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        num_experts=args.experts, num_experts_per_tok=args.k, max_position_embeddings=4096,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, experts_implementation=args.experts_impl,
-    )  # fmt: skip
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        num_experts=args.experts,
+        num_experts_per_tok=args.k,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        experts_implementation=args.experts_impl,
+    )
     torch.manual_seed(args.seed)
     model = OlmoeForCausalLM(cfg).eval()
     if args.router_scale != 1.0:
@@ -86,8 +95,16 @@ def experts_per_token(model, spec, inputs, cache=None, mode: str = "patch") -> f
 
 
 def forward_overhead(model, null, args) -> None:
-    bh = {"name": "bh", "params": {"alpha": args.alpha, "min_k": args.min_k, "max_k": args.max_k,
-                                   "p_values": "calibrated", "null": null}}  # fmt: skip
+    bh = {
+        "name": "bh",
+        "params": {
+            "alpha": args.alpha,
+            "min_k": args.min_k,
+            "max_k": args.max_k,
+            "p_values": "calibrated",
+            "null": null,
+        },
+    }
     ids = torch.randint(3, args.vocab, (1, args.prefill), generator=torch.Generator().manual_seed(1))
     step = ids[:, :1]
     prefix = model(input_ids=ids[:, :64], use_cache=True).cache
@@ -127,25 +144,33 @@ def forward_overhead(model, null, args) -> None:
             model(input_ids=ids)
         rows = session.stats.summary()
 
-    print(f"\nBH routing (alpha={args.alpha}, min_k={args.min_k}, max_k={args.max_k}, calibrated p-values) "
-          f"against the model's top-{args.k}; {load_average()}")
-    regimes = (("prefill", prefill, f"prefill forward, {args.prefill} tokens, batch 1"),
-               ("decode", decode, f"decode, 1 token after a 64-token prefix (mean of {steps} steps)"))
+    print(
+        f"\nBH routing (alpha={args.alpha}, min_k={args.min_k}, max_k={args.max_k}, calibrated p-values) "
+        f"against the model's top-{args.k}; {load_average()}"
+    )
+    regimes = (
+        ("prefill", prefill, f"prefill forward, {args.prefill} tokens, batch 1"),
+        ("decode", decode, f"decode, 1 token after a 64-token prefix (mean of {steps} steps)"),
+    )
     for label, times, what in regimes:
         print_table(what, times, "top-k (model's own routing)")
         base = times["top-k (model's own routing)"]
         patch, padded = times["bh patch (selected experts)"], times["bh patch, padding computed"]
         more = k_used[label] / args.k - 1
-        print(f"  headline, bh patch: {(patch.best_cpu / base.best_cpu - 1) * 100:+.1f}% cpu "
-              f"({(patch.best_wall / base.best_wall - 1) * 100:+.1f}% wall) for {k_used[label]:.2f} experts/token "
-              f"({more * 100:+.1f}% experts vs top-{args.k}); padding computed: "
-              f"{(padded.best_cpu / base.best_cpu - 1) * 100:+.1f}% cpu")
+        print(
+            f"  headline, bh patch: {(patch.best_cpu / base.best_cpu - 1) * 100:+.1f}% cpu "
+            f"({(patch.best_wall / base.best_wall - 1) * 100:+.1f}% wall) for {k_used[label]:.2f} experts/token "
+            f"({more * 100:+.1f}% experts vs top-{args.k}); padding computed: "
+            f"{(padded.best_cpu / base.best_cpu - 1) * 100:+.1f}% cpu"
+        )
         analyze = times["bh analyze"]
         cpu = analyze.best_cpu / base.best_cpu - 1
         share = inside[label] / base.best_cpu
         print(f"  bh analyze overhead, cpu      {cpu * 100:+6.1f}%  (target ≤ +10%)  {verdict(cpu <= 0.10)}")
-        print(f"  bh analyze overhead, inside routers {share * 100:+6.1f}%  ({inside[label] * 1e3:.2f} ms cpu of BH "
-              f"decisions + statistics per forward)  {verdict(share <= 0.10)}")  # fmt: skip
+        print(
+            f"  bh analyze overhead, inside routers {share * 100:+6.1f}%  ({inside[label] * 1e3:.2f} ms cpu of BH "
+            f"decisions + statistics per forward)  {verdict(share <= 0.10)}"
+        )
     n = sum(r["tokens"] for r in rows)
     floor = sum(r["floor_rate"] * r["tokens"] for r in rows) / n
     ceiling = sum(r["ceiling_rate"] * r["tokens"] for r in rows) / n
@@ -166,8 +191,10 @@ def router_sharpness(model, args) -> str:
         model(input_ids=ids)
     for h in handles:
         h.remove()
-    return (f"router top-1 probability {float(torch.stack(top1).mean()):.3f}, "
-            f"normalised entropy {float(torch.stack(entropy).mean()):.3f}")  # fmt: skip
+    return (
+        f"router top-1 probability {float(torch.stack(top1).mean()):.3f}, "
+        f"normalised entropy {float(torch.stack(entropy).mean()):.3f}"
+    )
 
 
 def roe_cost(model, args) -> None:
@@ -190,7 +217,8 @@ def roe_cost(model, args) -> None:
             noisy = [r["overlap"] for r in out.stats.summary()][args.skip : -args.skip or None]
             results[tau] = (cache_bytes(out.cache), mem.added_bytes, sum(noisy) / max(len(noisy), 1))
             per_token.setdefault(f"tau={tau}", []).append(
-                out.decode_seconds / (out.sequences.shape[1] - prompt.shape[1]))
+                out.decode_seconds / (out.sequences.shape[1] - prompt.shape[1])
+            )
 
         return run
 
@@ -199,18 +227,26 @@ def roe_cost(model, args) -> None:
     for name in per_token:
         per_token[name] = per_token[name][1:]  # drop the warm-up run
     g_kv, g_peak = results["greedy"]
-    print(f"\nRoE decoding, K={args.K} (1 clean + {args.K - 1} noisy), tau=0 on the first/last {args.skip} MoE layers; "
-          f"prompt {args.prompt}, {args.new_tokens} new tokens; {router_sharpness(model, args)}")  # fmt: skip
-    print_table(f"RoE, whole generate call (prefill + {args.new_tokens} tokens)", times, "greedy",
-                extra={"decode ms/tok (wall)": {n: f"{min(v) * 1e3:.2f}" for n, v in per_token.items()}})
+    print(
+        f"\nRoE decoding, K={args.K} (1 clean + {args.K - 1} noisy), tau=0 on the first/last {args.skip} MoE layers; "
+        f"prompt {args.prompt}, {args.new_tokens} new tokens; {router_sharpness(model, args)}"
+    )
+    print_table(
+        f"RoE, whole generate call (prefill + {args.new_tokens} tokens)",
+        times,
+        "greedy",
+        extra={"decode ms/tok (wall)": {n: f"{min(v) * 1e3:.2f}" for n, v in per_token.items()}},
+    )
     for tau in args.tau:
         kv, peak, kept = results[tau]
         ratio = min(per_token[f"tau={tau}"]) / min(per_token["greedy"])
-        print(f"  roe tau={tau}: decode per token {ratio:5.2f}x greedy (wall, target ≤ 2.5x) {verdict(ratio <= 2.5)};  "
-              f"KV cache {kv:,} B = {kv / g_kv:.3f}x greedy's {g_kv:,} B "
-              f"(target ≤ 1.1x) {verdict(kv <= 1.1 * g_kv)};  "
-              f"noisy layers keep {kept:.0%} of the model's experts;  peak RSS added {peak / 2**20:.1f} MiB "
-              f"(greedy {g_peak / 2**20:.1f} MiB)")  # fmt: skip
+        print(
+            f"  roe tau={tau}: decode per token {ratio:5.2f}x greedy (wall, target ≤ 2.5x) {verdict(ratio <= 2.5)};  "
+            f"KV cache {kv:,} B = {kv / g_kv:.3f}x greedy's {g_kv:,} B "
+            f"(target ≤ 1.1x) {verdict(kv <= 1.1 * g_kv)};  "
+            f"noisy layers keep {kept:.0%} of the model's experts;  peak RSS added {peak / 2**20:.1f} MiB "
+            f"(greedy {g_peak / 2**20:.1f} MiB)"
+        )
 
 
 def main() -> None:
@@ -231,8 +267,13 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--K", type=int, default=8)
-    ap.add_argument("--tau", type=float, nargs="+", default=[0.0, 0.2, 0.5],
-                    help="τ of the noisy layers, one RoE run each (0: the cost of K rows alone)")  # fmt: skip
+    ap.add_argument(
+        "--tau",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.2, 0.5],
+        help="τ of the noisy layers, one RoE run each (0: the cost of K rows alone)",
+    )
     ap.add_argument("--skip", type=int, default=1)
     ap.add_argument("--decode-steps", type=int, default=8, help="decode steps timed per round (mean reported)")
     add_timing_args(ap)
@@ -242,10 +283,12 @@ def main() -> None:
     threads = apply_threads(args.threads)
     model = build(args)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"random OLMoE: hidden {args.hidden}, {args.layers} layers, {args.experts} experts × {args.intermediate}, "
-          f"top-{args.k}, vocab {args.vocab} ({n_params / 1e6:.0f}M params, "
-          f"experts={model.config._experts_implementation}); "
-          f"torch {torch.__version__}, {threads} thread(s)")  # fmt: skip
+    print(
+        f"random OLMoE: hidden {args.hidden}, {args.layers} layers, {args.experts} experts × {args.intermediate}, "
+        f"top-{args.k}, vocab {args.vocab} ({n_params / 1e6:.0f}M params, "
+        f"experts={model.config._experts_implementation}); "
+        f"torch {torch.__version__}, {threads} thread(s)"
+    )
     calib = [torch.randint(3, args.vocab, (1, 128), generator=torch.Generator().manual_seed(10 + i)) for i in range(4)]
     null = fit_empirical_null(model, calib)
     forward_overhead(model, null, args)

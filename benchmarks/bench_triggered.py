@@ -31,8 +31,10 @@ from semoe.retrieval import RETRIEVERS
 # regime -> (config overrides, description)
 REGIMES = {
     "short": ([], "short answers (generation defaults)"),
-    "cot": (["generation.chain_of_thought=true", "generation.max_new_tokens=128"],
-            "chain of thought, 128 new tokens (DRAGIN's setting)"),
+    "cot": (
+        ["generation.chain_of_thought=true", "generation.max_new_tokens=128"],
+        "chain of thought, 128 new tokens (DRAGIN's setting)",
+    ),
 }
 
 
@@ -51,7 +53,9 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=10)
     ap.add_argument("--methods", default="single-retrieval,dragin,token")
     ap.add_argument("--regimes", default="short,cot", help=f"comma-separated, of {', '.join(REGIMES)}")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. trigger.max_retrievals=2")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. trigger.max_retrievals=2"
+    )
     add_timing_args(ap)
     args = ap.parse_args()
 
@@ -65,38 +69,59 @@ def main() -> None:
     for r in regimes:
         if r not in REGIMES:
             ap.error(f"unknown regime {r!r}; expected some of {', '.join(REGIMES)}")
-    configs = {r: config_from_dict(apply_overrides({"synthetic": {"n_questions": args.questions}},
-                                                   REGIMES[r][0] + args.set), "--set") for r in regimes}
+    configs = {
+        r: config_from_dict(
+            apply_overrides({"synthetic": {"n_questions": args.questions}}, REGIMES[r][0] + args.set), "--set"
+        )
+        for r in regimes
+    }
     cfg = configs[regimes[0]]
     enc = build_encyclopedia(cfg.synthetic)
     questions = enc.questions[: args.questions]
     with tempfile.TemporaryDirectory() as tmp:
         retriever = RETRIEVERS.get("tantivy")(cfg.retrieval, Path(tmp) / "index", "bench-triggered")
         retriever.build(enc.passages, total=len(enc.passages))
-        model, tokenizer = load_model(cfg.model.spec, str(Path(cfg.cache.root).expanduser()), cfg.model.dtype, cfg.model.device)
-        print(f"{len(questions)} questions, {len(enc.passages)} passages, torch threads {threads}, {load_average()}",
-              flush=True)
+        model, tokenizer = load_model(
+            cfg.model.spec, str(Path(cfg.cache.root).expanduser()), cfg.model.dtype, cfg.model.device
+        )
+        print(
+            f"{len(questions)} questions, {len(enc.passages)} passages, torch threads {threads}, {load_average()}",
+            flush=True,
+        )
         for r in regimes:
             cfg_r = configs[r]
-            ctx = MethodContext(generation=cfg_r.generation, lm=ChatLM(model, tokenizer, cfg_r.generation.system_prompt),
-                                retrieval=cfg_r.retrieval, retriever=retriever)  # fmt: skip
+            lm = ChatLM(model, tokenizer, cfg_r.generation.system_prompt)
+            ctx = MethodContext(generation=cfg_r.generation, lm=lm, retrieval=cfg_r.retrieval, retriever=retriever)
 
             def variant(m, qs=questions, ctx=ctx, cfg_r=cfg_r):
                 method = build_method(MethodSpec(name=m), cfg_r)
                 return lambda: method.run(qs, ctx)
 
             def progress(rep, timings, r=r):
-                print(f"  {r} round {rep + 1}: " + ", ".join(
-                    f"{m} {t.wall[-1] / len(questions):.2f} s/q wall, {t.cpu[-1] / len(questions):.2f} s/q cpu"
-                    for m, t in timings.items()), flush=True)
+                print(
+                    f"  {r} round {rep + 1}: "
+                    + ", ".join(
+                        f"{m} {t.wall[-1] / len(questions):.2f} s/q wall, {t.cpu[-1] / len(questions):.2f} s/q cpu"
+                        for m, t in timings.items()
+                    ),
+                    flush=True,
+                )
 
-            timings, outs = compare({m: variant(m) for m in methods}, args.repeats,
-                                    {m: variant(m, questions[:1]) for m in methods}, progress)
+            timings, outs = compare(
+                {m: variant(m) for m in methods},
+                args.repeats,
+                {m: variant(m, questions[:1]) for m in methods},
+                progress,
+            )
             timings = {m: t.scaled(1 / len(questions)) for m, t in timings.items()}
             stats = {m: summary(outs[m], questions) for m in methods}
             columns = {c: {m: stats[m][c] for m in methods} for c in next(iter(stats.values()))}
-            print_table(f"{REGIMES[r][1]}; seconds per question", timings,
-                        "single-retrieval" if "single-retrieval" in methods else methods[0], extra=columns)
+            print_table(
+                f"{REGIMES[r][1]}; seconds per question",
+                timings,
+                "single-retrieval" if "single-retrieval" in methods else methods[0],
+                extra=columns,
+            )
 
 
 if __name__ == "__main__":

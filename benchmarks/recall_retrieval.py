@@ -54,7 +54,9 @@ def recall(question_set: str, backend: str, options: dict, data: Path, ks: list[
     ctx = DataContext(synthetic=SyntheticConfig())
     examples = load_examples(dataset, ctx)
     cfg = RetrievalConfig(backend=backend, options=options)
-    retriever = RETRIEVERS.get(backend)(cfg, work / f"{question_set}-{backend}-{json.dumps(options, sort_keys=True)}", "r")
+    retriever = RETRIEVERS.get(backend)(
+        cfg, work / f"{question_set}-{backend}-{json.dumps(options, sort_keys=True)}", "r"
+    )
     try:
         if not retriever.is_built():
             retriever.build(iter_passages(corpus, ctx))
@@ -64,7 +66,9 @@ def recall(question_set: str, backend: str, options: dict, data: Path, ks: list[
     out = {}
     for k in ks:
         values = [
-            recall_at_k([h.passage.id for h in hs[:k]], [h.passage.title for h in hs[:k]], ex.gold_passage_ids, ex.gold_titles)
+            recall_at_k(
+                [h.passage.id for h in hs[:k]], [h.passage.title for h in hs[:k]], ex.gold_passage_ids, ex.gold_titles
+            )
             for ex, hs in zip(examples, hits)
         ]
         values = [v for v in values if v is not None]

@@ -66,7 +66,9 @@ def main() -> int:
             for pattern, stable in VARYING:
                 shown = re.sub(pattern, stable, shown)
             shown = " ⏎ ".join(line.strip() for line in shown.splitlines()).replace("|", "\\|")
-            rows.append(f"| `{case.id}` | {case.problem} | {'flow' if case.in_flow else 'preflight'} | {code} | `` {shown} `` |")
+            rows.append(
+                f"| `{case.id}` | {case.problem} | {'flow' if case.in_flow else 'preflight'} | {code} | `` {shown} `` |"
+            )
     print(HEADER + "\n".join(rows))
     return 0
 

@@ -31,7 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POOLS = {
     "semoe-gpu": ["--type", "process"],
-    "semoe-k8s": ["--type", "kubernetes", "--base-job-template", str(REPO / "deployments" / "k8s-gpu-job-template.json")],
+    "semoe-k8s": [
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        str(REPO / "deployments" / "k8s-gpu-job-template.json"),
+    ],
 }
 DEPLOYMENT = "pipeline/pipeline-nightly"
 WORKER_NAME = "check-box"
@@ -78,7 +83,11 @@ class Stack:
         """A long-running prefect process in its own session (so cleanup can end its group)."""
         logfile = open(self.tmp / f"{name}.log", "w")
         proc = subprocess.Popen(
-            [str(BIN / "prefect"), *args], cwd=REPO, env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
+            [str(BIN / "prefect"), *args],
+            cwd=REPO,
+            env=self.env,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs.append(proc)
@@ -89,7 +98,10 @@ def _wait_healthy(stack: Stack, server: subprocess.Popen, timeout: float = 120) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"FAILED: the server exited; see {stack.tmp / 'server.log'}:\n{(stack.tmp / 'server.log').read_text()[-3000:]}")
+            raise SystemExit(
+                f"FAILED: the server exited; see {stack.tmp / 'server.log'}:\n"
+                f"{(stack.tmp / 'server.log').read_text()[-3000:]}"
+            )
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(f"{stack.api_url}/health", timeout=2) as r:
                 if r.status == 200:
@@ -170,7 +182,9 @@ def deploy_and_run(stack: Stack, timeout: float = 600) -> str:
         assert nightly.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0"}}, nightly.job_variables
         assert nightly.parameters["config"]["name"] == "demo", nightly.parameters
 
-    stack.spawn("worker", "worker", "start", "--pool", "semoe-gpu", "--type", "process", "--name", WORKER_NAME, "--limit", "1")
+    stack.spawn(
+        "worker", "worker", "start", "--pool", "semoe-gpu", "--type", "process", "--name", WORKER_NAME, "--limit", "1"
+    )
     params = json.dumps({"config": tiny_config(stack.tmp)})
     out = stack.prefect("deployment", "run", DEPLOYMENT, "--params", params, "--start-in", "10 seconds")
     found = re.search(r"UUID:?\s*([0-9a-f]{8}-[0-9a-f-]{27})", out)
@@ -191,7 +205,9 @@ def deploy_and_run(stack: Stack, timeout: float = 600) -> str:
             time.sleep(2)
         if not (run.state and run.state.is_completed()):
             worker_log = (stack.tmp / "worker.log").read_text()[-4000:]
-            raise SystemExit(f"FAILED: flow run {run_id} ended {run.state_name!r} (or timed out)\nworker log:\n{worker_log}")
+            raise SystemExit(
+                f"FAILED: flow run {run_id} ended {run.state_name!r} (or timed out)\nworker log:\n{worker_log}"
+            )
         upcoming = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled"]))),
@@ -200,7 +216,10 @@ def deploy_and_run(stack: Stack, timeout: float = 600) -> str:
         log(f"nightly schedule: {len(upcoming)} upcoming runs, first at {min(r.expected_start_time for r in upcoming)}")
         limit = client.read_global_concurrency_limit_by_name(f"gpu:{WORKER_NAME}:cpu")
         assert limit.active_slots == 0, limit
-        log(f"run Completed through worker {WORKER_NAME!r}; GPU limit {limit.name} (limit {limit.limit}) created and released")
+        log(
+            f"run Completed through worker {WORKER_NAME!r}; "
+            f"GPU limit {limit.name} (limit {limit.limit}) created and released"
+        )
     return run_id
 
 

@@ -23,8 +23,14 @@ from check_deployments import REPO, deploy_and_run, log, server_stack  # noqa: E
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 IMG = REPO / "docs" / "img"
 ARTIFACT_KEYS = ("semoe-leaderboard", "semoe-summary", "semoe-progress")
@@ -38,9 +44,16 @@ class Browser:
 
         self.profile = Path(tempfile.mkdtemp(prefix="semoe-chromium-"))
         self.proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                CHROMIUM,
+                *FLAGS,
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         port_file, deadline = self.profile / "DevToolsActivePort", time.monotonic() + 30
         while not port_file.is_file() or not port_file.read_text().strip():
@@ -79,7 +92,9 @@ class Browser:
             if not missing:
                 return text
             if time.monotonic() > deadline:
-                raise SystemExit(f"FAILED: {missing} not shown at {self.js('location.href')}; page text:\n{text[:3000]}")
+                raise SystemExit(
+                    f"FAILED: {missing} not shown at {self.js('location.href')}; page text:\n{text[:3000]}"
+                )
             time.sleep(0.5)
 
     def click(self, label: str) -> None:
@@ -107,12 +122,21 @@ class Browser:
 def evaluate_subflow(run_id: str):
     """The ``evaluate`` child of the pipeline run: it holds the task runs and artifacts."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
 
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id]))
+        )
         (child,) = [r for r in children if client.read_flow(r.flow_id).name == "evaluate"]
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[child.id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[child.id]))
+        )
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [child.id]}))
     by_key = {a.key: a for a in arts}
     assert set(ARTIFACT_KEYS) <= set(by_key), sorted(by_key)

@@ -23,8 +23,10 @@ def check_config(cfg: SemoeConfig) -> None:
         DATASETS.get(dataset.name)
     for spec in cfg.methods:
         if build_method(spec, cfg).needs_weights and dummy_seed(cfg.model.spec) is not None:
-            raise ConfigError(f"methods: {spec.display_name!r} ({spec.name}) needs a real LM (model internals); "
-                              f"model.spec {cfg.model.spec!r} is the weightless dummy model")
+            raise ConfigError(
+                f"methods: {spec.display_name!r} ({spec.name}) needs a real LM (model internals); "
+                f"model.spec {cfg.model.spec!r} is the weightless dummy model"
+            )
     if cfg.routing is not None:
         check_routing(cfg)
 
@@ -34,8 +36,9 @@ def check_routing(cfg: SemoeConfig) -> None:
     for spec in routing.policies:
         policy = make_checked_policy(spec)
         if policy.needs_calibration() and routing.calibration_texts == 0:
-            raise ConfigError(f"routing.policies: {spec.display_name!r} uses calibrated p-values: "
-                              "set routing.calibration_texts > 0")  # fmt: skip
+            raise ConfigError(
+                f"routing.policies: {spec.display_name!r} uses calibrated p-values: set routing.calibration_texts > 0"
+            )
     qa = routing.qa
     if qa and qa.dataset not in {d.display_name for d in cfg.datasets}:
         raise ConfigError(

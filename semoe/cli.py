@@ -30,8 +30,15 @@ def _friendly_errors() -> tuple[type[BaseException], ...]:
     from semoe.storage.results import StoreError
 
     return (
-        ConfigError, UnknownNameError, DataFormatError, StoreError, RetrievalError, ModelLoadError, CacheError,
-        ExpertFileError, ApiError,
+        ConfigError,
+        UnknownNameError,
+        DataFormatError,
+        StoreError,
+        RetrievalError,
+        ModelLoadError,
+        CacheError,
+        ExpertFileError,
+        ApiError,
     )
 
 
@@ -97,15 +104,18 @@ def cmd_run(args) -> int:
     from semoe.flows.pipeline import LEADERBOARD_COLUMNS, pipeline
 
     t0 = time.perf_counter()
-    result = _run_flow(args, cfg, run_id, "SELECT count(*) AS n FROM predictions WHERE run_id = ?",
-                       "answers", lambda: pipeline(cfg))
+    result = _run_flow(
+        args, cfg, run_id, "SELECT count(*) AS n FROM predictions WHERE run_id = ?", "answers", lambda: pipeline(cfg)
+    )
     cols = LEADERBOARD_COLUMNS
     print()
     print(format_table(cols, [[r[c] for c in cols] for r in result["leaderboard"]]))
     print()
-    print(f"run {result['run_id']}: {result['produced']} new answers, {result['reused']} reused from earlier runs, "
-          f"in {time.perf_counter() - t0:.1f} s")
-    print(f"results: {result['store']}  (try: semoe sql \"select method, avg(f1) from predictions group by 1\")")
+    print(
+        f"run {result['run_id']}: {result['produced']} new answers, {result['reused']} reused from earlier runs, "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    print(f'results: {result["store"]}  (try: semoe sql "select method, avg(f1) from predictions group by 1")')
     return 0
 
 
@@ -135,8 +145,10 @@ def cmd_index(args) -> int:
         return 0
     record_index(cfg.store.path, info)
     skipped = f", {info.skipped_rows} malformed rows skipped" if info.skipped_rows else ""
-    print(f"indexed {info.passages:,} passages in {info.seconds:.1f} s ({info.passages_per_s or 0:,.0f} passages/s"
-          f"{skipped}): {where}")
+    print(
+        f"indexed {info.passages:,} passages in {info.seconds:.1f} s ({info.passages_per_s or 0:,.0f} passages/s"
+        f"{skipped}): {where}"
+    )
     print(f"recorded in {cfg.store.path} (table indexes)")
     return 0
 
@@ -171,11 +183,9 @@ def cmd_ls(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    from semoe.storage.results import ResultStore
-
     import duckdb
 
-    from semoe.storage.results import StoreError
+    from semoe.storage.results import ResultStore, StoreError
 
     store = ResultStore(args.store, read_only=True)
     try:
@@ -257,13 +267,18 @@ def cmd_route(args) -> int:
     routing_section(cfg)
     _prefect_defaults()
     from semoe.flows.routing import evaluate_routing
-
     from semoe.routing import RoutingError
 
     t0 = time.perf_counter()
     try:
-        result = _run_flow(args, cfg, routing_run_id(cfg), "SELECT count(*) AS n FROM routing_runs WHERE run_id = ?",
-                           "routing cells", lambda: evaluate_routing(cfg))
+        result = _run_flow(
+            args,
+            cfg,
+            routing_run_id(cfg),
+            "SELECT count(*) AS n FROM routing_runs WHERE run_id = ?",
+            "routing cells",
+            lambda: evaluate_routing(cfg),
+        )
     except RoutingError as e:  # unsupported model, no-op override, ...: the message names the problem
         print(f"semoe: error: {e}", file=sys.stderr)
         return 2
@@ -271,10 +286,12 @@ def cmd_route(args) -> int:
     print()
     print(format_table(cols, [[r[c] for c in cols] for r in result["table"]]))
     print()
-    print(f"routing run {result['run_id']}: {result['produced']} new cells ({result['reused']} reused) "
-          f"in {time.perf_counter() - t0:.1f} s; "
-          f"heatmaps in {result['heatmaps']}")
-    print(f"results: {result['store']}  (try: semoe sql --store {result['store']} \"select * from routing_by_k\")")
+    print(
+        f"routing run {result['run_id']}: {result['produced']} new cells ({result['reused']} reused) "
+        f"in {time.perf_counter() - t0:.1f} s; "
+        f"heatmaps in {result['heatmaps']}"
+    )
+    print(f'results: {result["store"]}  (try: semoe sql --store {result["store"]} "select * from routing_by_k")')
     return 0
 
 
@@ -291,17 +308,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(sp):
         sp.add_argument("config", help="YAML config file (see configs/)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. retrieval.top_k=5")
+        sp.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. retrieval.top_k=5"
+        )
         return sp
 
     def with_wait(sp):
-        sp.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="if another process is running the same run, wait up to SECONDS for it (default: stop)")
+        sp.add_argument(
+            "--wait",
+            type=float,
+            default=0.0,
+            metavar="SECONDS",
+            help="if another process is running the same run, wait up to SECONDS for it (default: stop)",
+        )
 
     with_wait(with_config(sub.add_parser("run", help="run the pipeline flow (index → evaluate → store)")))
-    with_config(sub.add_parser("index", help="index the config's corpus with its retrieval backend, without evaluating"))
+    with_config(
+        sub.add_parser("index", help="index the config's corpus with its retrieval backend, without evaluating")
+    )
     with_config(sub.add_parser("validate", help="check a config and print it resolved, with its hash"))
-    with_wait(with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)")))
+    with_wait(
+        with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)"))
+    )
     sub.add_parser("ls", help="list registered datasets, corpus formats, retrievers, methods")
     sq = sub.add_parser("sql", help="read-only SQL against the results store")
     sq.add_argument("query")
@@ -318,20 +346,32 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tables", nargs="+", metavar="NAME", help="only these tables/views (default: all)")
     sv = sub.add_parser("serve", help="serve a flow on this machine (flow.serve): runs on a schedule or on demand")
     with_config(sv)
-    sv.add_argument("--flow", default="pipeline", help="pipeline (default), index_corpus, build_experts, evaluate_routing")
+    sv.add_argument(
+        "--flow", default="pipeline", help="pipeline (default), index_corpus, build_experts, evaluate_routing"
+    )
     sv.add_argument("--cron", help="schedule, e.g. '0 2 * * *' (UTC); without it runs only when triggered")
     sv.add_argument("--name", help="deployment name (default: <config name>-serve)")
     dp = sub.add_parser("deployments", help="render or check deployments/prefect.yaml against the config files")
     dp.add_argument("action", choices=["render", "check"])
     dp.add_argument("--file", default="deployments/prefect.yaml", help="Prefect project file (default %(default)s)")
-    ml = sub.add_parser("moe-lm", help="train or query semoe's small MoE LM (see `semoe moe-lm --help`)", add_help=False)
+    ml = sub.add_parser(
+        "moe-lm", help="train or query semoe's small MoE LM (see `semoe moe-lm --help`)", add_help=False
+    )
     ml.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
 COMMANDS = {
-    "run": cmd_run, "index": cmd_index, "route": cmd_route, "validate": cmd_validate, "ls": cmd_ls, "sql": cmd_sql,
-    "report": cmd_report, "export": cmd_export, "serve": cmd_serve, "deployments": cmd_deployments,
+    "run": cmd_run,
+    "index": cmd_index,
+    "route": cmd_route,
+    "validate": cmd_validate,
+    "ls": cmd_ls,
+    "sql": cmd_sql,
+    "report": cmd_report,
+    "export": cmd_export,
+    "serve": cmd_serve,
+    "deployments": cmd_deployments,
 }
 
 

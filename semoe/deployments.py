@@ -91,7 +91,9 @@ def check(path: Path = PROJECT_FILE, root: Path = Path(".")) -> list[str]:
     expected = list(rendered_parameters(project, root).values())
     for dep in project.get("deployments") or []:
         if dep.get("parameters") not in expected:
-            problems.append(f"deployment {dep.get('name')!r}: parameters must be one of the rendered anchors (parameters: *name)")
+            problems.append(
+                f"deployment {dep.get('name')!r}: parameters must be one of the rendered anchors (parameters: *name)"
+            )
     return problems
 
 

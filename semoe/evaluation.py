@@ -155,7 +155,9 @@ def method_context(cfg: SemoeConfig, retriever=None, expert_params=None) -> Meth
     retriever, and passage experts made with ``expert_params`` (``ExpertParams``) if given."""
     lm = load_lm(cfg)
     experts = expert_provider(cfg, lm, expert_params) if expert_params is not None else None
-    return MethodContext(generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, experts=experts)
+    return MethodContext(
+        generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, experts=experts
+    )
 
 
 def score(
@@ -167,7 +169,9 @@ def score(
     return {
         "em": 0.0 if prediction is None else exact_match(prediction, ex.answers),
         "f1": 0.0 if prediction is None else f1_score(prediction, ex.answers),
-        "recall": recall_at_k(list(hit_ids), list(hit_titles), ex.gold_passage_ids, ex.gold_titles) if retrieved else None,
+        "recall": recall_at_k(list(hit_ids), list(hit_titles), ex.gold_passage_ids, ex.gold_titles)
+        if retrieved
+        else None,
     }
 
 
@@ -232,8 +236,13 @@ def to_rows(
                 golds=list(ex.answers),
                 prediction=None if failed else out.prediction,
                 raw_output=None if failed else out.raw_output,
-                **score(ex, None if failed else out.prediction, [h.passage.id for h in hits],
-                        [h.passage.title for h in hits], bool(out.retrievals)),  # fmt: skip
+                **score(
+                    ex,
+                    None if failed else out.prediction,
+                    [h.passage.id for h in hits],
+                    [h.passage.title for h in hits],
+                    bool(out.retrievals),
+                ),
                 truncated=out.truncated,
                 error=out.error,
                 retrieval_count=len(out.retrievals),
@@ -256,11 +265,18 @@ def to_rows(
             ).as_dict()
         )
         tables["retrievals"].extend(
-            RetrievalRow(**key, step=step.step, rank=h.rank, query=step.query, passage_id=h.passage.id,
-                         title=h.passage.title, score=float(h.score)).as_dict()
+            RetrievalRow(
+                **key,
+                step=step.step,
+                rank=h.rank,
+                query=step.query,
+                passage_id=h.passage.id,
+                title=h.passage.title,
+                score=float(h.score),
+            ).as_dict()
             for step in out.retrievals
             for h in step.hits
-        )  # fmt: skip
+        )
         tables["trigger_events"].extend(trigger_event_rows(run_id, dataset, ex.id, method, out.extra))
     return tables
 
@@ -276,8 +292,13 @@ def reused_rows(run_id: str, item: WorkItem, stored: dict[str, dict[str, list[di
         key = {"run_id": run_id, "dataset": item.dataset, "example_id": ex.id, "method": item.method}
         pred = src["predictions"][0]
         hits = sorted(src["retrievals"], key=lambda r: (r["step"], r["rank"]))
-        scores = score(ex, pred["prediction"], [h["passage_id"] for h in hits], [h["title"] for h in hits],
-                       bool(pred["retrieval_count"]))  # fmt: skip
+        scores = score(
+            ex,
+            pred["prediction"],
+            [h["passage_id"] for h in hits],
+            [h["title"] for h in hits],
+            bool(pred["retrieval_count"]),
+        )
         tables["predictions"] += rekeyed(
             "predictions", [pred], **key, **scores, question=ex.question, question_type=ex.type, golds=list(ex.answers)
         )

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import semoe
-from semoe.hashing import digest
 from semoe.config import MethodSpec, SemoeConfig
 from semoe.data.schema import Example
 from semoe.generation import METHODS
 from semoe.generation.base import build_method
+from semoe.hashing import digest
 
 # Modules (relative to the package) whose code can change a result of each kind.
 CODE_PARTS: dict[str, tuple[str, ...]] = {
@@ -52,8 +52,12 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -115,14 +119,16 @@ def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None) -> 
     content (retrieving methods only) and the answer code. Not its label: two labels with
     the same settings share answers."""
     retrieves = METHODS.get(spec.name).uses_retrieval
-    return digest({
-        "method": _method_identity(cfg, spec),
-        "model": cfg.model.identity(),
-        "generation": cfg.generation.identity(),
-        "retrieval": cfg.retrieval.identity() if retrieves else None,
-        "corpus": corpus_key if retrieves else None,
-        "code": code_digest("answers"),
-    })
+    return digest(
+        {
+            "method": _method_identity(cfg, spec),
+            "model": cfg.model.identity(),
+            "generation": cfg.generation.identity(),
+            "retrieval": cfg.retrieval.identity() if retrieves else None,
+            "corpus": corpus_key if retrieves else None,
+            "code": code_digest("answers"),
+        }
+    )
 
 
 def answer_key(scope: str, question: str) -> str:
@@ -152,13 +158,15 @@ def qa_run_id(cfg: SemoeConfig, examples: dict[str, list], corpus_key: str | Non
     """A QA run is one evaluation of exactly these inputs: settings, the datasets' content
     (``examples`` by dataset name), the corpus content and the answer and scoring code. Any
     change is a new run; its unchanged answers are copied from earlier runs (``answer_key``)."""
-    return digest({
-        "job": "qa",
-        "settings": qa_settings(cfg),
-        "data": {name: examples_digest(exs) for name, exs in examples.items()},
-        "corpus": corpus_key,
-        "code": [code_digest("answers"), code_digest("scores")],
-    })
+    return digest(
+        {
+            "job": "qa",
+            "settings": qa_settings(cfg),
+            "data": {name: examples_digest(exs) for name, exs in examples.items()},
+            "corpus": corpus_key,
+            "code": [code_digest("answers"), code_digest("scores")],
+        }
+    )
 
 
 # --- routing cells -------------------------------------------------------------------
@@ -185,34 +193,36 @@ def routing_config_hash(cfg: SemoeConfig) -> str:
 def routing_run_id(cfg: SemoeConfig, corpus_key: str, qa_examples: list) -> str:
     """Routing settings, the content of the corpus its texts come from, the QA questions'
     content and the routing code. Cells stored by earlier runs are copied (``routing_cell_key``)."""
-    return digest({
-        "job": "routing",
-        "settings": routing_settings(cfg),
-        "corpus": corpus_key,
-        "qa": examples_digest(qa_examples),
-        "code": code_digest("routing"),
-    })
+    return digest(
+        {
+            "job": "routing",
+            "settings": routing_settings(cfg),
+            "corpus": corpus_key,
+            "qa": examples_digest(qa_examples),
+            "code": code_digest("routing"),
+        }
+    )
 
 
 # The grid's own fields: one cell does not depend on the other cells of its grid.
 _GRID_FIELDS = ("models", "policies", "mode", "baseline")
 
 
-def routing_cell_key(
-    cfg: SemoeConfig, model: dict, policy: dict, mode: str, corpus_key: str, qa_examples: list
-) -> str:
+def routing_cell_key(cfg: SemoeConfig, model: dict, policy: dict, mode: str, corpus_key: str, qa_examples: list) -> str:
     """Identity of one routing cell: its model and policy settings and mode, the settings every
     cell shares (texts, lengths, dtype, QA), the corpus and QA content and the routing code;
     adding a policy or a model to a grid reuses the cells already measured."""
     settings = routing_settings(cfg)
     shared = {k: v for k, v in (settings["routing"] or {}).items() if k not in _GRID_FIELDS}
-    return digest({
-        "job": "routing-cell",
-        "shared": shared,
-        "qa": [settings.get("qa"), examples_digest(qa_examples)],
-        "model": model,
-        "policy": policy,
-        "mode": mode,
-        "corpus": corpus_key,
-        "code": code_digest("routing"),
-    })
+    return digest(
+        {
+            "job": "routing-cell",
+            "shared": shared,
+            "qa": [settings.get("qa"), examples_digest(qa_examples)],
+            "model": model,
+            "policy": policy,
+            "mode": mode,
+            "corpus": corpus_key,
+            "code": code_digest("routing"),
+        }
+    )

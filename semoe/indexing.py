@@ -7,8 +7,8 @@ import functools
 import time
 from dataclasses import asdict, dataclass
 
-from semoe.data import DataContext
 from semoe.config import CorpusConfig, RetrievalConfig, SemoeConfig
+from semoe.data import DataContext
 from semoe.data.loading import corpus_key, iter_passages
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import Retriever
@@ -81,9 +81,16 @@ def record_index(store_path: str, info: IndexInfo) -> None:
     from semoe.storage.results import ResultStore, utcnow
     from semoe.storage.rows import IndexRow
 
-    row = IndexRow(corpus_key=info.corpus_key, backend=info.backend, passages=info.passages, seconds=info.seconds,
-                   passages_per_s=info.passages_per_s, location=info.index_dir, built_at=utcnow(),
-                   skipped_rows=info.skipped_rows or 0)  # fmt: skip
+    row = IndexRow(
+        corpus_key=info.corpus_key,
+        backend=info.backend,
+        passages=info.passages,
+        seconds=info.seconds,
+        passages_per_s=info.passages_per_s,
+        location=info.index_dir,
+        built_at=utcnow(),
+        skipped_rows=info.skipped_rows or 0,
+    )
     ResultStore(store_path).write_rows("indexes", [row])
 
 

@@ -27,30 +27,72 @@ ARTIFACT_IMAGE_MAX_BYTES = 256_000
 PLOT_DPI = 90
 
 LABELS = {
-    "n": "n", "em": "EM", "f1": "F1", "recall": "recall", "retrievals": "retrievals",
-    "retrievals_per_question": "retrievals/q", "seconds_per_question": "s/q",
-    "retrieve_seconds_per_question": "retrieve s/q", "generate_seconds_per_question": "generate s/q",
-    "experts_seconds_per_question": "experts s/q", "total_seconds": "total s",
-    "generations_per_question": "generations/q", "prompt_tokens_per_question": "prompt tokens/q",
-    "generated_tokens_per_question": "generated tokens/q", "total_tokens": "total tokens",
-    "experts_used": "experts", "expert_bytes": "expert bytes", "expert_bytes_per_question": "expert bytes/q",
-    "experts_per_token": "experts/token", "qa_em": "QA EM", "qa_f1": "QA F1", "qa_n": "QA n",
-    "tokens_per_s": "tokens/s", "decode_tokens_per_s": "decode tokens/s", "peak_memory_mib": "peak MiB",
-}  # fmt: skip
+    "n": "n",
+    "em": "EM",
+    "f1": "F1",
+    "recall": "recall",
+    "retrievals": "retrievals",
+    "retrievals_per_question": "retrievals/q",
+    "seconds_per_question": "s/q",
+    "retrieve_seconds_per_question": "retrieve s/q",
+    "generate_seconds_per_question": "generate s/q",
+    "experts_seconds_per_question": "experts s/q",
+    "total_seconds": "total s",
+    "generations_per_question": "generations/q",
+    "prompt_tokens_per_question": "prompt tokens/q",
+    "generated_tokens_per_question": "generated tokens/q",
+    "total_tokens": "total tokens",
+    "experts_used": "experts",
+    "expert_bytes": "expert bytes",
+    "expert_bytes_per_question": "expert bytes/q",
+    "experts_per_token": "experts/token",
+    "qa_em": "QA EM",
+    "qa_f1": "QA F1",
+    "qa_n": "QA n",
+    "tokens_per_s": "tokens/s",
+    "decode_tokens_per_s": "decode tokens/s",
+    "peak_memory_mib": "peak MiB",
+}
 LEADERBOARD_COLUMNS = (
-    "dataset", "method", "n", "em", "f1", "recall", "retrievals_per_question", "seconds_per_question",
-)  # fmt: skip
+    "dataset",
+    "method",
+    "n",
+    "em",
+    "f1",
+    "recall",
+    "retrievals_per_question",
+    "seconds_per_question",
+)
 BY_RETRIEVALS_COLUMNS = ("dataset", "method", "retrievals", "n", "em", "f1")
 COST_COLUMNS = (
-    "dataset", "method", "n", "seconds_per_question", "retrieve_seconds_per_question",
-    "generate_seconds_per_question", "experts_seconds_per_question", "retrievals_per_question",
-    "prompt_tokens_per_question", "generated_tokens_per_question", "total_tokens", "experts_used",
-    "expert_bytes", "expert_bytes_per_question",
-)  # fmt: skip
+    "dataset",
+    "method",
+    "n",
+    "seconds_per_question",
+    "retrieve_seconds_per_question",
+    "generate_seconds_per_question",
+    "experts_seconds_per_question",
+    "retrievals_per_question",
+    "prompt_tokens_per_question",
+    "generated_tokens_per_question",
+    "total_tokens",
+    "experts_used",
+    "expert_bytes",
+    "expert_bytes_per_question",
+)
 ROUTING_COLUMNS = (
-    "model", "policy", "setting", "mode", "experts_per_token", "perplexity", "qa_em", "qa_f1",
-    "tokens_per_s", "decode_tokens_per_s", "peak_memory_mib",
-)  # fmt: skip
+    "model",
+    "policy",
+    "setting",
+    "mode",
+    "experts_per_token",
+    "perplexity",
+    "qa_em",
+    "qa_f1",
+    "tokens_per_s",
+    "decode_tokens_per_s",
+    "peak_memory_mib",
+)
 
 
 class UnknownRunError(StoreError):
@@ -180,8 +222,11 @@ def build_report(store: ResultStore, run_id: str) -> Report:
         "SELECT * FROM routing_by_k WHERE run_id = ? ORDER BY model, policy, mode, experts_per_token", [run_id]
     )
     title, facts = _run_facts(store, run_id, list(dict.fromkeys(r["model"] for r in routing)))
-    sections = [_accuracy_section(run_id, board, by_retrievals), _routing_section(run_id, routing),
-                _cost_section(run_id, cost)]  # fmt: skip
+    sections = [
+        _accuracy_section(run_id, board, by_retrievals),
+        _routing_section(run_id, routing),
+        _cost_section(run_id, cost),
+    ]
     return Report(run_id, title, facts, sections)
 
 
@@ -191,9 +236,12 @@ def _accuracy_section(run_id: str, board: list[dict], by_retrievals: list[dict])
         return Section(title, note=f"No predictions stored for run `{run_id}`.")
     tables = [
         Table(LEADERBOARD_COLUMNS, board, "Per method (the `leaderboard` view)."),
-        Table(BY_RETRIEVALS_COLUMNS, by_retrievals,
-              "By the number of retrievals a question took (the `accuracy_by_retrievals` view)."),
-    ]  # fmt: skip
+        Table(
+            BY_RETRIEVALS_COLUMNS,
+            by_retrievals,
+            "By the number of retrievals a question took (the `accuracy_by_retrievals` view).",
+        ),
+    ]
     return Section(title, tables, plot_accuracy_vs_retrievals(board, by_retrievals))
 
 
@@ -209,8 +257,9 @@ def _cost_section(run_id: str, cost: list[dict]) -> Section:
     title = "Cost per method"
     if not cost:
         return Section(title, note=f"No predictions stored for run `{run_id}`.")
-    caption = ("Per method (the `cost_by_method` view); expert bytes are the adapter files of the experts "
-               "the method loaded.")  # fmt: skip
+    caption = (
+        "Per method (the `cost_by_method` view); expert bytes are the adapter files of the experts the method loaded."
+    )
     return Section(title, [Table(COST_COLUMNS, cost, caption)], plot_cost(cost))
 
 
@@ -253,11 +302,26 @@ def plot_accuracy_vs_retrievals(board: list[dict], by_retrievals: list[dict]) ->
         for ax, metric in zip(row, ("em", "f1")):
             for r in (b for b in board if b["dataset"] == dataset):
                 points = [p for p in by_retrievals if p["dataset"] == dataset and p["method"] == r["method"]]
-                ax.plot([p["retrievals"] for p in points], [p[metric] for p in points], "-", marker=".",
-                        linewidth=1, alpha=0.5, color=colors[r["method"]])
-                ax.plot(r["retrievals_per_question"], r[metric], linestyle="none", marker=markers[r["method"]],
-                        markersize=10, markerfacecolor="none", markeredgewidth=2, color=colors[r["method"]],
-                        label=r["method"])
+                ax.plot(
+                    [p["retrievals"] for p in points],
+                    [p[metric] for p in points],
+                    "-",
+                    marker=".",
+                    linewidth=1,
+                    alpha=0.5,
+                    color=colors[r["method"]],
+                )
+                ax.plot(
+                    r["retrievals_per_question"],
+                    r[metric],
+                    linestyle="none",
+                    marker=markers[r["method"]],
+                    markersize=10,
+                    markerfacecolor="none",
+                    markeredgewidth=2,
+                    color=colors[r["method"]],
+                    label=r["method"],
+                )
             ax.margins(x=0.08)
             ax.set_title(f"{dataset}: {LABELS[metric]}", fontsize=10)
             ax.set_xlabel("retrievals per question")
@@ -282,11 +346,17 @@ def plot_accuracy_vs_experts(routing: list[dict]) -> Plot:
                 (r for r in routing if series_of(r) == series and None not in (r[metric], r["experts_per_token"])),
                 key=lambda r: r["experts_per_token"],
             )
-            ax.plot([p["experts_per_token"] for p in points], [p[metric] for p in points], "-o", color=color,
-                    label=series)
+            ax.plot(
+                [p["experts_per_token"] for p in points], [p[metric] for p in points], "-o", color=color, label=series
+            )
             for p in points:
-                ax.annotate(p["setting"] or "", (p["experts_per_token"], p[metric]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    p["setting"] or "",
+                    (p["experts_per_token"], p[metric]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
         ax.set_xlabel("experts per token")
         ax.set_ylabel(LABELS.get(metric, metric))
         ax.margins(0.12)
@@ -324,8 +394,9 @@ def plot_cost(cost: list[dict]) -> Plot:
     axes[0][2].set_xlim(left=0)
     if not any(expert_mib):
         axes[0][2].set_xticks([])
-        axes[0][2].text(0.5, 0.5, "no method loaded experts", ha="center", va="center",
-                        transform=axes[0][2].transAxes, color="gray")
+        axes[0][2].text(
+            0.5, 0.5, "no method loaded experts", ha="center", va="center", transform=axes[0][2].transAxes, color="gray"
+        )
     for ax in axes[0]:
         ax.set_yticks(ys, labels if ax is axes[0][0] else [""] * len(ys), fontsize=7)
         ax.invert_yaxis()
@@ -377,6 +448,7 @@ img{max-width:100%}.note{color:#666}"""
 
 def to_html(report: Report) -> str:
     """One self-contained page: tables as HTML, plots as inline PNG data URIs."""
+
     def e(text: str) -> str:  # escaped, without the markdown code quotes
         return html.escape(text.replace("`", ""))
 

@@ -9,6 +9,9 @@ independent of each other.
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import semoe
@@ -145,3 +148,13 @@ def test_the_checker_sees_function_local_imports(tmp_path):
     (pkg / "b.py").write_text("from semoe import a\n\ndef g():\n    pass\n", encoding="utf-8")
     assert _imports(pkg / "a.py", "semoe.a") == {"semoe.b", "semoe.b.g"}
     assert _cycles({"semoe.a": {"semoe.b"}, "semoe.b": {"semoe.a"}}) == [["semoe.a", "semoe.b"]]
+
+
+def test_lint_and_format_clean():
+    """ruff (configured in pyproject.toml) finds nothing and would reformat nothing."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is in the `test` extra: pip install -e '.[test]'"
+    paths = [str(ROOT.parent / p) for p in ("semoe", "tests", "benchmarks", "scripts")]
+    for args in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
+        done = subprocess.run([ruff, *args, *paths], capture_output=True, text=True, cwd=ROOT.parent)
+        assert done.returncode == 0, done.stdout + done.stderr

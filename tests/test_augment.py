@@ -9,25 +9,24 @@ from dataclasses import replace
 
 import pytest
 
-from semoe.storage.results import migrate
-from semoe.config import SyntheticConfig
-from semoe.data.schema import Passage
+from semoe.config import AugmentConfig, SyntheticConfig
 from semoe.data.encyclopedia import build_encyclopedia
+from semoe.data.schema import Passage
 from semoe.experts import augment
 from semoe.experts.augment import (
     QA_PREFIX,
     Augmentation,
     QAPair,
     QAParseError,
-    augment_passages,
     _qa_reply_complete,
     _rewrite_complete,
+    augment_passages,
     parse_qa_pairs,
 )
-from semoe.config import AugmentConfig
 from semoe.generation.lm import ChatLM
 from semoe.metrics import normalize_answer
 from semoe.storage.artifacts import ArtifactCache
+from semoe.storage.results import migrate
 
 # --------------------------------------------------------------------------- parser
 
@@ -40,14 +39,18 @@ AB = [QAPair("A?", "B", "C")]
         ('[{"question": "A?", "answer": "B", "full_answer": "C"},]', AB),
         ("[{'question': 'A?', 'answer': 'B', 'full_answer': 'C'}]", AB),
         ('```json\n[{"question": "A?", "answer": "B", "full_answer": "C"}]\n```', AB),
-        ('[{"question": "A?", "answer": "B", "full_answer": "C"}, {"question": "D?", "answer": "E", "full_ans',
-         AB + [QAPair("D?", "E", "E")]),
+        (
+            '[{"question": "A?", "answer": "B", "full_answer": "C"}, {"question": "D?", "answer": "E", "full_ans',
+            AB + [QAPair("D?", "E", "E")],
+        ),
         # a model looping on a key never closes the object: the finished fields count
         ('[{"question": "A?", "answer": "B", "full_answer": "C", "full_answer": "C C", "full_answer": "C C C', AB),
         ('[{"question": "A?", "answer": "B", "full_answer": "C"}', AB),
         ('Sure! Here they are: [{"question": "A?", "answer": "B", "full_answer": "C"}] Hope this helps [1].', AB),
-        ('{"question": "A?", "answer": "B", "full_answer": "C"}\n{"question": "D?", "answer": "E"}',
-         AB + [QAPair("D?", "E", "E")]),
+        (
+            '{"question": "A?", "answer": "B", "full_answer": "C"}\n{"question": "D?", "answer": "E"}',
+            AB + [QAPair("D?", "E", "E")],
+        ),
         ('[{question: "A?", answer: "B", full_answer: "C",}]', AB),
         ("[{“question”: “A?”, “answer”: “B”, “full_answer”: “C”}]", AB),
         ('[{"question": "A?", "answer": "B"}]', [QAPair("A?", "B", "B")]),
@@ -56,8 +59,10 @@ AB = [QAPair("A?", "B", "C")]
         ('[{"question": "When?", "answer": 1973}]', [QAPair("When?", "1973", "1973")]),
         ('[{"question": "A?"}, {"question": "A?", "answer": "B", "full_answer": "C"}]', AB),
         # an apostrophe inside a single-quoted string does not end it
-        ("[{'question': 'Who taught Zorell's pupils?', 'answer': 'Marn'}]",
-         [QAPair("Who taught Zorell's pupils?", "Marn", "Marn")]),
+        (
+            "[{'question': 'Who taught Zorell's pupils?', 'answer': 'Marn'}]",
+            [QAPair("Who taught Zorell's pupils?", "Marn", "Marn")],
+        ),
         # a malformed list still yields its well-formed objects
         ('[{"question": "A?", "answer": "B", "full_answer": "C"}, {"question" "broken"}]', AB),
     ],
@@ -67,33 +72,43 @@ def test_parser_repairs_what_small_models_break(text, expected):
 
 
 LOOM = [QAPair("Who ruled?", "“the Loom Queen”", "She was “the Loom Queen”.")]
-GRIN = [QAPair("Which face?", "\U0001F600", "\U0001F600")]
+GRIN = [QAPair("Which face?", "\U0001f600", "\U0001f600")]
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [
         # valid JSON is read as written: typographic quotes inside strings are content
-        ('[{"question": "Who ruled?", "answer": "“the Loom Queen”", "full_answer": "She was “the Loom Queen”."}]',
-         LOOM),
+        (
+            '[{"question": "Who ruled?", "answer": "“the Loom Queen”", "full_answer": "She was “the Loom Queen”."}]',
+            LOOM,
+        ),
         # ... and stay content where the JSON needs repair (trailing commas)
-        ('[{"question": "Who ruled?", "answer": "“the Loom Queen”", "full_answer": "She was “the Loom Queen”.",},]',
-         LOOM),
-        ("[{“question”: “Who ruled?”, “answer”: “‘the Loom Queen’”, “full_answer”: “She was “the Loom Queen”.”}]",
-         [QAPair("Who ruled?", "‘the Loom Queen’", "She was “the Loom Queen”.")]),
-        ("[{‘question’: ‘Who taught O’Brien’s pupils?’, ‘answer’: ‘Marn’}]",
-         [QAPair("Who taught O’Brien’s pupils?", "Marn", "Marn")]),
+        (
+            '[{"question": "Who ruled?", "answer": "“the Loom Queen”", "full_answer": "She was “the Loom Queen”.",},]',
+            LOOM,
+        ),
+        (
+            "[{“question”: “Who ruled?”, “answer”: “‘the Loom Queen’”, “full_answer”: “She was “the Loom Queen”.”}]",
+            [QAPair("Who ruled?", "‘the Loom Queen’", "She was “the Loom Queen”.")],
+        ),
+        (
+            "[{‘question’: ‘Who taught O’Brien’s pupils?’, ‘answer’: ‘Marn’}]",
+            [QAPair("Who taught O’Brien’s pupils?", "Marn", "Marn")],
+        ),
         # an escaped surrogate pair is one character, strict or repaired
         ('[{"question": "Which face?", "answer": "\\ud83d\\ude00"}]', GRIN),
         ('[{"question": "Which face?", "answer": "\\ud83d\\ude00",}]', GRIN),
         ("[{'question': 'Which face?', 'answer': '\\ud83d\\ude00'}]", GRIN),
         # a lone surrogate cannot be stored as UTF-8: it becomes U+FFFD
-        ('[{"question": "Which face?", "answer": "x\\ud83d"}]', [QAPair("Which face?", "x\uFFFD", "x\uFFFD")]),
+        ('[{"question": "Which face?", "answer": "x\\ud83d"}]', [QAPair("Which face?", "x\ufffd", "x\ufffd")]),
         # strict JSON keeps the last of repeated keys; the first (the sane one) must win here too
         ('[{"question": "A?", "answer": "B", "full_answer": "C", "full_answer": "C C"}]', AB),
         # a markdown fence inside a string is content
-        ('```json\n[{"question": "A?", "answer": "B", "full_answer": "See ```C```"}]\n```',
-         [QAPair("A?", "B", "See ```C```")]),
+        (
+            '```json\n[{"question": "A?", "answer": "B", "full_answer": "See ```C```"}]\n```',
+            [QAPair("A?", "B", "See ```C```")],
+        ),
     ],
 )
 def test_parser_reads_valid_json_strictly(text, expected):
@@ -136,7 +151,8 @@ def test_qa_prompt_shows_one_worked_example_and_asks_for_n_pairs():
 # --------------------------------------------------------------------------- models
 
 PASSAGE = Passage(
-    "p1", "Tamine Zorell",
+    "p1",
+    "Tamine Zorell",
     "Tamine Zorell was a composer born in Falvik in 1973. Contemporaries described Zorell as reserved "
     "in public but warm in private. Zorell recorded for Galdathal Music for many years.",
 )
@@ -165,7 +181,9 @@ class ScriptedModel:
         rows = []
         for ids, mask in zip(input_ids, attention_mask):
             reply = self.reply(self.tok.decode(ids[mask.bool()]), do_sample)
-            rows.append(self.tok(reply, add_special_tokens=False).input_ids[: max_new_tokens - 1] + [self.tok.eos_token_id])
+            rows.append(
+                self.tok(reply, add_special_tokens=False).input_ids[: max_new_tokens - 1] + [self.tok.eos_token_id]
+            )
         return rows
 
 
@@ -201,19 +219,22 @@ FAST = dict(rewrite_max_new_tokens=12, qa_max_new_tokens=12, batch_size=4)  # th
 
 # --------------------------------------------------------------------------- retries
 
+
 def test_scripted_model_greedy_failure_then_sampled_success(tokenizer, tmp_path):
     def reply(prompt, sampled):
         if not prompt.endswith(QA_PREFIX):
             return GOOD_REWRITE
         if not sampled:
             return 'Where?", "answer": "Fal'  # cut off: nothing complete
-        return ('Where was Tamine Zorell born?", "answer": "Falvik", "full_answer": "In Falvik."}, '
-                '{"question": "Where was Osric Pellane born?", "answer": "Tarrowmere"}, '
-                '{"question": "Who was Zorell\'s teacher?", "answer": "Marn Ostrava"}, '
-                '{"question": "Who is Tamine Zorell?", "answer": "Tamine Zorell"}, '
-                '{"question": "Where was Tailor Zorell born?", "answer": "Falvik"}, '
-                '{"question": "Which label did Zorell record for?", "answer": "Galdathal Music", '
-                '"full_answer": "Zorell recorded for Galdathal Music in Paris."}]')
+        return (
+            'Where was Tamine Zorell born?", "answer": "Falvik", "full_answer": "In Falvik."}, '
+            '{"question": "Where was Osric Pellane born?", "answer": "Tarrowmere"}, '
+            '{"question": "Who was Zorell\'s teacher?", "answer": "Marn Ostrava"}, '
+            '{"question": "Who is Tamine Zorell?", "answer": "Tamine Zorell"}, '
+            '{"question": "Where was Tailor Zorell born?", "answer": "Falvik"}, '
+            '{"question": "Which label did Zorell record for?", "answer": "Galdathal Music", '
+            '"full_answer": "Zorell recorded for Galdathal Music in Paris."}]'
+        )
 
     model = ScriptedModel(tokenizer, reply)
     cfg = AugmentConfig()
@@ -235,12 +256,21 @@ def test_scripted_model_greedy_failure_then_sampled_success(tokenizer, tmp_path)
         (PASSAGE.text, "copies the passage"),
         ("Tamine Zorell was a composer.", "too short"),
         ("Zorell was a composer born in Falvik in 1973. " * 4, "too short"),  # repeats dropped: one sentence
-        ("Born in a northern town long ago, the composer was known for being shy among strangers and "
-         "kind among friends, and made many records with a small label over a long career.", "drops names"),
+        (
+            "Born in a northern town long ago, the composer was known for being shy among strangers and "
+            "kind among friends, and made many records with a small label over a long career.",
+            "drops names",
+        ),
         (GOOD_REWRITE.replace("for a long time", "in Paris from 2001"), "adds names or numbers (2001, Paris)"),
-        ('Premise: "Tamine Zorell"\n\nEntities: Zorell, Drehrenstein\n\n' + GOOD_REWRITE, "adds names or numbers (Drehrenstein)"),
-        ("Born in Falvik in 1973, Tamine Zorell became a composer. Zorell made records with Galdathal Music "
-         "for a long time. People of the time saw Zorell as reserved in", None),
+        (
+            'Premise: "Tamine Zorell"\n\nEntities: Zorell, Drehrenstein\n\n' + GOOD_REWRITE,
+            "adds names or numbers (Drehrenstein)",
+        ),
+        (
+            "Born in Falvik in 1973, Tamine Zorell became a composer. Zorell made records with Galdathal Music "
+            "for a long time. People of the time saw Zorell as reserved in",
+            None,
+        ),
     ],
 )
 def test_rewrites_are_checked_against_the_passage(tokenizer, tmp_path, rewrite, reason):
@@ -251,7 +281,11 @@ def test_rewrites_are_checked_against_the_passage(tokenizer, tmp_path, rewrite, 
     if reason is None:  # an unfinished last sentence is cut, the rest kept
         assert rec.status == "ok" and rec.rewrites == [rewrite[: rewrite.rindex(".") + 1]]
     else:
-        assert rec.status == "failed" and rec.rewrites == [] and rec.qa == [QAPair("Where was Tamine Zorell born?", "Falvik", "Falvik")]
+        assert (
+            rec.status == "failed"
+            and rec.rewrites == []
+            and rec.qa == [QAPair("Where was Tamine Zorell born?", "Falvik", "Falvik")]
+        )
         assert rec.reason.startswith("rewrite failed after 2 attempts") and reason in rec.reason
 
 
@@ -259,14 +293,24 @@ def test_repeated_sentences_are_dropped_and_a_failed_rewrite_keeps_the_qa(tokeni
     qa = 'Where was Tamine Zorell born?", "answer": "Falvik"}]'
     looping = GOOD_REWRITE + " Zorell made records with Galdathal Music for a long time."
     model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else looping)
-    [rec] = augment_passages([PASSAGE], AugmentConfig(), ChatLM(model, tokenizer), ArtifactCache(tmp_path / "a"),
-                             model_spec="scripted")
+    [rec] = augment_passages(
+        [PASSAGE], AugmentConfig(), ChatLM(model, tokenizer), ArtifactCache(tmp_path / "a"), model_spec="scripted"
+    )
     assert rec.status == "ok" and rec.rewrites == [GOOD_REWRITE] and rec.reason is None
 
     model = ScriptedModel(tokenizer, lambda prompt, _: qa if prompt.endswith(QA_PREFIX) else PASSAGE.text)
-    [rec] = augment_passages([PASSAGE], AugmentConfig(max_attempts=2), ChatLM(model, tokenizer),
-                             ArtifactCache(tmp_path / "b"), model_spec="scripted")
-    assert rec.status == "ok" and rec.rewrites == [] and rec.qa == [QAPair("Where was Tamine Zorell born?", "Falvik", "Falvik")]
+    [rec] = augment_passages(
+        [PASSAGE],
+        AugmentConfig(max_attempts=2),
+        ChatLM(model, tokenizer),
+        ArtifactCache(tmp_path / "b"),
+        model_spec="scripted",
+    )
+    assert (
+        rec.status == "ok"
+        and rec.rewrites == []
+        and rec.qa == [QAPair("Where was Tamine Zorell born?", "Falvik", "Falvik")]
+    )
     assert rec.reason.startswith("rewrite failed after 2 attempts") and "copies the passage" in rec.reason
 
 
@@ -288,14 +332,15 @@ def test_second_rewrite_must_differ_from_the_first(tokenizer, tmp_path):
     assert rec.status == "failed" and rec.rewrites == [GOOD_REWRITE] and "same as another rewrite" in rec.reason
 
 
-LOOM_PASSAGE = Passage("loom", "Ada Verrin",
-                       "Ada Verrin, known as “the Loom Queen”, ran the Verrin Weaving Mill in Caldmoor.")
-GRIN_PASSAGE = Passage("grin", "Grin Stone", "The Grin Stone of Pellow is carved as the \U0001F600 emoji by Lorn Ashe.")
+LOOM_PASSAGE = Passage(
+    "loom", "Ada Verrin", "Ada Verrin, known as “the Loom Queen”, ran the Verrin Weaving Mill in Caldmoor."
+)
+GRIN_PASSAGE = Passage("grin", "Grin Stone", "The Grin Stone of Pellow is carved as the \U0001f600 emoji by Lorn Ashe.")
 LOOM_PAIR = QAPair("What was Ada Verrin known as?", "“the Loom Queen”", "Ada Verrin was known as “the Loom Queen”.")
-GRIN_PAIR = QAPair("Which emoji is the Grin Stone carved as?", "\U0001F600", "\U0001F600")
+GRIN_PAIR = QAPair("Which emoji is the Grin Stone carved as?", "\U0001f600", "\U0001f600")
 QA_REPLIES = {  # valid JSON, continuing QA_PREFIX
     LOOM_PASSAGE.text: 'What was Ada Verrin known as?", "answer": "“the Loom Queen”", '
-                       '"full_answer": "Ada Verrin was known as “the Loom Queen”."}]',
+    '"full_answer": "Ada Verrin was known as “the Loom Queen”."}]',
     GRIN_PASSAGE.text: 'Which emoji is the Grin Stone carved as?", "answer": "\\ud83d\\ude00"}]',
 }
 QA_ONLY = dict(n_rewrites=0, batch_size=1)  # one row per batch: the scripted model shares no prefix
@@ -329,7 +374,9 @@ def test_an_exception_checking_one_passage_is_its_recorded_uncached_failure(toke
     passages = [LOOM_PASSAGE, GRIN_PASSAGE]
     recs = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
     assert [(r.status, r.reason, r.qa) for r in recs] == [
-        ("failed", "qa failed after 2 attempts: TypeError: boom", []), ("ok", None, [GRIN_PAIR])]
+        ("failed", "qa failed after 2 attempts: TypeError: boom", []),
+        ("ok", None, [GRIN_PAIR]),
+    ]
     monkeypatch.undo()  # the bug fixed, the next run augments only the passage it hit
     model.calls.clear()
     again = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
@@ -349,7 +396,9 @@ def test_a_passage_that_cannot_be_cached_fails_alone(tokenizer, tmp_path, monkey
     passages = [LOOM_PASSAGE, GRIN_PASSAGE]
     recs = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
     assert [(r.status, r.reason, r.qa) for r in recs] == [
-        ("failed", "not cached: OSError: [Errno 28] No space left on device", []), ("ok", None, [GRIN_PAIR])]
+        ("failed", "not cached: OSError: [Errno 28] No space left on device", []),
+        ("ok", None, [GRIN_PAIR]),
+    ]
     monkeypatch.undo()
     model.calls.clear()
     again = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
@@ -392,6 +441,7 @@ def test_sampled_retries_are_seeded(tiny_lm):
 
 # --------------------------------------------------------------------------- cache
 
+
 def test_cache_hit_skips_the_model_and_keys_change_invalidate(tiny_lm, tmp_path, monkeypatch):
     passages = build_encyclopedia(SyntheticConfig(n_entities=8)).passages[:2]
     cache = ArtifactCache(tmp_path)
@@ -418,8 +468,9 @@ def test_cache_hit_skips_the_model_and_keys_change_invalidate(tiny_lm, tmp_path,
 
 def test_same_text_is_augmented_once_and_keeps_each_id(tiny_lm, tmp_path):
     twin = Passage("p2", PASSAGE.title, PASSAGE.text)
-    recs = augment_passages([PASSAGE, twin], AugmentConfig(max_attempts=1, **FAST), tiny_lm,
-                            ArtifactCache(tmp_path), model_spec="tiny")
+    recs = augment_passages(
+        [PASSAGE, twin], AugmentConfig(max_attempts=1, **FAST), tiny_lm, ArtifactCache(tmp_path), model_spec="tiny"
+    )
     assert [r.passage_id for r in recs] == ["p1", "p2"] and recs[0].passage_text_hash == recs[1].passage_text_hash
     assert tiny_lm.calls == [False, False]
 
@@ -442,6 +493,7 @@ def test_config_validation():
 
 # --------------------------------------------------------------------------- storage
 
+
 def test_rows_fit_the_table_and_records_round_trip():
     import duckdb
     import polars as pl
@@ -454,7 +506,9 @@ def test_rows_fit_the_table_and_records_round_trip():
     df = pl.DataFrame([rec.to_row(), failed.to_row()], infer_schema_length=None)  # noqa: F841 (used by SQL)
     for _ in range(2):  # keyed: a rewrite of the same rows replaces them
         con.execute("INSERT OR REPLACE INTO augmentations BY NAME SELECT * FROM df")
-    rows = con.execute("SELECT passage_hash, status, rewrites, qa, qa_count, created_at FROM augmentations ORDER BY 1").fetchall()
+    rows = con.execute(
+        "SELECT passage_hash, status, rewrites, qa, qa_count, created_at FROM augmentations ORDER BY 1"
+    ).fetchall()
     assert len(rows) == 2 and rows[0][:3] == ("h1", "ok", ["a rewrite"]) and rows[0][4] == 1
     assert json.loads(rows[0][3]) == [{"question": "Q?", "answer": "A", "full_answer": "It is A."}]
     assert rows[1][3] == "[]" and rows[0][5] is not None
@@ -462,17 +516,28 @@ def test_rows_fit_the_table_and_records_round_trip():
 
 # --------------------------------------------------------------------------- real model
 
+
 @pytest.mark.slow
 def test_real_model_augments_synthetic_passages(model_cache_root, tmp_path):
     from semoe.models.loading import load_model
 
     model, tok = load_model("smollm2-135m-instruct", model_cache_root)
     passages = build_encyclopedia(SyntheticConfig()).passages[:4]
-    recs = augment_passages(passages, AugmentConfig(batch_size=4), ChatLM(model, tok), ArtifactCache(tmp_path),
-                            model_spec="smollm2-135m-instruct")
+    recs = augment_passages(
+        passages,
+        AugmentConfig(batch_size=4),
+        ChatLM(model, tok),
+        ArtifactCache(tmp_path),
+        model_spec="smollm2-135m-instruct",
+    )
     ok = [r for r in recs if r.status == "ok"]
-    print("\n" + "\n".join(f"{r.passage_id} {r.status} attempts={r.attempts} {r.seconds:.1f}s qa={len(r.qa)} "
-                           f"{r.reason or ''}" for r in recs))
+    print(
+        "\n"
+        + "\n".join(
+            f"{r.passage_id} {r.status} attempts={r.attempts} {r.seconds:.1f}s qa={len(r.qa)} {r.reason or ''}"
+            for r in recs
+        )
+    )
     # SmolLM2-135M's QA lists pass the grounding checks on most passages, its rewrites on
     # about half; a passage without a usable rewrite still trains on its QA pairs.
     assert len(ok) >= 2 and any(r.rewrites for r in ok), [r.reason for r in recs]

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_does_not_import_torch_or_prefect():
-    code = "import sys; from semoe.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\n" \
-           "print(sorted(m for m in ('torch','transformers','prefect') if m in sys.modules))"
+    code = (
+        "import sys; from semoe.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in ('torch','transformers','prefect') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]")
 
@@ -53,8 +55,10 @@ def test_index_builds_records_and_reuses(tmp_path, capsys):
     corpus = tmp_path / "psgs.tsv"
     corpus.write_text("id\ttext\ttitle\n" + "".join(f'{i}\t"text {i} about ""bells"""\tT{i}\n' for i in range(1, 51)))
     config = tmp_path / "c.yaml"
-    config.write_text(f"corpus: {{format: dpr-tsv, path: {corpus}}}\ncache: {{root: {tmp_path / 'cache'}}}\n"
-                      f"store: {{path: {tmp_path / 'r.duckdb'}}}\n")  # fmt: skip
+    config.write_text(
+        f"corpus: {{format: dpr-tsv, path: {corpus}}}\ncache: {{root: {tmp_path / 'cache'}}}\n"
+        f"store: {{path: {tmp_path / 'r.duckdb'}}}\n"
+    )
     assert main(["index", str(config)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("indexed 50 passages in ") and "passages/s" in out and "tantivy index of dpr-tsv:" in out
@@ -62,8 +66,10 @@ def test_index_builds_records_and_reuses(tmp_path, capsys):
     assert row["passages"] == 50 and row["skipped_rows"] == 0 and Path(row["location"]).is_dir()
     assert str(row["location"]) in out
 
-    code = f"import sys; from semoe.cli import main; assert main(['index', {str(config)!r}]) == 0; " \
-           "print(sorted(m for m in ('torch', 'prefect') if m in sys.modules))"
+    code = (
+        f"import sys; from semoe.cli import main; assert main(['index', {str(config)!r}]) == 0; "
+        "print(sorted(m for m in ('torch', 'prefect') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("reused the tantivy index of dpr-tsv:") and out.strip().endswith("[]")
     assert ResultStore(tmp_path / "r.duckdb").query("select count(*) n from indexes")[0]["n"] == 1
@@ -73,11 +79,15 @@ def test_index_bad_input_is_one_error_line(tmp_path, capsys):
     corpus = tmp_path / "psgs.tsv"
     corpus.write_text("id\ttext\ttitle\n1\tone\tA\n2\ttwo\tB\n1\tagain\tC\n")
     config = tmp_path / "c.yaml"
-    config.write_text(f"corpus: {{format: dpr-tsv, path: {corpus}}}\ncache: {{root: {tmp_path / 'cache'}}}\n"
-                      f"store: {{path: {tmp_path / 'r.duckdb'}}}\n")  # fmt: skip
+    config.write_text(
+        f"corpus: {{format: dpr-tsv, path: {corpus}}}\ncache: {{root: {tmp_path / 'cache'}}}\n"
+        f"store: {{path: {tmp_path / 'r.duckdb'}}}\n"
+    )
     assert main(["index", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"semoe: error: {corpus}: line 4: duplicate passage id '1' (first at line 2); passage ids must be unique"]
+    assert err == [
+        f"semoe: error: {corpus}: line 4: duplicate passage id '1' (first at line 2); passage ids must be unique"
+    ]
     assert not (tmp_path / "r.duckdb").exists()
     assert main(["index", str(config), "--set", "corpus.format=nope"]) == 2
     assert "unknown corpus format 'nope'" in capsys.readouterr().err

@@ -18,7 +18,9 @@ def test_demo_config_loads_and_names_resolve():
 
 
 def test_overrides_parse_yaml_values_and_nested_keys():
-    cfg = load_config(REPO / "configs" / "demo.yaml", ["retrieval.top_k=5", "methods=[no-retrieval]", "datasets.0.sample=7"])
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml", ["retrieval.top_k=5", "methods=[no-retrieval]", "datasets.0.sample=7"]
+    )
     assert cfg.retrieval.top_k == 5
     assert cfg.methods == [MethodSpec(name="no-retrieval")]
     assert cfg.datasets[0].sample == 7
@@ -58,7 +60,11 @@ def test_missing_and_malformed_config_files(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides, kind",
-    [(["methods=[no-such-method]"], "method"), (["retrieval.backend=solr"], "retriever"), (["datasets=[{name: nq}]"], "dataset")],
+    [
+        (["methods=[no-such-method]"], "method"),
+        (["retrieval.backend=solr"], "retriever"),
+        (["datasets=[{name: nq}]"], "dataset"),
+    ],
 )
 def test_unknown_registered_names_are_reported_with_the_alternatives(overrides, kind):
     cfg = load_config(None, overrides)
@@ -86,12 +92,16 @@ def test_every_shipped_config_validates(path):
 
 
 def test_methods_are_names_or_specs_with_params_and_unique_labels():
-    cfg = SemoeConfig.model_validate({"methods": [
-        "no-retrieval",
-        {"name": "dragin", "label": "dragin-t1", "params": {"hallucination_threshold": 1.0}},
-        {"name": "dragin", "label": "dragin-t2", "params": {"hallucination_threshold": 2.0}},
-        {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}},
-    ]})  # fmt: skip
+    cfg = SemoeConfig.model_validate(
+        {
+            "methods": [
+                "no-retrieval",
+                {"name": "dragin", "label": "dragin-t1", "params": {"hallucination_threshold": 1.0}},
+                {"name": "dragin", "label": "dragin-t2", "params": {"hallucination_threshold": 2.0}},
+                {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}},
+            ]
+        }
+    )
     check_config(cfg)
     assert [m.display_name for m in cfg.methods] == ["no-retrieval", "dragin-t1", "dragin-t2", "prag-r4"]
     with pytest.raises(ConfigError, match=r"methods: .*listed twice.*distinct `label`"):
@@ -112,6 +122,9 @@ def test_sections_are_frozen():
 
 def test_the_config_package_is_a_leaf():
     """Importing semoe.config loads no other semoe module (so every module may import it)."""
-    code = "import sys, semoe.config; print(sorted(m for m in sys.modules if m.startswith('semoe') and not m.startswith('semoe.config')))"
+    code = (
+        "import sys, semoe.config; "
+        "print(sorted(m for m in sys.modules if m.startswith('semoe') and not m.startswith('semoe.config')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['semoe']"

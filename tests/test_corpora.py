@@ -19,7 +19,6 @@ from semoe.config import CorpusConfig, SyntheticConfig
 from semoe.data import CORPORA, DataContext
 from semoe.data.loading import corpus_key, iter_passages
 from semoe.data.schema import DataFormatError, Passage
-
 from tests.support.helpers import shared_file  # noqa: E402
 
 CTX = DataContext(synthetic=SyntheticConfig())
@@ -109,7 +108,10 @@ def test_dpr_tsv_streams(tmp_path):
         ("4\tonly two columns\n", r"line 3: expected 3 tab-separated columns \(id, text, title\), got 2"),
         ("4\ta\tb\tc\n", "line 3: expected 3 tab-separated columns .*got 4"),
         ("\ttext\ttitle\n", "line 3: empty passage id"),
-        ('4\t"unclosed\tT\n5\tx\tU\n', r"line 3: column 2 opens a quote that is not closed on this line \(unbalanced quote\?\)"),
+        (
+            '4\t"unclosed\tT\n5\tx\tU\n',
+            r"line 3: column 2 opens a quote that is not closed on this line \(unbalanced quote\?\)",
+        ),
         ('4\t"closed" late\tT\n', r"line 3: column 2 has text after its closing quote \(unbalanced quote\?\)"),
         ('4\ttext\t"title\n', r"line 3: column 3 opens a quote that is not closed"),
     ],
@@ -141,7 +143,8 @@ def test_dpr_tsv_unbalanced_quote_names_the_line_it_opens_on(tmp_path):
     path = tmp_path / "psgs.tsv"
     path.write_text(UNBALANCED)
     with pytest.raises(
-        DataFormatError, match=rf"^{re.escape(str(path))}: line 3: column 2 opens a quote that is not closed on this line"
+        DataFormatError,
+        match=rf"^{re.escape(str(path))}: line 3: column 2 opens a quote that is not closed on this line",
     ):
         read("dpr-tsv", path)
 
@@ -195,7 +198,9 @@ def test_split_tsv_line_agrees_with_csv_on_what_csv_writes():
         row = ["".join(rnd.choice(alphabet) for _ in range(rnd.randrange(6))) for _ in range(rnd.randrange(1, 5))]
         out = io.StringIO()
         csv.writer(out, delimiter="\t", lineterminator="\r\n").writerow(row)
-        assert split_tsv_line(out.getvalue()) == row == next(csv.reader([out.getvalue()], delimiter="\t")), out.getvalue()
+        assert split_tsv_line(out.getvalue()) == row == next(csv.reader([out.getvalue()], delimiter="\t")), (
+            out.getvalue()
+        )
 
 
 def test_dpr_tsv_long_quoted_passage(tmp_path):
@@ -307,7 +312,8 @@ def test_duplicate_id_fails_on_the_row_that_repeats_it(tmp_path, gz):
     got = []
     with pytest.raises(
         DataFormatError,
-        match=rf"^{re.escape(str(path))}: line 1502: duplicate passage id '17' \(first at line 18\); passage ids must be unique$",
+        match=rf"^{re.escape(str(path))}: line 1502: duplicate passage id '17' \(first at line 18\); "
+        r"passage ids must be unique$",
     ):
         for p in stream:
             got.append(p)
@@ -343,8 +349,10 @@ def test_progress_by_bytes_of_the_file(tmp_path, gz, monkeypatch, caplog):
     import semoe.data.loading as loading
 
     monkeypatch.setattr(loading._Progress, "LOG_EVERY_S", 0.0)
-    path = write_dpr(tmp_path / ("psgs.tsv.gz" if gz else "psgs.tsv"),
-                     [[str(i), f"text {i} " * 20, f"T{i}"] for i in range(1, 20_001)])  # fmt: skip
+    path = write_dpr(
+        tmp_path / ("psgs.tsv.gz" if gz else "psgs.tsv"),
+        [[str(i), f"text {i} " * 20, f"T{i}"] for i in range(1, 20_001)],
+    )
     with caplog.at_level(logging.INFO, logger="semoe"):
         stream = iter_passages(CorpusConfig(format="dpr-tsv", path=str(path)), CTX, progress="test index")
         assert sum(1 for _ in stream) == 20_000
@@ -447,7 +455,9 @@ def test_json_passages_ids_unique_and_stable(tmp_path):
 
 def test_json_passages_bom_crlf_numbers(tmp_path):
     path = tmp_path / "corpus.json"
-    path.write_bytes("\ufeff".encode() + b'[{"id": 1.0, "title": "A", "text": "a"},\r\n {"title": 3, "text": 0.10}]\r\n')
+    path.write_bytes(
+        "\ufeff".encode() + b'[{"id": 1.0, "title": "A", "text": "a"},\r\n {"title": 3, "text": 0.10}]\r\n'
+    )
     assert read("json-passages", path) == [Passage("1.0", "A", "a"), Passage("3", "3", "0.10")]
 
 
@@ -548,9 +558,11 @@ def test_index_build_records_skipped_rows(tmp_path):
     path = tmp_path / "psgs.tsv"
     path.write_text(UNBALANCED)
     cfg = SemoeConfig.model_validate(
-        {"corpus": {"format": "dpr-tsv", "path": str(path), "options": {"skip_bad_rows": True}},
-         "cache": {"root": str(tmp_path / "cache")}}
-    )  # fmt: skip
+        {
+            "corpus": {"format": "dpr-tsv", "path": str(path), "options": {"skip_bad_rows": True}},
+            "cache": {"root": str(tmp_path / "cache")},
+        }
+    )
     info = build_index(cfg)
     assert (info.passages, info.skipped_rows, info.reused) == (3, 1, False)
     assert info.as_dict()["skipped_rows"] == 1

@@ -44,8 +44,12 @@ def test_bfloat16_model_decodes_on_cpu_and_warns_without_native_support(tiny_lm_
         assert model.dtype == torch.bfloat16
         assert "bfloat16 on a CPU without avx512_bf16 or amx_bf16" in caplog.text
         lm = ChatLM(model, tok)
-        gens = lm.generate([[{"role": "user", "content": f"Name a town {i}."}] for i in range(3)], 6, batch_size=2,
-                           stop_when=lambda text: len(text) > 12)
+        gens = lm.generate(
+            [[{"role": "user", "content": f"Name a town {i}."}] for i in range(3)],
+            6,
+            batch_size=2,
+            stop_when=lambda text: len(text) > 12,
+        )
         assert all(0 < g.new_tokens <= 6 and g.text for g in gens)
     finally:
         loading._load_model.cache_clear()

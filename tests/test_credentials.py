@@ -29,7 +29,9 @@ def test_a_url_with_credentials_is_rejected_without_echoing_them(capsys):
     with pytest.raises(ConfigError, match="retrieval.es_url: .*must not contain credentials") as exc:
         config_from_dict({"retrieval": {"es_url": URL_WITH_PASSWORD}})
     assert "hunter2" not in str(exc.value)
-    assert main(["validate", str(REPO / "configs" / "demo.yaml"), "--set", f"retrieval.es_url={URL_WITH_PASSWORD}"]) == 2
+    assert (
+        main(["validate", str(REPO / "configs" / "demo.yaml"), "--set", f"retrieval.es_url={URL_WITH_PASSWORD}"]) == 2
+    )
     err = capsys.readouterr().err
     assert "must not contain credentials" in err and "hunter2" not in err
 

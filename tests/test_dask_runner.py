@@ -85,8 +85,10 @@ def test_shard_ingest_is_idempotent(tmp_path):
     assert ingest_pending(store, root) == 1 and not any(root.iterdir())
     write_shard(root, "a", tables)  # the same chunk again (a retried task, a resumed run)
     ingest_shard(store, root / "a")
-    counts = store.query("select (select count(*) from predictions) p, (select count(*) from retrievals) r,"
-                         " (select count(*) from metrics) m")[0]
+    counts = store.query(
+        "select (select count(*) from predictions) p, (select count(*) from retrievals) r,"
+        " (select count(*) from metrics) m"
+    )[0]
     assert counts == {"p": 1, "r": 3, "m": 1}
 
 

@@ -15,7 +15,6 @@ from semoe.data import DATASETS, DataContext
 from semoe.data.loading import load_examples
 from semoe.data.schema import DataFormatError
 from semoe.registry import UnknownNameError
-
 from tests.support.helpers import shared_file  # noqa: E402
 
 CTX = DataContext(synthetic=SyntheticConfig())
@@ -168,10 +167,24 @@ POPQA_COLUMNS = (
 
 def popqa_row(i, subj, obj, o_aliases, possible):
     return [
-        str(i), subj, "occupation", obj, "1", "22", "2", json.dumps([subj + " Jr."]), json.dumps(o_aliases),
-        "http://www.wikidata.org/entity/Q1", "http://www.wikidata.org/entity/Q2",
-        subj, obj.capitalize(), "142", "25692", f"What is {subj}'s occupation?", json.dumps(possible),
-    ]  # fmt: skip
+        str(i),
+        subj,
+        "occupation",
+        obj,
+        "1",
+        "22",
+        "2",
+        json.dumps([subj + " Jr."]),
+        json.dumps(o_aliases),
+        "http://www.wikidata.org/entity/Q1",
+        "http://www.wikidata.org/entity/Q2",
+        subj,
+        obj.capitalize(),
+        "142",
+        "25692",
+        f"What is {subj}'s occupation?",
+        json.dumps(possible),
+    ]
 
 
 def test_popqa_tsv_pandas_quoted(tmp_path):
@@ -261,7 +274,10 @@ def test_answers_keep_the_text_the_file_wrote(tmp_path):
         '{"id": 7.0, "question": "f?", "answer": [3, "3", 3.0]}',
     ]
     want = [["3"], ["3.0"], ["1e3", "0.10", "-2.50E-1"], ["yes"], ["no"], ["3", "3.0"]]
-    for path in write_text(tmp_path / "qa.json", f"[{', '.join(rows)}]"), write_text(tmp_path / "qa.jsonl", "\n".join(rows)):
+    for path in (
+        write_text(tmp_path / "qa.json", f"[{', '.join(rows)}]"),
+        write_text(tmp_path / "qa.jsonl", "\n".join(rows)),
+    ):
         examples = load("custom", path)
         assert [e.answers for e in examples] == want and examples[-1].id == "7.0"
 
@@ -288,7 +304,10 @@ def test_real_strategyqa_booleans_as_yes_no():
 
 @pytest.mark.parametrize("suffix", ["json", "jsonl", "tsv"])
 def test_bom_and_crlf_do_not_matter(tmp_path, suffix):
-    rows = [{"id": "q1", "question": "Capital of France?", "answer": "Paris"}, {"id": "q2", "question": "b?", "answer": "B"}]
+    rows = [
+        {"id": "q1", "question": "Capital of France?", "answer": "Paris"},
+        {"id": "q2", "question": "b?", "answer": "B"},
+    ]
     if suffix == "tsv":
         text = "answer\tquestion\tid\r\n" + "".join(f"{r['answer']}\t{r['question']}\t{r['id']}\r\n" for r in rows)
     elif suffix == "jsonl":
@@ -298,7 +317,10 @@ def test_bom_and_crlf_do_not_matter(tmp_path, suffix):
     path = tmp_path / f"qa.{suffix}"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     got = load("custom", path)
-    assert [(e.id, e.question, e.answers) for e in got] == [("q1", "Capital of France?", ["Paris"]), ("q2", "b?", ["B"])]
+    assert [(e.id, e.question, e.answers) for e in got] == [
+        ("q1", "Capital of France?", ["Paris"]),
+        ("q2", "b?", ["B"]),
+    ]
 
 
 def test_popqa_tsv_any_column_order_and_long_cells(tmp_path):
@@ -319,7 +341,8 @@ def test_tsv_unbalanced_quote_and_repeated_header(tmp_path):
     path = tmp_path / "qa.tsv"
     path.write_text('id\tquestion\tanswer\n1\t"Who is\tX\n2\tWhat" else?\tY\n')
     with pytest.raises(
-        DataFormatError, match=rf"^{re.escape(str(path))}: line 2: column 2 opens a quote that is not closed on this line"
+        DataFormatError,
+        match=rf"^{re.escape(str(path))}: line 2: column 2 opens a quote that is not closed on this line",
     ):
         load("custom", path)
     path.write_text("id\tquestion\tid\n1\tq?\t2\n")
@@ -378,7 +401,11 @@ def test_json_lines_under_a_json_name_are_read(tmp_path):
         ("custom", [{"question": "a", "answer": {"text": "b"}}], r"index 0: answer: expected text, .*got dict"),
         ("custom", [{"question": "a", "answer": ["b", ["c"]]}], r"index 0: answer: expected text, .*got list"),
         ("custom", [{"id": ["x"], "question": "a", "answer": "b"}], r"index 0: id: expected text, .*got list"),
-        ("cwq", [{"ID": "x", "question": "q", "answers": [{"answer": "A", "aliases": [{"a": 1}]}]}], r"index 0: answer: .*got dict"),
+        (
+            "cwq",
+            [{"ID": "x", "question": "q", "answers": [{"answer": "A", "aliases": [{"a": 1}]}]}],
+            r"index 0: answer: .*got dict",
+        ),
         ("2wikimultihopqa", [twowiki_record(supporting_facts=[[["t"], 0]])], r"index 0: gold title: .*got list"),
     ],
 )

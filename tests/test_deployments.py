@@ -56,7 +56,9 @@ def test_a_changed_config_file_is_drift_until_rendered(project_copy):
 def test_hand_written_parameters_and_invalid_config_files_are_reported(project_copy):
     path = project_copy / "deployments" / "prefect.yaml"
     path.write_text(path.read_text().replace("parameters: *full", "parameters: {config: {name: typed-by-hand}}"))
-    assert check(path, project_copy) == ["deployment 'pipeline-weekly': parameters must be one of the rendered anchors (parameters: *name)"]
+    assert check(path, project_copy) == [
+        "deployment 'pipeline-weekly': parameters must be one of the rendered anchors (parameters: *name)"
+    ]
     (project_copy / "configs" / "full.yaml").write_text("retrieval: {top_k: 0}\n")
     with pytest.raises(ConfigError, match="retrieval.top_k"):
         check(path, project_copy)

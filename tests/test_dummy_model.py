@@ -34,7 +34,9 @@ def test_dummy_specs_and_their_seeds():
     assert dummy_seed("smollm2-135m-instruct") is None and dummy_seed("./dummy") is None
     assert dummy_seed("dummyish") is None
     for bad in ("dummy:x", "dummy:"):
-        with pytest.raises(ModelLoadError, match=re.escape(f"model spec {bad!r}: the dummy model's seed must be an integer")):
+        with pytest.raises(
+            ModelLoadError, match=re.escape(f"model spec {bad!r}: the dummy model's seed must be an integer")
+        ):
             check_model_spec(bad)
     check_model_spec("dummy:3")
     assert load_chat_lm("dummy:3", "unused-cache").seed == 3
@@ -65,7 +67,9 @@ def test_reply_is_a_hash_chosen_word_of_the_question_and_its_passages():
         answers.append(word)
     assert len(set(answers)) > 1  # the choice depends on the question
     # the same replies in any batch size and order, in another instance; another seed differs somewhere
-    assert [g.text for g in DummyChatLM().generate(conversations[::-1], 16, batch_size=1)] == [g.text for g in gens][::-1]
+    assert [g.text for g in DummyChatLM().generate(conversations[::-1], 16, batch_size=1)] == [g.text for g in gens][
+        ::-1
+    ]
     assert [g.text for g in DummyChatLM(1).generate(conversations, 16)] != [g.text for g in gens]
 
 
@@ -111,7 +115,9 @@ def test_batch_apis_are_honoured():
 def test_methods_that_need_weights_are_refused_with_the_dummy():
     from semoe.checks import check_config
 
-    check_config(SemoeConfig.model_validate({"model": {"spec": "dummy"}, "methods": ["no-retrieval", "single-retrieval"]}))
+    check_config(
+        SemoeConfig.model_validate({"model": {"spec": "dummy"}, "methods": ["no-retrieval", "single-retrieval"]})
+    )
     for method in ("dragin", "token", "prag", "semoe"):
         cfg = SemoeConfig.model_validate({"model": {"spec": "dummy:2"}, "methods": [{"name": method, "label": "m1"}]})
         with pytest.raises(ConfigError, match=re.escape(f"methods: 'm1' ({method}) needs a real LM")):

@@ -40,8 +40,10 @@ def make_expert(model, name: str, rank: int, seed: int, targets=MLP, alpha: floa
     weights = {}
     for path, m in model.named_modules():
         if isinstance(m, torch.nn.Linear) and path.rsplit(".", 1)[-1] in targets:
-            weights[path] = (torch.randn(rank, m.in_features, generator=gen) * 0.3,
-                             torch.randn(m.out_features, rank, generator=gen) * 0.3)
+            weights[path] = (
+                torch.randn(rank, m.in_features, generator=gen) * 0.3,
+                torch.randn(m.out_features, rank, generator=gen) * 0.3,
+            )
     return LoraExpert(passage_id=name, rank=rank, alpha=alpha, weights=weights)
 
 
@@ -57,9 +59,16 @@ def assert_same_weights(model, before) -> None:
 def greedy(model, tok, prompts: list[str], n_new: int = 6):
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id,
-                             eos_token_id=None, return_dict_in_generate=True, output_logits=True)
-    tokens = out.sequences[:, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc,
+            max_new_tokens=n_new,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=None,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    tokens = out.sequences[:, enc["input_ids"].shape[1] :]
     return tokens, torch.stack(out.logits, 1)  # (batch, steps), (batch, steps, vocab)
 
 
@@ -114,8 +123,11 @@ def test_heterogeneous_batch_matches_merged_per_question(tiny):
     rows = [
         [make_expert(model, "a", 2, 21)],
         [],
-        [make_expert(model, "b", 2, 22), make_expert(model, "c", 1, 23, targets=("up_proj",)),
-         make_expert(model, "d", 2, 24)],
+        [
+            make_expert(model, "b", 2, 22),
+            make_expert(model, "c", 1, 23, targets=("up_proj",)),
+            make_expert(model, "d", 2, 24),
+        ],
         [make_expert(model, "e", 2, 25, targets=("down_proj",))],
     ]
     with heterogeneous_experts(model, rows) as lora:
@@ -209,6 +221,7 @@ def test_bad_expert_files_name_the_path(tiny, tmp_path):
 
 # --------------------------------------------------------------------------- expert files
 
+
 def save_peft_adapter(base_dir: str, out, enc, seed: int = 7, **config) -> tuple[torch.Tensor, torch.Tensor]:
     """A random (non-zero B) peft LoRA on a fresh copy of the model in ``base_dir``, saved with
     ``save_pretrained`` to ``out``; returns (logits of peft's model on ``enc``, base logits)."""
@@ -219,8 +232,9 @@ def save_peft_adapter(base_dir: str, out, enc, seed: int = 7, **config) -> tuple
     with torch.no_grad():
         plain = base(**enc).logits
     torch.manual_seed(seed)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
-                      **config)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False, **config
+    )
     with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(base, lora).eval()
@@ -267,8 +281,16 @@ def test_peft_adapter_of_another_model_names_the_file(tiny, tiny_lm_dir, tmp_pat
     assert load_experts([tmp_path / "renamed"], model=model, base_model="smollm2-135m-instruct")[0].weights
     # same architecture, other widths
     wider = tmp_path / "wider-base"
-    LlamaForCausalLM(LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=48, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).save_pretrained(wider)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=model.config.vocab_size,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(wider)
     save_peft_adapter(str(wider), tmp_path / "wider", enc)
     with pytest.raises(ExpertFileError, match=r"wider was trained on base model '.*wider-base'"):
         load_experts([tmp_path / "wider"], model=model, base_model=tiny_lm_dir)
@@ -290,11 +312,18 @@ def test_experts_that_would_change_nothing_are_errors(tiny, tmp_path):
         load_experts([empty])
     expert = make_expert(model, "elsewhere", 2, 70)
     elsewhere = tmp_path / "elsewhere.safetensors"
-    save_expert(elsewhere, LoraExpert("elsewhere", 2, 4.0, {
-        m.replace("model.layers", "transformer.h"): w for m, w in expert.weights.items()}))
+    save_expert(
+        elsewhere,
+        LoraExpert(
+            "elsewhere", 2, 4.0, {m.replace("model.layers", "transformer.h"): w for m, w in expert.weights.items()}
+        ),
+    )
     assert len(load_experts([elsewhere])[0].weights) == 6  # loads; only the model can tell it misses
-    with pytest.raises(ExpertFileError, match=r"elsewhere.safetensors does not fit the model \(6 of 6 modules\): "
-                                              r".*no module 'transformer.h.0.mlp.\w+'; expected modules"):
+    with pytest.raises(
+        ExpertFileError,
+        match=r"elsewhere.safetensors does not fit the model \(6 of 6 modules\): "
+        r".*no module 'transformer.h.0.mlp.\w+'; expected modules",
+    ):
         load_experts([elsewhere], model=model)
 
 
@@ -304,8 +333,11 @@ def test_peft_state_dict_key_names_load_every_module(tiny, tmp_path):
 
     model, _ = tiny
     expert = make_expert(model, "sd", 2, 71)
-    tensors = {f"base_model.model.{m}.lora_{ab}.default.weight": w
-               for m, pair in expert.weights.items() for ab, w in zip("AB", pair)}
+    tensors = {
+        f"base_model.model.{m}.lora_{ab}.default.weight": w
+        for m, pair in expert.weights.items()
+        for ab, w in zip("AB", pair)
+    }
     path = tmp_path / "state_dict.safetensors"
     save_file(tensors, str(path), metadata={"rank": "2", "alpha": "4.0", "passage_id": "sd"})
     [loaded] = load_experts([path], model=model)
@@ -320,8 +352,10 @@ def test_peft_state_dict_key_names_load_every_module(tiny, tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t, c: t.update({"base_model.model.model.layers.0.mlp.down_proj.lora_B.bias": torch.zeros(4)}),
-         "not LoRA A/B weights.*lora_B.bias"),
+        (
+            lambda t, c: t.update({"base_model.model.model.layers.0.mlp.down_proj.lora_B.bias": torch.zeros(4)}),
+            "not LoRA A/B weights.*lora_B.bias",
+        ),
         (lambda t, c: t.pop(next(k for k in t if k.endswith("lora_B.weight"))), "corrupt: .*lora_B.weight missing"),
         (lambda t, c: c.update(use_dora=True), "use_dora not supported"),
         (lambda t, c: c.update(rank_pattern={"q_proj": 8}), "rank_pattern not supported"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semoe.storage.results import migrate
 from semoe.config import ExpertConfig
 from semoe.experts.format import load_expert, save_expert
 from semoe.experts.training import (
@@ -21,6 +20,7 @@ from semoe.experts.training import (
     train_experts_batched,
 )
 from semoe.storage.artifacts import ArtifactCache
+from semoe.storage.results import migrate
 
 # A tiny random model learns little per step at PRAG's lr; a larger one makes changes visible.
 CFG = ExpertConfig(lr=1e-2, measure_loss=True)
@@ -52,8 +52,11 @@ def item(i: int, n_qa: int = 3) -> TrainingItem:
         QA(f"Where did {name} teach?", school, f"{name} taught at {school}."),
     ]
     return TrainingItem.create(
-        f"p{i}", f"{name} was a historian born in {town} in {year}. {name} taught at {school}.",
-        [f"Born in {town} in {year}, the historian {name} taught at {school}."], qa[:n_qa])
+        f"p{i}",
+        f"{name} was a historian born in {town} in {year}. {name} taught at {school}.",
+        [f"Born in {town} in {year}, the historian {name} taught at {school}."],
+        qa[:n_qa],
+    )
 
 
 def max_diff(e1, e2) -> float:
@@ -70,9 +73,9 @@ def test_sequences_follow_prag_recipe(tiny):
     assert f"Passage 1: {it.rewrites[0]}\n" in texts[1]
     assert f"Passage 1: {it.passage}\n" in texts[2] and "Where was" in texts[2]
     assert "Passage" not in texts[4] and "Where did Galmir Pelind0 teach?" in texts[4]
-    assert tok.decode(seqs[0].ids[seqs[0].prompt_len:]) == "Galmir Pelind0 was born in 1940."
+    assert tok.decode(seqs[0].ids[seqs[0].prompt_len :]) == "Galmir Pelind0 was born in 1940."
     short = build_sequences(tok, it, CFG.model_copy(update={"target": "answer"}))[0]
-    assert tok.decode(short.ids[short.prompt_len:]) == "The answer is 1940."
+    assert tok.decode(short.ids[short.prompt_len :]) == "The answer is 1940."
     assert len(build_sequences(tok, it, CFG.model_copy(update={"recipe": "all"}))) == 9
     assert len(build_sequences(tok, item(0, n_qa=2), CFG)) == 3
 
@@ -94,7 +97,7 @@ def test_answer_only_loss_masks_the_prompt(tiny):
     seqs = build_sequences(tok, it, cfg)
     labels = seqs[0].labels("answer")
     assert all(x == IGNORE for x in labels[: seqs[0].prompt_len])
-    assert labels[seqs[0].prompt_len:] == list(seqs[0].ids[seqs[0].prompt_len:])
+    assert labels[seqs[0].prompt_len :] == list(seqs[0].ids[seqs[0].prompt_len :])
 
     answer_only, whole = [], []
     with torch.no_grad():  # the init's B is zero, so the expert is the base model here
@@ -102,7 +105,9 @@ def test_answer_only_loss_masks_the_prompt(tiny):
             ids = torch.tensor(s.ids)
             logits = model(input_ids=ids[None]).logits[0, :-1]
             whole.append(torch.nn.functional.cross_entropy(logits, ids[1:]).item())
-            answer_only.append(torch.nn.functional.cross_entropy(logits[s.prompt_len - 1 :], ids[s.prompt_len :]).item())
+            answer_only.append(
+                torch.nn.functional.cross_entropy(logits[s.prompt_len - 1 :], ids[s.prompt_len :]).item()
+            )
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert expert_losses(model, tok, [it], [init], cfg)[0] == pytest.approx(mean(answer_only), rel=1e-5)
     assert expert_losses(model, tok, [it], [init], CFG)[0] == pytest.approx(mean(whole), rel=1e-5)
@@ -172,13 +177,17 @@ def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch)
 
     changed = ensure_experts(items[:1], "tiny", CFG.model_copy(update={"lr": 5e-3}), cache, model, tok)
     assert changed[0].trained and changed[0].expert_key != first[0].expert_key
-    assert not ensure_experts(items[:1], "tiny", CFG.model_copy(update={"micro_batch": 1}), cache, model, tok)[0].trained
+    assert not ensure_experts(items[:1], "tiny", CFG.model_copy(update={"micro_batch": 1}), cache, model, tok)[
+        0
+    ].trained
 
     con = duckdb.connect()
     migrate(con)
     rows = [r.to_row() for r in {r.expert_key: r for r in first + changed}.values()]
-    con.executemany(f"INSERT INTO experts ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})",
-                    [list(r.values()) for r in rows])
+    con.executemany(
+        f"INSERT INTO experts ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})",
+        [list(r.values()) for r in rows],
+    )
     assert con.execute("SELECT count(*), min(rank), max(lr) FROM experts").fetchone() == (3, 2, 1e-2)
 
 
@@ -208,9 +217,11 @@ def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
     person = enc.people[0]
     name = f"{person.name} {person.surname}"
     text = next(p.text for p in enc.passages if p.id == person.passage_id)
-    qa = [QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
-          QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
-          QA(f"What was the occupation of {name}?", person.occupation, f"{name} was a {person.occupation}.")]
+    qa = [
+        QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
+        QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
+        QA(f"What was the occupation of {name}?", person.occupation, f"{name} was a {person.occupation}."),
+    ]
     it = TrainingItem.create(person.passage_id, text, [" ".join(reversed(text.split(". ")))], qa)
     cfg = ExpertConfig(measure_loss=False)
     (result,) = train_experts_batched(model, tok, [it], cfg, initial_lora(model, cfg))
@@ -218,8 +229,9 @@ def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
     def answers_log_likelihood() -> float:
         total = 0.0
         for q in qa:
-            prompt = tok.apply_chat_template([{"role": "user", "content": user_prompt(q.question)}],
-                                             add_generation_prompt=True, return_dict=False)
+            prompt = tok.apply_chat_template(
+                [{"role": "user", "content": user_prompt(q.question)}], add_generation_prompt=True, return_dict=False
+            )
             answer = tok.encode(q.full_answer, add_special_tokens=False)
             with torch.no_grad():
                 logits = model(input_ids=torch.tensor([list(prompt) + answer])).logits[0, len(prompt) - 1 : -1]

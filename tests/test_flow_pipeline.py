@@ -9,7 +9,9 @@ import pytest
 from semoe.config import SemoeConfig
 from semoe.storage.results import ResultStore
 
-PREDICTION_ROWS = "select * exclude (created_at, latency_s, latency_retrieve_s, latency_generate_s) from predictions order by all"
+PREDICTION_ROWS = (
+    "select * exclude (created_at, latency_s, latency_retrieve_s, latency_generate_s) from predictions order by all"
+)
 
 
 def _config(tmp_path, spec: str, methods: list[str]) -> SemoeConfig:
@@ -40,11 +42,15 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
     store = ResultStore(tiny_config.store.path)
     run_id = first["run_id"]
     assert first["produced"] == 12
-    counts = store.query("select method, count(*) n, count(distinct example_id) u from predictions group by 1 order by 1")
+    counts = store.query(
+        "select method, count(*) n, count(distinct example_id) u from predictions group by 1 order by 1"
+    )
     assert counts == [{"method": m, "n": 6, "u": 6} for m in ("no-retrieval", "single-retrieval")]
     answered = store.query("select count(*) n from predictions where prediction <> '' and generated_tokens = 5")
     assert answered == [{"n": 12}]  # every question answered ("The answer is W.": 5 dummy tokens)
-    rets = store.query("select method, count(*) n, max(rank) k, count(distinct example_id) e from retrievals group by 1")
+    rets = store.query(
+        "select method, count(*) n, max(rank) k, count(distinct example_id) e from retrievals group by 1"
+    )
     assert rets == [{"method": "single-retrieval", "n": 18, "k": 3, "e": 6}]
     assert store.query("select status, n_predictions from runs")[0] == {"status": "finished", "n_predictions": 12}
     assert {r["method"] for r in first["leaderboard"]} == {"no-retrieval", "single-retrieval"}
@@ -59,8 +65,10 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
 
     # Simulate a run killed after its first committed chunk: rows partly gone, status running.
     with store.connect() as con:
-        con.execute("delete from predictions where method = 'single-retrieval' and example_id in "
-                    "(select example_id from predictions where method = 'single-retrieval' order by example_id limit 4)")
+        con.execute(
+            "delete from predictions where method = 'single-retrieval' and example_id in "
+            "(select example_id from predictions where method = 'single-retrieval' order by example_id limit 4)"
+        )
         con.execute("update runs set status = 'running'")
     third = pipeline(tiny_config)
     assert third["produced"] == 4
@@ -80,7 +88,9 @@ def test_pipeline_builds_experts_before_answering_with_them(tmp_path, tiny_lm_di
     assert store.query("select count(*) n, count(distinct example_id) u from predictions") == [{"n": 6, "u": 6}]
     assert store.query("select count(*) n, max(rank) k from retrievals") == [{"n": 18, "k": 3}]
     # build_experts augmented every retrieved passage (the tiny model's output is garbage: failed, with a reason)
-    augs = store.query("select count(*) n, count(*) filter (where status = 'failed' and reason is not null) f from augmentations")[0]
+    augs = store.query(
+        "select count(*) n, count(*) filter (where status = 'failed' and reason is not null) f from augmentations"
+    )[0]
     assert augs["n"] > 0 and augs["f"] == augs["n"]
     assert store.query("select status, n_predictions from runs")[0] == {"status": "finished", "n_predictions": 6}
 
@@ -119,22 +129,24 @@ def test_one_config_sweeps_method_params_as_labelled_rows(tmp_path, tiny_lm_dir,
     from semoe.flows.pipeline import pipeline
     from tests.support.helpers import seed_augmentations
 
-    cfg = SemoeConfig.model_validate({
-        "name": "sweep-test",
-        "synthetic": {"seed": 3, "n_entities": 10, "n_questions": 3},
-        "model": {"spec": tiny_lm_dir},
-        "generation": {"max_new_tokens": 6, "batch_size": 4, "few_shot": 0},
-        "retrieval": {"top_k": 1},
-        "trigger": {"max_retrievals": 1},
-        "methods": [
-            {"name": "dragin", "label": "dragin-t0", "params": {"hallucination_threshold": 0.0}},
-            {"name": "dragin", "label": "dragin-t1e9", "params": {"hallucination_threshold": 1e9}},
-            {"name": "prag", "label": "prag-r2", "params": {"experts": {"rank": 2}}},
-            {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}},
-        ],
-        "store": {"path": str(tmp_path / "results.duckdb")},
-        "cache": {"root": str(tmp_path / "cache")},
-    })  # fmt: skip
+    cfg = SemoeConfig.model_validate(
+        {
+            "name": "sweep-test",
+            "synthetic": {"seed": 3, "n_entities": 10, "n_questions": 3},
+            "model": {"spec": tiny_lm_dir},
+            "generation": {"max_new_tokens": 6, "batch_size": 4, "few_shot": 0},
+            "retrieval": {"top_k": 1},
+            "trigger": {"max_retrievals": 1},
+            "methods": [
+                {"name": "dragin", "label": "dragin-t0", "params": {"hallucination_threshold": 0.0}},
+                {"name": "dragin", "label": "dragin-t1e9", "params": {"hallucination_threshold": 1e9}},
+                {"name": "prag", "label": "prag-r2", "params": {"experts": {"rank": 2}}},
+                {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}},
+            ],
+            "store": {"path": str(tmp_path / "results.duckdb")},
+            "cache": {"root": str(tmp_path / "cache")},
+        }
+    )
     seed_augmentations(cfg)
     result = pipeline(cfg)
     store = ResultStore(cfg.store.path)

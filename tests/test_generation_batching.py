@@ -69,8 +69,9 @@ def test_rows_stopped_early_leave_the_batch_and_the_rest_keep_their_tokens(tiny,
     def stop(text: str) -> bool:
         return len(text) > 30
 
-    stopped_at = [next((j for j in range(1, N_NEW + 1) if stop(decode(t[:j], skip_special_tokens=True))), N_NEW)
-                  for t in full]
+    stopped_at = [
+        next((j for j in range(1, N_NEW + 1) if stop(decode(t[:j], skip_special_tokens=True))), N_NEW) for t in full
+    ]
     assert len(set(stopped_at)) > 1
     seen: list[list[int]] = []
     with DecodeSteps(tiny.model) as steps:
@@ -170,9 +171,13 @@ def test_methods_answer_the_same_with_the_stop_on_the_tiny_model(tiny_lm_dir, mo
     from semoe.data import DataContext
     from semoe.data.loading import load_examples
 
-    cfg = SemoeConfig.model_validate({"synthetic": {"seed": 3, "n_entities": 10, "n_questions": 6},
-                                      "model": {"spec": tiny_lm_dir},
-                                      "generation": {"max_new_tokens": 12, "batch_size": 4, "few_shot": 1}})
+    cfg = SemoeConfig.model_validate(
+        {
+            "synthetic": {"seed": 3, "n_entities": 10, "n_questions": 6},
+            "model": {"spec": tiny_lm_dir},
+            "generation": {"max_new_tokens": 12, "batch_size": 4, "few_shot": 1},
+        }
+    )
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))
     ctx = evaluation.method_context(cfg)
     _assert_same_answers(*_answer_with_and_without_stop(ctx, examples, "no-retrieval", monkeypatch))

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from semoe.config import GpuConfig
 from semoe.concurrency import gpu_limit_names, model_device
-from semoe.config import SemoeConfig
+from semoe.config import GpuConfig, SemoeConfig
 
 
 def test_limit_names_follow_the_physical_device(monkeypatch):
@@ -59,9 +58,10 @@ def test_limit_is_created_once_acquired_and_released(prefect_api):
 
 
 def test_acquisition_is_strict_when_the_limit_is_missing(prefect_api, monkeypatch):
-    import semoe.tasks.gpu as gpu_tasks
     from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
     from prefect.exceptions import ObjectNotFound
+
+    import semoe.tasks.gpu as gpu_tasks
 
     monkeypatch.setattr(gpu_tasks, "ensure_gpu_limits", gpu_tasks.limit_names)  # names, but nothing created
     with pytest.raises(ConcurrencySlotAcquisitionError, match="gpu:never-created:cpu"):

@@ -34,14 +34,19 @@ def _predictions(store: ResultStore) -> list[tuple]:
 def _hold_lock(store: Path, run_id: str) -> subprocess.Popen:
     """Another process holding the run's lock (until killed)."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from semoe.storage.locks import run_lock
             with run_lock({str(store)!r}, {run_id!r}):
                 print("locked", flush=True)
                 time.sleep(120)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "locked"
     return holder
@@ -90,10 +95,17 @@ def test_cli_run_of_a_run_already_running_stops_with_one_line(tmp_path, capsys):
     from semoe.evaluation import preflight
 
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "locked", "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 2}, "methods": ["no-retrieval"],
-        "store": {"path": str(tmp_path / "results.duckdb")}, "cache": {"root": str(tmp_path / "cache")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "locked",
+                "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 2},
+                "methods": ["no-retrieval"],
+                "store": {"path": str(tmp_path / "results.duckdb")},
+                "cache": {"root": str(tmp_path / "cache")},
+            }
+        )
+    )
     run_id = preflight(load_config(str(config)))
     holder = _hold_lock(tmp_path / "results.duckdb", run_id)
     try:
@@ -127,8 +139,11 @@ class _FullDiskConnection:
             )
         # DuckDB finds Python data frames (``SELECT * FROM df``) among its caller's variables
         caller = sys._getframe(1)
-        return eval("con.execute(sql, *args)", caller.f_globals,  # noqa: S307
-                    {**caller.f_locals, "con": self._con, "sql": sql, "args": args})
+        return eval(
+            "con.execute(sql, *args)",
+            caller.f_globals,  # noqa: S307
+            {**caller.f_locals, "con": self._con, "sql": sql, "args": args},
+        )
 
     def __getattr__(self, name):
         return getattr(self._con, name)
@@ -179,7 +194,9 @@ def tiny_tmpfs(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "full"
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield mnt
@@ -221,8 +238,14 @@ def _semoe(args: list[str], **env) -> subprocess.Popen:
     terminal does), on a temporary Prefect API of its own."""
     environ = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     environ.update(OMP_NUM_THREADS="1", **env)
-    return subprocess.Popen([sys.executable, "-m", "semoe", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=environ, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "semoe", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environ,
+        start_new_session=True,
+    )
 
 
 def _group_alive(pgid: int) -> bool:
@@ -242,10 +265,17 @@ def _wait_group_gone(pgid: int, timeout: float = 10.0) -> bool:
 
 def test_api_that_cannot_start_gives_one_line(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "no-api", "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 2}, "methods": ["no-retrieval"],
-        "store": {"path": str(tmp_path / "results.duckdb")}, "cache": {"root": str(tmp_path / "cache")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "no-api",
+                "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 2},
+                "methods": ["no-retrieval"],
+                "store": {"path": str(tmp_path / "results.duckdb")},
+                "cache": {"root": str(tmp_path / "cache")},
+            }
+        )
+    )
     proc = _semoe(["run", str(config)], PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2, out
@@ -261,15 +291,19 @@ N_QUESTIONS = 100  # one per commit: far more than can commit between the signal
 def _slow_run_config(tmp_path) -> Path:
     """The dummy model answering one question per commit, enough of them to interrupt."""
     config = tmp_path / "slow.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "interrupt-test",
-        "synthetic": {"seed": 7, "n_entities": 30, "n_questions": N_QUESTIONS},
-        "model": {"spec": "dummy"},
-        "generation": {"max_new_tokens": 6, "batch_size": 1, "few_shot": 1},
-        "methods": ["no-retrieval"],
-        "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 1},
-        "cache": {"root": str(tmp_path / "cache")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "interrupt-test",
+                "synthetic": {"seed": 7, "n_entities": 30, "n_questions": N_QUESTIONS},
+                "model": {"spec": "dummy"},
+                "generation": {"max_new_tokens": 6, "batch_size": 1, "few_shot": 1},
+                "methods": ["no-retrieval"],
+                "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 1},
+                "cache": {"root": str(tmp_path / "cache")},
+            }
+        )
+    )
     return config
 
 
@@ -305,8 +339,10 @@ def test_ctrl_c_ends_fast_with_exit_130_and_says_what_was_kept(tmp_path):
     (run,) = store.query("select run_id, status from runs")
     kept = store.query("select count(*) as n from predictions")[0]["n"]
     assert 1 <= kept < N_QUESTIONS  # it stopped at the next safe point, not at the end of the run
-    assert last == (f"semoe: interrupted: run {run['run_id']} stopped; its {kept} committed answers are kept in "
-                    f"{tmp_path / 'results.duckdb'}: rerun the same command to resume")
+    assert last == (
+        f"semoe: interrupted: run {run['run_id']} stopped; its {kept} committed answers are kept in "
+        f"{tmp_path / 'results.duckdb'}: rerun the same command to resume"
+    )
     assert run["status"] == "failed"
     assert _wait_group_gone(proc.pid), "the Prefect server outlived semoe"
 

@@ -38,8 +38,21 @@ def one_thread():
 
 
 def tiny(**overrides) -> MoeLMConfig:
-    base = dict(d_model=32, n_layers=2, num_heads=4, num_experts=4, k=2, ffn_hidden_dim=32, max_seq_len=64,
-                router_hidden_dim=8, seq_len=32, batch_size=4, steps=4, warmup_steps=2, lr=1e-2)
+    base = dict(
+        d_model=32,
+        n_layers=2,
+        num_heads=4,
+        num_experts=4,
+        k=2,
+        ffn_hidden_dim=32,
+        max_seq_len=64,
+        router_hidden_dim=8,
+        seq_len=32,
+        batch_size=4,
+        steps=4,
+        warmup_steps=2,
+        lr=1e-2,
+    )
     return MoeLMConfig(**{**base, **overrides})
 
 
@@ -223,7 +236,7 @@ def test_generate_with_analysis():
     gen = generate(model, ByteTokenizer(), "Falvik is", max_new_tokens=6, analyze=True)
     n = len(gen.token_ids)
     assert gen.token_ids[:10] == ByteTokenizer().encode("Falvik is") and n <= 16
-    assert len(gen.experts) == n and all(len(t) == 2 and all(len(l) == 2 for l in t) for t in gen.experts)
+    assert len(gen.experts) == n and all(len(t) == 2 and all(len(layer) == 2 for layer in t) for t in gen.experts)
     assert torch.tensor(gen.expert_weights).shape == (n, 2, 2)
     assert [sum(row) for row in gen.expert_usage()] == [2 * n, 2 * n]
     # Greedy generation from the cache agrees with recomputing the whole sequence.
@@ -283,8 +296,10 @@ def test_routing_policies_drive_the_routers(router_type, mode):
         with route_with(model, {"name": "topk", "params": {"k": 3}}):
             full = model(ids)
             cache = model.new_cache()
-            stepwise = torch.cat([model(ids[:, :4], cache).logits] + [model(ids[:, t : t + 1], cache).logits
-                                                                     for t in range(4, 10)], dim=1)
+            stepwise = torch.cat(
+                [model(ids[:, :4], cache).logits] + [model(ids[:, t : t + 1], cache).logits for t in range(4, 10)],
+                dim=1,
+            )
         assert full.routing[0].indices.shape == (10, 3)
         torch.testing.assert_close(stepwise, full.logits, atol=1e-5, rtol=1e-5)
         assert model(ids).routing[0].indices.shape == (10, 2)

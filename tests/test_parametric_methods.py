@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from semoe.data import DataContext
 from semoe import evaluation
 from semoe.config import SemoeConfig
+from semoe.data import DataContext
 from semoe.data.loading import load_examples
 from semoe.indexing import build_index, open_retriever
 

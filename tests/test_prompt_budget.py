@@ -15,6 +15,7 @@ from semoe.config import ConfigError, GenerationConfig, RetrievalConfig, config_
 from semoe.data.schema import Example, Passage
 from semoe.generation import METHODS
 from semoe.generation.base import MethodContext
+from semoe.generation.methods.dynamic import TriggeredMethod
 from semoe.generation.prompts import (
     MIN_PASSAGE_TOKENS,
     TRUNCATION_MARK,
@@ -23,7 +24,6 @@ from semoe.generation.prompts import (
     build_messages,
     fit_messages,
 )
-from semoe.generation.methods.dynamic import TriggeredMethod
 from semoe.retrieval.base import Hit
 
 # --------------------------------------------------------------------------- fitting order (word tokens)
@@ -42,7 +42,11 @@ def words(tag: str, n: int) -> str:
 
 
 Q = "Who built the tall tower?"
-A, B, C = Passage("A", "Alpha", words("a", 100)), Passage("B", "Beta", words("b", 10)), Passage("C", "Gamma", words("c", 60))
+A, B, C = (
+    Passage("A", "Alpha", words("a", 100)),
+    Passage("B", "Beta", words("b", 10)),
+    Passage("C", "Gamma", words("c", 60)),
+)
 
 
 def cut(p: Passage, n: int) -> Passage:
@@ -59,8 +63,11 @@ def test_prompt_within_budget_is_unchanged(passages, few_shot, cot):
     for budget in (PromptBudget(None, None), PromptBudget(100, count_words(expected))):
         out = fit(budget, passages, few_shot, cot)
         assert out.messages == expected and out.prompt_tokens == count_words(expected)
-        assert not out.truncation and out.truncation.as_dict() == {"cut_passages": [], "dropped_passages": [],
-                                                                   "dropped_shots": 0}
+        assert not out.truncation and out.truncation.as_dict() == {
+            "cut_passages": [],
+            "dropped_passages": [],
+            "dropped_shots": 0,
+        }
 
 
 def test_each_passage_is_cut_to_the_passage_budget():
@@ -96,7 +103,9 @@ def test_then_few_shot_turns_are_dropped_then_passages_lowest_ranked_first():
 
 def test_question_that_cannot_fit_alone_is_an_error_not_a_cut_question():
     alone = count_words(build_messages(Q, None, few_shot=0))
-    with pytest.raises(PromptTooLongError, match=rf"budget of {alone - 1} tokens \(ctx\): .* prompt is {alone} tokens$"):
+    with pytest.raises(
+        PromptTooLongError, match=rf"budget of {alone - 1} tokens \(ctx\): .* prompt is {alone} tokens$"
+    ):
         fit(PromptBudget(512, alone - 1, "ctx"))
 
 
@@ -153,15 +162,20 @@ def prose(tag: str, n_words: int) -> str:
 
 
 LONG = [Passage(f"p{i}", f"Tower {i}", prose(f"Tower{i}", 160)) for i in range(3)]  # ~200 tokens each
-SHORT = [Passage("s1", "Quorvanthe", "Quorvanthe is a river town famous for glass bells."),
-         Passage("s2", "Meridel Abbey", "Meridel Abbey was founded by monks who copied star charts.")]
+SHORT = [
+    Passage("s1", "Quorvanthe", "Quorvanthe is a river town famous for glass bells."),
+    Passage("s2", "Meridel Abbey", "Meridel Abbey was founded by monks who copied star charts."),
+]
 
 
 def context(lm, passages, few_shot=2, **generation):
     experts = SimpleNamespace(experts_for=lambda passages: [])  # prag/combine: no expert (as when augmentation fails)
     return MethodContext(
-        generation=GenerationConfig(max_new_tokens=NEW, few_shot=few_shot, batch_size=2, **generation), lm=lm,
-        retrieval=RetrievalConfig(top_k=3), retriever=FixedRetriever(passages), experts=experts,
+        generation=GenerationConfig(max_new_tokens=NEW, few_shot=few_shot, batch_size=2, **generation),
+        lm=lm,
+        retrieval=RetrievalConfig(top_k=3),
+        retriever=FixedRetriever(passages),
+        experts=experts,
     )
 
 
@@ -198,7 +212,7 @@ def test_huge_passage_is_cut_to_the_passage_budget_on_a_token_boundary(lm):
     budget = lm.prompt_budget(GenerationConfig(max_passage_tokens=40), NEW)
     out = lm.fit("Who built the tower?", [SHORT[0], huge], few_shot=2, cot=False, budget=budget)
     shown = out.messages[-1]["content"]
-    kept = shown[shown.index("[2] Huge: ") + len("[2] Huge: "):].split("\n\nQuestion:")[0]
+    kept = shown[shown.index("[2] Huge: ") + len("[2] Huge: ") :].split("\n\nQuestion:")[0]
     assert kept.endswith(TRUNCATION_MARK) and huge.text.startswith(kept[: -len(TRUNCATION_MARK)])
     assert len(lm.tokenizer(kept[: -len(TRUNCATION_MARK)], add_special_tokens=False).input_ids) == 40
     assert SHORT[0].text in shown and out.truncation.as_dict()["cut_passages"] == ["huge"]
@@ -241,8 +255,10 @@ def test_question_that_cannot_fit_is_an_error_row_without_generation(small_conte
     ok, bad = make_method(method).run(examples, ctx)
     assert max(lm.positions) < CONTEXT  # the long question never reached the model
     assert (ok.raw_output, ok.prompt_tokens, ok.error) == (alone.raw_output, alone.prompt_tokens, None)
-    assert bad.error.startswith(f"the question does not fit the prompt budget of {CONTEXT - NEW} tokens "
-                                f"(context of {CONTEXT} tokens minus {NEW} new tokens): without passages")
+    assert bad.error.startswith(
+        f"the question does not fit the prompt budget of {CONTEXT - NEW} tokens "
+        f"(context of {CONTEXT} tokens minus {NEW} new tokens): without passages"
+    )
     assert (bad.raw_output, bad.generated_tokens, bad.generation_count) == ("", 0, 0)
 
     rows = to_rows("run", "test", method, examples, [ok, bad], experts=None)["predictions"]
@@ -277,7 +293,9 @@ def test_prompts_under_budget_are_unchanged_token_for_token(lm, monkeypatch, few
         assert out.prompt_tokens in (sizes[0], sizes[1], sum(sizes)), method  # what the model was fed
     # and the reply is the one generated from the unfitted prompt
     rendered.clear()
-    (out,) = make_method("single-retrieval").run([example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot))
+    (out,) = make_method("single-retrieval").run(
+        [example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot)
+    )
     (direct,) = lm.generate([expected[0]], NEW)
     assert (out.raw_output, out.prompt_tokens) == (direct.text, direct.prompt_tokens)
 
@@ -295,8 +313,10 @@ def test_migration_adds_the_columns_to_an_existing_store():
         for stmt in statements:
             con.execute(stmt)
         con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
-    con.execute("INSERT INTO runs (run_id, config_hash, code_version, config_json, status, finished_at)"
-                " VALUES ('r', 'h', 'v', '{}', 'finished', now())")
+    con.execute(
+        "INSERT INTO runs (run_id, config_hash, code_version, config_json, status, finished_at)"
+        " VALUES ('r', 'h', 'v', '{}', 'finished', now())"
+    )
     con.execute("INSERT INTO predictions (run_id, dataset, example_id, method, em) VALUES ('r', 'd', 'e', 'm', 1)")
     con.execute("INSERT INTO metrics (run_id, dataset, method, n, em) VALUES ('r', 'd', 'm', 1, 1)")
     assert migrate(con) == MIGRATIONS[-1][0]

@@ -31,8 +31,10 @@ EXPERT_BYTES = {"p1": 1000, "p2": 2000, "p3": 3000, "p4": 4000}
 
 
 def _examples(dataset: str) -> list[Example]:
-    return [Example(f"{dataset}-q{i}", f"Question {i}?", [f"answer {i}"], dataset, gold_passage_ids=[f"p{i % 4 + 1}"])
-            for i in range(6)]  # fmt: skip
+    return [
+        Example(f"{dataset}-q{i}", f"Question {i}?", [f"answer {i}"], dataset, gold_passage_ids=[f"p{i % 4 + 1}"])
+        for i in range(6)
+    ]
 
 
 def _output(method: str, i: int) -> MethodOutput:
@@ -63,22 +65,57 @@ def _expert_row(cfg: SemoeConfig, passage_id: str, rank: int, nbytes: int) -> di
     from semoe.experts.training import ExpertRecord
 
     return ExpertRecord(
-        expert_key=f"{passage_id}-r{rank}", passage_id=passage_id, path=f"/cache/experts/{passage_id}-r{rank}",
-        base_model=cfg.model.spec, rank=rank, alpha=cfg.experts.alpha, lr=cfg.experts.lr, epochs=cfg.experts.epochs,
-        targets=list(cfg.experts.targets), loss_before=2.0, loss_after=1.0, seconds=0.5, bytes=nbytes, sha256="x",
+        expert_key=f"{passage_id}-r{rank}",
+        passage_id=passage_id,
+        path=f"/cache/experts/{passage_id}-r{rank}",
+        base_model=cfg.model.spec,
+        rank=rank,
+        alpha=cfg.experts.alpha,
+        lr=cfg.experts.lr,
+        epochs=cfg.experts.epochs,
+        targets=list(cfg.experts.targets),
+        loss_before=2.0,
+        loss_after=1.0,
+        seconds=0.5,
+        bytes=nbytes,
+        sha256="x",
     ).to_row()
 
 
 def _routing_row(policy: str, setting: str, k: int | None, experts: float, ppl: float, qa_f1: float | None) -> dict:
     return {
-        "run_id": ROUTING_RUN_ID, "model": "tiny-moe", "model_key": "m1", "policy_key": f"{policy}-{setting}",
-        "policy": policy, "policy_label": f"{policy} {setting}", "setting": setting, "k": k, "policy_params": "{}",
-        "mode": "patch", "texts": 4, "tokens": 400, "nll": 1.0, "perplexity": ppl, "eval_seconds": 1.0,
-        "tokens_per_s": 400.0, "decode_tokens_per_s": 50.0, "peak_memory_bytes": 2**20, "memory_method": "vmhwm",
-        "kv_cache_bytes": 1024, "experts_per_token": experts, "experts_std": 0.1, "floor_rate": 0.0,
-        "ceiling_rate": 0.0, "qa_dataset": "synthetic", "qa_n": 6, "qa_em": qa_f1, "qa_f1": qa_f1, "qa_note": None,
-        "heatmap_path": None, "created_at": None,
-    }  # fmt: skip
+        "run_id": ROUTING_RUN_ID,
+        "model": "tiny-moe",
+        "model_key": "m1",
+        "policy_key": f"{policy}-{setting}",
+        "policy": policy,
+        "policy_label": f"{policy} {setting}",
+        "setting": setting,
+        "k": k,
+        "policy_params": "{}",
+        "mode": "patch",
+        "texts": 4,
+        "tokens": 400,
+        "nll": 1.0,
+        "perplexity": ppl,
+        "eval_seconds": 1.0,
+        "tokens_per_s": 400.0,
+        "decode_tokens_per_s": 50.0,
+        "peak_memory_bytes": 2**20,
+        "memory_method": "vmhwm",
+        "kv_cache_bytes": 1024,
+        "experts_per_token": experts,
+        "experts_std": 0.1,
+        "floor_rate": 0.0,
+        "ceiling_rate": 0.0,
+        "qa_dataset": "synthetic",
+        "qa_n": 6,
+        "qa_em": qa_f1,
+        "qa_f1": qa_f1,
+        "qa_note": None,
+        "heatmap_path": None,
+        "created_at": None,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -92,24 +129,47 @@ def store_path(tmp_path_factory) -> str:
         examples = _examples(dataset)
         for method in methods:
             outputs = [_output(method, i) for i in range(6)]
-            store.write_predictions(to_rows(RUN_ID, dataset, method, examples, outputs, experts=expert_use(cfg, method)))
+            store.write_predictions(
+                to_rows(RUN_ID, dataset, method, examples, outputs, experts=expert_use(cfg, method))
+            )
     experts = [_expert_row(cfg, p, cfg.experts.rank, n) for p, n in EXPERT_BYTES.items()]
     experts.append(_expert_row(cfg, "p1", cfg.experts.rank + 6, 99_999))  # other hyperparameters: not this run's
     store.write_rows("experts", experts)
     store.compute_metrics(RUN_ID)
     store.finish_run(RUN_ID)
     store.start_run(ROUTING_RUN_ID, "routing-test", "c-routing", "test", json.dumps(cfg.model_dump(mode="json")))
-    store.write_rows("routing_runs", [
-        _routing_row("topk", "k=1", 1, 1.0, 30.0, 0.2), _routing_row("topk", "k=2", 2, 2.0, 20.0, 0.3),
-        _routing_row("bh", "alpha=0.05", None, 1.4, 22.0, 0.25),
-    ])  # fmt: skip
-    store.write_rows("routing_layer_stats", [
-        {"run_id": ROUTING_RUN_ID, "model": "tiny-moe", "policy_key": "topk-k=2", "mode": "patch", "layer": layer,
-         "module": f"layers.{layer}.mlp", "decoder_layer": layer, "num_experts": 4, "tokens": 400,
-         "experts_mean": 2.0, "experts_std": 0.0, "floor_rate": 0.0, "ceiling_rate": 0.0, "overlap": 0.5,
-         "k_histogram": [0, 0, 400], "expert_counts": [200, 200, 200, 200]}
-        for layer in range(2)
-    ])  # fmt: skip
+    store.write_rows(
+        "routing_runs",
+        [
+            _routing_row("topk", "k=1", 1, 1.0, 30.0, 0.2),
+            _routing_row("topk", "k=2", 2, 2.0, 20.0, 0.3),
+            _routing_row("bh", "alpha=0.05", None, 1.4, 22.0, 0.25),
+        ],
+    )
+    store.write_rows(
+        "routing_layer_stats",
+        [
+            {
+                "run_id": ROUTING_RUN_ID,
+                "model": "tiny-moe",
+                "policy_key": "topk-k=2",
+                "mode": "patch",
+                "layer": layer,
+                "module": f"layers.{layer}.mlp",
+                "decoder_layer": layer,
+                "num_experts": 4,
+                "tokens": 400,
+                "experts_mean": 2.0,
+                "experts_std": 0.0,
+                "floor_rate": 0.0,
+                "ceiling_rate": 0.0,
+                "overlap": 0.5,
+                "k_histogram": [0, 0, 400],
+                "expert_counts": [200, 200, 200, 200],
+            }
+            for layer in range(2)
+        ],
+    )
     store.finish_run(ROUTING_RUN_ID)
     return path
 
@@ -166,7 +226,9 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
         c = next(r for r in cost if (r["dataset"], r["method"]) == (dataset, method))
         assert (float(c["s/q"]), int(c["total tokens"])) == (seconds, tokens)
     for dataset, method, k, n, f1 in steps:
-        row = next(r for r in by_retrievals if (r["dataset"], r["method"], int(r["retrievals"])) == (dataset, method, k))
+        row = next(
+            r for r in by_retrievals if (r["dataset"], r["method"], int(r["retrievals"])) == (dataset, method, k)
+        )
         assert (row["n"], float(row["F1"])) == (str(n), f1)
     # Adapter bytes: prag alone loads experts, those of the passages it retrieved, of this run's rank.
     prag_passages = {PASSAGES[(i + r) % 3].id for i in range(6) for r in range(2)}
@@ -188,8 +250,10 @@ def test_routing_run_report_plots_accuracy_vs_experts(store_path, tmp_path):
     md = written.paths["md"].read_text()
     (routing,) = _md_tables(md)
     assert [(r["setting"], r["experts/token"], r["perplexity"], r["QA F1"]) for r in routing] == [
-        ("alpha=0.05", "1.4", "22", "0.25"), ("k=1", "1", "30", "0.2"), ("k=2", "2", "20", "0.3")
-    ]  # fmt: skip
+        ("alpha=0.05", "1.4", "22", "0.25"),
+        ("k=1", "1", "30", "0.2"),
+        ("k=2", "2", "20", "0.3"),
+    ]
     assert md.count("No predictions stored") == 2
     assert "- **routed models**: tiny-moe" in md and "methods" not in md
 
@@ -254,7 +318,10 @@ def test_load_view_returns_the_view_and_names_the_available_ones(store_path):
     latest = load_view(store_path, "leaderboard_latest")
     assert set(latest["run_id"]) == {RUN_ID}
     layers = load_view(store_path, "routing_by_layer")
-    assert layers.sort("layer").select("policy_label", "setting", "layer").rows() == [("topk k=2", "k=2", 0), ("topk k=2", "k=2", 1)]
+    assert layers.sort("layer").select("policy_label", "setting", "layer").rows() == [
+        ("topk k=2", "k=2", 0),
+        ("topk k=2", "k=2", 1),
+    ]
     with pytest.raises(UnknownRelationError, match="no view 'predictions'.*available views: .*cost_by_method"):
         load_view(store_path, "predictions")
 
@@ -269,8 +336,12 @@ def test_views_work_on_an_empty_store(tmp_path):
 
 def test_leaderboard_latest_keeps_the_newest_finished_run_per_config(tmp_path):
     store = ResultStore(tmp_path / "runs.duckdb")
-    runs = [("old", "c1", "2026-01-01", "finished"), ("new", "c1", "2026-02-01", "finished"),
-            ("crashed", "c1", None, "failed"), ("other", "c2", "2026-01-15", "finished")]  # fmt: skip
+    runs = [
+        ("old", "c1", "2026-01-01", "finished"),
+        ("new", "c1", "2026-02-01", "finished"),
+        ("crashed", "c1", None, "failed"),
+        ("other", "c2", "2026-01-15", "finished"),
+    ]
     for run_id, config_hash, finished, status in runs:
         store.start_run(run_id, "n", config_hash, "code", "{}")
         store.write_rows("metrics", [{"run_id": run_id, "dataset": "d", "method": "m", "n": 1, "em": 1.0, "f1": 1.0}])
@@ -322,22 +393,33 @@ def test_evaluate_flow_attaches_the_report_as_its_summary_artifact(tmp_path, tin
 
     from semoe.flows.pipeline import evaluate
 
-    cfg = SemoeConfig.model_validate({
-        "name": "report-flow", "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 3},
-        "model": {"spec": tiny_lm_dir}, "generation": {"max_new_tokens": 2, "few_shot": 0},
-        "methods": ["no-retrieval"], "store": {"path": str(tmp_path / "results.duckdb")},
-        "cache": {"root": str(tmp_path / "cache")},
-    })  # fmt: skip
+    cfg = SemoeConfig.model_validate(
+        {
+            "name": "report-flow",
+            "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 3},
+            "model": {"spec": tiny_lm_dir},
+            "generation": {"max_new_tokens": 2, "few_shot": 0},
+            "methods": ["no-retrieval"],
+            "store": {"path": str(tmp_path / "results.duckdb")},
+            "cache": {"root": str(tmp_path / "cache")},
+        }
+    )
     state = evaluate(cfg, return_state=True)
     run_id = state.result()["run_id"]
     report_dir = tmp_path / "reports" / run_id
-    assert {p.name for p in report_dir.iterdir()} == {"report.md", "report.html", "accuracy_vs_retrievals.png",
-                                                      "cost_per_method.png"}  # fmt: skip
+    assert {p.name for p in report_dir.iterdir()} == {
+        "report.md",
+        "report.html",
+        "accuracy_vs_retrievals.png",
+        "cost_per_method.png",
+    }
     with get_client(sync_client=True) as client:
-        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["semoe-summary"]),
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
-        ))  # fmt: skip
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["semoe-summary"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
+        )
     assert artifact.type == "markdown" and artifact.data.count("](data:image/png;base64,") == 2
     assert _md_tables(artifact.data) == _md_tables((report_dir / "report.md").read_text())
     assert str(report_dir / "report.html") in artifact.data and str(report_dir / "report.html") in artifact.description

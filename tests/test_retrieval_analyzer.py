@@ -14,7 +14,6 @@ from semoe.config import ConfigError, RetrievalConfig, config_from_dict
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.analysis import AnalyzerParams
-
 from tests.support.helpers import CORPUS, shared_file
 
 ENGLISH = {"stopwords": "english", "stemmer": "english"}
@@ -30,7 +29,8 @@ def test_english_analyzer_terms():
     assert AnalyzerParams().text_analyzer().analyze("The Kingdoms of Running") == ["the", "kingdoms", "of", "running"]
     assert AnalyzerParams(**ENGLISH).text_analyzer().analyze("The Kingdoms of Running") == ["kingdom", "run"]
     assert AnalyzerParams(stopwords=["Kingdoms", "the"]).text_analyzer().analyze("The Kingdoms of Running") == [
-        "of", "running",
+        "of",
+        "running",
     ]
 
 

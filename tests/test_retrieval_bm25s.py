@@ -13,7 +13,6 @@ from semoe.config import RetrievalConfig
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
-
 from tests.support.helpers import AWKWARD_QUERIES, CORPUS
 
 pytest.importorskip("bm25s")
@@ -162,7 +161,9 @@ def test_top_k_agrees_with_bm25s_own_retrieve(tmp_path):
     for q, hits in zip(queries, ours):
         ids = list(dict.fromkeys(model.vocab_dict[t] for t in q.split() if t in model.vocab_dict))
         reference = model.get_scores(ids)
-        dense += sum(int(model.scores["indptr"][t + 1] - model.scores["indptr"][t]) for t in ids) * DENSE_FRACTION > 3000
+        dense += (
+            sum(int(model.scores["indptr"][t + 1] - model.scores["indptr"][t]) for t in ids) * DENSE_FRACTION > 3000
+        )
         expected = np.sort(reference[reference > 0])[::-1][:5]
         assert [h.score for h in hits] == pytest.approx(expected.tolist(), rel=1e-5), q
         for h in hits:

@@ -21,11 +21,9 @@ from semoe.config import RetrievalConfig
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
-
 from tests.support.helpers import AWKWARD_QUERIES, CORPUS
 
 ES_URL = os.environ.get("SEMOE_ES_URL")
-
 
 
 def make(tmp_path: Path, key: str | None = None, **cfg):

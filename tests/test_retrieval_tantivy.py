@@ -13,9 +13,7 @@ from semoe.config import RetrievalConfig
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
-
 from tests.support.helpers import AWKWARD_QUERIES, CORPUS
-
 
 
 def make(tmp_path: Path, key: str = "corpus-a", **cfg):

@@ -11,9 +11,16 @@ import torch
 from semoe.routing import RoutingError, UnsupportedModelError, find_routers, route_with
 
 COMMON = dict(
-    vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-    max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)  # fmt: skip
+    vocab_size=101,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe"]
 
 
@@ -30,15 +37,23 @@ def tiny_moe(family: str, num_experts: int = 8, **overrides):
         model = tf.MixtralForCausalLM(tf.MixtralConfig(**kw, intermediate_size=16, num_local_experts=num_experts))
     elif family == "qwen2_moe":
         cfg = tf.Qwen2MoeConfig(
-            **kw, intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-            num_experts=num_experts, mlp_only_layers=[1],
-        )  # fmt: skip
+            **kw,
+            intermediate_size=32,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+            num_experts=num_experts,
+            mlp_only_layers=[1],
+        )
         model = tf.Qwen2MoeForCausalLM(cfg)
     elif family == "qwen3_moe":
         cfg = tf.Qwen3MoeConfig(
-            **kw, intermediate_size=32, moe_intermediate_size=16, num_experts=num_experts, head_dim=8,
+            **kw,
+            intermediate_size=32,
+            moe_intermediate_size=16,
+            num_experts=num_experts,
+            head_dim=8,
             norm_topk_prob=True,
-        )  # fmt: skip
+        )
         model = tf.Qwen3MoeForCausalLM(cfg)
     else:
         raise ValueError(family)
@@ -167,8 +182,14 @@ def test_k_above_num_experts_is_refused():
 def test_dense_model_is_unsupported_with_a_clear_message():
     import transformers as tf
 
-    cfg = tf.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    cfg = tf.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     with pytest.raises(UnsupportedModelError, match="no supported MoE router in LlamaForCausalLM.*OlmoeTopKRouter"):
         find_routers(tf.LlamaForCausalLM(cfg))
 
@@ -208,8 +229,18 @@ def test_semoe_moe_lm_routers_are_supported():
 
     for router_type in ("linear", "gru"):
         torch.manual_seed(0)
-        cfg = MoeLMConfig(d_model=32, n_layers=2, num_heads=4, num_experts=4, k=2, ffn_hidden_dim=32,
-                          max_seq_len=64, router_hidden_dim=8, seq_len=32, router_type=router_type)  # fmt: skip
+        cfg = MoeLMConfig(
+            d_model=32,
+            n_layers=2,
+            num_heads=4,
+            num_experts=4,
+            k=2,
+            ffn_hidden_dim=32,
+            max_seq_len=64,
+            router_hidden_dim=8,
+            seq_len=32,
+            router_type=router_type,
+        )
         model = moe_lm.MoeLM(cfg).eval()
         ids = torch.randint(0, 258, (2, 10), generator=torch.Generator().manual_seed(0))
         base = logits(model, ids)

@@ -86,8 +86,18 @@ def test_semoe_moe_lm_skips_padding():
 
     for router_type in ("linear", "gru"):
         torch.manual_seed(0)
-        cfg = MoeLMConfig(d_model=32, n_layers=2, num_heads=4, num_experts=8, k=2, ffn_hidden_dim=32,
-                          max_seq_len=64, router_hidden_dim=8, seq_len=32, router_type=router_type)  # fmt: skip
+        cfg = MoeLMConfig(
+            d_model=32,
+            n_layers=2,
+            num_heads=4,
+            num_experts=8,
+            k=2,
+            ffn_hidden_dim=32,
+            max_seq_len=64,
+            router_hidden_dim=8,
+            seq_len=32,
+            router_type=router_type,
+        )
         model = moe_lm.MoeLM(cfg).eval()
         with torch.no_grad():  # decisive routers: a flat one at init gives every token max_k
             for site in find_routers(model):
@@ -126,7 +136,13 @@ def test_greedy_decoding_is_unchanged():
     out = {}
     for skip in (False, True):
         with torch.no_grad(), route_with(model, spec, guard=False, skip_inactive=skip):
-            out[skip] = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=0,
-                                       output_logits=True, return_dict_in_generate=True)  # fmt: skip
+            out[skip] = model.generate(
+                input_ids=ids,
+                max_new_tokens=8,
+                do_sample=False,
+                pad_token_id=0,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
     assert torch.equal(out[False].sequences, out[True].sequences)
     assert (torch.stack(out[False].logits) - torch.stack(out[True].logits)).abs().max().item() <= 1e-5

@@ -106,8 +106,15 @@ def test_rows_fit_the_duckdb_tables(olmoe, texts, tmp_path):
     calib = [token_ids(olmoe, length=40, seed=s) for s in range(3)]
     specs = [None, {"name": "bh", "params": {"alpha": 0.3, "min_k": 1, "max_k": 6, "p_values": "calibrated"}}]
     for spec in specs:
-        ev = evaluate_policy(olmoe, spec, texts, calibration=calib, decode_prompt=texts[0], max_new_tokens=3,
-                             heatmap_path=tmp_path / f"{spec and spec['name']}.png")  # fmt: skip
+        ev = evaluate_policy(
+            olmoe,
+            spec,
+            texts,
+            calibration=calib,
+            decode_prompt=texts[0],
+            max_new_tokens=3,
+            heatmap_path=tmp_path / f"{spec and spec['name']}.png",
+        )
         run = ev.run_row("run-1", "tiny-olmoe", setting="s", k=None)
         assert tuple(run) == ROUTING_RUNS_COLUMNS and run["setting"] == "s"
         con.execute(f"INSERT INTO routing_runs VALUES ({', '.join('?' * len(run))})", list(run.values()))
@@ -125,8 +132,9 @@ def test_rows_fit_the_duckdb_tables(olmoe, texts, tmp_path):
         "WHERE policy_key LIKE 'bh-%' ORDER BY layer"
     ).fetchall()
     assert layers == [(i, 8, 9 + 16 + 23) for i in range(3)]  # every routed token
-    params = con.execute("SELECT json_extract_string(policy_params, '$.null.statistic') FROM routing_runs "
-                         "WHERE policy = 'bh'").fetchone()  # fmt: skip
+    params = con.execute(
+        "SELECT json_extract_string(policy_params, '$.null.statistic') FROM routing_runs WHERE policy = 'bh'"
+    ).fetchone()
     assert params == ("prob",)
 
 
@@ -171,8 +179,17 @@ def test_semoe_moe_lm_through_the_evaluation_helpers():
     from semoe.config import MoeLMConfig
 
     torch.manual_seed(0)
-    cfg = MoeLMConfig(d_model=32, n_layers=2, num_heads=4, num_experts=4, k=2, ffn_hidden_dim=32, max_seq_len=64,
-                      router_hidden_dim=8, seq_len=32)  # fmt: skip
+    cfg = MoeLMConfig(
+        d_model=32,
+        n_layers=2,
+        num_heads=4,
+        num_experts=4,
+        k=2,
+        ffn_hidden_dim=32,
+        max_seq_len=64,
+        router_hidden_dim=8,
+        seq_len=32,
+    )
     model = moe_lm.MoeLM(cfg).eval()
     ids = torch.randint(0, 258, (1, 12), generator=torch.Generator().manual_seed(0))
     assert perplexity(model, [ids], {"name": "topk", "params": {"k": 3}}).stats.experts_per_token() == 3

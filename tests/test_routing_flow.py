@@ -13,16 +13,27 @@ from test_routing_adapters import one_thread  # noqa: F401
 from test_routing_eval import read_png
 
 from semoe.checks import check_config
-from semoe.config import ConfigError, SemoeConfig
+from semoe.config import ConfigError, PolicySpec, RoutingEvalConfig, SemoeConfig
 from semoe.identity import routing_config_hash
-from semoe.config import PolicySpec, RoutingEvalConfig
 from semoe.routing.base import make_policy
 from semoe.routing.grid import Cell, grid_cells, plan_cells, split_texts
 from semoe.storage.results import ResultStore, migrate
 from semoe.storage.schema import MIGRATIONS
 
-TINY_MOE_LM = dict(d_model=32, n_layers=3, num_heads=4, num_experts=4, k=2, ffn_hidden_dim=32, max_seq_len=128,
-                   router_hidden_dim=8, seq_len=32, batch_size=4, steps=3, warmup_steps=1)  # fmt: skip
+TINY_MOE_LM = dict(
+    d_model=32,
+    n_layers=3,
+    num_heads=4,
+    num_experts=4,
+    k=2,
+    ffn_hidden_dim=32,
+    max_seq_len=128,
+    router_hidden_dim=8,
+    seq_len=32,
+    batch_size=4,
+    steps=3,
+    warmup_steps=1,
+)
 POLICIES = [
     {"name": "topk", "params": {"k": 3}},
     {"name": "bh", "params": {"alpha": 0.2, "p_values": "calibrated"}},
@@ -38,8 +49,10 @@ def test_migration_3_upgrades_a_version_2_store(tmp_path):
         for stmt in statements:
             con.execute(stmt)
         con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
-    con.execute("INSERT INTO runs (run_id, config_hash, code_version, config_json, status) "
-                "VALUES ('old', 'h', 'c', '{}', 'finished')")  # fmt: skip
+    con.execute(
+        "INSERT INTO runs (run_id, config_hash, code_version, config_json, status) "
+        "VALUES ('old', 'h', 'c', '{}', 'finished')"
+    )
     assert migrate(con) >= 3
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"routing_runs", "routing_layer_stats", "moe_lm_training", "routing_by_k"} <= tables
@@ -103,10 +116,20 @@ def tiny_olmoe_dir(tmp_path_factory, model_cache_root) -> str:
 
     tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct", model_cache_root))
     torch.manual_seed(0)
-    cfg = OlmoeConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=16, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2,
-                      max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)  # fmt: skip
+    cfg = OlmoeConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = OlmoeForCausalLM(cfg)
     with torch.no_grad():  # decisive routing, so policies visibly change expert choices
         for layer in model.model.layers:
@@ -121,18 +144,24 @@ def tiny_olmoe_dir(tmp_path_factory, model_cache_root) -> str:
 def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_api):
     from semoe.flows.routing import evaluate_routing
 
-    cfg = SemoeConfig.model_validate({
-        "name": "routing-flow-test",
-        "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 3},
-        "generation": {"max_new_tokens": 4, "few_shot": 0, "batch_size": 4},
-        "store": {"path": str(tmp_path / "results.duckdb")},
-        "cache": {"root": str(tmp_path / "cache")},
-        "routing": {
-            "models": [{"spec": tiny_olmoe_dir, "label": "tiny-olmoe"}, {"moe_lm": TINY_MOE_LM}],
-            "policies": POLICIES, "eval_texts": 3, "calibration_texts": 3, "max_tokens": 24,
-            "decode": {"prompt_tokens": 8, "max_new_tokens": 3}, "qa": {"dataset": "synthetic", "limit": 2},
-        },
-    })  # fmt: skip
+    cfg = SemoeConfig.model_validate(
+        {
+            "name": "routing-flow-test",
+            "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 3},
+            "generation": {"max_new_tokens": 4, "few_shot": 0, "batch_size": 4},
+            "store": {"path": str(tmp_path / "results.duckdb")},
+            "cache": {"root": str(tmp_path / "cache")},
+            "routing": {
+                "models": [{"spec": tiny_olmoe_dir, "label": "tiny-olmoe"}, {"moe_lm": TINY_MOE_LM}],
+                "policies": POLICIES,
+                "eval_texts": 3,
+                "calibration_texts": 3,
+                "max_tokens": 24,
+                "decode": {"prompt_tokens": 8, "max_new_tokens": 3},
+                "qa": {"dataset": "synthetic", "limit": 2},
+            },
+        }
+    )
     first = evaluate_routing(cfg)
     store = ResultStore(cfg.store.path)
     assert first["produced"] == 8 and len(first["table"]) == 8
@@ -155,7 +184,11 @@ def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_
     assert layers == [{"model": "moe-lm-gru", "n": 4 * 3}, {"model": "tiny-olmoe", "n": 4 * 3}]
     assert store.query("SELECT count(*) n FROM moe_lm_training")[0]["n"] == TINY_MOE_LM["steps"]
     run = store.query("SELECT status, config_hash, config_json FROM runs WHERE run_id = ?", [first["run_id"]])[0]
-    assert run["status"] == "finished" and run["config_hash"] == routing_config_hash(cfg) and '"routing"' in run["config_json"]
+    assert (
+        run["status"] == "finished"
+        and run["config_hash"] == routing_config_hash(cfg)
+        and '"routing"' in run["config_json"]
+    )
 
     snapshot = store.query("SELECT * FROM routing_runs ORDER BY ALL")
     second = evaluate_routing(cfg)
@@ -163,18 +196,27 @@ def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_
     assert store.query("SELECT * FROM routing_runs ORDER BY ALL") == snapshot
 
     # One more policy is a new run that measures only the new cells and copies the others.
-    grown = cfg.model_copy(update={"routing": cfg.routing.model_copy(
-        update={"policies": [*cfg.routing.policies, PolicySpec(name="topk", params={"k": 1})]})})  # fmt: skip
+    grown = cfg.model_copy(
+        update={
+            "routing": cfg.routing.model_copy(
+                update={"policies": [*cfg.routing.policies, PolicySpec(name="topk", params={"k": 1})]}
+            )
+        }
+    )
     third = evaluate_routing(grown)
     assert third["run_id"] != first["run_id"] and third["produced"] == 2 and third["reused"] == 8
     cols = "model, policy_key, mode, perplexity, experts_per_token, qa_em, heatmap_path, cell_key, computed_in"
     old = store.query(f"SELECT {cols} FROM routing_runs WHERE run_id = ? ORDER BY ALL", [first["run_id"]])
-    copied = store.query(f"SELECT {cols} FROM routing_runs WHERE run_id = ? AND computed_in = ? ORDER BY ALL",
-                         [third["run_id"], first["run_id"]])  # fmt: skip
+    copied = store.query(
+        f"SELECT {cols} FROM routing_runs WHERE run_id = ? AND computed_in = ? ORDER BY ALL",
+        [third["run_id"], first["run_id"]],
+    )
     assert copied == old
     layer_counts = store.query("SELECT run_id, count(*) n FROM routing_layer_stats GROUP BY 1 ORDER BY n")
     assert [r["n"] for r in layer_counts] == [4 * 3 * 2, 5 * 3 * 2]
-    assert store.query("SELECT count(*) n FROM routing_layer_stats")[0]["n"] == 4 * 3 * 2 + 5 * 3 * 2  # copies, no duplicates
+    assert (
+        store.query("SELECT count(*) n FROM routing_layer_stats")[0]["n"] == 4 * 3 * 2 + 5 * 3 * 2
+    )  # copies, no duplicates
 
 
 def test_roe_answers_like_greedy_generation_at_zero_tau(tiny_olmoe_dir, model_cache_root):

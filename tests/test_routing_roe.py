@@ -77,8 +77,20 @@ def test_roe_on_the_small_moe_lm(router_type):
     from semoe.moe_lm.model import MoeLM
 
     torch.manual_seed(0)
-    model = MoeLM(MoeLMConfig(d_model=32, n_layers=3, num_heads=4, num_experts=4, k=2, ffn_hidden_dim=32,
-                              max_seq_len=64, router_hidden_dim=8, seq_len=32, router_type=router_type)).eval()
+    model = MoeLM(
+        MoeLMConfig(
+            d_model=32,
+            n_layers=3,
+            num_heads=4,
+            num_experts=4,
+            k=2,
+            ffn_hidden_dim=32,
+            max_seq_len=64,
+            router_hidden_dim=8,
+            seq_len=32,
+            router_type=router_type,
+        )
+    ).eval()
     with torch.no_grad():
         for layer in model.layers:
             layer.mlp.gate.weight.mul_(20)

@@ -24,8 +24,17 @@ from semoe.storage.schema import MIGRATIONS
 
 SEMOE = Path(evaluation.__file__).parent
 # DuckDB type of a column → the Python type its row field is annotated with (less "| None").
-PY_TYPE = {"VARCHAR": "str", "JSON": "str", "INTEGER": "int", "BIGINT": "int", "DOUBLE": "float",
-           "BOOLEAN": "bool", "TIMESTAMP": "datetime", "VARCHAR[]": "list[str]", "BIGINT[]": "list[int]"}  # fmt: skip
+PY_TYPE = {
+    "VARCHAR": "str",
+    "JSON": "str",
+    "INTEGER": "int",
+    "BIGINT": "int",
+    "DOUBLE": "float",
+    "BOOLEAN": "bool",
+    "TIMESTAMP": "datetime",
+    "VARCHAR[]": "list[str]",
+    "BIGINT[]": "list[int]",
+}
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +123,23 @@ def test_rows_are_built_only_through_the_row_classes(empty_store):
 
 
 def test_a_dict_that_is_not_a_row_names_the_table_and_columns():
-    row = RetrievalRow(run_id="r", dataset="d", example_id="e", method="m", step=0, rank=1, query="q",
-                       passage_id="p", title="t", score=1.0).as_dict()  # fmt: skip
+    row = RetrievalRow(
+        run_id="r",
+        dataset="d",
+        example_id="e",
+        method="m",
+        step=0,
+        rank=1,
+        query="q",
+        passage_id="p",
+        title="t",
+        score=1.0,
+    ).as_dict()
     assert RetrievalRow.from_dict(row).as_dict() == row
     bad = {k: v for k, v in row.items() if k != "title"} | {"titel": "t"}
-    with pytest.raises(StoreError, match=r"not a row of retrievals: missing columns \['title'\]; unknown columns \['titel'\]"):
+    with pytest.raises(
+        StoreError, match=r"not a row of retrievals: missing columns \['title'\]; unknown columns \['titel'\]"
+    ):
         RetrievalRow.from_dict(bad)
     with pytest.raises(StoreError, match="missing columns"):
         rekeyed("retrievals", [{k: v for k, v in row.items() if k != "score"}], run_id="r2")
@@ -128,9 +149,22 @@ def test_a_dict_that_is_not_a_row_names_the_table_and_columns():
 def test_the_writer_takes_typed_rows_and_refuses_a_row_of_another_table(tmp_path):
     store = ResultStore(tmp_path / "r.duckdb")
     store.start_run("r", "name", "h", "v", "{}")
-    expert = ExpertRow(expert_key="k", passage_id="p", path="/x", base_model="m", rank=2, alpha=32.0, lr=1e-4,
-                       epochs=1, targets=["up_proj"], loss_before=None, loss_after=None, seconds=None, bytes=10,
-                       sha256=None)  # fmt: skip
+    expert = ExpertRow(
+        expert_key="k",
+        passage_id="p",
+        path="/x",
+        base_model="m",
+        rank=2,
+        alpha=32.0,
+        lr=1e-4,
+        epochs=1,
+        targets=["up_proj"],
+        loss_before=None,
+        loss_after=None,
+        seconds=None,
+        bytes=10,
+        sha256=None,
+    )
     store.write_rows("experts", [expert])
     assert store.query("SELECT rank, targets, bytes FROM experts") == [{"rank": 2, "targets": ["up_proj"], "bytes": 10}]
     with pytest.raises(StoreError, match=r"ExpertRow \(a row of experts\) given as a row of indexes"):
@@ -157,20 +191,29 @@ def _output(experts_s: float = 0.0, events: list | None = None) -> MethodOutput:
     extra = {"tokens": 4, "prefill_tokens": 9} | (
         {"trigger_events": events, "hallucination_events": len(events), "sentences": 2} if events is not None else {}
     )
-    return MethodOutput(prediction="answer 0", raw_output="So the answer is answer 0.", generation_count=1,
-                        retrievals=[RetrievalStep(0, "Question?", [Hit(PASSAGES[r], 1.0, r + 1) for r in range(2)])],
-                        prompt_tokens=20, generated_tokens=4, latency=latency, extra=extra)  # fmt: skip
+    return MethodOutput(
+        prediction="answer 0",
+        raw_output="So the answer is answer 0.",
+        generation_count=1,
+        retrievals=[RetrievalStep(0, "Question?", [Hit(PASSAGES[r], 1.0, r + 1) for r in range(2)])],
+        prompt_tokens=20,
+        generated_tokens=4,
+        latency=latency,
+        extra=extra,
+    )
 
 
 def test_trigger_events_are_stored_once_in_their_table(tmp_path):
     examples = _examples()
-    tables = evaluation.to_rows("r", "synthetic", "dragin", examples, [_output(events=EVENTS), _output(events=[])],
-                                experts=None)  # fmt: skip
+    tables = evaluation.to_rows(
+        "r", "synthetic", "dragin", examples, [_output(events=EVENTS), _output(events=[])], experts=None
+    )
     first = tables["predictions"][0]
     assert json.loads(first["extra"]) == {"tokens": 4, "prefill_tokens": 9}  # counters are columns, events a table
     assert (first["hallucination_events"], first["sentences"]) == (2, 2)
     assert [(e["example_id"], e["step"], e["token"], e["passage_ids"]) for e in tables["trigger_events"]] == [
-        ("q0", 0, "Kelloway", ["p0", "p1"]), ("q0", 1, "", []),
+        ("q0", 0, "Kelloway", ["p0", "p1"]),
+        ("q0", 1, "", []),
     ]
     store = ResultStore(tmp_path / "r.duckdb")
     store.start_run("r", "t", "h", "v", "{}")
@@ -181,11 +224,18 @@ def test_trigger_events_are_stored_once_in_their_table(tmp_path):
 
 
 def _cfg(tmp_path) -> SemoeConfig:
-    return SemoeConfig.model_validate({
-        "name": "ranks", "store": {"path": str(tmp_path / "r.duckdb")},
-        "methods": ["no-retrieval", "prag", {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}},
-                    {"name": "semoe", "params": {"experts": {"targets": ["down_proj"]}}}],
-    })  # fmt: skip
+    return SemoeConfig.model_validate(
+        {
+            "name": "ranks",
+            "store": {"path": str(tmp_path / "r.duckdb")},
+            "methods": [
+                "no-retrieval",
+                "prag",
+                {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}},
+                {"name": "semoe", "params": {"experts": {"targets": ["down_proj"]}}},
+            ],
+        }
+    )
 
 
 def test_expert_use_is_each_methods_resolved_expert_settings(tmp_path):
@@ -195,8 +245,9 @@ def test_expert_use_is_each_methods_resolved_expert_settings(tmp_path):
     assert evaluation.expert_use(cfg, "prag") == evaluation.ExpertUse(spec, cfg.experts.rank, shared)
     assert evaluation.expert_use(cfg, "prag-r4") == evaluation.ExpertUse(spec, 4, shared)
     assert evaluation.expert_use(cfg, "semoe") == evaluation.ExpertUse(spec, cfg.experts.rank, ("down_proj",))
-    rows = evaluation.to_rows("r", "d", "prag-r4", _examples(), [_output(0.05)] * 2,
-                              experts=evaluation.expert_use(cfg, "prag-r4"))["predictions"]  # fmt: skip
+    rows = evaluation.to_rows(
+        "r", "d", "prag-r4", _examples(), [_output(0.05)] * 2, experts=evaluation.expert_use(cfg, "prag-r4")
+    )["predictions"]
     assert {(r["base_model"], r["expert_rank"], tuple(r["expert_targets"])) for r in rows} == {(spec, 4, shared)}
     (plain,) = evaluation.to_rows("r", "d", "no-retrieval", _examples()[:1], [_output()], experts=None)["predictions"]
     assert (plain["base_model"], plain["expert_rank"], plain["expert_targets"]) == (None, None, None)
@@ -205,9 +256,22 @@ def test_expert_use_is_each_methods_resolved_expert_settings(tmp_path):
 
 
 def _expert(cfg, passage_id: str, rank: int, targets: list[str], nbytes: int) -> ExpertRow:
-    return ExpertRow(expert_key=f"{passage_id}-{rank}-{'-'.join(targets)}", passage_id=passage_id, path="/x",
-                     base_model=cfg.model.spec, rank=rank, alpha=32.0, lr=3e-4, epochs=1, targets=targets,
-                     loss_before=None, loss_after=None, seconds=None, bytes=nbytes, sha256=None)  # fmt: skip
+    return ExpertRow(
+        expert_key=f"{passage_id}-{rank}-{'-'.join(targets)}",
+        passage_id=passage_id,
+        path="/x",
+        base_model=cfg.model.spec,
+        rank=rank,
+        alpha=32.0,
+        lr=3e-4,
+        epochs=1,
+        targets=targets,
+        loss_before=None,
+        loss_after=None,
+        seconds=None,
+        bytes=nbytes,
+        sha256=None,
+    )
 
 
 def test_cost_view_sizes_each_methods_experts_by_its_own_rank(tmp_path):
@@ -217,18 +281,32 @@ def test_cost_view_sizes_each_methods_experts_by_its_own_rank(tmp_path):
     store.start_run("r", cfg.name, cfg.config_hash(), "v", json.dumps(cfg.model_dump(mode="json")))
     for label in ("no-retrieval", "prag", "prag-r4", "semoe"):
         spent = 0.0 if label == "no-retrieval" else 0.05
-        store.write_predictions(evaluation.to_rows("r", "d", label, _examples(), [_output(spent)] * 2,
-                                                   experts=evaluation.expert_use(cfg, label)))  # fmt: skip
+        store.write_predictions(
+            evaluation.to_rows(
+                "r", "d", label, _examples(), [_output(spent)] * 2, experts=evaluation.expert_use(cfg, label)
+            )
+        )
     targets = ["down_proj", "gate_proj", "up_proj"]  # resolved params sort them: so the experts table has them
-    store.write_rows("experts", [
-        _expert(cfg, "p0", 2, targets, 100), _expert(cfg, "p1", 2, targets, 200), _expert(cfg, "p2", 2, targets, 999),
-        _expert(cfg, "p0", 4, targets, 1000), _expert(cfg, "p1", 4, targets, 2000),
-        _expert(cfg, "p0", 2, ["down_proj"], 10), _expert(cfg, "p1", 2, ["down_proj"], 20),
-    ])  # fmt: skip
+    store.write_rows(
+        "experts",
+        [
+            _expert(cfg, "p0", 2, targets, 100),
+            _expert(cfg, "p1", 2, targets, 200),
+            _expert(cfg, "p2", 2, targets, 999),
+            _expert(cfg, "p0", 4, targets, 1000),
+            _expert(cfg, "p1", 4, targets, 2000),
+            _expert(cfg, "p0", 2, ["down_proj"], 10),
+            _expert(cfg, "p1", 2, ["down_proj"], 20),
+        ],
+    )
     cost = {r["method"]: r for r in store.query("SELECT * FROM cost_by_method WHERE run_id = 'r'")}
     got = {m: (r["experts_used"], r["expert_bytes"], r["expert_bytes_per_question"]) for m, r in cost.items()}
-    assert got == {"no-retrieval": (0, 0, 0.0), "prag": (2, 300, 300.0), "prag-r4": (2, 3000, 3000.0),
-                   "semoe": (2, 30, 30.0)}  # fmt: skip
+    assert got == {
+        "no-retrieval": (0, 0, 0.0),
+        "prag": (2, 300, 300.0),
+        "prag-r4": (2, 3000, 3000.0),
+        "semoe": (2, 30, 30.0),
+    }
 
 
 def test_migration_6_fills_old_predictions_and_drops_the_copies_in_extra(tmp_path, monkeypatch):
@@ -240,31 +318,74 @@ def test_migration_6_fills_old_predictions_and_drops_the_copies_in_extra(tmp_pat
     path = tmp_path / "old.duckdb"
     monkeypatch.setattr(results, "MIGRATIONS", [m for m in MIGRATIONS if m[0] < 6])
     old = ResultStore(path)
-    config = {"model": {"spec": "base"}, "experts": {"rank": 2, "targets": ["up_proj", "down_proj"]},
-              "methods": ["prag", "dragin", {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}}]}
+    config = {
+        "model": {"spec": "base"},
+        "experts": {"rank": 2, "targets": ["up_proj", "down_proj"]},
+        "methods": ["prag", "dragin", {"name": "prag", "label": "prag-r4", "params": {"experts": {"rank": 4}}}],
+    }
     old.start_run("r", "t", "h", "v", json.dumps(config))
     extra = json.dumps({"trigger_events": EVENTS, "hallucination_events": 2, "sentences": 2, "tokens": 4})
     columns = [c for c in PredictionRow.columns() if c not in ("base_model", "expert_rank", "expert_targets")]
     with old.connect() as con:
         for method, experts_s in (("prag", 0.05), ("prag-r4", 0.05), ("dragin", 0.0)):
-            values = dict.fromkeys(columns) | {"run_id": "r", "dataset": "d", "example_id": "q0", "method": method,
-                                               "latency_experts_s": experts_s, "extra": extra}
-            con.execute(f"INSERT INTO predictions ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                        list(values.values()))
-    old.write_rows("retrievals", [RetrievalRow(run_id="r", dataset="d", example_id="q0", method=m, step=0, rank=1,
-                                               query="q", passage_id="p0", title="t", score=1.0)
-                                  for m in ("prag", "prag-r4", "dragin")])  # fmt: skip
-    old.write_rows("experts", [  # as the provider wrote them: targets sorted
-        ExpertRow(expert_key=f"k{rank}", passage_id="p0", path="/x", base_model="base", rank=rank, alpha=32.0,
-                  lr=3e-4, epochs=1, targets=["down_proj", "up_proj"], loss_before=None, loss_after=None,
-                  seconds=None, bytes=nbytes, sha256=None)
-        for rank, nbytes in ((2, 100), (4, 400))
-    ])  # fmt: skip
+            values = dict.fromkeys(columns) | {
+                "run_id": "r",
+                "dataset": "d",
+                "example_id": "q0",
+                "method": method,
+                "latency_experts_s": experts_s,
+                "extra": extra,
+            }
+            con.execute(
+                f"INSERT INTO predictions ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()),
+            )
+    old.write_rows(
+        "retrievals",
+        [
+            RetrievalRow(
+                run_id="r",
+                dataset="d",
+                example_id="q0",
+                method=m,
+                step=0,
+                rank=1,
+                query="q",
+                passage_id="p0",
+                title="t",
+                score=1.0,
+            )
+            for m in ("prag", "prag-r4", "dragin")
+        ],
+    )
+    old.write_rows(
+        "experts",
+        [  # as the provider wrote them: targets sorted
+            ExpertRow(
+                expert_key=f"k{rank}",
+                passage_id="p0",
+                path="/x",
+                base_model="base",
+                rank=rank,
+                alpha=32.0,
+                lr=3e-4,
+                epochs=1,
+                targets=["down_proj", "up_proj"],
+                loss_before=None,
+                loss_after=None,
+                seconds=None,
+                bytes=nbytes,
+                sha256=None,
+            )
+            for rank, nbytes in ((2, 100), (4, 400))
+        ],
+    )
     monkeypatch.undo()
     store = ResultStore(path)
     got = store.query("SELECT method, base_model, expert_rank, expert_targets, extra FROM predictions ORDER BY method")
     assert [(r["method"], r["base_model"], r["expert_rank"], r["expert_targets"]) for r in got] == [
-        ("dragin", None, None, None), ("prag", "base", 2, ["up_proj", "down_proj"]),
+        ("dragin", None, None, None),
+        ("prag", "base", 2, ["up_proj", "down_proj"]),
         ("prag-r4", "base", 4, ["up_proj", "down_proj"]),
     ]
     assert all(json.loads(r["extra"]) == {"tokens": 4} for r in got)

@@ -104,8 +104,9 @@ def test_changed_gold_is_rescored_and_a_removed_question_leaves_the_metrics(tmp_
     assert metrics["no-retrieval"]["em"] == 1.0
     # the reused answer keeps its retrievals, re-keyed to the new run
     got = store.query("select passage_id from retrievals where run_id = ? order by rank", [second["run_id"]])
-    was = store.query("select passage_id from retrievals where run_id = ? and example_id = 'q1' order by rank",
-                      [first["run_id"]])  # fmt: skip
+    was = store.query(
+        "select passage_id from retrievals where run_id = ? and example_id = 'q1' order by rank", [first["run_id"]]
+    )
     assert got == was and len(got) == 2
     # the first run is left as it was: its numbers still describe the file it read
     assert store.query("select n from metrics where run_id = ? and method = 'no-retrieval'", [first["run_id"]]) == [
@@ -135,7 +136,9 @@ def test_changed_corpus_reanswers_retrieving_methods_only(tmp_path, qa_config, p
     new = _predictions(store, second["run_id"])
     assert new[("no-retrieval", "q1")]["answered_in"] == first["run_id"]
     assert new[("single-retrieval", "q1")]["answered_in"] == second["run_id"]
-    cited = {r["passage_id"] for r in store.query("select passage_id from retrievals where run_id = ?", [second["run_id"]])}
+    cited = {
+        r["passage_id"] for r in store.query("select passage_id from retrievals where run_id = ?", [second["run_id"]])
+    }
     assert cited <= {p["id"] for p in replaced} and "p-lyon-2" in cited
     assert "p-lyon" not in cited
 
@@ -211,7 +214,14 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_code_that_cannot_change_a_result_is_not_part_of_its_identity(tmp_path):
     root = _package_copy(tmp_path)
     before = _digests(root)
-    for rel in ("cli.py", "reporting.py", "flows/pipeline.py", "tasks/answering.py", "storage/results.py", "evaluation.py"):
+    for rel in (
+        "cli.py",
+        "reporting.py",
+        "flows/pipeline.py",
+        "tasks/answering.py",
+        "storage/results.py",
+        "evaluation.py",
+    ):
         (root / rel).write_text((root / rel).read_text(encoding="utf-8") + "\nUNUSED_CONSTANT = 1\n", encoding="utf-8")
     # comments, docstrings and layout of answer code do not count either
     _edit(root / "generation/answer.py", '"""', '"""Reworded docstring. ')

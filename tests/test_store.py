@@ -11,20 +11,45 @@ from semoe.storage.schema import MIGRATIONS
 
 
 def _pred(run_id, ex, method="m", em=1.0):
-    return {"run_id": run_id, "dataset": "d", "example_id": ex, "method": method, "question": "q?", "golds": ["a"],
-            "prediction": "a", "em": em, "f1": em, "retrieval_count": 1, "latency_s": 0.5}
+    return {
+        "run_id": run_id,
+        "dataset": "d",
+        "example_id": ex,
+        "method": method,
+        "question": "q?",
+        "golds": ["a"],
+        "prediction": "a",
+        "em": em,
+        "f1": em,
+        "retrieval_count": 1,
+        "latency_s": 0.5,
+    }
 
 
 def _ret(run_id, ex, rank, pid, method="m"):
-    return {"run_id": run_id, "dataset": "d", "example_id": ex, "method": method, "step": 0, "rank": rank,
-            "query": "q?", "passage_id": pid, "title": pid, "score": 1.0 / rank}
+    return {
+        "run_id": run_id,
+        "dataset": "d",
+        "example_id": ex,
+        "method": method,
+        "step": 0,
+        "rank": rank,
+        "query": "q?",
+        "passage_id": pid,
+        "title": pid,
+        "score": 1.0 / rank,
+    }
 
 
 def test_rewrites_are_idempotent_and_replace_retrievals(tmp_path):
     store = ResultStore(tmp_path / "r.duckdb")
     assert store.start_run("r1", "t", "h", "v", "{}") == "new"
-    store.write_predictions({"predictions": [_pred("r1", "e1"), _pred("r1", "e2", em=0.0)],
-                             "retrievals": [_ret("r1", "e1", 1, "p1"), _ret("r1", "e1", 2, "p2")]})
+    store.write_predictions(
+        {
+            "predictions": [_pred("r1", "e1"), _pred("r1", "e2", em=0.0)],
+            "retrievals": [_ret("r1", "e1", 1, "p1"), _ret("r1", "e1", 2, "p2")],
+        }
+    )
     store.write_predictions({"predictions": [_pred("r1", "e1", em=0.0)], "retrievals": [_ret("r1", "e1", 1, "p9")]})
     assert store.query("select count(*) n from predictions")[0]["n"] == 2
     assert store.query("select em from predictions where example_id='e1'")[0]["em"] == 0.0
@@ -80,13 +105,18 @@ def test_locked_by_another_process_gives_one_clear_error(tmp_path):
     path = tmp_path / "r.duckdb"
     ResultStore(path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import duckdb, sys, time
             con = duckdb.connect({str(path)!r})
             print("locked", flush=True)
             time.sleep(30)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

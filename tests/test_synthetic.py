@@ -10,7 +10,14 @@ import pytest
 
 from semoe.config import ConfigError, CorpusConfig, DatasetConfig, SyntheticConfig, config_from_dict
 from semoe.data import CORPORA, DATASETS, DataContext
-from semoe.data.encyclopedia import _REAL_WORDS, MAX_WORDS, MIN_WORDS, QUESTION_TYPES, build_encyclopedia, question_counts
+from semoe.data.encyclopedia import (
+    _REAL_WORDS,
+    MAX_WORDS,
+    MIN_WORDS,
+    QUESTION_TYPES,
+    build_encyclopedia,
+    question_counts,
+)
 
 CFG = SyntheticConfig(seed=3, n_entities=40, n_questions=300, extra_passages_per_entity=2)
 
@@ -52,8 +59,13 @@ def test_output_does_not_depend_on_the_process_hash_seed(enc):
         "print(e.passages[-1].text, e.questions[-1].question, e.questions[-1].answers)"
     )
     outputs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
         for seed in ("1", "2")
     }
     q = enc.questions[-1]
@@ -112,7 +124,7 @@ def test_main_passages_state_every_attribute(enc, passages):
 def test_distractor_passages_name_their_entity_and_state_no_facts(enc):
     entities = _entities(enc)
     names = [e.name for e in entities]
-    for p in enc.passages[len(entities):]:
+    for p in enc.passages[len(entities) :]:
         assert p.title in p.text
         assert not re.search(r"\d", p.text)
         assert [n for n in names if n in p.text and n not in p.title] == []
@@ -146,8 +158,10 @@ def test_multi_hop_questions_need_at_least_two_passages(enc):
 
 def test_comparisons_are_correct_and_never_ties(enc, people):
     entities = {e.name: e for e in _entities(enc)}
-    year = {n: getattr(e, "birth_year", None) or getattr(e, "founded", None) or getattr(e, "year", None)
-            for n, e in entities.items()}
+    year = {
+        n: getattr(e, "birth_year", None) or getattr(e, "founded", None) or getattr(e, "year", None)
+        for n, e in entities.items()
+    }
     for q in (q for q in enc.questions if q.type == "comparison"):
         a, b = q.meta["entities"]
         if q.meta["relation"] == "same-birth-country":

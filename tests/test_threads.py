@@ -66,8 +66,8 @@ def _model_tasks(monkeypatch, seen: list[int]):
 
     import semoe.evaluation as evaluation
     import semoe.routing.grid as grid
-    from semoe.tasks.answering import answer_chunk_task
     from semoe.generation.methods.parametric import ExpertParams
+    from semoe.tasks.answering import answer_chunk_task
     from semoe.tasks.experts import build_experts_task
     from semoe.tasks.routing import evaluate_routing_cell_task, prepare_routing_model_task
 

@@ -14,13 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.support.helpers import CORPUS
-from semoe.storage.results import migrate
-from semoe.config import GenerationConfig, RetrievalConfig
+from semoe.config import ConfigError, GenerationConfig, MethodSpec, RetrievalConfig, SemoeConfig, TriggerConfig
 from semoe.generation import METHODS
-from semoe.generation.base import MethodContext
-from semoe.config import ConfigError, MethodSpec, SemoeConfig, TriggerConfig
-from semoe.generation.base import build_method
+from semoe.generation.base import MethodContext, build_method
 from semoe.generation.triggered import (
     FixLength,
     FixSentence,
@@ -46,6 +42,8 @@ from semoe.generation.triggered import (
     word_spans,
 )
 from semoe.retrieval.base import Hit
+from semoe.storage.results import migrate
+from tests.support.helpers import CORPUS
 
 # --------------------------------------------------------------------------- text units
 
@@ -86,13 +84,23 @@ def test_word_spans_merge_subwords_with_their_punctuation():
 
 def test_content_words_and_sentences():
     assert [is_content_word(w) for w in ["the", " Was", "Kelloway.", ",", "1931", "born", "'s"]] == [
-        False, False, True, False, True, True, False,
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
     ]
     assert split_sentences("He was born in 1931. J. R. Smith wrote it! Where? The answer is 3.5") == [
-        "He was born in 1931.", "J. R. Smith wrote it!", "Where?", "The answer is 3.5",
+        "He was born in 1931.",
+        "J. R. Smith wrote it!",
+        "Where?",
+        "The answer is 3.5",
     ]
     assert split_sentences("Gen. Lee was born in St. Louis, Mo. in 1807. He met Mr. Smith.") == [
-        "Gen. Lee was born in St. Louis, Mo. in 1807.", "He met Mr. Smith.",
+        "Gen. Lee was born in St. Louis, Mo. in 1807.",
+        "He met Mr. Smith.",
     ]
 
 
@@ -197,7 +205,10 @@ def test_query_fallbacks_and_qfs():
     with pytest.raises(ValueError, match="unknown"):
         formulate_query("psychic", Q)
     # most attended first, original order kept, stopwords and punctuation never kept
-    assert qfs_query(["The", " bell", " is", " in", " Quorvanthe", "."], [0.9, 0.2, 0.8, 0.7, 0.3, 0.9], 5) == "bell Quorvanthe"
+    assert (
+        qfs_query(["The", " bell", " is", " in", " Quorvanthe", "."], [0.9, 0.2, 0.8, 0.7, 0.3, 0.9], 5)
+        == "bell Quorvanthe"
+    )
     assert qfs_query(["The", " bell", " is"], [0.9, 0.2, 0.8], 1, check_real_words=False) == "The"
 
 
@@ -226,22 +237,37 @@ def test_methods_are_registered():
 def test_trigger_event_rows_fit_the_ddl():
     import duckdb
 
-    extra = {"trigger_events": [
-        {"step": 0, "token_index": 3, "token": "Kelloway", "score": 2.5, "query": "q one", "passage_ids": ["p1", "p2"]},
-        {"step": 1, "token_index": 9, "token": "", "score": None, "query": "q two", "passage_ids": []},
-    ]}
+    extra = {
+        "trigger_events": [
+            {
+                "step": 0,
+                "token_index": 3,
+                "token": "Kelloway",
+                "score": 2.5,
+                "query": "q one",
+                "passage_ids": ["p1", "p2"],
+            },
+            {"step": 1, "token_index": 9, "token": "", "score": None, "query": "q two", "passage_ids": []},
+        ]
+    }
     rows = trigger_event_rows("run", "ds", "ex1", "dragin", extra)
     assert trigger_event_rows("run", "ds", "ex1", "no-retrieval", {}) == []
     con = duckdb.connect()
     migrate(con)
     cols = list(rows[0])
-    con.executemany(f"insert into trigger_events ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
-                    [[r[c] for c in cols] for r in rows])
+    con.executemany(
+        f"insert into trigger_events ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
+        [[r[c] for c in cols] for r in rows],
+    )
     assert con.execute("select step, token, score, passage_ids from trigger_events order by step").fetchall() == [
-        (0, "Kelloway", 2.5, ["p1", "p2"]), (1, "", None, []),
+        (0, "Kelloway", 2.5, ["p1", "p2"]),
+        (1, "", None, []),
     ]
     with pytest.raises(duckdb.ConstraintException):
-        con.execute("insert into trigger_events (run_id, dataset, example_id, method, step) values ('run', 'ds', 'ex1', 'dragin', 0)")
+        con.execute(
+            "insert into trigger_events (run_id, dataset, example_id, method, step) "
+            "values ('run', 'ds', 'ex1', 'dragin', 0)"
+        )
 
 
 # --------------------------------------------------------------------------- the loop, on a scripted model
@@ -289,8 +315,10 @@ def script(engine, text_without, text_with=None, p_without=0.99, p_with=0.99):
 
     tok = engine.tokenizer
     header = tok("<|im_start|>assistant\n", add_special_tokens=False).input_ids
-    scripts = {False: tok(text_without, add_special_tokens=False).input_ids,
-               True: tok(text_with if text_with is not None else text_without, add_special_tokens=False).input_ids}
+    scripts = {
+        False: tok(text_without, add_special_tokens=False).input_ids,
+        True: tok(text_with if text_with is not None else text_without, add_special_tokens=False).input_ids,
+    }
     vocab = len(tok)
 
     def forward(model, input_ids, cache):
@@ -341,7 +369,9 @@ def test_finishes_the_answer_sentence_after_a_fixed_window(tiny):
 
 
 def test_stops_on_length_and_on_no_growth(tiny):
-    long = script(make_engine(tiny, Policy(), generate_max_length=6), "one two three four five six seven eight nine ten")
+    long = script(
+        make_engine(tiny, Policy(), generate_max_length=6), "one two three four five six seven eight nine ten"
+    )
     out = long.answer("Count?")
     assert out.generated_tokens == 6 and out.raw_output == "one two three four five six"
     empty = script(make_engine(tiny, Policy()), "").answer("Silence?")
@@ -363,7 +393,10 @@ def test_token_trigger_retrieves_and_regenerates_the_sentence(tiny):
     n_first = len(tok(first, add_special_tokens=False).input_ids)
     pieces = [tok.decode([t]) for t in tok(second, add_special_tokens=False).input_ids]
     flagged = n_first + 4  # the first token of "Meridel": unsure without passages, sure with them
-    p_without = lambda i: 0.05 if i == flagged else 0.99
+
+    def p_without(i):
+        return 0.05 if i == flagged else 0.99
+
     out = script(engine, first + second, first + " He lived in Quorvanthe.", p_without).answer("Who is Tobin?")
     assert out.raw_output == "Tobin Ashcroft painted harbours. He lived in Quorvanthe."
     assert out.extra["hallucination_events"] == 1 and len(out.retrievals) == 1
@@ -373,7 +406,9 @@ def test_token_trigger_retrieves_and_regenerates_the_sentence(tiny):
     assert retriever.queries == [event["query"]] and event["score"] > 0.1
     assert event["passage_ids"] == [h.passage.id for h in out.retrievals[0].hits]
     # discarded sentence counted as generated work
-    assert out.generation_count == 3 and out.extra["tokens"] == out.generated_tokens > len(tok(out.raw_output).input_ids)
+    assert out.generation_count == 3 and out.extra["tokens"] == out.generated_tokens > len(
+        tok(out.raw_output).input_ids
+    )
 
 
 def test_silent_trigger_never_retrieves(tiny):
@@ -408,7 +443,9 @@ class Recorder(Knowledge):
 
 def test_knowledge_hook_replaces_passages_and_invalidates_the_cache(tiny):
     def answers(knowledge):
-        engine = script(make_engine(tiny, FixSentence(), knowledge=knowledge, max_retrievals=1), "The answer is Quorvanthe.")
+        engine = script(
+            make_engine(tiny, FixSentence(), knowledge=knowledge, max_retrievals=1), "The answer is Quorvanthe."
+        )
         return [engine.answer(q) for q in ["Where is the winter market?", "Who copied star charts?"]]
 
     knowledge = Recorder()
@@ -427,7 +464,9 @@ def test_kv_reuse_equals_recomputation(tiny):
     import torch
 
     tok, model = tiny.tokenizer, tiny.model
-    shared = tok("A shared few-shot prefix that both prompts start with, word for word.", add_special_tokens=False).input_ids
+    shared = tok(
+        "A shared few-shot prefix that both prompts start with, word for word.", add_special_tokens=False
+    ).input_ids
     p1 = shared + tok(" First question and its continuation", add_special_tokens=False).input_ids
     p2 = shared + tok(" Second, different question", add_special_tokens=False).input_ids
 
@@ -500,7 +539,9 @@ def test_engine_with_cache_reuse_matches_recomputation(tiny, policy):
 def test_engine_decoding_equals_model_generate(tiny):
     engine = make_engine(tiny, Policy(), generate_max_length=20)
     out = engine.answer("Who painted Harbour Lights?")
-    (ref,) = tiny.generate([[{"role": "user", "content": _user_turn("Who painted Harbour Lights?")}]], max_new_tokens=20)
+    (ref,) = tiny.generate(
+        [[{"role": "user", "content": _user_turn("Who painted Harbour Lights?")}]], max_new_tokens=20
+    )
     assert out.raw_output == ref.text and out.generated_tokens == ref.new_tokens
 
 
@@ -534,9 +575,16 @@ def test_recorded_attention_matches_eager_attention(tiny_lm_dir):
 
 
 def test_method_runs_on_a_context_without_trigger_section(tiny):
-    ctx = MethodContext(generation=GenerationConfig(max_new_tokens=8, few_shot=1), lm=tiny,
-                        retrieval=RetrievalConfig(top_k=2), retriever=WordRetriever())  # fmt: skip
-    examples = [SimpleNamespace(question="Where is Quorvanthe?"), SimpleNamespace(question="Who founded Meridel Abbey?")]
+    ctx = MethodContext(
+        generation=GenerationConfig(max_new_tokens=8, few_shot=1),
+        lm=tiny,
+        retrieval=RetrievalConfig(top_k=2),
+        retriever=WordRetriever(),
+    )
+    examples = [
+        SimpleNamespace(question="Where is Quorvanthe?"),
+        SimpleNamespace(question="Who founded Meridel Abbey?"),
+    ]
     outs = METHODS.get("dragin")().run(examples, ctx)
     assert len(outs) == 2 and all(0 < o.generated_tokens == o.extra["tokens"] <= 16 for o in outs)
     assert all(len(o.retrievals) == len(o.extra["trigger_events"]) >= 1 for o in outs)
@@ -564,8 +612,9 @@ def test_dragin_and_token_end_to_end(model_cache_root, tmp_path):
     retriever = RETRIEVERS.get("tantivy")(RetrievalConfig(), tmp_path / "index", "trig-test")
     retriever.build(enc.passages)
     model, tok = load_model("smollm2-135m-instruct", model_cache_root)
-    ctx = MethodContext(generation=GenerationConfig(), lm=ChatLM(model, tok), retrieval=RetrievalConfig(),
-                        retriever=retriever)  # fmt: skip
+    ctx = MethodContext(
+        generation=GenerationConfig(), lm=ChatLM(model, tok), retrieval=RetrievalConfig(), retriever=retriever
+    )
     for method in ["dragin", "token"]:
         outs = METHODS.get(method)().run(enc.questions, ctx)
         tables = to_rows("run", "synthetic", method, enc.questions, outs, experts=None)

@@ -24,7 +24,9 @@ class Section(BaseModel):
     def identity(self) -> dict:
         """The settings that decide results: the section less its ``operational`` fields,
         nested sections by their own identity (JSON values)."""
-        return {name: _identity(getattr(self, name)) for name in type(self).model_fields if name not in self.operational}
+        return {
+            name: _identity(getattr(self, name)) for name in type(self).model_fields if name not in self.operational
+        }
 
 
 def _identity(value: Any) -> Any:

@@ -41,7 +41,9 @@ class DatasetConfig(Section):
 
 
 class CorpusConfig(Section):
-    format: str = Field("synthetic", description="registered corpus format: synthetic, dpr-tsv, jsonl, dataset-contexts")
+    format: str = Field(
+        "synthetic", description="registered corpus format: synthetic, dpr-tsv, jsonl, dataset-contexts"
+    )
     path: str | None = None
     limit: int | None = Field(None, ge=1, description="index only the first N passages")
     options: dict[str, Any] = Field(default_factory=dict)

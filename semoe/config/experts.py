@@ -53,7 +53,8 @@ class ExpertConfig(Section):
     )
     batch_passages: PositiveInt = Field(8, description="passages trained together in lockstep by the batched trainer")
     micro_batch: PositiveInt = Field(
-        8, description="sequences per forward/backward in the batched trainer (bounds activation memory); each "
+        8,
+        description="sequences per forward/backward in the batched trainer (bounds activation memory); each "
         "lockstep step accumulates the gradients of ceil(batch_passages / micro_batch) of them",
     )
     measure_loss: bool = Field(
@@ -90,15 +91,22 @@ class AugmentConfig(Section):
     n_rewrites: int = Field(1, ge=0, description="rewrites per passage (PRAG: 1)")
     n_qa: int = Field(3, ge=1, le=10, description="QA pairs asked for per passage (PRAG: 3)")
     min_rewrites: int = Field(
-        0, ge=0, description="accepted rewrites a passage needs; with fewer it still trains on its QA pairs (the "
+        0,
+        ge=0,
+        description="accepted rewrites a passage needs; with fewer it still trains on its QA pairs (the "
         "failed rewrites' reasons are recorded)",
     )
     min_qa: int = Field(1, ge=1, description="usable QA pairs an answer needs to be accepted")
     max_attempts: int = Field(3, ge=1, le=10, description="generations per rewrite / QA list before the passage fails")
-    retry_temperature: float = Field(0.7, gt=0, le=2, description="sampling temperature of retries (attempt 1 is greedy)")
+    retry_temperature: float = Field(
+        0.7, gt=0, le=2, description="sampling temperature of retries (attempt 1 is greedy)"
+    )
     seed: int = Field(0, description="seed of the sampled retries")
     grounded: bool = Field(
-        True, description="keep only QA pairs whose answer occurs in the passage and whose question names nothing absent from it"
+        True,
+        description=(
+            "keep only QA pairs whose answer occurs in the passage and whose question names nothing absent from it"
+        ),
     )
     batch_size: int = Field(8, ge=1, description="conversations per model.generate call")
     chunk_size: int = Field(32, ge=1, description="passages generated and cached together (resume granularity)")

@@ -23,13 +23,15 @@ class GenerationConfig(Section):
     system_prompt: str | None = None
     # Token budget (semoe.generation.prompts.fit_messages): what is cut is recorded per prediction.
     max_passage_tokens: int | None = Field(
-        512, ge=1,
+        512,
+        ge=1,
         description="tokens of each passage's text shown in a prompt (the start is kept, the cut marked '…'); "
         "512 leaves DPR's 100-word passages (~130-150 tokens) and dataset paragraphs whole and stops one huge "
         "document from filling the context; None: no per-passage limit",
     )
     max_prompt_tokens: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="tokens of the whole rendered prompt; None: the model's context length (config "
         "max_position_embeddings, else the tokenizer's model_max_length) minus the new tokens",
     )

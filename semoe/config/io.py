@@ -38,7 +38,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 try:
                     node = node[int(part)]
                 except (ValueError, IndexError):
-                    raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a valid list index") from None
+                    raise ConfigError(
+                        f"override {item!r}: {'.'.join(parts[: i + 1])} is not a valid list index"
+                    ) from None
             else:
                 node = node.setdefault(part, {})
             if not isinstance(node, (dict, list)):

@@ -32,7 +32,8 @@ class RunnerConfig(Section):
     n_workers: int = Field(2, ge=1, description="worker processes of the local cluster (when no address)")
     threads_per_worker: int = Field(1, ge=1, description="tasks a Dask worker runs at once")
     threads: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="torch CPU threads of each process that runs models (the flow process, each Dask worker); "
         "None: OMP_NUM_THREADS when set, else all cores; a local Dask cluster's workers: cores ÷ "
         "(n_workers × threads_per_worker). Operational: results do not depend on it",
@@ -46,4 +47,6 @@ class GpuConfig(Section):
         "auto", description="auto: a limit when the model runs on CUDA; on: also on CPU (tests); off: none"
     )
     slots: int = Field(1, ge=1, description="model tasks one GPU runs at once (the limit's size when created)")
-    worker: str | None = Field(None, description=f"worker name in limit names; default env {WORKER_ENV}, else the hostname")
+    worker: str | None = Field(
+        None, description=f"worker name in limit names; default env {WORKER_ENV}, else the hostname"
+    )

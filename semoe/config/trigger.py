@@ -27,14 +27,22 @@ class TriggerConfig(Section):
         "most attended content words); None: the method's default (dragin real_words, token current_wo_wrong, "
         "fix-* current)",
     )
-    check_real_words: bool = Field(True, description="only content words (stopword filter) can trigger or enter a QFS query")
+    check_real_words: bool = Field(
+        True, description="only content words (stopword filter) can trigger or enter a QFS query"
+    )
     retrieve_topk: int | None = Field(None, ge=1, description="passages per retrieval; None: retrieval.top_k")
-    generate_max_length: int | None = Field(None, ge=1, description="generated-token budget; None: generation.max_new_tokens")
+    generate_max_length: int | None = Field(
+        None, ge=1, description="generated-token budget; None: generation.max_new_tokens"
+    )
     fix_length: int = Field(16, ge=1, description="fix-length-retrieval: tokens per retrieval window")
     hallucination_threshold: float | None = Field(
         None, description="token: mean/max/min of 1-p over a sentence; dragin: RIND score; None: method default"
     )
-    sentence_solver: Literal["avg", "max", "min"] = Field("avg", description="token: how 1-p is aggregated over a sentence")
+    sentence_solver: Literal["avg", "max", "min"] = Field(
+        "avg", description="token: how 1-p is aggregated over a sentence"
+    )
     retrieve_keep_top_k: int = Field(40, ge=1, description="real_words: content words kept in the query")
     last_n_tokens: int = Field(32, ge=1, description="last_n_tokens: query length in tokens")
-    max_retrievals: int | None = Field(None, ge=0, description="retrievals per question; None: unlimited (length-bounded)")
+    max_retrievals: int | None = Field(
+        None, ge=0, description="retrievals per question; None: unlimited (length-bounded)"
+    )

@@ -32,11 +32,15 @@ _HEADS = tuple(
     "al ar bel bran cal cor dal dor el er fal fen gal gar hal hel il is jan kal kel kes lor mal mar mer "
     "mir nal nev or os pel quel ral ren ros sal sel tal tam tel tor ul val van vel ven wen yar zel zor".split()
 )
-_LINKS = tuple("a e i o u ra re ri ro la le li lo na ne ni no sa se si so ta te ti to va ve vi vo da de di do "
-               "ma me mi mo ka ke ki".split())
+_LINKS = tuple(
+    "a e i o u ra re ri ro la le li lo na ne ni no sa se si so ta te ti to va ve vi vo da de di do "
+    "ma me mi mo ka ke ki".split()
+)
 _TAILS = {
-    "word": tuple("ac an ar ast ek eth ik ir is ith ok or os oth und yn "
-                  "dor mar ven thal rik vos tis nar dal mir gan bek zan dris lor sk rund vek".split()),
+    "word": tuple(
+        "ac an ar ast ek eth ik ir is ith ok or os oth und yn "
+        "dor mar ven thal rik vos tis nar dal mir gan bek zan dris lor sk rund vek".split()
+    ),
     "given": tuple("a ia ya ine o en el is lya na ra sia rin mir vin da".split()),
     "surname": tuple("trecht ov ard ell ind oste ak ez ic ski aan ey dt vic rath mayr voss".split()),
     "place": tuple("vale holm vik mar ora eth und stad mont ica dor rin ssa".split()),
@@ -71,6 +75,7 @@ class _Namer:
 
 
 # --------------------------------------------------------------------------- world
+
 
 @dataclass(eq=False)
 class Place:
@@ -136,28 +141,63 @@ class _Category:
 
 _CATEGORIES = {
     "company": _Category(
-        "company", ("{s} Holdings", "{s} Industries", "{s} & Co.", "{s} Works"),
-        ("shipbuilding", "textile", "mining", "brewing", "printing", "timber", "pharmaceutical",
-         "glassmaking", "insurance", "chemical"),
-        ("engineer", "chemist", "accountant", "architect", "economist", "surveyor"), "worked for"),
+        "company",
+        ("{s} Holdings", "{s} Industries", "{s} & Co.", "{s} Works"),
+        (
+            "shipbuilding",
+            "textile",
+            "mining",
+            "brewing",
+            "printing",
+            "timber",
+            "pharmaceutical",
+            "glassmaking",
+            "insurance",
+            "chemical",
+        ),
+        ("engineer", "chemist", "accountant", "architect", "economist", "surveyor"),
+        "worked for",
+    ),
     "university": _Category(
-        "university", ("{s} University", "{s} Institute of Technology", "{s} College"),
+        "university",
+        ("{s} University", "{s} Institute of Technology", "{s} College"),
         ("public", "private", "research"),
-        ("historian", "physicist", "mathematician", "botanist", "linguist", "philosopher"), "taught at"),
+        ("historian", "physicist", "mathematician", "botanist", "linguist", "philosopher"),
+        "taught at",
+    ),
     "publisher": _Category(
-        "publishing house", ("{s} Press", "{s} Books", "{s} House"), ("independent", "literary", "academic"),
-        ("novelist", "poet", "essayist", "playwright"), "wrote for"),
+        "publishing house",
+        ("{s} Press", "{s} Books", "{s} House"),
+        ("independent", "literary", "academic"),
+        ("novelist", "poet", "essayist", "playwright"),
+        "wrote for",
+    ),
     "studio": _Category(
-        "film studio", ("{s} Pictures", "{s} Studios", "{s} Films"), ("independent", "major", "family-run"),
-        ("film director", "screenwriter", "cinematographer", "film producer"), "worked for",
-        earliest=1908, born_from=1860),
+        "film studio",
+        ("{s} Pictures", "{s} Studios", "{s} Films"),
+        ("independent", "major", "family-run"),
+        ("film director", "screenwriter", "cinematographer", "film producer"),
+        "worked for",
+        earliest=1908,
+        born_from=1860,
+    ),
     "label": _Category(
-        "record label", ("{s} Records", "{s} Sound", "{s} Music"), ("independent", "specialist", "major"),
-        ("composer", "singer", "pianist", "guitarist", "violinist"), "recorded for", earliest=1900, born_from=1860),
+        "record label",
+        ("{s} Records", "{s} Sound", "{s} Music"),
+        ("independent", "specialist", "major"),
+        ("composer", "singer", "pianist", "guitarist", "violinist"),
+        "recorded for",
+        earliest=1900,
+        born_from=1860,
+    ),
     "band": _Category(
-        "band", ("The {s}", "{s}", "{s} Collective", "{s} Quartet"),
-        ("folk", "jazz", "bluegrass", "brass", "blues", "chamber pop"), founded="formed", earliest=1920,
-        founder_sector="label"),
+        "band",
+        ("The {s}", "{s}", "{s} Collective", "{s} Quartet"),
+        ("folk", "jazz", "bluegrass", "brass", "blues", "chamber pop"),
+        founded="formed",
+        earliest=1920,
+        founder_sector="label",
+    ),
 }
 _SECTORS = tuple(c for c, spec in _CATEGORIES.items() if spec.occupations)
 
@@ -177,16 +217,42 @@ class _Form:
 
 
 _FORMS = {
-    "novel": _Form("publisher", "publisher", 1815,
-                   ("{s}", "The {s} Letters", "A Winter in {s}", "The House at {s}"),
-                   ("historical", "science fiction", "mystery", "romance", "gothic", "satirical", "adventure"),
-                   "written by", "wrote", "author", "published", "published"),
-    "film": _Form("studio", "studio", 1910, ("{s}", "Return to {s}", "The {s} Affair", "Nights in {s}"),
-                  ("drama", "comedy", "thriller", "western", "documentary", "war", "horror"),
-                  "directed by", "directed", "director", "released", "produced"),
-    "album": _Form("label", "label", 1930, ("{s}", "{s} Sessions", "Songs for {s}", "Live at {s}"),
-                   ("jazz", "folk", "blues", "gospel", "chamber pop", "swing"),
-                   "recorded by", "recorded", "artist", "released", "released"),
+    "novel": _Form(
+        "publisher",
+        "publisher",
+        1815,
+        ("{s}", "The {s} Letters", "A Winter in {s}", "The House at {s}"),
+        ("historical", "science fiction", "mystery", "romance", "gothic", "satirical", "adventure"),
+        "written by",
+        "wrote",
+        "author",
+        "published",
+        "published",
+    ),
+    "film": _Form(
+        "studio",
+        "studio",
+        1910,
+        ("{s}", "Return to {s}", "The {s} Affair", "Nights in {s}"),
+        ("drama", "comedy", "thriller", "western", "documentary", "war", "horror"),
+        "directed by",
+        "directed",
+        "director",
+        "released",
+        "produced",
+    ),
+    "album": _Form(
+        "label",
+        "label",
+        1930,
+        ("{s}", "{s} Sessions", "Songs for {s}", "Live at {s}"),
+        ("jazz", "folk", "blues", "gospel", "chamber pop", "swing"),
+        "recorded by",
+        "recorded",
+        "artist",
+        "released",
+        "released",
+    ),
 }
 
 
@@ -252,15 +318,31 @@ def _build_world(cfg: SyntheticConfig) -> _World:
     places = []
     for country in _cycled(rng, countries, n):
         population = int(round(10 ** rng.uniform(2.8, 6.2), -2))
-        places.append(Place(namer.word("place"), _place_kind(population),
-                            country, rng.choice(rivers[country]), rng.randint(700, 1780), population))
+        places.append(
+            Place(
+                namer.word("place"),
+                _place_kind(population),
+                country,
+                rng.choice(rivers[country]),
+                rng.randint(700, 1780),
+                population,
+            )
+        )
 
     first_names = [namer.word("given") for _ in range(max(20, n // 4))]
     people = []
     for sector in _cycled(rng, _SECTORS, n):
         spec, surname = _CATEGORIES[sector], namer.word("surname")
-        people.append(Person(f"{rng.choice(first_names)} {surname}", surname, rng.randint(spec.born_from, 1975),
-                             rng.choice(places), sector, rng.choice(spec.occupations)))
+        people.append(
+            Person(
+                f"{rng.choice(first_names)} {surname}",
+                surname,
+                rng.randint(spec.born_from, 1975),
+                rng.choice(places),
+                sector,
+                rng.choice(spec.occupations),
+            )
+        )
     by_sector = _grouped(people, lambda p: p.sector)
     married = sorted(rng.sample(people, round(0.4 * n) // 2 * 2), key=lambda p: (p.birth_year, p.name))
     for a, b in zip(married[::2], married[1::2]):
@@ -270,8 +352,16 @@ def _build_world(cfg: SyntheticConfig) -> _World:
     for category in _cycled(rng, tuple(_CATEGORIES), n):
         spec = _CATEGORIES[category]
         founder, year = _career_event(rng, by_sector[spec.founder_sector or category], spec.earliest, (25, 55), 2015)
-        organisations.append(Organisation(rng.choice(spec.names).format(s=namer.word()), category,
-                                          rng.choice(spec.descriptors), founder, rng.choice(places), year))
+        organisations.append(
+            Organisation(
+                rng.choice(spec.names).format(s=namer.word()),
+                category,
+                rng.choice(spec.descriptors),
+                founder,
+                rng.choice(places),
+                year,
+            )
+        )
     by_category = _grouped(organisations, lambda o: o.category)
     for p in people:
         p.employer = _founded_by(rng, by_category[p.sector], p.birth_year + 45)
@@ -280,8 +370,16 @@ def _build_world(cfg: SyntheticConfig) -> _World:
     for form_name in _cycled(rng, tuple(_FORMS), n):
         form = _FORMS[form_name]
         creator, year = _career_event(rng, by_sector[form.creator_sector], form.earliest, (22, 60), 2020)
-        works.append(Work(rng.choice(form.titles).format(s=namer.word()), form_name, rng.choice(form.genres),
-                          creator, year, _founded_by(rng, by_category[form.publisher_category], year)))
+        works.append(
+            Work(
+                rng.choice(form.titles).format(s=namer.word()),
+                form_name,
+                rng.choice(form.genres),
+                creator,
+                year,
+                _founded_by(rng, by_category[form.publisher_category], year),
+            )
+        )
 
     world = _World(people, places, organisations, works)
     for i, entity in enumerate(world.entities()):
@@ -292,59 +390,117 @@ def _build_world(cfg: SyntheticConfig) -> _World:
 # --------------------------------------------------------------------------- passages
 # A fact is a list of alternative wordings; a wording is one or more sentences.
 
+
 def _facts(e: Entity) -> tuple[dict, list[list[tuple[str, ...]]]]:
     """Values and fact templates of one entity's main passage (the first fact leads)."""
     if isinstance(e, Person):
         spec = _CATEGORIES[e.sector]
-        v = dict(name=e.name, short=e.surname, year=e.birth_year, bp=e.birthplace.name, bpkind=e.birthplace.kind,
-                 occ=e.occupation, a_occ=_a(e.occupation), emp=e.employer.name, join=spec.join,
-                 spouse=e.spouse.name if e.spouse else "")
+        v = dict(
+            name=e.name,
+            short=e.surname,
+            year=e.birth_year,
+            bp=e.birthplace.name,
+            bpkind=e.birthplace.kind,
+            occ=e.occupation,
+            a_occ=_a(e.occupation),
+            emp=e.employer.name,
+            join=spec.join,
+            spouse=e.spouse.name if e.spouse else "",
+        )
         facts = [
-            [("{name} (born {year} in {bp}) was {a_occ}.",),
-             ("{name} was {a_occ}.", "{short} was born in {year} in the {bpkind} of {bp}."),
-             ("{name} was {a_occ} born in {bp} in {year}.",),
-             ("Born in {bp} in {year}, {name} became a well-known {occ}.",)],
-            [("{short} {join} {emp} for many years.",),
-             ("For most of a long career, {short} {join} {emp}.",),
-             ("{short} later {join} {emp} until retirement.",)],
+            [
+                ("{name} (born {year} in {bp}) was {a_occ}.",),
+                ("{name} was {a_occ}.", "{short} was born in {year} in the {bpkind} of {bp}."),
+                ("{name} was {a_occ} born in {bp} in {year}.",),
+                ("Born in {bp} in {year}, {name} became a well-known {occ}.",),
+            ],
+            [
+                ("{short} {join} {emp} for many years.",),
+                ("For most of a long career, {short} {join} {emp}.",),
+                ("{short} later {join} {emp} until retirement.",),
+            ],
         ]
         if e.spouse:
-            facts.append([("{short} was married to {spouse}.",), ("{short} and {spouse} were married for many years.",),
-                          ("{short} married {spouse}.",)])
+            facts.append(
+                [
+                    ("{short} was married to {spouse}.",),
+                    ("{short} and {spouse} were married for many years.",),
+                    ("{short} married {spouse}.",),
+                ]
+            )
         return v, facts
     if isinstance(e, Place):
-        v = dict(name=e.name, kind=e.kind, country=e.country, river=e.river, founded=e.founded,
-                 pop=f"{e.population:,}")
+        v = dict(name=e.name, kind=e.kind, country=e.country, river=e.river, founded=e.founded, pop=f"{e.population:,}")
         return v, [
-            [("{name} is a {kind} in {country}.",), ("{name} is a {kind} located in {country}.",),
-             ("{name} is a {kind} in the country of {country}.",)],
-            [("It lies on the {river} River.",), ("The {kind} stands on the banks of the {river} River.",),
-             ("{name} is situated on the {river} River.",)],
-            [("{name} was founded in {founded}.",), ("The {kind} was established in {founded}.",),
-             ("Records show that the first settlement at {name} was founded in {founded}.",)],
-            [("{name} has a population of {pop}.",), ("The population of {name} is {pop}.",),
-             ("At the most recent census, {name} had {pop} inhabitants.",)],
+            [
+                ("{name} is a {kind} in {country}.",),
+                ("{name} is a {kind} located in {country}.",),
+                ("{name} is a {kind} in the country of {country}.",),
+            ],
+            [
+                ("It lies on the {river} River.",),
+                ("The {kind} stands on the banks of the {river} River.",),
+                ("{name} is situated on the {river} River.",),
+            ],
+            [
+                ("{name} was founded in {founded}.",),
+                ("The {kind} was established in {founded}.",),
+                ("Records show that the first settlement at {name} was founded in {founded}.",),
+            ],
+            [
+                ("{name} has a population of {pop}.",),
+                ("The population of {name} is {pop}.",),
+                ("At the most recent census, {name} had {pop} inhabitants.",),
+            ],
         ]
     if isinstance(e, Organisation):
         spec = _CATEGORIES[e.category]
-        v = dict(name=e.name, noun=spec.noun, a_desc=_a(e.descriptor), founder=e.founder.name, year=e.founded,
-                 hq=e.headquarters.name, fv=spec.founded)
+        v = dict(
+            name=e.name,
+            noun=spec.noun,
+            a_desc=_a(e.descriptor),
+            founder=e.founder.name,
+            year=e.founded,
+            hq=e.headquarters.name,
+            fv=spec.founded,
+        )
         return v, [
-            [("{name} is {a_desc} {noun}.",), ("{name} is {a_desc} {noun} with a long history.",),
-             ("{name} is {a_desc} {noun} of some renown.",)],
-            [("It was {fv} in {year} by {founder}.",), ("{founder} {fv} {name} in {year}.",),
-             ("{name} was {fv} by {founder} in {year}.",),
-             ("The {noun} was {fv} in {year}; its founder was {founder}.",)],
-            [("{name} is based in {hq}.",), ("The {noun} is based in {hq}.",),
-             ("{name} has always been based in {hq}.",)],
+            [
+                ("{name} is {a_desc} {noun}.",),
+                ("{name} is {a_desc} {noun} with a long history.",),
+                ("{name} is {a_desc} {noun} of some renown.",),
+            ],
+            [
+                ("It was {fv} in {year} by {founder}.",),
+                ("{founder} {fv} {name} in {year}.",),
+                ("{name} was {fv} by {founder} in {year}.",),
+                ("The {noun} was {fv} in {year}; its founder was {founder}.",),
+            ],
+            [
+                ("{name} is based in {hq}.",),
+                ("The {noun} is based in {hq}.",),
+                ("{name} has always been based in {hq}.",),
+            ],
         ]
     form = _FORMS[e.form]
-    v = dict(name=e.name, form=e.form, a_genre=_a(e.genre), genre=e.genre, creator=e.creator.name, year=e.year,
-             made_by=form.made_by, released=form.released, issued=form.issued, pub=e.publisher.name)
+    v = dict(
+        name=e.name,
+        form=e.form,
+        a_genre=_a(e.genre),
+        genre=e.genre,
+        creator=e.creator.name,
+        year=e.year,
+        made_by=form.made_by,
+        released=form.released,
+        issued=form.issued,
+        pub=e.publisher.name,
+    )
     return v, [
-        [("{name} is a {year} {genre} {form} {made_by} {creator}.",),
-         ("{name} is {a_genre} {form} by {creator}, first {released} in {year}.",),
-         ("{name} is {a_genre} {form} {made_by} {creator}.", "It was first {released} in {year}.")],
+        [
+            ("{name} is a {year} {genre} {form} {made_by} {creator}.",),
+            ("{name} is {a_genre} {form} by {creator}, first {released} in {year}.",),
+            ("{name} is {a_genre} {form} {made_by} {creator}.", "It was first {released} in {year}."),
+        ],
         [("It was {issued} by {pub}.",), ("The {form} was {issued} by {pub}.",), ("{pub} {issued} the {form}.",)],
     ]
 
@@ -531,6 +687,7 @@ def _passages(world: _World, cfg: SyntheticConfig) -> list[Passage]:
 
 # --------------------------------------------------------------------------- questions
 
+
 @dataclass
 class _Question:
     question: str
@@ -561,46 +718,79 @@ def _question_words(e: Entity) -> dict:
         return dict(name=e.name, fv=_CATEGORIES[e.category].founded)
     if isinstance(e, Work):
         form = _FORMS[e.form]
-        return dict(name=e.name, form=e.form, make=form.make, released=form.released, issued=form.issued,
-                    creator_noun=form.creator_noun, pub_noun=_CATEGORIES[form.publisher_category].noun)
+        return dict(
+            name=e.name,
+            form=e.form,
+            make=form.make,
+            released=form.released,
+            issued=form.issued,
+            creator_noun=form.creator_noun,
+            pub_noun=_CATEGORIES[form.publisher_category].noun,
+        )
     return dict(name=e.name)
 
 
 # (relation, templates, answers or None when the relation does not apply to the entity)
 _SINGLE_HOP: dict[str, list[tuple[str, tuple[str, ...], Callable]]] = {
     "person": [
-        ("birthplace", ("Where was {name} born?", "What is the birthplace of {name}?"),
-         lambda p: _place_answers(p.birthplace)),
+        (
+            "birthplace",
+            ("Where was {name} born?", "What is the birthplace of {name}?"),
+            lambda p: _place_answers(p.birthplace),
+        ),
         ("birth-year", ("In what year was {name} born?", "When was {name} born?"), lambda p: [str(p.birth_year)]),
-        ("occupation", ("What was {name}'s occupation?", "What did {name} do for a living?"),
-         lambda p: [p.occupation]),
-        ("employer", ("Which organisation did {name} work for?", "Which {emp_noun} did {name} work for?"),
-         lambda p: [p.employer.name]),
-        ("spouse", ("Who was {name} married to?", "Who was the spouse of {name}?"),
-         lambda p: [p.spouse.name] if p.spouse else None),
+        ("occupation", ("What was {name}'s occupation?", "What did {name} do for a living?"), lambda p: [p.occupation]),
+        (
+            "employer",
+            ("Which organisation did {name} work for?", "Which {emp_noun} did {name} work for?"),
+            lambda p: [p.employer.name],
+        ),
+        (
+            "spouse",
+            ("Who was {name} married to?", "Who was the spouse of {name}?"),
+            lambda p: [p.spouse.name] if p.spouse else None,
+        ),
     ],
     "place": [
         ("country", ("In which country is {name}?", "{name} is located in which country?"), lambda p: [p.country]),
         ("founded", ("In what year was {name} founded?", "When was {name} founded?"), lambda p: [str(p.founded)]),
-        ("river", ("On which river does {name} lie?", "Which river flows through {name}?"),
-         lambda p: [p.river, f"{p.river} River"]),
-        ("population", ("What is the population of {name}?", "How many people live in {name}?"),
-         lambda p: [f"{p.population:,}", str(p.population)]),
+        (
+            "river",
+            ("On which river does {name} lie?", "Which river flows through {name}?"),
+            lambda p: [p.river, f"{p.river} River"],
+        ),
+        (
+            "population",
+            ("What is the population of {name}?", "How many people live in {name}?"),
+            lambda p: [f"{p.population:,}", str(p.population)],
+        ),
     ],
     "organisation": [
         ("founder", ("Who founded {name}?", "Who was the founder of {name}?"), lambda o: [o.founder.name]),
         ("founded", ("In what year was {name} {fv}?", "When was {name} {fv}?"), lambda o: [str(o.founded)]),
-        ("headquarters", ("Where is {name} based?", "In which place is {name} based?"),
-         lambda o: _place_answers(o.headquarters)),
+        (
+            "headquarters",
+            ("Where is {name} based?", "In which place is {name} based?"),
+            lambda o: _place_answers(o.headquarters),
+        ),
         ("industry", ("What industry is {name} in?",), lambda o: [o.descriptor] if o.category == "company" else None),
-        ("genre", ("What genre of music does {name} play?",),
-         lambda o: [o.descriptor] if o.category == "band" else None),
+        (
+            "genre",
+            ("What genre of music does {name} play?",),
+            lambda o: [o.descriptor] if o.category == "band" else None,
+        ),
     ],
     "work": [
-        ("creator", ("Who {make} the {form} {name}?", "Who is the {creator_noun} of the {form} {name}?"),
-         lambda w: [w.creator.name]),
-        ("year", ("In what year was the {form} {name} first {released}?",
-                  "When was the {form} {name} first {released}?"), lambda w: [str(w.year)]),
+        (
+            "creator",
+            ("Who {make} the {form} {name}?", "Who is the {creator_noun} of the {form} {name}?"),
+            lambda w: [w.creator.name],
+        ),
+        (
+            "year",
+            ("In what year was the {form} {name} first {released}?", "When was the {form} {name} first {released}?"),
+            lambda w: [str(w.year)],
+        ),
         ("genre", ("What genre is the {form} {name}?",), lambda w: [w.genre]),
         ("publisher", ("Which {pub_noun} {issued} the {form} {name}?",), lambda w: [w.publisher.name]),
     ],
@@ -608,33 +798,89 @@ _SINGLE_HOP: dict[str, list[tuple[str, tuple[str, ...], Callable]]] = {
 
 # (relation, subject kind, templates, hop to the bridge entity or None to skip, answers from it)
 _BRIDGE: list[tuple[str, str, tuple[str, ...], Callable, Callable]] = [
-    ("birth-country", "person", ("In which country was {name} born?", "In what country is the birthplace of {name}?"),
-     lambda p: p.birthplace, lambda m: [m.country]),
-    ("employer-founder", "person", ("Who founded the {emp_noun} that {name} worked for?",),
-     lambda p: p.employer if p.employer.founder is not p else None, lambda m: [m.founder.name]),
-    ("employer-headquarters", "person", ("Where is the {emp_noun} that {name} worked for based?",),
-     lambda p: p.employer, lambda m: _place_answers(m.headquarters)),
-    ("spouse-birthplace", "person", ("Where was the spouse of {name} born?",),
-     lambda p: p.spouse, lambda m: _place_answers(m.birthplace)),
-    ("headquarters-country", "organisation", ("In which country is {name} based?",),
-     lambda o: o.headquarters, lambda m: [m.country]),
-    ("founder-birthplace", "organisation", ("Where was the founder of {name} born?",),
-     lambda o: o.founder, lambda m: _place_answers(m.birthplace)),
-    ("founder-birth-year", "organisation", ("In what year was the founder of {name} born?",),
-     lambda o: o.founder, lambda m: [str(m.birth_year)]),
-    ("creator-birthplace", "work", ("Where was the {creator_noun} of the {form} {name} born?",),
-     lambda w: w.creator, lambda m: _place_answers(m.birthplace)),
-    ("creator-birth-year", "work", ("In what year was the {creator_noun} of the {form} {name} born?",),
-     lambda w: w.creator, lambda m: [str(m.birth_year)]),
-    ("publisher-headquarters", "work", ("Where is the {pub_noun} that {issued} {name} based?",),
-     lambda w: w.publisher, lambda m: _place_answers(m.headquarters)),
-    ("publisher-founder", "work", ("Who founded the {pub_noun} that {issued} {name}?",),
-     lambda w: w.publisher if w.publisher.founder is not w.creator else None, lambda m: [m.founder.name]),
+    (
+        "birth-country",
+        "person",
+        ("In which country was {name} born?", "In what country is the birthplace of {name}?"),
+        lambda p: p.birthplace,
+        lambda m: [m.country],
+    ),
+    (
+        "employer-founder",
+        "person",
+        ("Who founded the {emp_noun} that {name} worked for?",),
+        lambda p: p.employer if p.employer.founder is not p else None,
+        lambda m: [m.founder.name],
+    ),
+    (
+        "employer-headquarters",
+        "person",
+        ("Where is the {emp_noun} that {name} worked for based?",),
+        lambda p: p.employer,
+        lambda m: _place_answers(m.headquarters),
+    ),
+    (
+        "spouse-birthplace",
+        "person",
+        ("Where was the spouse of {name} born?",),
+        lambda p: p.spouse,
+        lambda m: _place_answers(m.birthplace),
+    ),
+    (
+        "headquarters-country",
+        "organisation",
+        ("In which country is {name} based?",),
+        lambda o: o.headquarters,
+        lambda m: [m.country],
+    ),
+    (
+        "founder-birthplace",
+        "organisation",
+        ("Where was the founder of {name} born?",),
+        lambda o: o.founder,
+        lambda m: _place_answers(m.birthplace),
+    ),
+    (
+        "founder-birth-year",
+        "organisation",
+        ("In what year was the founder of {name} born?",),
+        lambda o: o.founder,
+        lambda m: [str(m.birth_year)],
+    ),
+    (
+        "creator-birthplace",
+        "work",
+        ("Where was the {creator_noun} of the {form} {name} born?",),
+        lambda w: w.creator,
+        lambda m: _place_answers(m.birthplace),
+    ),
+    (
+        "creator-birth-year",
+        "work",
+        ("In what year was the {creator_noun} of the {form} {name} born?",),
+        lambda w: w.creator,
+        lambda m: [str(m.birth_year)],
+    ),
+    (
+        "publisher-headquarters",
+        "work",
+        ("Where is the {pub_noun} that {issued} {name} based?",),
+        lambda w: w.publisher,
+        lambda m: _place_answers(m.headquarters),
+    ),
+    (
+        "publisher-founder",
+        "work",
+        ("Who founded the {pub_noun} that {issued} {name}?",),
+        lambda w: w.publisher if w.publisher.founder is not w.creator else None,
+        lambda m: [m.founder.name],
+    ),
 ]
 
 
-def _lookup_maker(relation: str, kind: str, templates: tuple[str, ...], answers: Callable,
-                  hop: Callable | None = None) -> _Maker:
+def _lookup_maker(
+    relation: str, kind: str, templates: tuple[str, ...], answers: Callable, hop: Callable | None = None
+) -> _Maker:
     """A question about one entity of ``kind``: the answer is an attribute of the entity
     itself (single-hop) or of the entity ``hop`` leads to (bridge: both passages are gold)."""
 
@@ -658,8 +904,9 @@ def _earlier_maker(relation: str, kinds: tuple[str, ...], templates: tuple[str, 
         if year(a) == year(b):
             return None
         first = a if year(a) < year(b) else b
-        return _Question(rng.choice(templates).format(a=a.name, b=b.name), [first.name], [a, b], relation,
-                         [a.name, b.name])
+        return _Question(
+            rng.choice(templates).format(a=a.name, b=b.name), [first.name], [a, b], relation, [a.name, b.name]
+        )
 
     return make
 
@@ -677,8 +924,13 @@ def _same_country_maker(want_yes: bool) -> _Maker:
         if rng.random() < 0.5:
             a, b = b, a
         templates = ("Were {a} and {b} born in the same country?", "Do {a} and {b} come from the same country?")
-        return _Question(rng.choice(templates).format(a=a.name, b=b.name), ["yes" if want_yes else "no"],
-                         [a, b, a.birthplace, b.birthplace], "same-birth-country", [a.name, b.name])
+        return _Question(
+            rng.choice(templates).format(a=a.name, b=b.name),
+            ["yes" if want_yes else "no"],
+            [a, b, a.birthplace, b.birthplace],
+            "same-birth-country",
+            [a.name, b.name],
+        )
 
     return make
 
@@ -693,13 +945,24 @@ _MAKERS: dict[str, list[_Maker]] = {
         _lookup_maker(relation, kind, templates, answers, hop) for relation, kind, templates, hop, answers in _BRIDGE
     ],
     "comparison": [
-        _earlier_maker("born-first", ("person",), ("Who was born first, {a} or {b}?",
-                                                   "Which of {a} and {b} was born earlier?"), lambda p: p.birth_year),
-        _earlier_maker("founded-first", ("place", "organisation"),
-                       ("Which was established earlier, {a} or {b}?", "Which is older, {a} or {b}?"),
-                       lambda e: e.founded),
-        _earlier_maker("released-first", ("work",), ("Which came out first, {a} or {b}?",
-                                                     "Which appeared earlier, {a} or {b}?"), lambda w: w.year),
+        _earlier_maker(
+            "born-first",
+            ("person",),
+            ("Who was born first, {a} or {b}?", "Which of {a} and {b} was born earlier?"),
+            lambda p: p.birth_year,
+        ),
+        _earlier_maker(
+            "founded-first",
+            ("place", "organisation"),
+            ("Which was established earlier, {a} or {b}?", "Which is older, {a} or {b}?"),
+            lambda e: e.founded,
+        ),
+        _earlier_maker(
+            "released-first",
+            ("work",),
+            ("Which came out first, {a} or {b}?", "Which appeared earlier, {a} or {b}?"),
+            lambda w: w.year,
+        ),
         _same_country_maker(True),
         _same_country_maker(False),
     ],
@@ -772,6 +1035,7 @@ def _questions(world: _World, cfg: SyntheticConfig) -> list[Example]:
 
 # --------------------------------------------------------------------------- entry point
 
+
 @dataclass
 class Encyclopedia:
     """The corpus and questions, plus the entities behind them for analysis and tests."""
@@ -801,5 +1065,6 @@ def passage_identity(cfg: SyntheticConfig) -> dict:
 def build_encyclopedia(cfg: SyntheticConfig) -> Encyclopedia:
     """The passages and questions for ``cfg``; the same config always gives the same output."""
     world = _build_world(cfg)
-    return Encyclopedia(_passages(world, cfg), _questions(world, cfg), world.people, world.places,
-                        world.organisations, world.works)
+    return Encyclopedia(
+        _passages(world, cfg), _questions(world, cfg), world.people, world.places, world.organisations, world.works
+    )

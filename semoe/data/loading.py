@@ -179,7 +179,9 @@ class PassageStream:
                     continue
                 n += 1
                 if not p.text or p.text.isspace():
-                    raise DataFormatError(f"{self._source(position)}: {_place(position, n)}: passage {p.id!r} has empty text")
+                    raise DataFormatError(
+                        f"{self._source(position)}: {_place(position, n)}: passage {p.id!r} has empty text"
+                    )
                 h = _slot_hash(p.id)
                 if seen.add(h):
                     self._confirm(shared, h, p.id, position, n)
@@ -196,7 +198,9 @@ class PassageStream:
     def _source(self, position: ReadPosition | None) -> str:
         return str(position.path) if position is not None else f"corpus {self.cfg.path or self.cfg.format}"
 
-    def _confirm(self, shared: dict[int, dict[str, str]], h: int, pid: str, position: ReadPosition | None, n: int) -> None:
+    def _confirm(
+        self, shared: dict[int, dict[str, str]], h: int, pid: str, position: ReadPosition | None, n: int
+    ) -> None:
         """``pid`` hashes like an earlier id: raise if it is that id, else remember both.
         The earlier id is found by reading the stream again up to it, which costs time only
         on a real duplicate (about to fail anyway) or a true 64-bit collision (~1e-5 odds
@@ -256,8 +260,15 @@ class _Progress:
 
         self.position = position
         self.started = self.logged = time.monotonic()
-        self.bar = tqdm(total=position.size, unit="B", unit_scale=True, unit_divisor=1024, desc=self.label,
-                        mininterval=1.0, disable=None)  # fmt: skip
+        self.bar = tqdm(
+            total=position.size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=self.label,
+            mininterval=1.0,
+            disable=None,
+        )
 
     def update(self, n: int) -> None:
         if self.position is None:
@@ -272,8 +283,15 @@ class _Progress:
             elapsed = now - self.started
             share = done / self.position.size if self.position.size else 1.0
             eta = elapsed * (1 - share) / share if share else float("nan")
-            log.info("%s: %s passages, %.1f%% of %s (%.0f passages/s, ETA %s)", self.label, f"{n:,}", 100 * share,
-                     self.position.path.name, n / elapsed, _hms(eta))  # fmt: skip
+            log.info(
+                "%s: %s passages, %.1f%% of %s (%.0f passages/s, ETA %s)",
+                self.label,
+                f"{n:,}",
+                100 * share,
+                self.position.path.name,
+                n / elapsed,
+                _hms(eta),
+            )
 
     def finish(self, n: int) -> None:
         if self.bar is not None:

@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Literal, Sequence
 
-from semoe.data.schema import Passage
 from semoe.config import AugmentConfig
+from semoe.data.schema import Passage
 from semoe.generation.answer import sentence_ends, split_sentences
 from semoe.generation.lm import ChatLM, Message
 from semoe.metrics import normalize_answer
@@ -41,6 +41,7 @@ CACHE_KIND = "augmentations"
 CACHE_FILE = "augmentation.json"
 
 # --------------------------------------------------------------------------- records
+
 
 @dataclass(frozen=True)
 class QAPair:
@@ -95,7 +96,9 @@ def passage_hash(text: str) -> str:
 
 def augmentation_key(text_hash: str, model_spec: str, n_qa: int, n_rewrites: int, min_rewrites: int = 0) -> str:
     """Cache key of one passage's augmentation; reads PROMPT_VERSION at call time."""
-    return content_key(text_hash, model_spec, PROMPT_VERSION, n_qa, n_rewrites, *([min_rewrites] if min_rewrites else []))
+    return content_key(
+        text_hash, model_spec, PROMPT_VERSION, n_qa, n_rewrites, *([min_rewrites] if min_rewrites else [])
+    )
 
 
 # --------------------------------------------------------------------------- prompts
@@ -122,8 +125,11 @@ _EXAMPLE_PASSAGE = (
 _EXAMPLE_QA = (
     QAPair("Where was Osric Pellane born?", "Tarrowmere", "Osric Pellane was born in Tarrowmere."),
     QAPair("When was Osric Pellane born?", "1902", "Osric Pellane was born in 1902."),
-    QAPair("Which company did Osric Pellane work for?", "the Hesk Glass Company",
-           "Osric Pellane worked for the Hesk Glass Company."),
+    QAPair(
+        "Which company did Osric Pellane work for?",
+        "the Hesk Glass Company",
+        "Osric Pellane worked for the Hesk Glass Company.",
+    ),
 )
 # The reply is started for the model, which keeps it from opening with prose.
 QA_PREFIX = '[{"question": "'
@@ -146,6 +152,7 @@ def qa_messages(passage_text: str, n_qa: int) -> list[Message]:
 
 
 # --------------------------------------------------------------------------- lenient JSON
+
 
 class QAParseError(ValueError):
     """No usable QA pair in a model output; the message is the reason."""
@@ -486,6 +493,7 @@ def _usable_pairs(text: str, passage: str, cfg: AugmentConfig) -> tuple[list[QAP
 
 # --------------------------------------------------------------------------- generation
 
+
 def _looping(text: str, window: int = 48) -> bool:
     """The reply's last ``window`` characters occur earlier in it: greedy decoding of a small
     model has entered a cycle that only the token limit would end."""
@@ -497,12 +505,14 @@ def _qa_reply_complete(n_qa: int):
     the pairs the grounding checks drop), or once it loops or repeats a key inside one
     object (greedy small models loop on ``"full_answer": ...``): the lenient parser keeps
     what came before."""
+
     def complete(text: str) -> bool:
         reply = QA_PREFIX + text
         objects = reply.count("}")
         if objects >= 2 * n_qa or reply.rstrip().endswith("]") or _looping(text):
             return True
         return max(reply.count(f'"{key}"') for key in ("question", "answer", "full_answer")) > objects + 1
+
     return complete
 
 
@@ -534,8 +544,9 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _judge(job: _Job, reply: str, passage: str, jobs: Sequence[_Job], cfg: AugmentConfig
-           ) -> tuple[str | list[QAPair], str | None]:
+def _judge(
+    job: _Job, reply: str, passage: str, jobs: Sequence[_Job], cfg: AugmentConfig
+) -> tuple[str | list[QAPair], str | None]:
     """(result, None) for an acceptable reply to ``job``, else (result, the reason it is not)."""
     if job.kind == "qa":
         return _usable_pairs(QA_PREFIX + reply, passage, cfg)
@@ -544,8 +555,9 @@ def _judge(job: _Job, reply: str, passage: str, jobs: Sequence[_Job], cfg: Augme
     return result, _rewrite_problem(result, passage, accepted)
 
 
-def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, spec: str
-                   ) -> list[tuple[Augmentation, bool]]:
+def _augment_chunk(
+    passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, spec: str
+) -> list[tuple[Augmentation, bool]]:
     """(record, whether to cache it) per passage; a failure caused by an exception is not
     cached, so a rerun (after a fix) tries the passage again."""
     jobs: list[_Job] = []
@@ -559,15 +571,20 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
         for kind in ("rewrite", "qa"):
             for greedy in (True, False):
                 group = [
-                    j for j in jobs
-                    if j.result is None and j.kind == kind and (attempt == 0 and j.slot == 0) == greedy
+                    j for j in jobs if j.result is None and j.kind == kind and (attempt == 0 and j.slot == 0) == greedy
                 ]
                 if not group:
                     continue
                 seed = int(content_key(cfg.seed, attempt, kind), 16) % 2**31
                 temperature = 0.0 if greedy else cfg.retry_temperature
-                gens = lm.generate_rendered([j.prompt for j in group], max_tokens[kind], cfg.batch_size,
-                                            temperature=temperature, seed=seed, stop_when=stop_when[kind])
+                gens = lm.generate_rendered(
+                    [j.prompt for j in group],
+                    max_tokens[kind],
+                    cfg.batch_size,
+                    temperature=temperature,
+                    seed=seed,
+                    stop_when=stop_when[kind],
+                )
                 for job, gen in zip(group, gens):
                     job.attempts += 1
                     job.seconds += gen.seconds
@@ -586,29 +603,33 @@ def _augment_chunk(passages: Sequence[Passage], cfg: AugmentConfig, lm: ChatLM, 
         failed = [j for j in own if j.result is None]
         rewrites = [j.result for j in own if j.kind == "rewrite" and j.result is not None]
         usable = all(j.result is not None for j in own if j.kind == "qa") and len(rewrites) >= cfg.min_rewrites
-        records.append((
-            Augmentation(
-                passage_id=p.id,
-                passage_text_hash=passage_hash(p.text),
-                model=spec,
-                prompt_version=PROMPT_VERSION,
-                status="ok" if usable else "failed",
-                rewrites=rewrites,
-                qa=next((j.result for j in own if j.kind == "qa" and j.result is not None), []),
-                attempts=max(j.attempts for j in own),
-                reason="; ".join(j.failure() for j in failed) or None,
-                seconds=round(sum(j.seconds for j in own), 3),
-            ),
-            not any(j.crashed for j in failed),
-        ))
+        records.append(
+            (
+                Augmentation(
+                    passage_id=p.id,
+                    passage_text_hash=passage_hash(p.text),
+                    model=spec,
+                    prompt_version=PROMPT_VERSION,
+                    status="ok" if usable else "failed",
+                    rewrites=rewrites,
+                    qa=next((j.result for j in own if j.kind == "qa" and j.result is not None), []),
+                    attempts=max(j.attempts for j in own),
+                    reason="; ".join(j.failure() for j in failed) or None,
+                    seconds=round(sum(j.seconds for j in own), 3),
+                ),
+                not any(j.crashed for j in failed),
+            )
+        )
     return records
 
 
 # --------------------------------------------------------------------------- entry point
 
+
 def _store(cache: ArtifactCache, key: str, record: Augmentation) -> Augmentation:
     """Cache ``record``; returns it, or, when it cannot be cached, a failed record saying why
     (left uncached, so the next run tries again)."""
+
     def build(out):
         (out / CACHE_FILE).write_bytes(data)
         return {"status": record.status, "passage_id": record.passage_id}
@@ -682,6 +703,12 @@ def augment_passages(
         for (key, _), (record, cacheable) in zip(chunk, _augment_chunk([p for _, p in chunk], cfg, lm, spec)):
             found[key] = _store(cache, key, record) if cacheable else record
         ok = sum(found[key].status == "ok" for key, _ in chunk)
-        log.info("augmented %d passages (%d ok) in %.1f s; %d of %d to go", len(chunk), ok,
-                 time.perf_counter() - t0, len(pending) - start - len(chunk), len(pending))
+        log.info(
+            "augmented %d passages (%d ok) in %.1f s; %d of %d to go",
+            len(chunk),
+            ok,
+            time.perf_counter() - t0,
+            len(pending) - start - len(chunk),
+            len(pending),
+        )
     return [replace(found[key], passage_id=p.id) for p, key in zip(passages, keys)]

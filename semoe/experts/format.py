@@ -93,7 +93,9 @@ def _lora_pairs(file: Path, tensors: dict[str, "torch.Tensor"]) -> dict[str, tup
             f"'{PREFIX}<module>.lora_A.weight' and '{PREFIX}<module>.lora_B.weight'"
         )
     if len(adapters) > 1:
-        raise ExpertFileError(f"expert file {file} holds several adapters ({_listing(sorted(map(str, adapters)))}); save one")
+        raise ExpertFileError(
+            f"expert file {file} holds several adapters ({_listing(sorted(map(str, adapters)))}); save one"
+        )
     for module, ab in parts.items():
         if len(ab) < 2:
             missing = "lora_B" if "A" in ab else "lora_A"
@@ -130,17 +132,22 @@ def _peft_settings(file: Path, modules: list[str]) -> tuple[int, float, str, dic
     # Each of these changes ΔW beyond one B @ A · alpha/r per module.
     unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "layer_replication") if cfg.get(k)]
     if unsupported:
-        raise ExpertFileError(f"peft config {config_path}: {', '.join(unsupported)} not supported "
-                              "(semoe applies one rank and one alpha to every module)")
+        raise ExpertFileError(
+            f"peft config {config_path}: {', '.join(unsupported)} not supported "
+            "(semoe applies one rank and one alpha to every module)"
+        )
     try:
         rank, lora_alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ExpertFileError(f"peft config {config_path}: field 'r' or 'lora_alpha' missing or not a number ({e})") from None
+        raise ExpertFileError(
+            f"peft config {config_path}: field 'r' or 'lora_alpha' missing or not a number ({e})"
+        ) from None
     targets = cfg.get("target_modules")
     stray = [m for m in modules if not _targeted(m, targets)]
     if stray:
-        raise ExpertFileError(f"expert file {file} has modules outside target_modules {targets!r} of {config_path}: "
-                              f"{_listing(stray)}")
+        raise ExpertFileError(
+            f"expert file {file} has modules outside target_modules {targets!r} of {config_path}: {_listing(stray)}"
+        )
     # rsLoRA (Kalajdzievski 2023, peft's use_rslora) scales by alpha/sqrt(r), LoraExpert by alpha/rank.
     alpha = lora_alpha * math.sqrt(rank) if cfg.get("use_rslora") else lora_alpha
     meta = {"format": "peft", "peft_config": str(config_path), "target_modules": json.dumps(targets)}
@@ -171,8 +178,10 @@ def load_expert(path: str | Path, device: str = "cpu") -> LoraExpert:
     file = path / PEFT_WEIGHTS if path.is_dir() else path
     if not file.is_file():
         legacy = path.is_dir() and (path / "adapter_model.bin").is_file()
-        raise ExpertFileError(f"expert file not found: {file}" + (
-            " (adapter_model.bin is not read: save the adapter with safe_serialization=True)" if legacy else ""))
+        raise ExpertFileError(
+            f"expert file not found: {file}"
+            + (" (adapter_model.bin is not read: save the adapter with safe_serialization=True)" if legacy else "")
+        )
     try:
         with safe_open(str(file), framework="pt", device=device) as f:
             meta = dict(f.metadata() or {})
@@ -191,6 +200,8 @@ def load_expert(path: str | Path, device: str = "cpu") -> LoraExpert:
         rank, alpha, pid, meta = _peft_settings(file, list(weights))
     for module, (a, b) in weights.items():
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != rank or b.shape[1] != rank:
-            raise ExpertFileError(f"expert file {file}: {module} lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} "
-                                  f"do not fit rank {rank} (expected (r, in) and (out, r))")
+            raise ExpertFileError(
+                f"expert file {file}: {module} lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} "
+                f"do not fit rank {rank} (expected (r, in) and (out, r))"
+            )
     return LoraExpert(passage_id=pid, rank=rank, alpha=alpha, weights=weights, meta=meta)

@@ -87,7 +87,9 @@ def _check_fits(model: "nn.Module", expert: LoraExpert, path: str | Path) -> Non
             problems.append(str(e))
     if not problems:
         return
-    message = f"expert file {path} does not fit the model ({len(problems)} of {len(expert.weights)} modules): {problems[0]}"
+    message = (
+        f"expert file {path} does not fit the model ({len(problems)} of {len(expert.weights)} modules): {problems[0]}"
+    )
     if len(problems) == len(expert.weights):
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:3]
         message += f"; expected modules of the model such as {', '.join(map(repr, linear))}"
@@ -234,9 +236,7 @@ class HeterogeneousLora:
             at, bt = stack
             x = args[0]
             if x.shape[0] != self.rows:
-                raise RuntimeError(
-                    f"{path}: forward batch of {x.shape[0]} rows but experts were set for {self.rows}"
-                )
+                raise RuntimeError(f"{path}: forward batch of {x.shape[0]} rows but experts were set for {self.rows}")
             h = torch.bmm(x.reshape(self.rows, -1, x.shape[-1]), at)
             return torch.baddbmm(output.reshape(self.rows, -1, output.shape[-1]), h, bt).view(output.shape)
 

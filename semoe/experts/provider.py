@@ -69,15 +69,14 @@ class ExpertProvider:
                 self._experts[p.id] = None
         items = [TrainingItem.create(p.id, p.text, a.rewrites, a.qa) for p, a in ok]
         with torch.inference_mode(False), torch.enable_grad():  # callers may be decoding (SEMoE's trigger)
-            records = ensure_experts(
-                items, self.model.spec, self.experts, self.cache, self.lm.model, self.lm.tokenizer
-            )
+            records = ensure_experts(items, self.model.spec, self.experts, self.cache, self.lm.model, self.lm.tokenizer)
         self.lm.model.eval()
         for rec in records:
             self.rows["experts"].append(rec.to_row())
             self.trained += rec.trained
             self._experts[rec.passage_id] = load_experts(
-                [rec.path], device=str(self.lm.device), model=self.lm.model, base_model=self.model.spec)[0]
+                [rec.path], device=str(self.lm.device), model=self.lm.model, base_model=self.model.spec
+            )[0]
         self.seconds += time.perf_counter() - t0
 
     def experts_for(self, passages: Sequence[Passage]) -> list[LoraExpert]:

@@ -119,7 +119,7 @@ class TrainingSequence:
 
     def labels(self, loss_on: str) -> list[int]:
         if loss_on == "answer":
-            return [IGNORE] * self.prompt_len + list(self.ids[self.prompt_len:])
+            return [IGNORE] * self.prompt_len + list(self.ids[self.prompt_len :])
         return list(self.ids)
 
 
@@ -231,15 +231,22 @@ def _compute_model(model, cfg: ExpertConfig) -> Iterator:
 
 
 def _autocast(model, cfg: ExpertConfig):
-    return torch.autocast(_device(model).type, dtype=getattr(torch, cfg.compute_dtype),
-                          enabled=cfg.compute_dtype != "float32")
+    return torch.autocast(
+        _device(model).type, dtype=getattr(torch, cfg.compute_dtype), enabled=cfg.compute_dtype != "float32"
+    )
 
 
 def _peft_config(cfg: ExpertConfig, names: list[str]):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=names,
-                      bias="none", init_lora_weights=True)
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=names,
+        bias="none",
+        init_lora_weights=True,
+    )
 
 
 @contextmanager
@@ -270,10 +277,13 @@ def initial_lora(model, cfg: ExpertConfig) -> LoraExpert:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         with _peft_attached(model, cfg, names) as peft_model:
-            weights = {n: (a.weight.detach().float().cpu().clone(), b.weight.detach().float().cpu().clone())
-                       for n, (a, b) in _peft_weights(peft_model, names).items()}
-    return LoraExpert(passage_id="init", rank=cfg.rank, alpha=cfg.alpha, weights=weights,
-                      meta={"init_seed": str(cfg.init_seed)})
+            weights = {
+                n: (a.weight.detach().float().cpu().clone(), b.weight.detach().float().cpu().clone())
+                for n, (a, b) in _peft_weights(peft_model, names).items()
+            }
+    return LoraExpert(
+        passage_id="init", rank=cfg.rank, alpha=cfg.alpha, weights=weights, meta={"init_seed": str(cfg.init_seed)}
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -309,9 +319,17 @@ class TrainResult:
 
 
 def _stamp(result: TrainResult) -> TrainResult:
-    result.expert.meta.update({k: json.dumps(v) for k, v in (
-        ("loss_before", result.loss_before), ("loss_after", result.loss_after),
-        ("seconds", round(result.seconds, 4)), ("sequences", result.sequences))})
+    result.expert.meta.update(
+        {
+            k: json.dumps(v)
+            for k, v in (
+                ("loss_before", result.loss_before),
+                ("loss_after", result.loss_after),
+                ("seconds", round(result.seconds, 4)),
+                ("sequences", result.sequences),
+            )
+        }
+    )
     return result
 
 
@@ -357,8 +375,10 @@ def train_expert_peft(model, tokenizer, item: TrainingItem, cfg: ExpertConfig, i
                 optimizer.step()
         _lora_dropout_mode(peft_model, False)
         loss_after = mean_loss()
-        weights = {n: (a.weight.detach().float().cpu().clone(), b.weight.detach().float().cpu().clone())
-                   for n, (a, b) in layers.items()}
+        weights = {
+            n: (a.weight.detach().float().cpu().clone(), b.weight.detach().float().cpu().clone())
+            for n, (a, b) in layers.items()
+        }
     expert = LoraExpert(passage_id=item.passage_id, rank=cfg.rank, alpha=cfg.alpha, weights=weights)
     return _stamp(TrainResult(expert, loss_before, loss_after, time.perf_counter() - started, len(seqs)))
 
@@ -417,8 +437,15 @@ def _batch_loss(model, seqs: list[TrainingSequence], cfg: ExpertConfig) -> tuple
     row_of = torch.arange(len(seqs), device=device)[:, None].expand_as(targets)[keep]
     row_weights = (1.0 / keep.sum(1).clamp(min=1).float())[row_of]
     head = model.get_output_embeddings()
-    total, token_losses = _LinearCrossEntropy.apply(hidden[:, :-1][keep], head.weight, head.bias, targets[keep],
-                                                    row_weights, getattr(torch, cfg.compute_dtype), LOSS_CHUNK_ROWS)
+    total, token_losses = _LinearCrossEntropy.apply(
+        hidden[:, :-1][keep],
+        head.weight,
+        head.bias,
+        targets[keep],
+        row_weights,
+        getattr(torch, cfg.compute_dtype),
+        LOSS_CHUNK_ROWS,
+    )
     per_seq = torch.zeros(len(seqs), device=device).index_add_(0, row_of, token_losses * row_weights)
     return total, per_seq
 
@@ -432,10 +459,14 @@ class _StackedLora:
         device = _device(model)
         self.model, self.cfg, self.training = model, cfg, False
         self.rows = slice(0, len(experts))
-        self.a = {n: torch.nn.Parameter(torch.stack([e.weights[n][0] for e in experts]).to(device, torch.float32))
-                  for n in experts[0].weights}
-        self.b = {n: torch.nn.Parameter(torch.stack([e.weights[n][1] for e in experts]).to(device, torch.float32))
-                  for n in experts[0].weights}
+        self.a = {
+            n: torch.nn.Parameter(torch.stack([e.weights[n][0] for e in experts]).to(device, torch.float32))
+            for n in experts[0].weights
+        }
+        self.b = {
+            n: torch.nn.Parameter(torch.stack([e.weights[n][1] for e in experts]).to(device, torch.float32))
+            for n in experts[0].weights
+        }
 
     def parameters(self) -> list["torch.nn.Parameter"]:
         return [*self.a.values(), *self.b.values()]
@@ -483,8 +514,9 @@ class _StackedLora:
         return LoraExpert(passage_id=passage_id, rank=self.cfg.rank, alpha=self.cfg.alpha, weights=weights)
 
 
-def _train_lockstep(model, items: list[TrainingItem], seqs: list[list[TrainingSequence]],
-                    cfg: ExpertConfig, init: LoraExpert) -> list[TrainResult]:
+def _train_lockstep(
+    model, items: list[TrainingItem], seqs: list[list[TrainingSequence]], cfg: ExpertConfig, init: LoraExpert
+) -> list[TrainResult]:
     """Train passages with equally many sequences together: step k uses sequence k of each."""
     started = time.perf_counter()
     stack = _StackedLora(model, [init] * len(items), cfg)
@@ -500,12 +532,15 @@ def _train_lockstep(model, items: list[TrainingItem], seqs: list[list[TrainingSe
         stack.training = False
         after = stack.mean_losses(seqs) if cfg.measure_loss else [None] * len(items)
     seconds = (time.perf_counter() - started) / len(items)
-    return [_stamp(TrainResult(stack.expert(p, it.passage_id), before[p], after[p], seconds, len(seqs[0])))
-            for p, it in enumerate(items)]
+    return [
+        _stamp(TrainResult(stack.expert(p, it.passage_id), before[p], after[p], seconds, len(seqs[0])))
+        for p, it in enumerate(items)
+    ]
 
 
-def _lockstep_batches(tokenizer, items: Sequence[TrainingItem], cfg: ExpertConfig
-                      ) -> Iterator[tuple[list[int], list[list[TrainingSequence]]]]:
+def _lockstep_batches(
+    tokenizer, items: Sequence[TrainingItem], cfg: ExpertConfig
+) -> Iterator[tuple[list[int], list[list[TrainingSequence]]]]:
     """(indices into ``items``, their sequences): up to ``batch_passages`` passages with
     equally many sequences, so that every passage of a batch steps at every step."""
     seqs = [build_sequences(tokenizer, it, cfg) for it in items]
@@ -521,8 +556,9 @@ def _lockstep_batches(tokenizer, items: Sequence[TrainingItem], cfg: ExpertConfi
             yield batch, [seqs[i] for i in batch]
 
 
-def iter_trained_experts(model, tokenizer, items: Sequence[TrainingItem], cfg: ExpertConfig,
-                         init: LoraExpert) -> Iterator[tuple[int, TrainResult]]:
+def iter_trained_experts(
+    model, tokenizer, items: Sequence[TrainingItem], cfg: ExpertConfig, init: LoraExpert
+) -> Iterator[tuple[int, TrainResult]]:
     """(index into ``items``, result) as each lockstep batch finishes, so callers can store
     experts as they come instead of holding them all."""
     batches = list(_lockstep_batches(tokenizer, items, cfg))
@@ -533,8 +569,9 @@ def iter_trained_experts(model, tokenizer, items: Sequence[TrainingItem], cfg: E
             yield from zip(batch, _train_lockstep(runner, [items[i] for i in batch], seqs, cfg, init))
 
 
-def expert_losses(model, tokenizer, items: Sequence[TrainingItem], experts: Sequence[LoraExpert],
-                  cfg: ExpertConfig) -> list[float]:
+def expert_losses(
+    model, tokenizer, items: Sequence[TrainingItem], experts: Sequence[LoraExpert], cfg: ExpertConfig
+) -> list[float]:
     """Each item's training loss (mean over its sequences) with its expert applied, computed
     as the trainers report it; lets experts from different trainers be compared on one scale."""
     out = [0.0] * len(items)
@@ -547,8 +584,9 @@ def expert_losses(model, tokenizer, items: Sequence[TrainingItem], experts: Sequ
     return out
 
 
-def train_experts_batched(model, tokenizer, items: Sequence[TrainingItem], cfg: ExpertConfig,
-                          init: LoraExpert) -> list[TrainResult]:
+def train_experts_batched(
+    model, tokenizer, items: Sequence[TrainingItem], cfg: ExpertConfig, init: LoraExpert
+) -> list[TrainResult]:
     """Experts for ``items`` (in order), trained ``cfg.batch_passages`` passages at a time."""
     out: list[TrainResult | None] = [None] * len(items)
     for i, result in iter_trained_experts(model, tokenizer, items, cfg, init):
@@ -587,17 +625,30 @@ def expert_key(item: TrainingItem, model_spec: str, cfg: ExpertConfig, init_sha2
 
 
 def _store(out: Path, result: TrainResult, model_spec: str, cfg: ExpertConfig, key: str, init_sha256: str) -> dict:
-    result.expert.meta.update({"base_model": model_spec, "expert_key": key, "init_sha256": init_sha256,
-                               "config": json.dumps(cfg.identity(), sort_keys=True)})
+    result.expert.meta.update(
+        {
+            "base_model": model_spec,
+            "expert_key": key,
+            "init_sha256": init_sha256,
+            "config": json.dumps(cfg.identity(), sort_keys=True),
+        }
+    )
     path = out / EXPERT_FILE
     save_expert(path, result.expert)
-    return {"passage_id": result.expert.passage_id, "loss_before": result.loss_before,
-            "loss_after": result.loss_after, "train_seconds": result.seconds, "sequences": result.sequences,
-            "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {
+        "passage_id": result.expert.passage_id,
+        "loss_before": result.loss_before,
+        "loss_after": result.loss_after,
+        "train_seconds": result.seconds,
+        "sequences": result.sequences,
+        "bytes": path.stat().st_size,
+        "sha256": _sha256(path),
+    }
 
 
-def ensure_experts(items: Sequence[TrainingItem], model_spec: str, cfg: ExpertConfig, cache: ArtifactCache,
-                   model, tokenizer) -> list[ExpertRecord]:
+def ensure_experts(
+    items: Sequence[TrainingItem], model_spec: str, cfg: ExpertConfig, cache: ArtifactCache, model, tokenizer
+) -> list[ExpertRecord]:
     """Records for ``items`` (in order), training (batched) only experts not yet cached.
     Items with identical content share one expert."""
     init_sha, init = ensure_init(model, model_spec, cfg, cache)
@@ -609,13 +660,29 @@ def ensure_experts(items: Sequence[TrainingItem], model_spec: str, cfg: ExpertCo
     todo = list(missing.items())
     for i, result in iter_trained_experts(model, tokenizer, [it for _, it in todo], cfg, init):
         key = todo[i][0]
-        cache.get_or_build(EXPERTS_KIND, key, lambda out: _store(out, result, model_spec, cfg, key, init_sha))
+        cache.get_or_build(
+            EXPERTS_KIND, key, lambda out, result=result, key=key: _store(out, result, model_spec, cfg, key, init_sha)
+        )
     records = []
     for k, it in zip(keys, items):
         info = cache.info(EXPERTS_KIND, k)
-        records.append(ExpertRecord(
-            expert_key=k, passage_id=it.passage_id, path=str(cache.path(EXPERTS_KIND, k) / EXPERT_FILE),
-            base_model=model_spec, rank=cfg.rank, alpha=cfg.alpha, lr=cfg.lr, epochs=cfg.epochs,
-            targets=list(cfg.targets), loss_before=info["loss_before"], loss_after=info["loss_after"],
-            seconds=info["train_seconds"], bytes=info["bytes"], sha256=info["sha256"], trained=k in missing))
+        records.append(
+            ExpertRecord(
+                expert_key=k,
+                passage_id=it.passage_id,
+                path=str(cache.path(EXPERTS_KIND, k) / EXPERT_FILE),
+                base_model=model_spec,
+                rank=cfg.rank,
+                alpha=cfg.alpha,
+                lr=cfg.lr,
+                epochs=cfg.epochs,
+                targets=list(cfg.targets),
+                loss_before=info["loss_before"],
+                loss_after=info["loss_after"],
+                seconds=info["train_seconds"],
+                bytes=info["bytes"],
+                sha256=info["sha256"],
+                trained=k in missing,
+            )
+        )
     return records

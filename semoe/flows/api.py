@@ -53,8 +53,10 @@ class ApiServer:
         self._stopping = threading.Event()
 
     def died_message(self) -> str:
-        return (f"the temporary Prefect API server (pid {self.pid}, {self.url}) exited with code {self.died} "
-                "during the run; answers committed so far are kept: rerun the same command to resume")
+        return (
+            f"the temporary Prefect API server (pid {self.pid}, {self.url}) exited with code {self.died} "
+            "during the run; answers committed so far are kept: rerun the same command to resume"
+        )
 
 
 def startup_timeout_s() -> int:

@@ -39,8 +39,9 @@ def index_corpus(config: SemoeConfig) -> dict:
         logger.info("index %s for %s reused (%s)", info["backend"], describe_corpus(config.corpus), info["index_dir"])
     else:
         built = IndexInfo(**info)
-        logger.info("indexed %s passages in %.1f s (%.0f passages/s)", built.passages, built.seconds,
-                    built.passages_per_s or 0)  # fmt: skip
+        logger.info(
+            "indexed %s passages in %.1f s (%.0f passages/s)", built.passages, built.seconds, built.passages_per_s or 0
+        )
         record_index(config.store.path, built)
     return info
 
@@ -61,8 +62,13 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
         runner.resume()
         items, reused = evaluation.reuse_stored_answers(config, store, run_id, examples, corpus_key)
         logger = get_run_logger()
-        logger.info("run %s (%s before): %d answers reused from earlier runs, %d to produce", run_id, previous, reused,
-                    sum(len(i.examples) for i in items))  # fmt: skip
+        logger.info(
+            "run %s (%s before): %d answers reused from earlier runs, %d to produce",
+            run_id,
+            previous,
+            reused,
+            sum(len(i.examples) for i in items),
+        )
         calls = [_answer_call(config, run_id, item, corpus_key) for item in items]
         progress = Progress(f"run {run_id}", [len(i.examples) for i in items], "answers")
         for i in runner.run(answer_chunk_task, calls):
@@ -73,17 +79,26 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
 
 def _answer_call(config: SemoeConfig, run_id: str, item, corpus_key: str | None) -> tuple:
     retrieves = evaluation.method_uses_retrieval(config, item.method)
-    return (config, run_id, item.dataset, item.method, [e.as_dict() for e in item.examples], item.answer_keys,
-            corpus_key if retrieves else None, item.examples[0].id)  # fmt: skip
+    return (
+        config,
+        run_id,
+        item.dataset,
+        item.method,
+        [e.as_dict() for e in item.examples],
+        item.answer_keys,
+        corpus_key if retrieves else None,
+        item.examples[0].id,
+    )
 
 
 def _publish_leaderboard(store: ResultStore, run_id: str) -> dict:
     """The run's leaderboard and report as Prefect artifacts; the flow's result."""
     board = store.leaderboard(run_id)
     create_table_artifact(
-        [{k: r[k] for k in LEADERBOARD_COLUMNS} for r in board], key="semoe-leaderboard",
+        [{k: r[k] for k in LEADERBOARD_COLUMNS} for r in board],
+        key="semoe-leaderboard",
         description=f"leaderboard of run {run_id}",
-    )  # fmt: skip
+    )
     report = write_run_report(store.path, run_id)
     create_markdown_artifact(
         report.artifact_markdown(), key="semoe-summary", description=f"report of run {run_id}: {report.paths['html']}"
@@ -107,7 +122,9 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
         for i in range(0, len(passages), params.augment.chunk_size)
     ]
     store = ResultStore(config.store.path)
-    with runner_for(config.runner.kind, store, "experts-" + identity.digest([corpus_key, [c[1].identity() for c in calls]])) as runner:
+    with runner_for(
+        config.runner.kind, store, "experts-" + identity.digest([corpus_key, [c[1].identity() for c in calls]])
+    ) as runner:
         runner.resume()
         progress = Progress("passage experts", [len(c[2]) for c in calls], "passages")
         for i in runner.run(build_experts_task, calls):

@@ -44,31 +44,47 @@ def evaluate_routing(config: SemoeConfig) -> dict:
         runner_for("default", store, run_id) as runner,  # cells run in this process, model by model
     ):
         cells, keys, reused = _reuse_stored_cells(config, store, run_id)
-        get_run_logger().info("routing run %s (%s before): %d of %d cells to evaluate, %d reused from earlier runs",
-                              run_id, previous, len(cells), len(grid.grid_cells(routing)), reused)  # fmt: skip
+        get_run_logger().info(
+            "routing run %s (%s before): %d of %d cells to evaluate, %d reused from earlier runs",
+            run_id,
+            previous,
+            len(cells),
+            len(grid.grid_cells(routing)),
+            reused,
+        )
         progress = Progress(f"routing run {run_id}", [1] * len(cells), "cells")
         for m in dict.fromkeys(c.model for c in cells):  # a model is loaded (or trained) once for its cells
             list(runner.run(prepare_routing_model_task, [(config, m, routing.models[m].display_name)]))
             mine = [c for c in cells if c.model == m]
-            calls = [(config, run_id, m, c.policy, c.mode, str(heatmaps), grid.cell_label(routing, c), keys[c])
-                     for c in mine]  # fmt: skip
+            calls = [
+                (config, run_id, m, c.policy, c.mode, str(heatmaps), grid.cell_label(routing, c), keys[c]) for c in mine
+            ]
             for i in runner.run(evaluate_routing_cell_task, calls):
                 progress.advance(cells.index(mine[i]))
-    table = store.query("SELECT * FROM routing_by_k WHERE run_id = ? ORDER BY model, created_at", [run_id])  # grid order
+    table = store.query(
+        "SELECT * FROM routing_by_k WHERE run_id = ? ORDER BY model, created_at", [run_id]
+    )  # grid order
     create_table_artifact(
-        [{c: r[c] for c in grid.SPEED_QUALITY_COLUMNS} for r in table], key="semoe-routing-by-k",
+        [{c: r[c] for c in grid.SPEED_QUALITY_COLUMNS} for r in table],
+        key="semoe-routing-by-k",
         description=f"speed/quality per policy and k, routing run {run_id}",
-    )  # fmt: skip
+    )
     create_markdown_artifact(grid.speed_quality_markdown(run_id, table), key="semoe-routing-summary")
-    return {"run_id": run_id, "store": str(store.path), "table": table, "produced": len(cells), "reused": reused,
-            "heatmaps": str(heatmaps)}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "store": str(store.path),
+        "table": table,
+        "produced": len(cells),
+        "reused": reused,
+        "heatmaps": str(heatmaps),
+    }
 
 
 def _reuse_stored_cells(config: SemoeConfig, store: ResultStore, run_id: str) -> tuple[list, dict, int]:
     """Copy the cells stored under the same cell keys by any run; (cells still to measure, their keys, copied)."""
     routing = grid.routing_section(config)
-    done = {(r["model"], r["policy_key"], r["mode"])
-            for r in store.query("SELECT model, policy_key, mode FROM routing_runs WHERE run_id = ?", [run_id])}  # fmt: skip
+    rows = store.query("SELECT model, policy_key, mode FROM routing_runs WHERE run_id = ?", [run_id])
+    done = {(r["model"], r["policy_key"], r["mode"]) for r in rows}
     planned = grid.plan_cells(routing, done)
     keys = dict(zip(planned, grid.cell_keys(config, planned)))
     stored = store.stored_routing_cells(list(keys.values()))

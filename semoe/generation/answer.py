@@ -98,7 +98,7 @@ def _ends_here(text: str, m: re.Match, final: bool) -> bool | None:
     punct = m.group("punct")
     if punct is None:
         return True
-    rest = text[m.end():]
+    rest = text[m.end() :]
     if not rest:
         return True if final else None
     if not rest[0].isspace():  # "3.5", "U.S.", "e.g.,"

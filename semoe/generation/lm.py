@@ -58,9 +58,17 @@ class _RowStop:
 _BATCH_KWARGS = ("attention_mask", "position_ids", "token_type_ids")
 
 
-def _decode_dropping_finished(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                              on_rows: Callable[[list[int]], None] | None = None, synced_gpus: bool = False,
-                              streamer=None, **model_kwargs) -> list[list[int]]:
+def _decode_dropping_finished(
+    model,
+    input_ids,
+    logits_processor,
+    stopping_criteria,
+    generation_config,
+    on_rows: Callable[[list[int]], None] | None = None,
+    synced_gpus: bool = False,
+    streamer=None,
+    **model_kwargs,
+) -> list[list[int]]:
     """Decoding loop for ``model.generate(custom_generate=...)``: transformers' own sampling
     loop (``GenerationMixin._sample``: the same prefill, logits processors, greedy argmax or
     multinomial draw and stopping criteria), except that a row leaves the batch as soon as a
@@ -100,8 +108,10 @@ def _decode_dropping_finished(model, input_ids, logits_processor, stopping_crite
                 value = model_kwargs.get(key)
                 if value is not None:
                     if value.shape[0] != done.shape[0]:  # e.g. 3-D rotary positions: rows are not dim 0
-                        raise ValueError(f"cannot drop finished rows: model input {key!r} of shape "
-                                         f"{tuple(value.shape)} is not batch-first")
+                        raise ValueError(
+                            f"cannot drop finished rows: model input {key!r} of shape "
+                            f"{tuple(value.shape)} is not batch-first"
+                        )
                     model_kwargs[key] = value[keep]
             model_kwargs["cache"].batch_select_indices(keep)
             rows = [rows[i] for i in keep.tolist()]
@@ -155,11 +165,16 @@ class ChatLM:
                 )
             return PromptBudget(g.max_passage_tokens, g.max_prompt_tokens, "generation.max_prompt_tokens")
         if context is None:
-            log.warning("the model's context length is unknown: prompts are limited only per passage; "
-                        "set generation.max_prompt_tokens")
+            log.warning(
+                "the model's context length is unknown: prompts are limited only per passage; "
+                "set generation.max_prompt_tokens"
+            )
             return PromptBudget(g.max_passage_tokens, None)
-        return PromptBudget(g.max_passage_tokens, context - max_new_tokens,
-                            f"context of {context} tokens minus {max_new_tokens} new tokens")
+        return PromptBudget(
+            g.max_passage_tokens,
+            context - max_new_tokens,
+            f"context of {context} tokens minus {max_new_tokens} new tokens",
+        )
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens of the rendered conversation, as ``generate`` feeds it to the model."""
@@ -178,8 +193,9 @@ class ChatLM:
             ends.append(total)
         return ends
 
-    def fit(self, question: str, passages: "Sequence[Passage] | None", *, few_shot: int, cot: bool,
-            budget: PromptBudget) -> FittedPrompt:
+    def fit(
+        self, question: str, passages: "Sequence[Passage] | None", *, few_shot: int, cot: bool, budget: PromptBudget
+    ) -> FittedPrompt:
         """``build_messages`` fitted to ``budget`` with this model's tokenizer and chat template
         (see ``semoe.generation.prompts.fit_messages``; raises PromptTooLongError)."""
         return fit_messages(question, passages, few_shot, cot, budget, self.count_tokens, self.token_ends)
@@ -205,8 +221,9 @@ class ChatLM:
         indices of a model batch's rows before it runs, and again whenever finished rows
         leave it, e.g. to set per-row experts. A reply ends at EOS, after ``max_new_tokens``
         or once ``stop_when`` accepts it."""
-        gens = self.generate_rendered([self.render(c) for c in conversations], max_new_tokens, batch_size,
-                                      stop_when=stop_when, on_batch=on_batch)
+        gens = self.generate_rendered(
+            [self.render(c) for c in conversations], max_new_tokens, batch_size, stop_when=stop_when, on_batch=on_batch
+        )
         return [Generation(g.text.strip(), g.prompt_tokens, g.new_tokens, g.seconds) for g in gens]
 
     def generate_rendered(
@@ -244,16 +261,24 @@ class ChatLM:
                     on_rows = lambda rows, idx=idx: on_batch([idx[r] for r in rows])  # noqa: E731
                 torch.manual_seed(seed + n)
                 t0 = time.perf_counter()
-                replies = self._generate_batch([ids[i] for i in idx], max_new_tokens, stop_when, on_rows,
-                                               share_prefix=on_batch is None, **mode)
+                replies = self._generate_batch(
+                    [ids[i] for i in idx], max_new_tokens, stop_when, on_rows, share_prefix=on_batch is None, **mode
+                )
                 share = (time.perf_counter() - t0) / len(idx)
                 for i, new in zip(idx, replies):
                     text = tok.decode(new, skip_special_tokens=True)
                     results[i] = Generation(text=text, prompt_tokens=len(ids[i]), new_tokens=len(new), seconds=share)
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, rows: list[list[int]], max_new_tokens: int, stop_when: StopWhen | None,
-                        on_rows: Callable[[list[int]], None] | None, share_prefix: bool, **mode) -> list[list[int]]:
+    def _generate_batch(
+        self,
+        rows: list[list[int]],
+        max_new_tokens: int,
+        stop_when: StopWhen | None,
+        on_rows: Callable[[list[int]], None] | None,
+        share_prefix: bool,
+        **mode,
+    ) -> list[list[int]]:
         """New tokens of each row (its stopping token included). With a shared prefix the
         layout is ``prefix | left padding | suffix``: positions come from the attention mask,
         so every row sees the prefix at the positions its batch-1 pass computed."""
@@ -286,6 +311,13 @@ class ChatLM:
         if stop_when is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RowStop(tok, input_ids.shape[1], stop_when)])
         with torch.inference_mode():
-            return self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                       max_new_tokens=max_new_tokens, pad_token_id=pad, on_rows=on_rows,
-                                       custom_generate=_decode_dropping_finished, **mode, **kwargs)
+            return self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                on_rows=on_rows,
+                custom_generate=_decode_dropping_finished,
+                **mode,
+                **kwargs,
+            )

@@ -7,8 +7,9 @@ from semoe.generation.lm import ChatLM
 from semoe.models.loading import dummy_seed, load_model
 
 
-def load_chat_lm(spec: str, cache_root: str, dtype: str = "float32", device: str = "auto",
-                 system_prompt: str | None = None):
+def load_chat_lm(
+    spec: str, cache_root: str, dtype: str = "float32", device: str = "auto", system_prompt: str | None = None
+):
     """The model of ``spec`` as a ``ChatLM``: a ``DummyChatLM`` for ``dummy[:seed]`` (no torch),
     else ``ChatLM`` over ``load_model``."""
     seed = dummy_seed(spec)

@@ -101,7 +101,9 @@ def build_messages(
     """Chat messages for one question; shots carry a passage only when the question does."""
     messages: list[Message] = []
     for shot in SHOTS[:few_shot]:
-        messages.append({"role": "user", "content": user_turn(shot.question, [shot.passage] if passages else None, cot)})
+        messages.append(
+            {"role": "user", "content": user_turn(shot.question, [shot.passage] if passages else None, cot)}
+        )
         messages.append({"role": "assistant", "content": assistant_turn(shot, cot)})
     messages.append({"role": "user", "content": user_turn(question, passages, cot)})
     return messages

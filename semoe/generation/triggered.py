@@ -218,7 +218,8 @@ class QueryInputs:
 def qfs_query(words: Sequence[str], scores: Sequence[float], keep_top_k: int, check_real_words: bool = True) -> str:
     """DRAGIN's QFS: the ``keep_top_k`` most attended (content) words, in text order."""
     cand = [
-        (s, i) for i, (w, s) in enumerate(zip(words, scores))
+        (s, i)
+        for i, (w, s) in enumerate(zip(words, scores))
         if query_word(w) and (is_content_word(w) or not check_real_words)
     ]
     keep = sorted(i for _, i in sorted(cand, key=lambda c: (-c[0], c[1]))[:keep_top_k])
@@ -336,8 +337,9 @@ class Rind(Policy):
     def check(self, unit: Unit) -> Trigger | None:
         if unit.attention is None:
             raise ValueError("RIND needs the step's attention; generate it with needs_attention")
-        return rind_trigger(unit.pieces, unit.entropies, later_token_attention(unit.attention), self.threshold,
-                            self.check_real_words)
+        return rind_trigger(
+            unit.pieces, unit.entropies, later_token_attention(unit.attention), self.threshold, self.check_real_words
+        )
 
 
 # --------------------------------------------------------------------------- model plumbing
@@ -603,8 +605,9 @@ class TriggeredGenerator:
     def _set_prompt(self, st: _Question, passages) -> None:
         s = self.settings
         st.passages = list(passages) if passages else None
-        fitted = self.lm.fit(st.question, st.passages, few_shot=s.few_shot, cot=s.chain_of_thought,
-                             budget=s.prompt_budget)
+        fitted = self.lm.fit(
+            st.question, st.passages, few_shot=s.few_shot, cot=s.chain_of_thought, budget=s.prompt_budget
+        )
         st.truncation.merge(fitted.truncation)
         messages = fitted.messages
         st.prompt_text = self.lm.render(messages)
@@ -720,8 +723,12 @@ class TriggeredGenerator:
             if s.query_formulation == "real_words" and unit.rows:
                 q.words, q.word_scores = self._word_attention(st, unit, q.hit)
         return formulate_query(
-            s.query_formulation, q, keep_top_k=s.retrieve_keep_top_k, last_n=s.last_n_tokens,
-            tokenize=self._token_pieces, check_real_words=s.check_real_words,
+            s.query_formulation,
+            q,
+            keep_top_k=s.retrieve_keep_top_k,
+            last_n=s.last_n_tokens,
+            tokenize=self._token_pieces,
+            check_real_words=s.check_real_words,
         )
 
     def _token_pieces(self, text: str) -> list[str]:
@@ -737,8 +744,14 @@ class TriggeredGenerator:
         step = len(st.retrievals)
         st.retrievals.append(RetrievalStep(step=step, query=query, hits=hits))
         st.events.append(
-            {"step": step, "token_index": token_index, "token": token, "score": score, "query": query,
-             "passage_ids": [h.passage.id for h in hits]}
+            {
+                "step": step,
+                "token_index": token_index,
+                "token": token,
+                "score": score,
+                "query": query,
+                "passage_ids": [h.passage.id for h in hits],
+            }
         )
         self._set_prompt(st, self.knowledge.insert(self, hits))
 
@@ -814,6 +827,7 @@ class TriggeredGenerator:
 
 
 # --------------------------------------------------------------------------- storage
+
 
 def trigger_event_rows(run_id: str, dataset: str, example_id: str, method: str, extra: Mapping | None) -> list[dict]:
     """``trigger_events`` rows (``semoe.storage.rows.TriggerEventRow``) from a method output's

@@ -64,9 +64,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained; rebuild it from its config.
     model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
@@ -166,8 +164,10 @@ def cpu_dtype_warning(dtype: str, flags: set[str] | None) -> str | None:
     native = NATIVE_CPU_FLAGS.get(dtype)
     if native is None or flags is None or flags & set(native):
         return None
-    return (f"model.dtype {dtype} on a CPU without {' or '.join(native)}: torch emulates it, slower than "
-            "float32; use float32 on this machine")
+    return (
+        f"model.dtype {dtype} on a CPU without {' or '.join(native)}: torch emulates it, slower than "
+        "float32; use float32 on this machine"
+    )
 
 
 _LOAD_LOCK = threading.Lock()

@@ -41,8 +41,11 @@ def _progress(total: int):
 
     def report(row: dict) -> None:
         if row["step"] % every == 0 or row["step"] == total:
-            print(f"step {row['step']}/{total}  loss {row['loss']:.3f}  aux {row['aux_loss']:.3f}  "
-                  f"lr {row['lr']:.2e}  {row['seconds']:.1f} s", file=sys.stderr)
+            print(
+                f"step {row['step']}/{total}  loss {row['loss']:.3f}  aux {row['aux_loss']:.3f}  "
+                f"lr {row['lr']:.2e}  {row['seconds']:.1f} s",
+                file=sys.stderr,
+            )
 
     return report
 
@@ -58,8 +61,9 @@ def usage_table(gen) -> str:
     for layer, counts in enumerate(gen.expert_usage()):
         chosen = [frozenset(token[layer]) for token in gen.experts]
         switches = sum(a != b for a, b in zip(chosen, chosen[1:]))
-        rows.append([layer] + [f"{100 * c / n_tokens:.0f}" for c in counts]
-                    + [f"{100 * switches / max(1, n_tokens - 1):.0f}"])
+        rows.append(
+            [layer] + [f"{100 * c / n_tokens:.0f}" for c in counts] + [f"{100 * switches / max(1, n_tokens - 1):.0f}"]
+        )
     return f"expert usage, % of {n_tokens} tokens (top-{len(gen.experts[0][0])})\n" + format_table(columns, rows)
 
 
@@ -86,8 +90,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer, curve = load_or_train(cfg, texts, cache, on_step=_progress(cfg.steps))
     if args.command == "train":
         last = curve[-1]
-        print(f"{model.num_parameters():,} parameters; {last['step']} steps in {last['seconds']:.1f} s; "
-              f"loss {curve[0]['loss']:.3f} -> {last['loss']:.3f}; aux {last['aux_loss']:.3f}")
+        print(
+            f"{model.num_parameters():,} parameters; {last['step']} steps in {last['seconds']:.1f} s; "
+            f"loss {curve[0]['loss']:.3f} -> {last['loss']:.3f}; aux {last['aux_loss']:.3f}"
+        )
         return 0
 
     def answer(prompt: str) -> None:

@@ -58,5 +58,11 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, analyze: b
             ids.append(next_id)
             if analyze or len(ids) - n_prompt < max_new_tokens:
                 next_id = step([next_id])
-    return Generation(prompt, tokenizer.decode(ids[n_prompt:]), ids, model.config.num_experts,
-                      experts if analyze else None, weights if analyze else None)
+    return Generation(
+        prompt,
+        tokenizer.decode(ids[n_prompt:]),
+        ids,
+        model.config.num_experts,
+        experts if analyze else None,
+        weights if analyze else None,
+    )

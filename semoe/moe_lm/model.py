@@ -116,8 +116,9 @@ class SemoeExperts(nn.Module):
         order = assignments.argsort(stable=True)
         counts = torch.bincount(assignments, minlength=self.num_experts).tolist()
         outputs = []
-        for chunk, gate_up, down in zip(hidden_states[order // top_k].split(counts),
-                                        self.gate_up_proj.unbind(0), self.down_proj.unbind(0)):
+        for chunk, gate_up, down in zip(
+            hidden_states[order // top_k].split(counts), self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        ):
             gate, up = F.linear(chunk, gate_up).chunk(2, dim=-1)
             outputs.append(F.linear(F.silu(gate) * up, down))
         sorted_out = torch.cat(outputs)
@@ -239,8 +240,13 @@ class MoeLM(nn.Module):
             cache.router_carries = [RouterCarry(batch_size) for _ in range(cfg.n_layers)]
         return cache.router_carries
 
-    def forward(self, input_ids: torch.Tensor, cache: MoeLMCache | None = None, use_cache: bool = False,
-                attention_mask: torch.Tensor | None = None) -> MoeLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: MoeLMCache | None = None,
+        use_cache: bool = False,
+        attention_mask: torch.Tensor | None = None,
+    ) -> MoeLMOutput:
         """Logits for ``input_ids`` (batch, seq). With ``cache`` the tokens continue the cached
         sequence and the cache is extended in place; without it each row is a fresh sequence.
 

@@ -106,8 +106,14 @@ def train(cfg: MoeLMConfig, texts: Sequence[str], on_step: Callable[[dict], None
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         schedule.step()
-        row = MoeLMTrainingRow(model_key=key, step=step, loss=ce.item(), aux_loss=out.aux_loss.item(), lr=lr,
-                               seconds=time.perf_counter() - started).as_dict()
+        row = MoeLMTrainingRow(
+            model_key=key,
+            step=step,
+            loss=ce.item(),
+            aux_loss=out.aux_loss.item(),
+            lr=lr,
+            seconds=time.perf_counter() - started,
+        ).as_dict()
         curve.append(row)
         if on_step is not None:
             on_step(row)
@@ -136,8 +142,9 @@ def load_checkpoint(directory: str | Path):
     return model.eval(), build_tokenizer(cfg.tokenizer), json.loads((directory / "curve.json").read_text())
 
 
-def load_or_train(cfg: MoeLMConfig, texts: Sequence[str], cache: ArtifactCache,
-                  on_step: Callable[[dict], None] | None = None):
+def load_or_train(
+    cfg: MoeLMConfig, texts: Sequence[str], cache: ArtifactCache, on_step: Callable[[dict], None] | None = None
+):
     """The cached checkpoint for ``(cfg, texts)``, training it first if it is not there:
     ``(model, tokenizer, curve rows)``; the curve is the one recorded when it was trained."""
     trained = None
@@ -147,8 +154,12 @@ def load_or_train(cfg: MoeLMConfig, texts: Sequence[str], cache: ArtifactCache,
         trained = train(cfg, texts, on_step)
         model, _, curve = trained
         save_checkpoint(out, model, curve)
-        return {"corpus": corpus_key(texts), "steps": cfg.steps, "final_loss": curve[-1]["loss"],
-                "parameters": model.num_parameters()}
+        return {
+            "corpus": corpus_key(texts),
+            "steps": cfg.steps,
+            "final_loss": curve[-1]["loss"],
+            "parameters": model.num_parameters(),
+        }
 
     path = cache.get_or_build(KIND, checkpoint_key(cfg, texts), build)
     return trained if trained is not None else load_checkpoint(path)

@@ -138,5 +138,5 @@ class Retriever(ABC):
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Top-k BM25 hits for each query, best first."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing to release
+        """Release open handles (index readers, clients); the default holds none."""

@@ -23,8 +23,8 @@ from semoe.routing.base import (
     RoutingPolicy,
     UnsupportedModelError,
 )
-
 from semoe.routing.registry import ADAPTERS, POLICIES, register_policy
+
 
 def benjamini_hochberg(p_values, alpha: float):
     """Benjamini–Hochberg step-up rejection mask along the last dimension (see calibration)."""

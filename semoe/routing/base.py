@@ -149,8 +149,9 @@ class RoutingPolicy:
 
     def setting_words(self) -> list[str]:
         """The params that define this grid cell, in words (policies name their own)."""
-        return [f"{k}={v}" for k, v in sorted(self.params.model_dump(exclude_defaults=True).items())
-                if k != "renormalize"]  # fmt: skip
+        return [
+            f"{k}={v}" for k, v in sorted(self.params.model_dump(exclude_defaults=True).items()) if k != "renormalize"
+        ]
 
     def setting(self) -> str:
         """The grid cell in words, e.g. ``k=4 renorm``, ``alpha=0.05 calibrated``, ``K=8 tau=0.5``."""

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semoe.generation.lm import ChatLM, Generation
 from semoe.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
+from semoe.generation.lm import ChatLM, Generation
 from semoe.routing.base import make_policy
 from semoe.storage.rows import rekeyed
 
@@ -32,9 +32,22 @@ logger = logging.getLogger(__name__)
 BASELINE = PolicySpec(name="topk", label="baseline")
 QA_METHOD = "no-retrieval"
 SPEED_QUALITY_COLUMNS = (
-    "model", "policy_label", "setting", "mode", "k", "perplexity", "qa_em", "qa_f1", "experts_per_token",
-    "experts_std", "floor_rate", "ceiling_rate", "tokens_per_s", "decode_tokens_per_s", "peak_memory_mib",
-)  # fmt: skip
+    "model",
+    "policy_label",
+    "setting",
+    "mode",
+    "k",
+    "perplexity",
+    "qa_em",
+    "qa_f1",
+    "experts_per_token",
+    "experts_std",
+    "floor_rate",
+    "ceiling_rate",
+    "tokens_per_s",
+    "decode_tokens_per_s",
+    "peak_memory_mib",
+)
 
 
 def routing_section(cfg: "SemoeConfig") -> RoutingEvalConfig:
@@ -69,8 +82,9 @@ def cell_keys(cfg: "SemoeConfig", cells: list["Cell"]) -> list[str]:
     r = routing_section(cfg)
     inputs = _routing_inputs(cfg)
     return [
-        identity.routing_cell_key(cfg, r.models[c.model].model_dump(mode="json"), c.spec(r).model_dump(mode="json"),
-                                  c.mode, *inputs)  # fmt: skip
+        identity.routing_cell_key(
+            cfg, r.models[c.model].model_dump(mode="json"), c.spec(r).model_dump(mode="json"), c.mode, *inputs
+        )
         for c in cells
     ]
 
@@ -79,8 +93,10 @@ def copied_cell(run_id: str, routing: RoutingEvalConfig, cell: "Cell", tables: d
     """The stored rows of a cell with the same cell key (``ResultStore.stored_routing_cells``),
     re-keyed to ``run_id``; ``computed_in`` keeps naming the run that measured them."""
     model, policy_key, mode = cell.ident(routing)
-    return {table: rekeyed(table, rows, run_id=run_id, model=model, policy_key=policy_key, mode=mode)
-            for table, rows in tables.items()}  # fmt: skip
+    return {
+        table: rekeyed(table, rows, run_id=run_id, model=model, policy_key=policy_key, mode=mode)
+        for table, rows in tables.items()
+    }
 
 
 # ---------------------------------------------------------------- the grid
@@ -127,8 +143,10 @@ class RoutingTexts:
 
 def split_texts(texts: list[str], eval_n: int, calibration_n: int) -> RoutingTexts:
     if len(texts) <= eval_n:
-        raise ValueError(f"the corpus has {len(texts)} passages; holding out routing.eval_texts={eval_n} "
-                         f"would leave nothing to train on")  # fmt: skip
+        raise ValueError(
+            f"the corpus has {len(texts)} passages; holding out routing.eval_texts={eval_n} "
+            f"would leave nothing to train on"
+        )
     stride = len(texts) // eval_n
     held = set(range(0, stride * eval_n, stride))
     train = [t for i, t in enumerate(texts) if i not in held]
@@ -165,8 +183,9 @@ class LoadedModel:
     chat: bool  # the model can answer questions through semoe.generation.lm.ChatLM
 
 
-def load_routing_model(mcfg: RoutingModelConfig, routing: RoutingEvalConfig, cache_root: str,
-                       train_texts: list[str]) -> LoadedModel:  # fmt: skip
+def load_routing_model(
+    mcfg: RoutingModelConfig, routing: RoutingEvalConfig, cache_root: str, train_texts: list[str]
+) -> LoadedModel:
     """An HF MoE model (memoised by ``semoe.models.loading``), or the small MoE LM trained on
     ``train_texts`` (cached in the artifact cache: trained only once per config and corpus)."""
     from semoe.models.loading import load_model, pick_device
@@ -181,8 +200,9 @@ def load_routing_model(mcfg: RoutingModelConfig, routing: RoutingEvalConfig, cac
 
     def progress(row: dict) -> None:
         if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
-            logger.info("%s: step %d/%d, loss %.3f, %.0f s", mcfg.display_name, row["step"], steps, row["loss"],
-                        row["seconds"])  # fmt: skip
+            logger.info(
+                "%s: step %d/%d, loss %.3f, %.0f s", mcfg.display_name, row["step"], steps, row["loss"], row["seconds"]
+            )
 
     model, tokenizer, curve = load_or_train(mcfg.moe_lm, train_texts, ArtifactCache(cache_root), on_step=progress)
     model.to(pick_device(routing.device))
@@ -196,8 +216,16 @@ def routing_model(cfg: "SemoeConfig", index: int) -> LoadedModel:
     """Model ``index`` of the routing section, loaded once per process (the last one is kept)."""
     r = routing_section(cfg)
     texts = routing_texts(cfg)
-    memo = json.dumps([r.models[index].model_dump(mode="json"), r.dtype, r.device, cfg.cache.root, len(texts.train),
-                       hashlib.sha256("\0".join(texts.train).encode()).hexdigest()])  # fmt: skip
+    memo = json.dumps(
+        [
+            r.models[index].model_dump(mode="json"),
+            r.dtype,
+            r.device,
+            cfg.cache.root,
+            len(texts.train),
+            hashlib.sha256("\0".join(texts.train).encode()).hexdigest(),
+        ]
+    )
     if memo not in _LOADED:
         _LOADED.clear()
         _LOADED[memo] = load_routing_model(r.models[index], r, cfg.cache.root, texts.train)
@@ -225,8 +253,10 @@ def cell_label(routing: RoutingEvalConfig, cell: "Cell") -> str:
 def qa_not_applicable(loaded: LoadedModel) -> str | None:
     """Why QA is not measured for this model (None: it is)."""
     if not loaded.chat:
-        return ("byte-level base LM trained on corpus passages (no chat template, no instruction or QA "
-                "tuning): EM/F1 would score prompt-following, not routing")  # fmt: skip
+        return (
+            "byte-level base LM trained on corpus passages (no chat template, no instruction or QA "
+            "tuning): EM/F1 would score prompt-following, not routing"
+        )
     return None
 
 
@@ -238,7 +268,9 @@ class RoEChatLM(ChatLM):
         super().__init__(model, tokenizer, system_prompt)
         self.policy = policy
 
-    def generate(self, conversations, max_new_tokens, batch_size=8, on_batch=None, *, stop_when=None) -> list[Generation]:
+    def generate(
+        self, conversations, max_new_tokens, batch_size=8, on_batch=None, *, stop_when=None
+    ) -> list[Generation]:
         """One conversation at a time: RoE decodes one sequence (its K copies are the batch);
         a reply is cut after the first token where ``stop_when`` accepts it, as ``ChatLM`` stops."""
         from semoe.routing.ensemble import roe_decode
@@ -255,7 +287,9 @@ class RoEChatLM(ChatLM):
             n_new = next((j + 1 for j, t in enumerate(new) if t == eos), len(new))
             if stop_when is not None:
                 decode = self.tokenizer.decode
-                n_new = next((j for j in range(1, n_new) if stop_when(decode(new[:j], skip_special_tokens=True))), n_new)
+                n_new = next(
+                    (j for j in range(1, n_new) if stop_when(decode(new[:j], skip_special_tokens=True))), n_new
+                )
             text = self.tokenizer.decode(new[:n_new], skip_special_tokens=True).strip()
             results.append(Generation(text, ids.shape[1], n_new, time.perf_counter() - start))
         return results
@@ -334,16 +368,30 @@ def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str 
     if not batches:
         raise ValueError("no held-out text has 2 or more tokens; check the corpus section")
     policy = make_policy(spec)
-    calibration = encode_texts(loaded.tokenizer, texts.calibration, r.max_tokens) if policy.needs_calibration() else None
+    calibration = (
+        encode_texts(loaded.tokenizer, texts.calibration, r.max_tokens) if policy.needs_calibration() else None
+    )
     prompt = batches[0][:, : r.decode.prompt_tokens] if r.decode.enabled else None
     heat = heatmap_path(heatmap_dir, cell, r) if r.heatmaps and heatmap_dir is not None else None
     if heat is not None:
         heat.parent.mkdir(parents=True, exist_ok=True)
-    ev = evaluate_policy(loaded.model, {"name": spec.name, "params": spec.params}, batches, mode=cell.mode,
-                         calibration=calibration, decode_prompt=prompt, max_new_tokens=r.decode.max_new_tokens,
-                         guard=r.guard, heatmap_path=heat)  # fmt: skip
-    context: dict = {"model_key": loaded.key, "policy_label": spec.display_name, "setting": policy.setting(),
-                     "k": fixed_k(loaded.model, spec)}  # fmt: skip
+    ev = evaluate_policy(
+        loaded.model,
+        {"name": spec.name, "params": spec.params},
+        batches,
+        mode=cell.mode,
+        calibration=calibration,
+        decode_prompt=prompt,
+        max_new_tokens=r.decode.max_new_tokens,
+        guard=r.guard,
+        heatmap_path=heat,
+    )
+    context: dict = {
+        "model_key": loaded.key,
+        "policy_label": spec.display_name,
+        "setting": policy.setting(),
+        "k": fixed_k(loaded.model, spec),
+    }
     if r.qa is not None:
         context["qa_dataset"] = r.qa.dataset
         note = qa_not_applicable(loaded)
@@ -373,9 +421,16 @@ def speed_quality_markdown(run_id: str, rows: list[dict]) -> str:
     """The speed/quality table (``routing_by_k`` rows) as markdown, one block per model."""
     lines = [f"# routing run `{run_id}`", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
-        lines += [f"## {model}", "", "| " + " | ".join(SPEED_QUALITY_COLUMNS[1:]) + " |",
-                  "|" + "---|" * (len(SPEED_QUALITY_COLUMNS) - 1)]  # fmt: skip
-        lines += ["| " + " | ".join(_cell_text(r[c]) for c in SPEED_QUALITY_COLUMNS[1:]) + " |"
-                  for r in rows if r["model"] == model]  # fmt: skip
+        lines += [
+            f"## {model}",
+            "",
+            "| " + " | ".join(SPEED_QUALITY_COLUMNS[1:]) + " |",
+            "|" + "---|" * (len(SPEED_QUALITY_COLUMNS) - 1),
+        ]
+        lines += [
+            "| " + " | ".join(_cell_text(r[c]) for c in SPEED_QUALITY_COLUMNS[1:]) + " |"
+            for r in rows
+            if r["model"] == model
+        ]
         lines.append("")
     return "\n".join(lines)

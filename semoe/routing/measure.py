@@ -155,8 +155,8 @@ def perplexity(
     import torch
 
     from semoe.routing.base import make_policy
-    from semoe.routing.patch import route_with
     from semoe.routing.ensemble import ensemble_next_token_probs
+    from semoe.routing.patch import route_with
 
     if policy is None:
         policy, mode = make_policy("topk"), "analyze"
@@ -219,8 +219,8 @@ def greedy_decode(model, input_ids, max_new_tokens: int) -> DecodeResult:
 def decode(model, input_ids, policy: Any = None, max_new_tokens: int = 32, *, guard: bool = True) -> DecodeResult:
     """Greedy decoding speed under ``policy`` (RoE: K-sample ensemble decoding)."""
     from semoe.routing.base import make_policy
-    from semoe.routing.patch import route_with
     from semoe.routing.ensemble import roe_decode
+    from semoe.routing.patch import route_with
 
     input_ids = input_ids.to(next(model.parameters()).device)
     if policy is None:
@@ -242,9 +242,7 @@ def decode(model, input_ids, policy: Any = None, max_new_tokens: int = 32, *, gu
 def _viridis(x):
     import numpy as np
 
-    anchors = np.array(
-        [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
-    )
+    anchors = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
     pos = np.clip(x, 0, 1) * (len(anchors) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(anchors) - 2)
     frac = (pos - lo)[..., None]
@@ -351,7 +349,9 @@ def layer_stat_rows(run_id: str, model: str, key: str, mode: str, stats) -> list
     """``routing_layer_stats`` rows of one cell: one per routed layer (``stats.summary()``)."""
     measured = ROUTING_LAYER_STATS_COLUMNS[4:]  # after the cell's key
     return [
-        RoutingLayerStatRow(run_id=run_id, model=model, policy_key=key, mode=mode, **{c: r[c] for c in measured}).as_dict()
+        RoutingLayerStatRow(
+            run_id=run_id, model=model, policy_key=key, mode=mode, **{c: r[c] for c in measured}
+        ).as_dict()
         for r in stats.summary()
     ]
 
@@ -382,9 +382,17 @@ class PolicyEvaluation:
 
     def run_row(self, run_id: str, model: str, key: str | None = None, **context) -> dict:
         return routing_run_row(
-            run_id, model, self.policy, self.mode, self.ppl, self.decode, self.memory, self.heatmap_path,
-            key=key, **context,
-        )  # fmt: skip
+            run_id,
+            model,
+            self.policy,
+            self.mode,
+            self.ppl,
+            self.decode,
+            self.memory,
+            self.heatmap_path,
+            key=key,
+            **context,
+        )
 
     def layer_rows(self, run_id: str, model: str, key: str | None = None) -> list[dict]:
         key = key or policy_key(self.policy.name, self.policy.describe())

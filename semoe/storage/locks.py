@@ -97,7 +97,9 @@ def run_lock(
                         f"or stop it and rerun (lock: {path})"
                     ) from None
                 if not announced:
-                    (on_wait or logger.warning)(f"run {run_id} is running in {holder(path)}; waiting up to {wait_s:g} s")
+                    (on_wait or logger.warning)(
+                        f"run {run_id} is running in {holder(path)}; waiting up to {wait_s:g} s"
+                    )
                     announced = True
                 time.sleep(POLL_S)
         since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

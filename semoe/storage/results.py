@@ -146,13 +146,23 @@ class ResultStore:
             if row is None:
                 from semoe.storage.rows import RunRow
 
-                new = RunRow(run_id=run_id, name=name, config_hash=config_hash, code_version=code_version,
-                             config_json=config_json, status="running", started_at=utcnow()).as_dict()
-                con.execute(f"INSERT INTO runs ({', '.join(new)}) VALUES ({', '.join('?' * len(new))})", list(new.values()))
+                new = RunRow(
+                    run_id=run_id,
+                    name=name,
+                    config_hash=config_hash,
+                    code_version=code_version,
+                    config_json=config_json,
+                    status="running",
+                    started_at=utcnow(),
+                ).as_dict()
+                con.execute(
+                    f"INSERT INTO runs ({', '.join(new)}) VALUES ({', '.join('?' * len(new))})", list(new.values())
+                )
                 return "new"
             if row[0] != "finished":
                 con.execute(
-                    "UPDATE runs SET status = 'running', started_at = ?, finished_at = NULL, error = NULL WHERE run_id = ?",
+                    "UPDATE runs SET status = 'running', started_at = ?, finished_at = NULL, error = NULL "
+                    "WHERE run_id = ?",
                     [utcnow(), run_id],
                 )
             return row[0]
@@ -206,7 +216,9 @@ class ResultStore:
             for row in _dicts(con.execute("SELECT * FROM src")):
                 out[row[key_column]] = {table: [row], **{child: [] for child in children}}
             for child in children:
-                rows = con.execute(f"SELECT s.{key_column} AS _key, c.* FROM {child} c JOIN src s USING ({', '.join(join)})")
+                rows = con.execute(
+                    f"SELECT s.{key_column} AS _key, c.* FROM {child} c JOIN src s USING ({', '.join(join)})"
+                )
                 for row in _dicts(rows):
                     out[row.pop("_key")][child].append(row)
         return out

@@ -43,7 +43,9 @@ class Row:
         if missing or unknown:
             raise StoreError(
                 f"not a row of {cls.TABLE}: "
-                + "; ".join(f"{what} columns {cols}" for what, cols in (("missing", missing), ("unknown", unknown)) if cols)
+                + "; ".join(
+                    f"{what} columns {cols}" for what, cols in (("missing", missing), ("unknown", unknown)) if cols
+                )
             )
         return cls(**row)
 
@@ -294,10 +296,19 @@ class MoeLMTrainingRow(Row):
 ROWS: dict[str, type[Row]] = {
     cls.TABLE: cls
     for cls in (
-        RunRow, PredictionRow, RetrievalRow, MetricRow, IndexRow, TriggerEventRow, ExpertRow, AugmentationRow,
-        RoutingRunRow, RoutingLayerStatRow, MoeLMTrainingRow,
+        RunRow,
+        PredictionRow,
+        RetrievalRow,
+        MetricRow,
+        IndexRow,
+        TriggerEventRow,
+        ExpertRow,
+        AugmentationRow,
+        RoutingRunRow,
+        RoutingLayerStatRow,
+        MoeLMTrainingRow,
     )
-}  # fmt: skip
+}
 """Table name → its row class."""
 
 

@@ -367,7 +367,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # Trigger events live in their table, the per-question counters in their columns:
             # drop the copies older code kept in extra.
             """UPDATE predictions
-                SET extra = json_merge_patch(extra, '{"trigger_events": null, "hallucination_events": null, "sentences": null}')
+                SET extra = json_merge_patch(
+                    extra, '{"trigger_events": null, "hallucination_events": null, "sentences": null}')
                 WHERE extra IS NOT NULL""",
             # Cost per method, as in version 4, with each prediction's expert settings on its row.
             # Targets are a set (ExpertConfig sorts them when it validates; a default list is

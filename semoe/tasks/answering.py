@@ -17,7 +17,9 @@ from semoe.tasks.interrupts import interruptible
 from semoe.tasks.threads import use_threads
 
 
-@task(name="load-examples", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient_io)
+@task(
+    name="load-examples", cache_policy=NONE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_transient_io
+)
 @interruptible
 def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict]:
     return [ex.as_dict() for ex in load_examples(dataset, DataContext.of(config))]
@@ -30,8 +32,15 @@ def load_examples_task(config: SemoeConfig, dataset: DatasetConfig) -> list[dict
 )
 @interruptible
 def answer_chunk_task(
-    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
-    corpus_key: str | None, first_id: str, shard_root: str | None = None,
+    config: SemoeConfig,
+    run_id: str,
+    dataset: str,
+    method: str,
+    examples: list[dict],
+    answer_keys: list[str],
+    corpus_key: str | None,
+    first_id: str,
+    shard_root: str | None = None,
 ) -> dict[str, list[dict]] | str:
     """The rows of a chunk's answers (predictions, retrievals, trigger events) and of the
     passage experts built on demand, handed back to the store writer (``hand_back``)."""
@@ -42,7 +51,12 @@ def answer_chunk_task(
 
 
 def _answer(
-    config: SemoeConfig, run_id: str, dataset: str, method: str, examples: list[dict], answer_keys: list[str],
+    config: SemoeConfig,
+    run_id: str,
+    dataset: str,
+    method: str,
+    examples: list[dict],
+    answer_keys: list[str],
     corpus_key: str | None,
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     from semoe.indexing import open_retriever

@@ -14,8 +14,13 @@ from semoe.tasks.interrupts import interruptible
 from semoe.tasks.threads import use_threads
 
 
-@task(name="routing-model", task_run_name="model-{label}", cache_policy=NONE, retries=1,
-      retry_condition_fn=retry_on_transient_io)  # fmt: skip
+@task(
+    name="routing-model",
+    task_run_name="model-{label}",
+    cache_policy=NONE,
+    retries=1,
+    retry_condition_fn=retry_on_transient_io,
+)
 @interruptible
 def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str) -> dict:
     """Load (or train, for the small MoE LM) a model of the grid: its key and training curve rows."""
@@ -30,8 +35,14 @@ def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str
 @task(name="routing-cell", task_run_name="{label}", cache_policy=NONE)  # the store records done cells
 @interruptible
 def evaluate_routing_cell_task(
-    config: SemoeConfig, run_id: str, model_index: int, policy_index: int | None, mode: str, heatmap_dir: str,
-    label: str, cell_key: str,
+    config: SemoeConfig,
+    run_id: str,
+    model_index: int,
+    policy_index: int | None,
+    mode: str,
+    heatmap_dir: str,
+    label: str,
+    cell_key: str,
 ) -> dict[str, list[dict]]:
     """The rows of one cell (``routing_runs``, ``routing_layer_stats``), keyed ``cell_key``."""
     from semoe.routing.grid import Cell, evaluate_cell

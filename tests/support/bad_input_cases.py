@@ -82,13 +82,18 @@ def store_held_by_another_process(tmp: Path):
     import semoe.storage.results as results
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import duckdb, time
             con = duckdb.connect({str(tmp / "results.duckdb")!r})
             print("locked", flush=True)
             time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     wait, results.LOCK_WAIT_S = results.LOCK_WAIT_S, 0.5
     try:
@@ -120,17 +125,28 @@ def corrupt_expert(tmp: Path) -> list[str]:
 
     text = "Quorvanthe is a river town famous for glass bells and a winter market."
     passages = write(tmp, "one.jsonl", json.dumps({"id": "p1", "title": "Quorvanthe", "text": text}) + "\n")
-    args = run_with(tmp, methods=["prag"], retrieval={"top_k": 1}, corpus={"format": "jsonl", "path": passages},
-                    datasets=[{"name": "custom", "path": write(tmp, "qa.json", QA_BELLS)}])
+    args = run_with(
+        tmp,
+        methods=["prag"],
+        retrieval={"top_k": 1},
+        corpus={"format": "jsonl", "path": passages},
+        datasets=[{"name": "custom", "path": write(tmp, "qa.json", QA_BELLS)}],
+    )
     cfg = load_config(args[1])
     spec, n_qa, n_rw = cfg.augment.augmenting_model(cfg.model.spec), cfg.augment.n_qa, cfg.augment.n_rewrites
     qa = augment.QAPair("Where are glass bells made?", "Quorvanthe", "Glass bells are made in Quorvanthe.")
     record = augment.Augmentation(
-        passage_id="p1", passage_text_hash=augment.passage_hash(text), model=spec,
-        prompt_version=augment.PROMPT_VERSION, status="ok", rewrites=[text] * n_rw, qa=[qa] * n_qa,
+        passage_id="p1",
+        passage_text_hash=augment.passage_hash(text),
+        model=spec,
+        prompt_version=augment.PROMPT_VERSION,
+        status="ok",
+        rewrites=[text] * n_rw,
+        qa=[qa] * n_qa,
     )
     ArtifactCache(cfg.cache.root).get_or_build(
-        augment.CACHE_KIND, augment.augmentation_key(record.passage_text_hash, spec, n_qa, n_rw),
+        augment.CACHE_KIND,
+        augment.augmentation_key(record.passage_text_hash, spec, n_qa, n_rw),
         lambda out: (out / augment.CACHE_FILE).write_text(record.to_json()) and None,
     )
     with contextlib.redirect_stdout(io.StringIO()):
@@ -141,79 +157,190 @@ def corrupt_expert(tmp: Path) -> list[str]:
 
 
 CASES = [
-    Case("config-file-missing", "config file does not exist",
-         lambda t: ["run", str(t / "nope.yaml")], ("config file not found", "nope.yaml")),
-    Case("config-not-yaml", "config file is not valid YAML",
-         lambda t: ["run", write(t, "bad.yaml", "retrieval: [unclosed\n")], ("bad.yaml is not valid YAML",)),
-    Case("config-value-invalid", "a value out of range (`retrieval.top_k=0`)",
-         lambda t: run_with(t, "retrieval.top_k=0"), ("retrieval.top_k", "greater than or equal to 1")),
-    Case("config-value-wrong-type", "a value of the wrong type (`generation.max_new_tokens=lots`)",
-         lambda t: run_with(t, "generation.max_new_tokens=lots"), ("generation.max_new_tokens",)),
-    Case("config-key-unknown", "a misspelt key (`retrieval.topk`)",
-         lambda t: run_with(t, "retrieval.topk=3"), ("retrieval.topk", "Extra inputs are not permitted")),
-    Case("override-malformed", "an override without `=`",
-         lambda t: run_with(t, "nonsense"), ("'nonsense' is not of the form key.path=value",)),
-    Case("method-unknown", "unknown method name",
-         lambda t: run_with(t, methods=["magic"]), ("unknown method 'magic'", "registered: ")),
-    Case("retriever-unknown", "unknown retriever name",
-         lambda t: run_with(t, retrieval={"backend": "solr"}), ("unknown retriever 'solr'",)),
-    Case("dataset-unknown", "unknown dataset name",
-         lambda t: run_with(t, datasets=[{"name": "nq"}]), ("unknown dataset 'nq'",)),
-    Case("corpus-format-unknown", "unknown corpus format",
-         lambda t: run_with(t, corpus={"format": "parquet", "path": "x.parquet"}), ("unknown corpus format 'parquet'",)),
-    Case("dataset-file-missing", "dataset file does not exist",
-         lambda t: run_with(t, datasets=[{"name": "custom", "path": str(t / "nope.json")}]),
-         ("dataset file not found", "nope.json")),
-    Case("dataset-json-malformed", "dataset file is not valid JSON",
-         lambda t: dataset(t, '[{"question": "q1", "answer": "a"}, {"question": "q2", "answer": }]'),
-         ("qa.json", "invalid JSON at line 1")),
-    Case("dataset-field-missing", "a dataset row without a question",
-         lambda t: dataset(t, '[{"question": "q1", "answer": "a"}, {"answer": "b"}]'),
-         ("qa.json", "index 1", "missing field 'question'")),
-    Case("dataset-duplicate-ids", "two questions with the same id",
-         lambda t: dataset(t, '[{"id": 7, "question": "q1", "answer": "a"}, {"id": 7, "question": "q2", "answer": "b"}]'),
-         ("duplicate example id '7'",)),
-    Case("dataset-not-utf8", "dataset file in Latin-1, not UTF-8",
-         lambda t: dataset(t, '[{"question": "Who founded Médéa?", "answer": "x"}]'.encode("latin-1")),
-         ("qa.json", "not valid UTF-8")),
-    Case("corpus-file-missing", "corpus file does not exist",
-         lambda t: run_with(t, corpus={"format": "jsonl", "path": str(t / "nope.jsonl")}), ("corpus file not found",)),
-    Case("elasticsearch-unreachable", "Elasticsearch URL where nothing listens",
-         lambda t: run_with(t, retrieval={"backend": "elasticsearch", "es_url": "http://127.0.0.1:9"}),
-         ("Elasticsearch at http://127.0.0.1:9", "unreachable")),
-    Case("model-dir-missing", "model directory does not exist",
-         lambda t: run_with(t, model={"spec": str(t / "no-model")}), ("model directory not found",)),
-    Case("model-weights-missing", "model directory without its weights file",
-         without_weights,
-         ("has no weights file",)),
-    Case("store-locked", "results store held open by another process",
-         lambda t: run_with(t), ("locked by another process",), during=store_held_by_another_process),
-    Case("store-path-unwritable", "results store path under a regular file",
-         lambda t: run_with(t, store={"path": write(t, "plain-file", "x") + "/results.duckdb"}),
-         ("cannot create the results directory",)),
-    Case("cache-path-unwritable", "artifact cache path under a regular file",
-         lambda t: run_with(t, cache={"root": write(t, "plain-file", "x") + "/cache"}),
-         ("cannot create the artifact cache",)),
-    Case("sql-store-missing", "`semoe sql` on a store that does not exist",
-         lambda t: ["sql", "select 1", "--store", str(t / "missing.duckdb")], ("no results store at",)),
-    Case("corpus-tsv-row-malformed", "DPR TSV corpus row with two of three columns",
-         lambda t: corpus(t, "id\ttext\ttitle\n1\tSome passage text.\tA title\n2\tonly two columns\n",
-                          fmt="dpr-tsv", name="psgs.tsv"),
-         ("psgs.tsv", "line 3"), in_flow=True),
-    Case("corpus-passage-empty", "corpus passage with empty text",
-         lambda t: corpus(t, '{"id": "a", "title": "A", "text": "Alpha."}\n{"id": "b", "title": "B", "text": "  "}\n'),
-         ("passage 'b' has empty text",), in_flow=True),
-    Case("corpus-duplicate-ids", "two corpus passages with the same id",
-         lambda t: corpus(t, '{"id": "a", "text": "Alpha."}\n{"id": "b", "text": "Beta."}\n{"id": "a", "text": "Gamma."}\n'),
-         ("duplicate passage id 'a'",), in_flow=True),
-    Case("config-not-utf8", "config file in Latin-1, not UTF-8",
-         lambda t: ["run", write(t, "latin.yaml", "name: M\xe9d\xe9a\n".encode("latin-1"))],
-         ("latin.yaml is not valid UTF-8",)),
-    Case("adapter-file-corrupt", "a cached expert (LoRA safetensors) file cut short",
-         corrupt_expert, ("expert file", "expert.safetensors is corrupt"), in_flow=True, real_model=True),
-    Case("corpus-not-utf8", "corpus file with a Latin-1 line",
-         lambda t: corpus(t, b'{"id": "a", "text": "Alpha."}\n{"id": "b", "text": "M\xe9d\xe9a."}\n'),
-         ("passages.jsonl", "line 2", "not valid UTF-8"), in_flow=True),
+    Case(
+        "config-file-missing",
+        "config file does not exist",
+        lambda t: ["run", str(t / "nope.yaml")],
+        ("config file not found", "nope.yaml"),
+    ),
+    Case(
+        "config-not-yaml",
+        "config file is not valid YAML",
+        lambda t: ["run", write(t, "bad.yaml", "retrieval: [unclosed\n")],
+        ("bad.yaml is not valid YAML",),
+    ),
+    Case(
+        "config-value-invalid",
+        "a value out of range (`retrieval.top_k=0`)",
+        lambda t: run_with(t, "retrieval.top_k=0"),
+        ("retrieval.top_k", "greater than or equal to 1"),
+    ),
+    Case(
+        "config-value-wrong-type",
+        "a value of the wrong type (`generation.max_new_tokens=lots`)",
+        lambda t: run_with(t, "generation.max_new_tokens=lots"),
+        ("generation.max_new_tokens",),
+    ),
+    Case(
+        "config-key-unknown",
+        "a misspelt key (`retrieval.topk`)",
+        lambda t: run_with(t, "retrieval.topk=3"),
+        ("retrieval.topk", "Extra inputs are not permitted"),
+    ),
+    Case(
+        "override-malformed",
+        "an override without `=`",
+        lambda t: run_with(t, "nonsense"),
+        ("'nonsense' is not of the form key.path=value",),
+    ),
+    Case(
+        "method-unknown",
+        "unknown method name",
+        lambda t: run_with(t, methods=["magic"]),
+        ("unknown method 'magic'", "registered: "),
+    ),
+    Case(
+        "retriever-unknown",
+        "unknown retriever name",
+        lambda t: run_with(t, retrieval={"backend": "solr"}),
+        ("unknown retriever 'solr'",),
+    ),
+    Case(
+        "dataset-unknown",
+        "unknown dataset name",
+        lambda t: run_with(t, datasets=[{"name": "nq"}]),
+        ("unknown dataset 'nq'",),
+    ),
+    Case(
+        "corpus-format-unknown",
+        "unknown corpus format",
+        lambda t: run_with(t, corpus={"format": "parquet", "path": "x.parquet"}),
+        ("unknown corpus format 'parquet'",),
+    ),
+    Case(
+        "dataset-file-missing",
+        "dataset file does not exist",
+        lambda t: run_with(t, datasets=[{"name": "custom", "path": str(t / "nope.json")}]),
+        ("dataset file not found", "nope.json"),
+    ),
+    Case(
+        "dataset-json-malformed",
+        "dataset file is not valid JSON",
+        lambda t: dataset(t, '[{"question": "q1", "answer": "a"}, {"question": "q2", "answer": }]'),
+        ("qa.json", "invalid JSON at line 1"),
+    ),
+    Case(
+        "dataset-field-missing",
+        "a dataset row without a question",
+        lambda t: dataset(t, '[{"question": "q1", "answer": "a"}, {"answer": "b"}]'),
+        ("qa.json", "index 1", "missing field 'question'"),
+    ),
+    Case(
+        "dataset-duplicate-ids",
+        "two questions with the same id",
+        lambda t: dataset(
+            t, '[{"id": 7, "question": "q1", "answer": "a"}, {"id": 7, "question": "q2", "answer": "b"}]'
+        ),
+        ("duplicate example id '7'",),
+    ),
+    Case(
+        "dataset-not-utf8",
+        "dataset file in Latin-1, not UTF-8",
+        lambda t: dataset(t, '[{"question": "Who founded Médéa?", "answer": "x"}]'.encode("latin-1")),
+        ("qa.json", "not valid UTF-8"),
+    ),
+    Case(
+        "corpus-file-missing",
+        "corpus file does not exist",
+        lambda t: run_with(t, corpus={"format": "jsonl", "path": str(t / "nope.jsonl")}),
+        ("corpus file not found",),
+    ),
+    Case(
+        "elasticsearch-unreachable",
+        "Elasticsearch URL where nothing listens",
+        lambda t: run_with(t, retrieval={"backend": "elasticsearch", "es_url": "http://127.0.0.1:9"}),
+        ("Elasticsearch at http://127.0.0.1:9", "unreachable"),
+    ),
+    Case(
+        "model-dir-missing",
+        "model directory does not exist",
+        lambda t: run_with(t, model={"spec": str(t / "no-model")}),
+        ("model directory not found",),
+    ),
+    Case(
+        "model-weights-missing", "model directory without its weights file", without_weights, ("has no weights file",)
+    ),
+    Case(
+        "store-locked",
+        "results store held open by another process",
+        lambda t: run_with(t),
+        ("locked by another process",),
+        during=store_held_by_another_process,
+    ),
+    Case(
+        "store-path-unwritable",
+        "results store path under a regular file",
+        lambda t: run_with(t, store={"path": write(t, "plain-file", "x") + "/results.duckdb"}),
+        ("cannot create the results directory",),
+    ),
+    Case(
+        "cache-path-unwritable",
+        "artifact cache path under a regular file",
+        lambda t: run_with(t, cache={"root": write(t, "plain-file", "x") + "/cache"}),
+        ("cannot create the artifact cache",),
+    ),
+    Case(
+        "sql-store-missing",
+        "`semoe sql` on a store that does not exist",
+        lambda t: ["sql", "select 1", "--store", str(t / "missing.duckdb")],
+        ("no results store at",),
+    ),
+    Case(
+        "corpus-tsv-row-malformed",
+        "DPR TSV corpus row with two of three columns",
+        lambda t: corpus(
+            t, "id\ttext\ttitle\n1\tSome passage text.\tA title\n2\tonly two columns\n", fmt="dpr-tsv", name="psgs.tsv"
+        ),
+        ("psgs.tsv", "line 3"),
+        in_flow=True,
+    ),
+    Case(
+        "corpus-passage-empty",
+        "corpus passage with empty text",
+        lambda t: corpus(t, '{"id": "a", "title": "A", "text": "Alpha."}\n{"id": "b", "title": "B", "text": "  "}\n'),
+        ("passage 'b' has empty text",),
+        in_flow=True,
+    ),
+    Case(
+        "corpus-duplicate-ids",
+        "two corpus passages with the same id",
+        lambda t: corpus(
+            t, '{"id": "a", "text": "Alpha."}\n{"id": "b", "text": "Beta."}\n{"id": "a", "text": "Gamma."}\n'
+        ),
+        ("duplicate passage id 'a'",),
+        in_flow=True,
+    ),
+    Case(
+        "config-not-utf8",
+        "config file in Latin-1, not UTF-8",
+        lambda t: ["run", write(t, "latin.yaml", "name: M\xe9d\xe9a\n".encode("latin-1"))],
+        ("latin.yaml is not valid UTF-8",),
+    ),
+    Case(
+        "adapter-file-corrupt",
+        "a cached expert (LoRA safetensors) file cut short",
+        corrupt_expert,
+        ("expert file", "expert.safetensors is corrupt"),
+        in_flow=True,
+        real_model=True,
+    ),
+    Case(
+        "corpus-not-utf8",
+        "corpus file with a Latin-1 line",
+        lambda t: corpus(t, b'{"id": "a", "text": "Alpha."}\n{"id": "b", "text": "M\xe9d\xe9a."}\n'),
+        ("passages.jsonl", "line 2", "not valid UTF-8"),
+        in_flow=True,
+    ),
 ]
 
 
@@ -223,9 +350,20 @@ def seed_store(tmp: Path) -> list[dict]:
 
     store = ResultStore(tmp / "results.duckdb")
     store.start_run(SENTINEL_RUN, "earlier", "h", "v", "{}")
-    store.write_predictions({"predictions": [
-        {"run_id": SENTINEL_RUN, "dataset": "d", "example_id": "e1", "method": "m", "prediction": "x", "em": 1.0}
-    ]})
+    store.write_predictions(
+        {
+            "predictions": [
+                {
+                    "run_id": SENTINEL_RUN,
+                    "dataset": "d",
+                    "example_id": "e1",
+                    "method": "m",
+                    "prediction": "x",
+                    "em": 1.0,
+                }
+            ]
+        }
+    )
     store.finish_run(SENTINEL_RUN)
     return stored_rows(tmp)
 

@@ -57,9 +57,15 @@ def make_tiny_lm(out: Path) -> str:
     tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct", cache))
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -97,10 +103,18 @@ def seed_augmentations(cfg) -> int:
     a, cache, n = cfg.augment, ArtifactCache(cfg.cache.root), 0
     for p in iter_passages(cfg.corpus, DataContext(synthetic=cfg.synthetic)):
         qa = augment.QAPair(f"What is {p.title}?", p.title, f"It is {p.title}.")
-        record = augment.Augmentation(p.id, augment.passage_hash(p.text), cfg.model.spec, augment.PROMPT_VERSION,
-                                      "ok", rewrites=[p.text] * a.n_rewrites, qa=[qa] * a.n_qa)  # fmt: skip
+        record = augment.Augmentation(
+            p.id,
+            augment.passage_hash(p.text),
+            cfg.model.spec,
+            augment.PROMPT_VERSION,
+            "ok",
+            rewrites=[p.text] * a.n_rewrites,
+            qa=[qa] * a.n_qa,
+        )
         cache.get_or_build(
-            augment.CACHE_KIND, augment.augmentation_key(record.passage_text_hash, cfg.model.spec, a.n_qa, a.n_rewrites),
+            augment.CACHE_KIND,
+            augment.augmentation_key(record.passage_text_hash, cfg.model.spec, a.n_qa, a.n_rewrites),
             lambda out, r=record: (out / augment.CACHE_FILE).write_text(r.to_json(), encoding="utf-8") and None,
         )
         n += 1

@@ -8,8 +8,8 @@ from typing import Iterator
 
 from semoe.config import CorpusConfig, DatasetConfig, SyntheticConfig
 from semoe.data import CORPORA, DATASETS, DataContext
-from semoe.data.schema import Example, Passage
 from semoe.data.encyclopedia import Encyclopedia, build_encyclopedia
+from semoe.data.schema import Example, Passage
 
 
 @functools.lru_cache(maxsize=4)
@@ -26,8 +26,13 @@ def encyclopedia_for(cfg: SyntheticConfig) -> Encyclopedia:
 def load_synthetic(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
     # Copies, so a caller that edits an example cannot change the cached encyclopedia.
     return [
-        dataclasses.replace(ex, dataset=cfg.display_name, answers=list(ex.answers),
-                            gold_passage_ids=list(ex.gold_passage_ids), meta=dict(ex.meta))
+        dataclasses.replace(
+            ex,
+            dataset=cfg.display_name,
+            answers=list(ex.answers),
+            gold_passage_ids=list(ex.gold_passage_ids),
+            meta=dict(ex.meta),
+        )
         for ex in encyclopedia_for(ctx.synthetic).questions
     ]
 

@@ -61,8 +61,14 @@ class _ExpertRetrieval(Method):
             t0 = time.perf_counter()
             experts.update((i, ctx.experts.experts_for(passages[i])) for i in indices)
             experts_s = (time.perf_counter() - t0) / n
-            return generate_with_experts(ctx.lm, conversations, [experts[i] for i in indices], g.max_new_tokens,
-                                         g.batch_size, stop_when=stop_when)
+            return generate_with_experts(
+                ctx.lm,
+                conversations,
+                [experts[i] for i in indices],
+                g.max_new_tokens,
+                g.batch_size,
+                stop_when=stop_when,
+            )
 
         shown = passages if self.passages_in_context else [None] * len(examples)
         outputs = answer_once(examples, ctx, shown, generate)

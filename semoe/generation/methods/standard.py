@@ -44,8 +44,11 @@ def answer_once(
         except PromptTooLongError as e:
             fits.append(str(e))
     ok = [i for i, f in enumerate(fits) if isinstance(f, FittedPrompt)]
-    generate = generate or (lambda conversations, _, stop_when: ctx.lm.generate(
-        conversations, g.max_new_tokens, g.batch_size, stop_when=stop_when))
+    generate = generate or (
+        lambda conversations, _, stop_when: ctx.lm.generate(
+            conversations, g.max_new_tokens, g.batch_size, stop_when=stop_when
+        )
+    )
     generations = dict(zip(ok, generate([fits[i].messages for i in ok], ok, answer_complete))) if ok else {}
     outputs = []
     for i, fit in enumerate(fits):

@@ -174,7 +174,9 @@ class Bm25sRetriever(Retriever):
             model = bm25s.BM25.load(str(self.index_dir), show_progress=False) if len(offsets) > 1 else None
             self._passages_fh = open(self.index_dir / PASSAGES, "rb")
         except (OSError, ValueError, KeyError) as e:
-            raise RetrievalError(f"bm25s index at {self.index_dir} cannot be opened (delete it to rebuild): {e}") from None
+            raise RetrievalError(
+                f"bm25s index at {self.index_dir} cannot be opened (delete it to rebuild): {e}"
+            ) from None
         self._model, self._offsets = model, offsets
 
     def _passage(self, row: int) -> Passage:

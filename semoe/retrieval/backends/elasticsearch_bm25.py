@@ -81,7 +81,8 @@ def _auth_from_secret(value: Any, block: str) -> dict[str, Any]:
     if isinstance(value, dict) and value.get("username") and value.get("password"):
         return {"basic_auth": (value["username"], value["password"])}
     raise RetrievalError(
-        f"Secret block {block!r} must hold an API key string, {{\"api_key\": ...}} or {{\"username\": ..., \"password\": ...}}"
+        f'Secret block {block!r} must hold an API key string, {{"api_key": ...}} '
+        'or {"username": ..., "password": ...}'
     )
 
 
@@ -109,7 +110,10 @@ def _auth(secret_block: str | None = None) -> tuple[dict[str, Any], str]:
             raise RetrievalError("set both SEMOE_ES_USER and SEMOE_ES_PASSWORD (or SEMOE_ES_API_KEY)")
         return {**kwargs, "basic_auth": (user, password)}, "SEMOE_ES_USER/SEMOE_ES_PASSWORD"
     if secret_block:
-        return {**kwargs, **_auth_from_secret(_secret_value(secret_block), secret_block)}, f"Secret block {secret_block!r}"
+        return {
+            **kwargs,
+            **_auth_from_secret(_secret_value(secret_block), secret_block),
+        }, f"Secret block {secret_block!r}"
     return kwargs, "no credentials (set SEMOE_ES_API_KEY, or SEMOE_ES_USER and SEMOE_ES_PASSWORD)"
 
 
@@ -143,7 +147,8 @@ class ElasticsearchRetriever(Retriever):
 
     def _fail(self, err: Exception) -> RetrievalError:
         """One readable message for any transport or API failure, naming the server."""
-        from elastic_transport import ConnectionError as ConnectError, ConnectionTimeout, TransportError
+        from elastic_transport import ConnectionError as ConnectError
+        from elastic_transport import ConnectionTimeout, TransportError
         from elasticsearch import (
             ApiError,
             AuthenticationException,
@@ -168,7 +173,9 @@ class ElasticsearchRetriever(Retriever):
         if isinstance(err, AuthorizationException):
             return RetrievalError(f"{where} refused the request (HTTP 403, missing privileges): {_error_reason(err)}")
         if isinstance(err, NotFoundError):
-            return RetrievalError(f"{where}: index {self.index_name!r} not found; build it first ({_error_reason(err)})")
+            return RetrievalError(
+                f"{where}: index {self.index_name!r} not found; build it first ({_error_reason(err)})"
+            )
         if isinstance(err, ApiError):
             reason = _error_reason(err)
             if "compatible-with" in reason or "media_type_header" in reason:
@@ -194,7 +201,9 @@ class ElasticsearchRetriever(Retriever):
 
         auth, _ = _auth(self.cfg.es_secret_block)
         try:
-            client = Elasticsearch(self.url, request_timeout=REQUEST_TIMEOUT_S, max_retries=2, retry_on_timeout=False, **auth)
+            client = Elasticsearch(
+                self.url, request_timeout=REQUEST_TIMEOUT_S, max_retries=2, retry_on_timeout=False, **auth
+            )
         except (ValueError, TypeError) as e:
             raise RetrievalError(f"invalid Elasticsearch URL {self.display_url}: {e}") from None
         try:

@@ -118,8 +118,14 @@ class TantivyRetriever(Retriever):
                 n = 0
                 # A bar by passages only when the count is known: a corpus stream shows its own,
                 # by bytes of the file (semoe.data.loading.iter_passages).
-                with tqdm(total=total, unit=" passages", unit_scale=True, desc="tantivy index", mininterval=1.0,
-                          disable=total is None) as progress:  # fmt: skip
+                with tqdm(
+                    total=total,
+                    unit=" passages",
+                    unit_scale=True,
+                    desc="tantivy index",
+                    mininterval=1.0,
+                    disable=total is None,
+                ) as progress:
                     for p in passages:
                         add(Document(id=str(p.id), title=p.title or "", text=p.text or ""))
                         n += 1

@@ -1,7 +1,7 @@
 """Mixtral: ``MixtralTopKRouter`` always renormalises the top-k weights and keeps them in float32."""
 
-from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
+from semoe.routing.registry import ADAPTERS
 
 
 @ADAPTERS.register("mixtral")

@@ -3,8 +3,8 @@
 OLMoE-1B-7B ships ``norm_topk_prob=False``: its top-k weights are raw softmax probabilities.
 """
 
-from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
+from semoe.routing.registry import ADAPTERS
 
 
 @ADAPTERS.register("olmoe")

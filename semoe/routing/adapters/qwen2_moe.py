@@ -1,8 +1,8 @@
 """Qwen2-MoE: routed experts via ``Qwen2MoeTopKRouter``; the gated shared expert is not routed
 and stays untouched. Layers listed in ``mlp_only_layers`` are dense and have no router."""
 
-from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
+from semoe.routing.registry import ADAPTERS
 
 
 @ADAPTERS.register("qwen2_moe")

@@ -1,7 +1,7 @@
 """Qwen3-MoE: ``Qwen3MoeTopKRouter``; Qwen3-30B-A3B ships ``norm_topk_prob=True``."""
 
-from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
+from semoe.routing.registry import ADAPTERS
 
 
 @ADAPTERS.register("qwen3_moe")

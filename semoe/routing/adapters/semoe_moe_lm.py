@@ -6,8 +6,8 @@ the call, not through arguments; a patched forward runs the original one, so the
 exactly as without a policy.
 """
 
-from semoe.routing.registry import ADAPTERS
 from semoe.routing.base import RouterAdapter
+from semoe.routing.registry import ADAPTERS
 
 
 @ADAPTERS.register("semoe_moe_lm")

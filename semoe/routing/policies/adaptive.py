@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from semoe.routing.registry import register_policy
 from semoe.routing.policies.common import BoundedParams, BoundedPolicy
+from semoe.routing.registry import register_policy
 
 
 class TopPParams(BoundedParams):

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from semoe.routing.registry import register_policy
 from semoe.routing.base import RoutingError
 from semoe.routing.policies.common import BoundedParams, BoundedPolicy
+from semoe.routing.registry import register_policy
 
 
 class BHParams(BoundedParams):

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
-from semoe.routing.registry import register_policy
 from semoe.routing.base import RoutingError
 from semoe.routing.policies.common import BasePolicy, PolicyParams
+from semoe.routing.registry import register_policy
 
 
 def create_tau_map(num_layers: int, tau: float | Sequence[float] = 0.5, *, skip: int = 1, seed: int = 0) -> list[float]:
@@ -29,7 +29,6 @@ def create_tau_map(num_layers: int, tau: float | Sequence[float] = 0.5, *, skip:
         rng = random.Random(seed)
         taus = [rng.uniform(low, high) for _ in range(num_layers)]
     return [0.0 if i < skip or i >= num_layers - skip else t for i, t in enumerate(taus)]
-
 
 
 class RoEParams(PolicyParams):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from semoe.routing.registry import register_policy
 from semoe.routing.base import RoutingError
 from semoe.routing.policies.common import BasePolicy, PolicyParams
+from semoe.routing.registry import register_policy
 
 
 class TopKParams(PolicyParams):
