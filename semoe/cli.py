@@ -167,6 +167,7 @@ def cmd_ls(args) -> int:
     from semoe.generation import METHODS
     from semoe.models.loading import EMBEDDED_MODELS
     from semoe.retrieval import RETRIEVERS
+    from semoe.routing import ADAPTERS
 
     sections = {
         "datasets": DATASETS.describe(),
@@ -174,6 +175,7 @@ def cmd_ls(args) -> int:
         "retrievers": RETRIEVERS.describe(),
         "methods": METHODS.describe(),
         "embedded models": {k: v.description for k, v in EMBEDDED_MODELS.items()},
+        "model families (routing)": ADAPTERS.describe(),
     }
     for title, items in sections.items():
         print(f"{title}:")

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from semoe.models.openrag import CheckpointError
 from semoe.storage.artifacts import ArtifactCache, content_key
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,16 @@ def cpu_dtype_warning(dtype: str, flags: set[str] | None) -> str | None:
     )
 
 
+def _is_openrag(source: str) -> bool:
+    """Open-RAG's released config says ``model_type: llama``: transformers would load a plain Llama
+    and drop its adapters, so such a checkpoint takes semoe's native class (``semoe.models.openrag``)."""
+    from transformers import PreTrainedConfig
+
+    from semoe.models.openrag import is_openrag_config
+
+    return is_openrag_config(PreTrainedConfig.get_config_dict(source)[0])
+
+
 _LOAD_LOCK = threading.Lock()
 
 
@@ -192,9 +203,16 @@ def _load_model(spec: str, cache_root: str, dtype: str, device: str):
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        if _is_openrag(source):
+            from semoe.models.openrag.modeling import load_openrag
+
+            model = load_openrag(source, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except OSError as e:
         raise ModelLoadError(f"cannot load model {spec!r} from {source}: {str(e).splitlines()[0]}") from None
+    except CheckpointError as e:
+        raise ModelLoadError(f"cannot load model {spec!r}: {e}") from None
     device = pick_device(device)
     if device == "cpu" and (warning := cpu_dtype_warning(str(model.dtype).removeprefix("torch."), cpu_flags())):
         log.warning(warning)
