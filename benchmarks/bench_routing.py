@@ -30,7 +30,7 @@ import torch
 from _common import add_timing_args, apply_threads, compare, load_average, print_table
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
-from semoe.routing import fit_empirical_null, roe_generate, route_with
+from semoe.routing import find_routers, fit_empirical_null, roe_generate, route_with
 from semoe.routing.measure import PeakMemory, greedy_decode
 
 
@@ -186,7 +186,7 @@ def router_sharpness(model, args) -> str:
         top1.append(probs.max(-1).values.mean())
         entropy.append((-(probs * probs.clamp_min(1e-12).log()).sum(-1) / math.log(probs.shape[-1])).mean())
 
-    handles = [layer.mlp.gate.register_forward_hook(hook) for layer in model.model.layers]
+    handles = [site.module.register_forward_hook(hook) for site in find_routers(model)]
     with torch.no_grad():
         model(input_ids=ids)
     for h in handles:

@@ -52,7 +52,10 @@ def reference_forward(state: dict, cfg, ids: torch.Tensor) -> torch.Tensor:
     x = state["model.embed_tokens.weight"][ids]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     for i in range(cfg.num_hidden_layers):
-        p = lambda name: state[f"model.layers.{i}.{name}.weight"]  # noqa: E731
+
+        def p(name: str, i: int = i) -> torch.Tensor:
+            return state[f"model.layers.{i}.{name}.weight"]
+
         h = norm(x, p("input_layernorm"))
         q = (h @ p("self_attn.q_proj").T).view(1, T, heads, hd).transpose(1, 2)
         k = (h @ p("self_attn.k_proj").T).view(1, T, kv, hd).transpose(1, 2)
