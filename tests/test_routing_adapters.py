@@ -21,14 +21,20 @@ COMMON = dict(
     bos_token_id=1,
     eos_token_id=2,
 )
-FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe"]
+FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "openrag"]
 
 
 def tiny_moe(family: str, num_experts: int = 8, **overrides):
     """3 layers, top-2; Qwen2-MoE keeps layer 1 dense (mlp_only_layers) and a shared expert,
     Qwen3-MoE renormalises, OLMoE does not. Router weights are scaled up so routing is decisive
-    (at init all experts are nearly tied and float noise could flip choices)."""
+    (at init all experts are nearly tied and float noise could flip choices). Open-RAG (4 layers,
+    top-2 of 8 adapters in every Llama MLP) comes from ``tests.support.openrag``."""
     import transformers as tf
+
+    if family == "openrag":
+        from tests.support.openrag import tiny_openrag
+
+        return tiny_openrag(num_experts=num_experts, **overrides)
 
     kw = dict(COMMON, num_experts_per_tok=2, **overrides)
     if family == "olmoe":
@@ -89,6 +95,7 @@ EXPECTED = {  # router class, MoE layers, renormalises
     "mixtral": ("MixtralTopKRouter", [0, 1, 2], True),
     "qwen2_moe": ("Qwen2MoeTopKRouter", [0, 2], False),
     "qwen3_moe": ("Qwen3MoeTopKRouter", [0, 1, 2], True),
+    "openrag": ("OpenRagTopKRouter", [0, 1, 2, 3], True),
 }
 
 
