@@ -31,7 +31,8 @@ from _common import add_timing_args, apply_threads, compare, load_average, print
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
 from semoe.routing import find_routers, fit_empirical_null, roe_generate, route_with
-from semoe.routing.measure import PeakMemory, greedy_decode
+from semoe.routing.decoding import greedy_decode
+from semoe.routing.memory import PeakMemory, cache_bytes
 
 
 def build(args) -> OlmoeForCausalLM:
@@ -198,8 +199,6 @@ def router_sharpness(model, args) -> str:
 
 
 def roe_cost(model, args) -> None:
-    from semoe.routing.measure import cache_bytes
-
     prompt = torch.randint(3, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(2))
     results: dict = {}
     per_token: dict[str, list[float]] = {}  # decode wall seconds per token, measured inside each run

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from semoe import identity
 from semoe.checks import check_config
@@ -19,7 +19,7 @@ from semoe.generation import METHODS
 from semoe.generation.base import Method, MethodContext, MethodOutput, build_method
 from semoe.metrics import exact_match, f1_score, recall_at_k
 from semoe.storage.results import utcnow
-from semoe.storage.rows import PredictionRow, RetrievalRow, rekeyed
+from semoe.storage.rows import PredictionRow, RetrievalRow, TriggerEventRow, rekeyed
 
 
 def register_run(store: "ResultStore", run_id: str, cfg: SemoeConfig, config_hash: str, kinds: Sequence[str]) -> str:  # noqa: F821
@@ -200,6 +200,27 @@ def expert_use(cfg: SemoeConfig, label: str) -> ExpertUse | None:
     return ExpertUse(cfg.model.spec, experts.rank, tuple(experts.targets))
 
 
+def trigger_event_rows(run_id: str, dataset: str, example_id: str, method: str, extra: Mapping | None) -> list[dict]:
+    """``trigger_events`` rows (``semoe.storage.rows.TriggerEventRow``) from a method output's
+    ``extra`` (``MethodOutput.extra``); methods without triggers give none. The table is where
+    trigger events are stored: ``predictions.extra`` does not keep them."""
+    return [
+        TriggerEventRow(
+            run_id=run_id,
+            dataset=dataset,
+            example_id=example_id,
+            method=method,
+            step=int(e["step"]),
+            token_index=e.get("token_index"),
+            token=e.get("token"),
+            score=None if e.get("score") is None else float(e["score"]),
+            query=e.get("query"),
+            passage_ids=[str(p) for p in e.get("passage_ids", [])],
+        ).as_dict()
+        for e in (extra or {}).get("trigger_events", [])
+    ]
+
+
 def to_rows(
     run_id: str,
     dataset: str,
@@ -218,8 +239,6 @@ def to_rows(
     An output with ``error`` (e.g. a question over the context) is stored with a NULL
     prediction and the reason, and scored em = f1 = 0: it stays in n, so accuracy is not
     inflated by leaving hard questions out, and metrics count it under ``errors``."""
-    from semoe.generation.triggered import trigger_event_rows
-
     now = utcnow()
     tables: dict[str, list[dict]] = {"predictions": [], "retrievals": [], "trigger_events": []}
     keys = [None] * len(examples) if answer_keys is None else answer_keys

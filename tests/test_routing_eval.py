@@ -12,15 +12,9 @@ import torch
 from test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
 
 from semoe.config import RoutingEvalConfig
-from semoe.routing.measure import (
-    ROUTING_LAYER_STATS_COLUMNS,
-    ROUTING_RUNS_COLUMNS,
-    decode,
-    evaluate_policy,
-    perplexity,
-    policy_key,
-    write_heatmap_png,
-)
+from semoe.routing.decoding import decode, perplexity
+from semoe.routing.measure import evaluate_policy, write_heatmap_png
+from semoe.routing.tables import ROUTING_LAYER_STATS_COLUMNS, ROUTING_RUNS_COLUMNS, policy_key
 from semoe.storage.results import migrate
 
 
@@ -62,7 +56,7 @@ def test_decode_speed_and_clean_cache_size(olmoe):
 def test_peak_memory_sees_torch_allocations():
     # A fresh process: the high-water mark of this one depends on every earlier test.
     code = (
-        "import torch\nfrom semoe.routing.measure import PeakMemory\n"
+        "import torch\nfrom semoe.routing.memory import PeakMemory\n"
         "with PeakMemory() as mem:\n    block = torch.ones(50_000_000)\n    del block\n"
         "print(mem.method, mem.added_bytes)"
     )

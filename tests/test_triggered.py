@@ -15,32 +15,26 @@ import numpy as np
 import pytest
 
 from semoe.config import ConfigError, GenerationConfig, MethodSpec, RetrievalConfig, SemoeConfig, TriggerConfig
+from semoe.evaluation import trigger_event_rows
 from semoe.generation import METHODS
+from semoe.generation.answer import sentence_complete, split_sentences
 from semoe.generation.base import MethodContext, build_method
-from semoe.generation.triggered import (
-    FixLength,
-    FixSentence,
-    Knowledge,
-    KVSession,
-    LastLayerAttention,
-    Policy,
-    QueryInputs,
-    Rind,
-    Settings,
-    TokenProbability,
-    TriggeredGenerator,
-    formulate_query,
-    is_content_word,
+from semoe.generation.triggered.attention import LastLayerAttention
+from semoe.generation.triggered.engine import Knowledge, Settings, TriggeredGenerator
+from semoe.generation.triggered.kv_session import KVSession
+from semoe.generation.triggered.query import QueryInputs, formulate_query, qfs_query
+from semoe.generation.triggered.triggers import (
+    FixLengthTrigger,
+    FixSentenceTrigger,
+    RindTrigger,
+    TokenProbabilityTrigger,
+    Trigger,
     later_token_attention,
-    qfs_query,
     rind_scores,
     rind_trigger,
-    sentence_complete,
-    split_sentences,
     token_probability_trigger,
-    trigger_event_rows,
-    word_spans,
 )
+from semoe.generation.triggered.words import is_content_word, word_spans
 from semoe.retrieval.base import Hit
 from semoe.storage.results import migrate
 from tests.support.helpers import CORPUS
@@ -158,13 +152,13 @@ def test_rind_content_word_filter():
     assert t is not None and t.token_index == 2
 
 
-def test_policies():
+def test_triggers():
     unit = SimpleNamespace(probs=[0.9, 0.1], pieces=PIECES, entropies=[0.1] * 7, attention=None)
-    assert TokenProbability(threshold=0.1).check(unit) is not None
-    assert Policy().check(unit) is None and FixSentence().check(unit) is None
-    assert FixLength(step_tokens=4).before_step and FixLength(step_tokens=4).step_tokens == 4
+    assert TokenProbabilityTrigger(threshold=0.1).check(unit) is not None
+    assert Trigger().check(unit) is None and FixSentenceTrigger().check(unit) is None
+    assert FixLengthTrigger(step_tokens=4).before_step and FixLengthTrigger(step_tokens=4).step_tokens == 4
     with pytest.raises(ValueError, match="attention"):
-        Rind().check(unit)
+        RindTrigger().check(unit)
 
 
 # --------------------------------------------------------------------------- queries
@@ -301,10 +295,10 @@ def tiny(tiny_lm_dir):
     return ChatLM(model, tok)
 
 
-def make_engine(lm, policy, retriever=None, knowledge=None, **settings):
+def make_engine(lm, trigger, retriever=None, knowledge=None, **settings):
     s = Settings(**{"query_formulation": "current", "retrieve_topk": 2, "generate_max_length": 40, **settings})
     retriever = retriever or WordRetriever()
-    return TriggeredGenerator(lm, policy, s, lambda q, k: retriever.search([q], k)[0], knowledge=knowledge)
+    return TriggeredGenerator(lm, trigger, s, lambda q, k: retriever.search([q], k)[0], knowledge=knowledge)
 
 
 def script(engine, text_without, text_with=None, p_without=0.99, p_with=0.99):
@@ -339,28 +333,28 @@ def script(engine, text_without, text_with=None, p_without=0.99, p_with=0.99):
 
 
 def test_stops_after_the_answer_sentence(tiny):
-    out = script(make_engine(tiny, Policy()), "The answer is Quorvanthe. Then it rambles on.").answer("Where?")
+    out = script(make_engine(tiny, Trigger()), "The answer is Quorvanthe. Then it rambles on.").answer("Where?")
     assert out.raw_output == "The answer is Quorvanthe." and out.prediction == "Quorvanthe"
     assert out.retrievals == [] and out.extra["hallucination_events"] == 0
 
 
 def test_abbreviations_do_not_end_the_answer_sentence(tiny):
-    out = script(make_engine(tiny, Policy()), "So the answer is St. Louis, Missouri. Then more.").answer("Where?")
+    out = script(make_engine(tiny, Trigger()), "So the answer is St. Louis, Missouri. Then more.").answer("Where?")
     assert out.raw_output == "So the answer is St. Louis, Missouri." and out.prediction == "St. Louis, Missouri"
     # "D.C." ends a sentence only before "He", so the step runs on to the next sentence end
-    out = script(make_engine(tiny, Policy()), "So the answer is Washington, D.C. He died there. More.").answer("Who?")
+    out = script(make_engine(tiny, Trigger()), "So the answer is Washington, D.C. He died there. More.").answer("Who?")
     assert out.raw_output == "So the answer is Washington, D.C. He died there." and out.prediction == "Washington, D.C."
 
 
 def test_answer_phrase_must_be_words_and_introduce_an_answer(tiny):
     text = "The answer isn't clear. I wonder what the answer is. So the answer is Orvania. More words."
-    out = script(make_engine(tiny, Policy()), text).answer("Where?")
+    out = script(make_engine(tiny, Trigger()), text).answer("Where?")
     assert out.raw_output == text.removesuffix(" More words.") and out.prediction == "Orvania"
 
 
 def test_finishes_the_answer_sentence_after_a_fixed_window(tiny):
     retriever = WordRetriever()
-    engine = make_engine(tiny, FixLength(step_tokens=3), retriever)
+    engine = make_engine(tiny, FixLengthTrigger(step_tokens=3), retriever)
     out = script(engine, "So the answer is Meridel Abbey. More words follow here.").answer("Who?")
     assert out.raw_output == "So the answer is Meridel Abbey."
     # one retrieval before each 3-token window: "So the answer" | " is Meridel Abbey." was finished as a sentence
@@ -370,16 +364,16 @@ def test_finishes_the_answer_sentence_after_a_fixed_window(tiny):
 
 def test_stops_on_length_and_on_no_growth(tiny):
     long = script(
-        make_engine(tiny, Policy(), generate_max_length=6), "one two three four five six seven eight nine ten"
+        make_engine(tiny, Trigger(), generate_max_length=6), "one two three four five six seven eight nine ten"
     )
     out = long.answer("Count?")
     assert out.generated_tokens == 6 and out.raw_output == "one two three four five six"
-    empty = script(make_engine(tiny, Policy()), "").answer("Silence?")
+    empty = script(make_engine(tiny, Trigger()), "").answer("Silence?")
     assert empty.raw_output == "" and empty.generated_tokens == 0 and empty.generation_count == 1
 
 
 def test_eos_after_a_sentence_ends_the_answer(tiny):
-    out = script(make_engine(tiny, FixSentence(), max_retrievals=1), "It is Quorvanthe. Yes.").answer("Where?")
+    out = script(make_engine(tiny, FixSentenceTrigger(), max_retrievals=1), "It is Quorvanthe. Yes.").answer("Where?")
     assert out.raw_output == "It is Quorvanthe. Yes."
     assert len(out.retrievals) == 1  # max_retrievals caps the per-sentence retrievals
     assert out.generation_count == 2
@@ -387,7 +381,7 @@ def test_eos_after_a_sentence_ends_the_answer(tiny):
 
 def test_token_trigger_retrieves_and_regenerates_the_sentence(tiny):
     retriever = WordRetriever()
-    engine = make_engine(tiny, TokenProbability(threshold=0.1), retriever, query_formulation="current_wo_wrong")
+    engine = make_engine(tiny, TokenProbabilityTrigger(threshold=0.1), retriever, query_formulation="current_wo_wrong")
     tok = engine.tokenizer
     first, second = "Tobin Ashcroft painted harbours.", " He was born in Meridel."
     n_first = len(tok(first, add_special_tokens=False).input_ids)
@@ -412,14 +406,14 @@ def test_token_trigger_retrieves_and_regenerates_the_sentence(tiny):
 
 
 def test_silent_trigger_never_retrieves(tiny):
-    engine = make_engine(tiny, TokenProbability(threshold=0.3))
+    engine = make_engine(tiny, TokenProbabilityTrigger(threshold=0.3))
     out = script(engine, "Tobin Ashcroft painted harbours. The answer is Tobin.").answer("Who?")
     assert out.retrievals == [] and out.extra["hallucination_events"] == 0
     assert out.raw_output == "Tobin Ashcroft painted harbours. The answer is Tobin."
 
 
 def test_max_retrievals_zero_accepts_flagged_sentences(tiny):
-    engine = make_engine(tiny, TokenProbability(threshold=0.3), max_retrievals=0)
+    engine = make_engine(tiny, TokenProbabilityTrigger(threshold=0.3), max_retrievals=0)
     out = script(engine, "Maybe Quorvanthe.", p_without=0.1).answer("Where?")
     assert out.raw_output == "Maybe Quorvanthe." and out.retrievals == []
     assert out.extra["hallucination_events"] == 1
@@ -444,7 +438,7 @@ class Recorder(Knowledge):
 def test_knowledge_hook_replaces_passages_and_invalidates_the_cache(tiny):
     def answers(knowledge):
         engine = script(
-            make_engine(tiny, FixSentence(), knowledge=knowledge, max_retrievals=1), "The answer is Quorvanthe."
+            make_engine(tiny, FixSentenceTrigger(), knowledge=knowledge, max_retrievals=1), "The answer is Quorvanthe."
         )
         return [engine.answer(q) for q in ["Where is the winter market?", "Who copied star charts?"]]
 
@@ -517,10 +511,12 @@ def test_remembered_prefix_is_reused_after_the_cache_moved_on(tiny):
         assert session.snapshots == [] and session.ids == []
 
 
-@pytest.mark.parametrize("policy", [TokenProbability(threshold=0.5), Rind(threshold=1.2)], ids=["token", "dragin"])
-def test_engine_with_cache_reuse_matches_recomputation(tiny, policy):
+@pytest.mark.parametrize(
+    "trigger", [TokenProbabilityTrigger(threshold=0.5), RindTrigger(threshold=1.2)], ids=["token", "dragin"]
+)
+def test_engine_with_cache_reuse_matches_recomputation(tiny, trigger):
     def run(recompute: bool):
-        engine = make_engine(tiny, policy, query_formulation="real_words", generate_max_length=24)
+        engine = make_engine(tiny, trigger, query_formulation="real_words", generate_max_length=24)
         if recompute:
             sync = engine.kv.sync
             engine.kv.sync = lambda target: (engine.kv.invalidate(), sync(target))[1]
@@ -537,7 +533,7 @@ def test_engine_with_cache_reuse_matches_recomputation(tiny, policy):
 
 
 def test_engine_decoding_equals_model_generate(tiny):
-    engine = make_engine(tiny, Policy(), generate_max_length=20)
+    engine = make_engine(tiny, Trigger(), generate_max_length=20)
     out = engine.answer("Who painted Harbour Lights?")
     (ref,) = tiny.generate(
         [[{"role": "user", "content": _user_turn("Who painted Harbour Lights?")}]], max_new_tokens=20

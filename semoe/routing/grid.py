@@ -304,7 +304,7 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
     from semoe.generation import METHODS
     from semoe.generation.base import MethodContext
     from semoe.metrics import exact_match, f1_score
-    from semoe.routing.measure import is_roe
+    from semoe.routing.decoding import is_roe
     from semoe.routing.patch import route_with
 
     if not examples:
@@ -358,7 +358,8 @@ def heatmap_path(heatmap_dir: str | Path, cell: Cell, routing: RoutingEvalConfig
 def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str | Path | None) -> dict[str, list[dict]]:
     """Perplexity, routing statistics, decode speed, peak memory, QA and the heatmap of one
     cell: ``{"routing_runs": [row], "routing_layer_stats": rows}``."""
-    from semoe.routing.measure import encode_texts, evaluate_policy
+    from semoe.routing.decoding import encode_texts
+    from semoe.routing.measure import evaluate_policy
 
     r = routing_section(cfg)
     loaded = routing_model(cfg, cell.model)

@@ -222,7 +222,7 @@ class AugmentationRow(Row):
 @dataclass(**_ROW)
 class RoutingRunRow(Row):
     """One routing-policy cell (run × model × policy × mode). The context columns
-    (``semoe.routing.evaluation.ROUTING_RUN_CONTEXT``) and the identity columns ``cell_key`` /
+    (``semoe.routing.tables.ROUTING_RUN_CONTEXT``) and the identity columns ``cell_key`` /
     ``computed_in`` (``semoe.identity``) default to NULL: the caller knows them."""
 
     TABLE: ClassVar[str] = "routing_runs"

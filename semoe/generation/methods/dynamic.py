@@ -1,4 +1,4 @@
-"""Triggered-retrieval methods (the DRAGIN family); the engine is semoe.generation.triggered.
+"""Triggered-retrieval methods (the DRAGIN family); the engine is semoe.generation.triggered.engine.
 
 Per-method defaults follow DRAGIN's published configs where the method has one (DRAGIN:
 real_words queries, threshold 1.2; FLARE: the sentence without its flagged tokens, avg 1-p
@@ -14,10 +14,18 @@ from semoe.config import TriggerConfig
 from semoe.data.schema import Example
 from semoe.generation import METHODS
 from semoe.generation.base import Method, MethodContext, MethodOutput
+from semoe.generation.triggered.engine import Settings, TriggeredGenerator
+from semoe.generation.triggered.kv_session import default_forward
+from semoe.generation.triggered.triggers import (
+    FixLengthTrigger,
+    FixSentenceTrigger,
+    RindTrigger,
+    TokenProbabilityTrigger,
+)
 
 
 class TriggeredMethod(Method):
-    """Answers each question with a TriggeredGenerator built from ``policy``; subclasses
+    """Answers each question with a TriggeredGenerator built from ``trigger``; subclasses
     (e.g. expert insertion) override ``knowledge`` or ``forward``. Params: the ``trigger:``
     section's fields, per method."""
 
@@ -28,7 +36,7 @@ class TriggeredMethod(Method):
     default_query: str = "current"
     default_threshold: float | None = None
 
-    def policy(self, tc: TriggerConfig):
+    def trigger(self, tc: TriggerConfig):
         raise NotImplementedError
 
     def threshold(self, tc: TriggerConfig) -> float:
@@ -38,13 +46,9 @@ class TriggeredMethod(Method):
         return None
 
     def forward(self, ctx: MethodContext):
-        from semoe.generation.triggered import default_forward
-
         return default_forward
 
     def settings(self, ctx: MethodContext):
-        from semoe.generation.triggered import Settings
-
         tc, g = self.params, ctx.generation
         max_length = tc.generate_max_length or g.max_new_tokens
         return Settings(
@@ -61,11 +65,9 @@ class TriggeredMethod(Method):
         )
 
     def generator(self, ctx: MethodContext):
-        from semoe.generation.triggered import TriggeredGenerator
-
         return TriggeredGenerator(
             ctx.lm,
-            self.policy(self.params),
+            self.trigger(self.params),
             self.settings(ctx),
             retrieve=lambda query, k: ctx.retriever.search([query], k)[0],
             knowledge=self.knowledge(ctx),
@@ -79,18 +81,14 @@ class TriggeredMethod(Method):
 
 @METHODS.register("fix-length-retrieval", "FL-RAG: retrieve before every fix_length generated tokens")
 class FixLengthRetrieval(TriggeredMethod):
-    def policy(self, tc: TriggerConfig):
-        from semoe.generation.triggered import FixLength
-
-        return FixLength(step_tokens=tc.fix_length)
+    def trigger(self, tc: TriggerConfig):
+        return FixLengthTrigger(step_tokens=tc.fix_length)
 
 
 @METHODS.register("fix-sentence-retrieval", "FS-RAG: retrieve before every generated sentence")
 class FixSentenceRetrieval(TriggeredMethod):
-    def policy(self, tc: TriggerConfig):
-        from semoe.generation.triggered import FixSentence
-
-        return FixSentence()
+    def trigger(self, tc: TriggerConfig):
+        return FixSentenceTrigger()
 
 
 @METHODS.register("token", "FLARE: retrieve and regenerate a sentence whose tokens are improbable")
@@ -98,10 +96,8 @@ class TokenRetrieval(TriggeredMethod):
     default_query = "current_wo_wrong"
     default_threshold = 0.1
 
-    def policy(self, tc: TriggerConfig):
-        from semoe.generation.triggered import TokenProbability
-
-        return TokenProbability(threshold=self.threshold(tc), solver=tc.sentence_solver)
+    def trigger(self, tc: TriggerConfig):
+        return TokenProbabilityTrigger(threshold=self.threshold(tc), solver=tc.sentence_solver)
 
 
 @METHODS.register("dragin", "DRAGIN: RIND trigger (entropy x attention) and QFS query from attended words")
@@ -109,7 +105,5 @@ class DraginRetrieval(TriggeredMethod):
     default_query = "real_words"
     default_threshold = 1.2
 
-    def policy(self, tc: TriggerConfig):
-        from semoe.generation.triggered import Rind
-
-        return Rind(threshold=self.threshold(tc), check_real_words=tc.check_real_words)
+    def trigger(self, tc: TriggerConfig):
+        return RindTrigger(threshold=self.threshold(tc), check_real_words=tc.check_real_words)

@@ -17,7 +17,7 @@ from semoe.data.schema import Example
 from semoe.generation import METHODS
 from semoe.generation.base import Method, MethodContext, MethodOutput, RetrievalStep
 from semoe.generation.methods.dynamic import DraginRetrieval
-from semoe.generation.triggered import Knowledge
+from semoe.generation.triggered.engine import Knowledge
 
 
 class ExpertParams(Section):
