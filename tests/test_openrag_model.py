@@ -16,7 +16,8 @@ from test_routing_roe import greedy_by_recomputation
 
 from semoe.models.openrag import REFLECTION_TOKENS, is_openrag_config
 from semoe.routing import RoutingNoOpError, create_tau_map, find_routers, fit_empirical_null, roe_generate, route_with
-from semoe.routing.measure import cache_bytes, greedy_decode
+from semoe.routing.decoding import greedy_decode
+from semoe.routing.memory import cache_bytes
 from tests.support.openrag import make_tiny_openrag, reflection_tokenizer, tiny_openrag
 
 LAYERS = 4
