@@ -334,4 +334,3 @@ def _bos(tokenizer) -> str:
     bos = tokenizer.bos_token_id
     adds = bos is not None and tokenizer("a").input_ids[:1] == [bos]
     return tokenizer.bos_token if adds else ""
-
