@@ -37,39 +37,20 @@ GEN = GenerationConfig(max_new_tokens=4, few_shot=0, batch_size=4)
 RETRIEVAL = RetrievalConfig(top_k=2)
 
 
-def _reflection_tokenizer(cache_root: str):
-    from transformers import AutoTokenizer
-
-    from semoe.models.loading import resolve_model_dir
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct", cache_root))
-    tok.add_tokens(list(REFLECTION_TOKENS), special_tokens=True)
-    return tok
-
-
 @pytest.fixture(scope="module")
-def reflection_lm(model_cache_root):
+def reflection_lm(tmp_path_factory, model_cache_root):
     """A tiny random Llama whose tokenizer has the reflection tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from semoe.models.loading import load_model
+    from tests.support.helpers import make_tiny_lm
 
-    tok = _reflection_tokenizer(model_cache_root)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return ChatLM(LlamaForCausalLM(cfg).eval(), tok)
+    path = make_tiny_lm(tmp_path_factory.mktemp("tiny-reflection-llama"), REFLECTION_TOKENS)
+    return ChatLM(*load_model(path, model_cache_root))
 
 
 def _example(i: int, n_contexts: int = 3) -> Example:
-    contexts = [Passage(f"q{i}-p{j}", f"Title {j}", f"Passage {j} of question {i} says {'x ' * j}.") for j in range(n_contexts)]
+    contexts = [
+        Passage(f"q{i}-p{j}", f"Title {j}", f"Passage {j} of question {i} says {'x ' * j}.") for j in range(n_contexts)
+    ]
     return Example(f"q{i}", f"Who founded place number {i}?", [f"founder {i}"], "openrag", contexts=contexts)
 
 
@@ -245,7 +226,11 @@ SELF_RAG_ROWS = [  # Self-RAG's ctxs (Contriever output: id, title, text, score)
     }
 ]
 OPEN_RAG_ROWS = [  # Open-RAG's top_contexts without ids, a string answer
-    {"question": "Where is Solmere?", "answer": "Varossia", "top_contexts": [{"title": "Solmere", "text": "In Varossia."}]},
+    {
+        "question": "Where is Solmere?",
+        "answer": "Varossia",
+        "top_contexts": [{"title": "Solmere", "text": "In Varossia."}],
+    },
     {"question": "Is Fennick a town?", "answer": True, "top_contexts": []},
 ]
 
@@ -286,32 +271,9 @@ def test_provided_contexts_in_order_and_only_for_the_questions():
 
 @pytest.fixture(scope="module")
 def tiny_reflection_olmoe(tmp_path_factory, model_cache_root) -> str:
-    from transformers import OlmoeConfig, OlmoeForCausalLM
+    from tests.support.helpers import make_tiny_olmoe
 
-    tok = _reflection_tokenizer(model_cache_root)
-    torch.manual_seed(0)
-    cfg = OlmoeConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_experts=8,
-        num_experts_per_tok=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = OlmoeForCausalLM(cfg)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.gate.weight.mul_(30)
-    out = tmp_path_factory.mktemp("tiny-reflection-olmoe")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return make_tiny_olmoe(tmp_path_factory.mktemp("tiny-reflection-olmoe"), REFLECTION_TOKENS)
 
 
 @pytest.mark.slow
