@@ -169,7 +169,7 @@ class ScriptedLM(ChatLM):
         self.replies, self.calls = replies, []
 
     def generate_scored(self, prompts, max_new_tokens, watch, batch_size=8):
-        self.calls.append(len(prompts))
+        self.calls.append(list(prompts))
         return [next(gen for key, gen in self.replies.items() if key in p) for p in prompts]
 
 
@@ -183,13 +183,33 @@ def test_the_best_scored_passage_answers(reflection_lm):
     weak.text, strong.text = "[Relevant]Lyon[Fully supported]", "[Relevant]Paris[Fully supported][Utility:5]"
     lm = ScriptedLM(reflection_lm, {ex.contexts[0].text: weak, ex.contexts[1].text: strong})
     out = _run(lm, [ex], mode="always_retrieve")[0]
-    assert lm.calls == [2]  # both passages in one generate
+    assert [len(c) for c in lm.calls] == [2]  # both passages in one generate
     assert out.prediction == "Paris" and out.extra["chosen_passage"] == "q0-p1"
     scores = {p["passage_id"]: p for p in out.extra["passages"]}
     assert scores["q0-p0"]["answer"] == "Lyon"
     assert scores["q0-p1"]["relevance"] == pytest.approx(0.9)
     assert scores["q0-p1"]["grounding"] == pytest.approx(0.8 + 0.5 * 0.1)
     assert scores["q0-p1"]["utility"] == pytest.approx(-0.0625 - 0.5 * 0.0625 + 0.5 * 0.0625 + 0.75)
+
+
+def test_passages_are_cut_to_the_budget(reflection_lm):
+    ids = reflection_token_ids(reflection_lm.tokenizer)
+    big, small = Passage("big", "Big", "word " * 500), Passage("small", "Small", "a short passage.")
+    ex = Example("q0", "Who built the tower?", ["x"], "d", contexts=[big, small])
+    reply = ScoredGeneration([ids["[Relevant]"]], "Paris", [-1.0], [[0.0] * len(REFLECTION_TOKENS)], 10, 0.0)
+    lm = ScriptedLM(reflection_lm, {"": reply})
+    base = len(reflection_lm.tokenizer(OPENRAG_PROMPT.format(question=ex.question)).input_ids)
+    g = GenerationConfig(max_new_tokens=2, max_passage_tokens=64, max_prompt_tokens=base + 40)
+    ctx = MethodContext(generation=g, lm=lm, retrieval=RETRIEVAL, retriever=ProvidedContexts([ex], "d"))
+    out = ReflectionRetrieval(ReflectionParams(mode="always_retrieve")).run([ex], ctx)[0]
+    assert out.truncated and out.extra["truncation"]["cut_passages"] == ["big"]
+    (prompts,) = lm.calls
+    assert [len(reflection_lm.tokenizer(p).input_ids) <= base + 40 for p in prompts] == [True, True]
+    assert prompts[1].endswith(f"{RETRIEVE}<paragraph>{small.text}</paragraph>")
+    tight = GenerationConfig(max_new_tokens=2, max_prompt_tokens=base - 1)
+    ctx = MethodContext(generation=tight, lm=lm, retrieval=RETRIEVAL, retriever=ProvidedContexts([ex], "d"))
+    (failed,) = ReflectionRetrieval(ReflectionParams(mode="always_retrieve")).run([ex], ctx)
+    assert failed.error.startswith(f"the question does not fit the prompt budget of {base - 1} tokens")
 
 
 def test_batched_answers_equal_one_at_a_time(reflection_lm):
