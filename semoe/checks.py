@@ -45,6 +45,8 @@ def check_routing(cfg: SemoeConfig) -> None:
             f"routing.qa.dataset {qa.dataset!r} is not one of the configured datasets "
             f"{[d.display_name for d in cfg.datasets]}"
         )
+    if qa:
+        build_method(qa.method, cfg)  # a ConfigError naming the method and each bad param
 
 
 def make_checked_policy(spec: PolicySpec):

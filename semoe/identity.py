@@ -104,7 +104,8 @@ def code_version(kinds: Iterable[str] = ("answers", "scores")) -> str:
 
 
 def examples_digest(examples: Iterable[Example]) -> str:
-    """Content of a dataset as loaded (order, ids, questions, golds, types, gold passages)."""
+    """Content of a dataset as loaded (order, ids, questions, golds, types, gold passages, and
+    the contexts a file gives with its questions)."""
     return digest([ex.as_dict() for ex in examples])
 
 
@@ -173,15 +174,21 @@ def qa_run_id(cfg: SemoeConfig, examples: dict[str, list], corpus_key: str | Non
 
 
 def routing_settings(cfg: SemoeConfig) -> dict:
-    """The settings of a routing evaluation: the ``routing:`` section, plus the dataset and
-    generation settings of its QA scoring when it has one. Nothing of the QA methods."""
+    """The settings of a routing evaluation: the ``routing:`` section, plus the dataset,
+    generation and method settings of its QA scoring when it has one. Nothing of the
+    pipeline's ``methods:``."""
     routing = cfg.routing
     settings: dict[str, Any] = {"routing": routing.identity() if routing is not None else None}
     if routing is not None and routing.qa is not None:
         dataset = next((d for d in cfg.datasets if d.display_name == routing.qa.dataset), None)
+        retrieves = METHODS.get(routing.qa.method.name).uses_retrieval
         settings["qa"] = {
             "dataset": dataset.identity() if dataset else None,
             "generation": cfg.generation.identity(),
+            # The method's resolved params; the retrieval settings they may default from (top_k).
+            # Its passages are the questions' own contexts, part of the QA content (examples_digest).
+            "method": _method_identity(cfg, routing.qa.method),
+            "retrieval": cfg.retrieval.identity() if retrieves else None,
         }
     return settings
 

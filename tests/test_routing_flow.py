@@ -8,7 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-import torch
 from test_routing_adapters import one_thread  # noqa: F401
 from test_routing_eval import read_png
 
@@ -110,34 +109,9 @@ def test_cli_route_needs_a_routing_section(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_olmoe_dir(tmp_path_factory, model_cache_root) -> str:
     """A tiny random OLMoE with SmolLM2's tokenizer (chat template included)."""
-    from transformers import AutoTokenizer, OlmoeConfig, OlmoeForCausalLM
+    from tests.support.helpers import make_tiny_olmoe
 
-    from semoe.models.loading import resolve_model_dir
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct", model_cache_root))
-    torch.manual_seed(0)
-    cfg = OlmoeConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_experts=8,
-        num_experts_per_tok=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = OlmoeForCausalLM(cfg)
-    with torch.no_grad():  # decisive routing, so policies visibly change expert choices
-        for layer in model.model.layers:
-            layer.mlp.gate.weight.mul_(30)
-    out = tmp_path_factory.mktemp("tiny-olmoe")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return make_tiny_olmoe(tmp_path_factory.mktemp("tiny-olmoe"))
 
 
 @pytest.mark.slow

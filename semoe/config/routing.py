@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from semoe.config.base import Section
+from semoe.config.methods import MethodSpec
 from semoe.config.moe_lm import MoeLMConfig
 
 
@@ -71,6 +72,11 @@ class DecodeSpeedConfig(Section):
 class QAConfig(Section):
     dataset: str = Field(..., description="display name of one of the config's `datasets`")
     limit: int | None = Field(None, ge=1, description="score the first N questions; None = all")
+    method: MethodSpec = Field(
+        default_factory=lambda: MethodSpec(name="no-retrieval"),
+        description="the generation method that answers (e.g. reflection with its params); a retrieving method "
+        "gets each question's own contexts (`ctxs`/`top_contexts`), no index",
+    )
 
 
 class RoutingEvalConfig(Section):

@@ -21,6 +21,9 @@ class Example:
 
     Gold evidence is given as passage ids when the corpus is known (synthetic) or
     as titles (2Wiki/HotpotQA supporting facts); recall@k uses whichever exists.
+    ``contexts``: passages the dataset file gives with the question (Self-RAG / Open-RAG
+    JSONL ``ctxs``), in the file's order; they can serve as the question's retrieved
+    passages without an index (``semoe.retrieval.provided``).
     """
 
     id: str
@@ -31,13 +34,15 @@ class Example:
     gold_passage_ids: list[str] = field(default_factory=list)
     gold_titles: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    contexts: list[Passage] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Example":
-        return cls(**d)
+        contexts = [p if isinstance(p, Passage) else Passage(**p) for p in d.get("contexts", ())]
+        return cls(**{**d, "contexts": contexts})
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ def evaluate_routing(config: SemoeConfig) -> dict:
     check_config(config)
     ensure_gpu_limits(config)
     run_id = grid.routing_run_id(config)
+    if routing.qa is not None:  # bad QA params, or a question without contexts, fail before any cell
+        grid.qa_method(config, grid.qa_examples(config), routing.qa.dataset)
     store = ResultStore(config.store.path)
     heatmaps = heatmap_dir(store, run_id)
     with (

@@ -31,6 +31,27 @@ class Generation:
     seconds: float  # this conversation's share of its batch's wall time
 
 
+@dataclass
+class ScoredGeneration:
+    """A greedy reply with the log-probabilities it was decoded from: ``token_logprobs[j]``
+    is log p of new token ``j``; ``watched[j][i]`` is log p of ``watch[i]`` at that position
+    (the distribution token ``j`` was chosen from). EOS, when it ended the reply, is the
+    last token."""
+
+    tokens: list[int]
+    text: str  # decoded without special tokens
+    token_logprobs: list[float]
+    watched: list[list[float]]
+    prompt_tokens: int
+    seconds: float  # this prompt's share of its batch's wall time
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+
 def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     n = min(len(r) for r in rows)
     first = rows[0]
@@ -268,6 +289,56 @@ class ChatLM:
                 for i, new in zip(idx, replies):
                     text = tok.decode(new, skip_special_tokens=True)
                     results[i] = Generation(text=text, prompt_tokens=len(ids[i]), new_tokens=len(new), seconds=share)
+        return results  # type: ignore[return-value]
+
+    def generate_scored(
+        self, prompts: Sequence[str], max_new_tokens: int, watch: Sequence[int], batch_size: int = 8
+    ) -> list[ScoredGeneration]:
+        """Greedy replies to rendered prompts, in input order, with their log-probabilities
+        (:class:`ScoredGeneration`): one ``generate`` per batch of length-sorted, left-padded
+        prompts, whose raw logits (``output_logits``: no logits processor applied) are
+        normalised per step. A row's reply ends at its first EOS; the padding after it is
+        dropped, so a reply equals the prompt's batch-1 reply."""
+        import torch
+
+        tok, device = self.tokenizer, self.device
+        ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos, watch_ids = _eos_ids(self.model, tok), torch.tensor(list(watch), dtype=torch.long)
+        results: list[ScoredGeneration | None] = [None] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(input_ids)
+            for b, i in enumerate(idx):
+                input_ids[b, width - len(ids[i]) :], mask[b, width - len(ids[i]) :] = torch.tensor(ids[i]), 1
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
+            logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1).cpu()  # (B, steps, vocab)
+            share = (time.perf_counter() - t0) / len(idx)
+            for b, i in enumerate(idx):
+                new = out.sequences[b, width:].tolist()
+                n = next((j + 1 for j, t in enumerate(new) if t in eos), len(new))
+                rows = logp[b, :n]
+                results[i] = ScoredGeneration(
+                    tokens=new[:n],
+                    text=tok.decode(new[:n], skip_special_tokens=True),
+                    token_logprobs=rows.gather(1, torch.tensor(new[:n]).unsqueeze(1)).squeeze(1).tolist(),
+                    watched=rows[:, watch_ids].tolist(),
+                    prompt_tokens=len(ids[i]),
+                    seconds=share,
+                )
         return results  # type: ignore[return-value]
 
     def _generate_batch(

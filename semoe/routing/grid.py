@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semoe.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
-from semoe.generation.lm import ChatLM, Generation
+from semoe.generation.lm import ChatLM, Generation, ScoredGeneration
 from semoe.routing.base import make_policy
 from semoe.storage.rows import rekeyed
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # The model's own routing, recorded through top-k in analyze mode (outputs untouched).
 BASELINE = PolicySpec(name="topk", label="baseline")
-QA_METHOD = "no-retrieval"
+QA_COLUMNS = ("qa_method", "qa_retrieval_rate", "qa_tokens_per_s")  # set beside routing_run_row's context
 SPEED_QUALITY_COLUMNS = (
     "model",
     "policy_label",
@@ -40,12 +40,14 @@ SPEED_QUALITY_COLUMNS = (
     "perplexity",
     "qa_em",
     "qa_f1",
+    "qa_retrieval_rate",
     "experts_per_token",
     "experts_std",
     "floor_rate",
     "ceiling_rate",
     "tokens_per_s",
     "decode_tokens_per_s",
+    "qa_tokens_per_s",
     "peak_memory_mib",
 )
 
@@ -268,60 +270,116 @@ class RoEChatLM(ChatLM):
         super().__init__(model, tokenizer, system_prompt)
         self.policy = policy
 
+    def _decode(self, prompt: str, max_new_tokens: int, stop_when=None) -> tuple[list[int], list[int], float]:
+        """(prompt ids, new tokens up to EOS or ``stop_when``, seconds) of one RoE decode: RoE
+        decodes one sequence at a time (its K copies are the batch)."""
+        from semoe.routing.ensemble import roe_decode
+
+        eos = self.tokenizer.eos_token_id
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+        start = time.perf_counter()
+        out = roe_decode(self.model, ids, self.policy, max_new_tokens, eos_token_id=eos, guard=False)
+        new = out.sequences[0, ids.shape[1] :].tolist()
+        n_new = next((j + 1 for j, t in enumerate(new) if t == eos), len(new))
+        if stop_when is not None:
+            decode = self.tokenizer.decode
+            n_new = next((j for j in range(1, n_new) if stop_when(decode(new[:j], skip_special_tokens=True))), n_new)
+        return ids[0].tolist(), new[:n_new], time.perf_counter() - start
+
     def generate(
         self, conversations, max_new_tokens, batch_size=8, on_batch=None, *, stop_when=None
     ) -> list[Generation]:
-        """One conversation at a time: RoE decodes one sequence (its K copies are the batch);
-        a reply is cut after the first token where ``stop_when`` accepts it, as ``ChatLM`` stops."""
-        from semoe.routing.ensemble import roe_decode
-
-        eos, results = self.tokenizer.eos_token_id, []
+        """One conversation at a time; a reply is cut after the first token where ``stop_when``
+        accepts it, as ``ChatLM`` stops."""
+        results = []
         for i, conversation in enumerate(conversations):
             if on_batch is not None:
                 on_batch([i])
-            ids = self.tokenizer(self.render(conversation), return_tensors="pt", add_special_tokens=False)
-            ids = ids["input_ids"].to(self.device)
-            start = time.perf_counter()
-            out = roe_decode(self.model, ids, self.policy, max_new_tokens, eos_token_id=eos, guard=False)
-            new = out.sequences[0, ids.shape[1] :].tolist()
-            n_new = next((j + 1 for j, t in enumerate(new) if t == eos), len(new))
-            if stop_when is not None:
-                decode = self.tokenizer.decode
-                n_new = next(
-                    (j for j in range(1, n_new) if stop_when(decode(new[:j], skip_special_tokens=True))), n_new
+            ids, new, seconds = self._decode(self.render(conversation), max_new_tokens, stop_when)
+            text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+            results.append(Generation(text, len(ids), len(new), seconds))
+        return results
+
+    def generate_scored(self, prompts, max_new_tokens, watch, batch_size=8) -> list[ScoredGeneration]:
+        """RoE replies with their log-probabilities: the K-sample averaged distributions
+        (``ensemble_next_token_probs``, clean-cache semantics as in decoding) recomputed by
+        teacher forcing over prompt + reply, since ``roe_decode`` keeps only the tokens."""
+        import torch
+
+        from semoe.routing.ensemble import ensemble_next_token_probs
+        from semoe.routing.patch import route_with
+
+        results = []
+        for prompt in prompts:
+            ids, new, seconds = self._decode(prompt, max_new_tokens)
+            sequence = torch.tensor([ids + new[:-1]], device=self.device)
+            with route_with(self.model, self.policy, guard=False) as session:
+                probs = ensemble_next_token_probs(self.model, session.policy, sequence)
+            logp = torch.log(probs[len(ids) - 1 :].float().clamp_min(1e-30)).cpu()
+            results.append(
+                ScoredGeneration(
+                    tokens=new,
+                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    token_logprobs=logp.gather(1, torch.tensor(new).unsqueeze(1)).squeeze(1).tolist(),
+                    watched=logp[:, list(watch)].tolist(),
+                    prompt_tokens=len(ids),
+                    seconds=seconds,
                 )
-            text = self.tokenizer.decode(new[:n_new], skip_special_tokens=True).strip()
-            results.append(Generation(text, ids.shape[1], n_new, time.perf_counter() - start))
+            )
         return results
 
 
+def qa_method(cfg: "SemoeConfig", examples, dataset: str):
+    """(the configured QA method, its retriever): a retrieving method gets the questions' own
+    contexts (``ProvidedContexts``; no index). ConfigError for bad params or a method that
+    needs passage experts; DataFormatError for a question without contexts."""
+    from semoe.config import ConfigError
+    from semoe.generation.base import build_method
+    from semoe.retrieval.provided import ProvidedContexts
+
+    spec = routing_section(cfg).qa.method
+    method = build_method(spec, cfg)
+    if method.uses_experts:
+        raise ConfigError(
+            f"routing.qa.method {spec.display_name!r} needs passage experts, which routing runs do not build"
+        )
+    return method, ProvidedContexts(examples, dataset) if method.uses_retrieval else None
+
+
 def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, examples) -> dict:
-    """EM/F1 of the pipeline's ``no-retrieval`` method (same prompts, generation and answer
-    extraction as ``semoe run``) while ``policy`` routes the model; RoE (patch mode) decodes
-    with its K-sample ensemble instead of HF ``generate``."""
+    """EM/F1, retrieval rate and generation speed (new tokens per second of generation) of
+    the configured QA method (``routing.qa.method``; default ``no-retrieval``: the same
+    prompts, generation and answer extraction as ``semoe run``) while ``policy`` routes the
+    model; RoE (patch mode) decodes with its K-sample ensemble instead of HF ``generate``."""
     from contextlib import nullcontext
 
-    from semoe.generation import METHODS
     from semoe.generation.base import MethodContext
     from semoe.metrics import exact_match, f1_score
     from semoe.routing.decoding import is_roe
     from semoe.routing.patch import route_with
 
+    r = routing_section(cfg)
     if not examples:
-        raise ValueError(f"routing.qa: dataset {routing_section(cfg).qa.dataset!r} has no questions")
+        raise ValueError(f"routing.qa: dataset {r.qa.dataset!r} has no questions")
+    method, retriever = qa_method(cfg, examples, r.qa.dataset)
     system = cfg.generation.system_prompt
     if is_roe(policy) and mode == "patch":
         lm, routing = RoEChatLM(loaded.model, loaded.tokenizer, policy, system), nullcontext()
     else:  # the cell's perplexity pass already ran the no-op guard
         lm = ChatLM(loaded.model, loaded.tokenizer, system)
         routing = route_with(loaded.model, policy, mode=mode, guard=False)
+    ctx = MethodContext(generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever)
     with routing:
-        outputs = METHODS.get(QA_METHOD)().run(examples, MethodContext(generation=cfg.generation, lm=lm))
+        outputs = method.run(examples, ctx)
     n = len(examples)
+    seconds = sum(o.latency.get("generate", 0.0) for o in outputs)
     return {
         "qa_n": n,
-        "qa_em": sum(exact_match(o.prediction, ex.answers) for o, ex in zip(outputs, examples)) / n,
-        "qa_f1": sum(f1_score(o.prediction, ex.answers) for o, ex in zip(outputs, examples)) / n,
+        "qa_em": sum(exact_match(o.prediction, ex.answers) for o, ex in zip(outputs, examples) if not o.error) / n,
+        "qa_f1": sum(f1_score(o.prediction, ex.answers) for o, ex in zip(outputs, examples) if not o.error) / n,
+        "qa_method": r.qa.method.display_name,
+        "qa_retrieval_rate": sum(bool(o.retrievals) for o in outputs) / n,
+        "qa_tokens_per_s": sum(o.generated_tokens for o in outputs) / seconds if seconds else None,
     }
 
 
@@ -393,16 +451,19 @@ def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str 
         "setting": policy.setting(),
         "k": fixed_k(loaded.model, spec),
     }
+    qa: dict = {}  # columns after routing_run_row's context (migration 9)
     if r.qa is not None:
         context["qa_dataset"] = r.qa.dataset
         note = qa_not_applicable(loaded)
         if note is None:
-            context.update(qa_scores(cfg, loaded, ev.policy, cell.mode, qa_examples(cfg)))
+            scores = qa_scores(cfg, loaded, ev.policy, cell.mode, qa_examples(cfg))
+            qa = {c: scores.pop(c) for c in QA_COLUMNS}
+            context.update(scores)
         else:
             context["qa_note"] = note
     _, key, _ = cell.ident(r)
     return {
-        "routing_runs": [ev.run_row(run_id, loaded.name, key=key, **context)],
+        "routing_runs": [ev.run_row(run_id, loaded.name, key=key, **context) | qa],
         "routing_layer_stats": ev.layer_rows(run_id, loaded.name, key=key),
     }
 

@@ -259,6 +259,9 @@ class RoutingRunRow(Row):
     created_at: datetime | None
     cell_key: str | None = None
     computed_in: str | None = None
+    qa_method: str | None = None  # label of routing.qa.method
+    qa_retrieval_rate: float | None = None  # share of QA questions answered with retrieval
+    qa_tokens_per_s: float | None = None  # QA: new tokens per second of generation
 
 
 @dataclass(**_ROW)

@@ -417,4 +417,29 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 GROUP BY p.run_id, p.dataset, p.method""",
         ],
     ),
+    (
+        # 7 and 8 are other branches' migrations; this one only adds columns and rebuilds its view.
+        9,
+        [
+            # The QA method of a routing cell (routing.qa.method), its retrieval rate and speed.
+            "ALTER TABLE routing_runs ADD COLUMN qa_method VARCHAR",
+            "ALTER TABLE routing_runs ADD COLUMN qa_retrieval_rate DOUBLE",
+            "ALTER TABLE routing_runs ADD COLUMN qa_tokens_per_s DOUBLE",
+            "DROP VIEW routing_by_k",
+            """CREATE VIEW routing_by_k AS
+                SELECT r.run_id, r.model, r.policy, r.policy_key, r.policy_label, r.setting, r.k, r.mode, r.tokens,
+                       round(r.perplexity, 4) AS perplexity,
+                       round(r.qa_em, 4) AS qa_em, round(r.qa_f1, 4) AS qa_f1, r.qa_n,
+                       round(r.experts_per_token, 3) AS experts_per_token,
+                       round(r.experts_std, 3) AS experts_std,
+                       round(r.floor_rate, 4) AS floor_rate, round(r.ceiling_rate, 4) AS ceiling_rate,
+                       round(r.tokens_per_s, 1) AS tokens_per_s,
+                       round(r.decode_tokens_per_s, 1) AS decode_tokens_per_s,
+                       round(r.peak_memory_bytes / 1048576, 1) AS peak_memory_mib,
+                       r.memory_method, r.heatmap_path, r.created_at,
+                       r.qa_method, round(r.qa_retrieval_rate, 4) AS qa_retrieval_rate,
+                       round(r.qa_tokens_per_s, 1) AS qa_tokens_per_s
+                FROM routing_runs r""",
+        ],
+    ),
 ]

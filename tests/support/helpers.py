@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -44,17 +45,27 @@ AWKWARD_QUERIES = [
 ]
 
 
-def make_tiny_lm(out: Path) -> str:
-    """Save a tiny random Llama with SmolLM2's real tokenizer into ``out``: generation logic
-    without real weights. The tokenizer comes from the converted embedded model, cached
-    under SEMOE_TEST_MODEL_CACHE (default: the user's cache)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def _tiny_tokenizer(extra_tokens: Sequence[str] = ()):
+    """SmolLM2's real tokenizer from the converted embedded model (cached under
+    SEMOE_TEST_MODEL_CACHE, default: the user's cache), ``extra_tokens`` added as special tokens."""
+    from transformers import AutoTokenizer
 
     from semoe.models.loading import resolve_model_dir
 
     cache = os.environ.get("SEMOE_TEST_MODEL_CACHE", str(Path("~/.cache/semoe").expanduser()))
     tok = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m-instruct", cache))
+    if extra_tokens:
+        tok.add_tokens(list(extra_tokens), special_tokens=True)
+    return tok
+
+
+def make_tiny_lm(out: Path, extra_tokens: Sequence[str] = ()) -> str:
+    """Save a tiny random Llama with SmolLM2's real tokenizer (plus ``extra_tokens``, e.g.
+    Self-RAG's reflection tokens) into ``out``: generation logic without real weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tiny_tokenizer(extra_tokens)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -68,6 +79,38 @@ def make_tiny_lm(out: Path) -> str:
         eos_token_id=tok.eos_token_id,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def make_tiny_olmoe(out: Path, extra_tokens: Sequence[str] = ()) -> str:
+    """Save a tiny random OLMoE (8 experts, top-2, 3 layers) with SmolLM2's tokenizer (chat
+    template included; plus ``extra_tokens``) into ``out``. Its gates are scaled up so that
+    routing is decisive and policies visibly change expert choices."""
+    import torch
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    tok = _tiny_tokenizer(extra_tokens)
+    torch.manual_seed(0)
+    cfg = OlmoeConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = OlmoeForCausalLM(cfg)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.mul_(30)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
 
