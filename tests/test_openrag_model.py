@@ -333,4 +333,5 @@ def test_gpu_config_validates_without_downloading():
         if p.name == "roe"
     }
     assert roe == {(4, (0.0, 0.01)), (8, (0.0, 0.01)), (4, 0.05), (8, 0.05)}
-    assert r.baseline and {d.name for d in cfg.datasets} == {"hotpotqa", "2wikimultihopqa"}
+    assert r.baseline and {d.display_name for d in cfg.datasets} == {"hotpotqa", "2wiki"}
+    assert {d.name for d in cfg.datasets} == {"openrag"} and r.qa.method.name == "reflection"
