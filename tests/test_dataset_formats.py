@@ -126,7 +126,10 @@ def test_flashrag_without_metadata_context(tmp_path):
 def test_flashrag_as_corpus():
     passages = corpus("flashrag", FORMATS / "flashrag.jsonl")
     assert [p.id for p in passages] == ["Arthur's Magazine", "First for Women", "Taj Mahal", "India"]
-    assert passages[0].text == "Arthur's Magazine (1844–1846) was an American literary periodical published in Philadelphia."
+    assert (
+        passages[0].text
+        == "Arthur's Magazine (1844–1846) was an American literary periodical published in Philadelphia."
+    )
 
 
 # --- StrategyQA ---------------------------------------------------------------------
@@ -228,7 +231,9 @@ def test_corpus_dataset_is_checked_and_keys_the_corpus(tmp_path):
         check_config(SemoeConfig(corpus={"format": "jsonl", "dataset": "ircot", "path": str(path)}))
     with pytest.raises(UnknownNameError, match="unknown dataset format with paragraphs 'cwq'; registered: 2wiki"):
         check_config(SemoeConfig(corpus={"format": "dataset-contexts", "dataset": "cwq", "path": str(path)}))
-    keys = {d: corpus_key(CorpusConfig(format="dataset-contexts", dataset=d, path=str(path)), CTX) for d in (None, "ircot")}
+    keys = {
+        d: corpus_key(CorpusConfig(format="dataset-contexts", dataset=d, path=str(path)), CTX) for d in (None, "ircot")
+    }
     assert keys[None] != keys["ircot"]
 
 
