@@ -7,7 +7,7 @@ no registry (it is a leaf); this module is where the two meet, run once before a
 from __future__ import annotations
 
 from semoe.config import ConfigError, PolicySpec, SemoeConfig, validate_params
-from semoe.data import CORPORA, DATASETS
+from semoe.data import CORPORA, DATASETS, PARAGRAPHS
 from semoe.generation.base import build_method
 from semoe.models.loading import dummy_seed
 from semoe.retrieval import RETRIEVERS
@@ -19,6 +19,7 @@ def check_config(cfg: SemoeConfig) -> None:
     backend = RETRIEVERS.get(cfg.retrieval.backend)
     validate_params(backend.Params, cfg.retrieval.options, f"retrieval.options of backend {cfg.retrieval.backend!r}")
     CORPORA.get(cfg.corpus.format)
+    check_corpus_dataset(cfg)
     for dataset in cfg.datasets:
         DATASETS.get(dataset.name)
     for spec in cfg.methods:
@@ -29,6 +30,21 @@ def check_config(cfg: SemoeConfig) -> None:
             )
     if cfg.routing is not None:
         check_routing(cfg)
+
+
+def check_corpus_dataset(cfg: SemoeConfig) -> None:
+    """``corpus.dataset`` names a dataset format with paragraphs, and only the corpus format
+    that reads it (``dataset-contexts``) may be given one: a setting no reader uses is an error,
+    not a silent no-op."""
+    name = cfg.corpus.dataset
+    if name is None:
+        return
+    if cfg.corpus.format != "dataset-contexts":
+        raise ConfigError(
+            f"corpus.dataset {name!r} is read by corpus.format 'dataset-contexts' only, "
+            f"not {cfg.corpus.format!r}: remove it or change the format"
+        )
+    PARAGRAPHS.get(name)
 
 
 def check_routing(cfg: SemoeConfig) -> None:

@@ -154,11 +154,16 @@ def cmd_index(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """The same preflight as ``run`` (names, files, store, cache, Elasticsearch, model), without
+    Prefect; prints the resolved config, its hash and the run id it would make."""
     from semoe.config import config_yaml
+    from semoe.evaluation import preflight
 
     cfg = _load(args)
+    run_id = preflight(cfg)
     print(config_yaml(cfg), end="")
     print(f"# config hash: {cfg.config_hash()}")
+    print(f"# preflight passed: run id {run_id}")
     return 0
 
 
@@ -328,7 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(
         sub.add_parser("index", help="index the config's corpus with its retrieval backend, without evaluating")
     )
-    with_config(sub.add_parser("validate", help="check a config and print it resolved, with its hash"))
+    with_config(
+        sub.add_parser(
+            "validate",
+            help="run the preflight of `run` (files, names, store, Elasticsearch) and print the resolved config",
+        )
+    )
     with_wait(
         with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)"))
     )

@@ -330,9 +330,11 @@ def preflight(cfg: SemoeConfig) -> str:
     """Check everything that can be checked before a run starts, so bad input fails with
     one clear error and no run row: registered names, the results store (locked?), the
     artifact cache (writable?), the dataset files (parsed whole: they are small), the
-    corpus file, the retrieval backend (an Elasticsearch ping) and the model spec.
+    corpus file (its first passages, :func:`~semoe.data.loading.check_corpus_head`), the
+    retrieval backend (an Elasticsearch ping) and the model spec. Imports no Prefect and
+    starts no server: ``semoe run`` calls it before the flow, ``semoe validate`` alone.
     Returns the id of the QA run these inputs make (``qa_run_id``)."""
-    from semoe.data.loading import corpus_key, load_examples
+    from semoe.data.loading import check_corpus_head, corpus_key, load_examples
     from semoe.indexing import open_retriever
     from semoe.models.loading import check_model_spec
     from semoe.storage.artifacts import ArtifactCache
@@ -345,6 +347,7 @@ def preflight(cfg: SemoeConfig) -> str:
     examples = {ds.display_name: load_examples(ds, ctx) for ds in cfg.datasets}
     key = corpus_key(cfg.corpus, ctx) if needs_retrieval(cfg) else None
     if key is not None:
+        check_corpus_head(cfg.corpus, ctx)
         open_retriever(cfg, key).is_built()
     check_model_spec(cfg.model.spec)
     return qa_run_id(cfg, examples, key)

@@ -30,10 +30,11 @@ def test_ls_lists_registered_names(capsys):
         assert name in out
 
 
-def test_validate_prints_resolved_config_and_hash(capsys):
-    assert main(["validate", str(REPO / "configs" / "demo.yaml"), "--set", "retrieval.top_k=5"]) == 0
+def test_validate_prints_resolved_config_and_hash(tmp_path, capsys):
+    args = ["--set", "retrieval.top_k=5", "--set", f"store.path={tmp_path / 'r.duckdb'}"]
+    assert main(["validate", str(REPO / "configs" / "demo.yaml"), *args, "--set", f"cache.root={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "top_k: 5" in out and "# config hash: " in out
+    assert "top_k: 5" in out and "# config hash: " in out and "# preflight passed: run id " in out
 
 
 def test_sql_is_read_only_and_formats(tmp_path, capsys):

@@ -42,8 +42,14 @@ class DatasetConfig(Section):
 
 class CorpusConfig(Section):
     format: str = Field(
-        "synthetic", description="registered corpus format: synthetic, dpr-tsv, jsonl, dataset-contexts"
+        "synthetic",
+        description="registered corpus format: synthetic, dpr-tsv, jsonl, json-passages, dataset-contexts",
     )
     path: str | None = None
+    dataset: str | None = Field(
+        None,
+        description="dataset-contexts only: the dataset format whose paragraphs make the corpus "
+        "(ircot, iirc, flashrag, hotpotqa, 2wikimultihopqa, popqa; default: HotpotQA/2Wiki/PopQA layouts)",
+    )
     limit: int | None = Field(None, ge=1, description="index only the first N passages")
     options: dict[str, Any] = Field(default_factory=dict)

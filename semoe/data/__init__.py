@@ -4,6 +4,10 @@
 ``CORPORA``: name → ``reader(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage | SkippedRow]``
 (streaming; a :class:`~semoe.data.schema.SkippedRow` stands for a malformed row dropped under
 ``skip_bad_rows``, which :func:`~semoe.data.loading.iter_passages` counts and filters out).
+``PARAGRAPHS``: dataset name → ``paragraphs(rec: Record) -> Iterator[tuple[str, str]]``, the
+(title, text) paragraphs one record of that dataset's file carries, which the
+``dataset-contexts`` corpus indexes (``corpus.dataset`` names the format). A dataset format
+that carries paragraphs registers here under its dataset name.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ if TYPE_CHECKING:
 
 DATASETS: Registry = Registry("dataset", "semoe.data.sources")
 CORPORA: Registry = Registry("corpus format", "semoe.data.sources")
+PARAGRAPHS: Registry = Registry("dataset format with paragraphs", "semoe.data.sources")
+# The paragraphs dataset-contexts reads when corpus.dataset is not set: HotpotQA/2Wiki
+# ``context`` or PopQA's ``paragraphs``, whichever the record has.
+DEFAULT_PARAGRAPHS = "hotpotqa"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import array
 import codecs
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 # numbers as written.
 _CORPUS_READER_VERSION = 2
 _SAMPLE_BYTES = 1 << 20
+# Passages a preflight reads from the head of a corpus file (see check_corpus_head).
+PREFLIGHT_PASSAGES = 1000
 
 
 def load_examples(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
@@ -58,6 +61,22 @@ def iter_passages(cfg: CorpusConfig, ctx: DataContext, progress: str | None = No
     ``.skipped_rows``. ``progress`` (a label, e.g. "tantivy index") shows how far through the
     file the stream is: a tqdm bar by bytes with rate and ETA, and an INFO log line a minute."""
     return PassageStream(cfg, ctx, progress)
+
+
+def check_corpus_head(cfg: CorpusConfig, ctx: DataContext, n: int = PREFLIGHT_PASSAGES) -> int:
+    """Read the first ``n`` passages of a corpus file through the same checked stream as
+    indexing, so a wrong format, a malformed first row, an empty passage or an early
+    duplicate id is one :class:`DataFormatError` (file, line or record, field) before any
+    index, server or flow starts. A malformed row further on is left to the indexing stream:
+    a 21M-row file is not read twice. Corpora without a file (synthetic) are not read.
+    Returns the number of passages read."""
+    if not cfg.path:
+        return 0
+    stream = iter_passages(cfg, ctx)
+    try:
+        return sum(1 for _ in itertools.islice(stream, n))
+    finally:
+        stream.close()
 
 
 class ReadPosition:
@@ -337,6 +356,8 @@ def corpus_key(cfg: CorpusConfig, ctx: DataContext) -> str:
         "options": cfg.options,
         "limit": cfg.limit,
     }
+    if cfg.dataset is not None:  # only when set, so the keys of existing corpora stay as they were
+        parts["dataset"] = cfg.dataset
     if cfg.format == "synthetic":
         from semoe.data.encyclopedia import passage_identity
 
@@ -419,6 +440,21 @@ class Record:
             return as_text(value)
         except TypeError as e:
             raise self.error(f"field {key!r}: {e}") from None
+
+    def as_text(self, value: Any, what: str) -> str:
+        """A value found inside this row (a nested field) as text (:func:`as_text`); an error
+        naming ``what`` when it is a list or object."""
+        try:
+            return as_text(value)
+        except TypeError as e:
+            raise self.error(f"{what}: {e}") from None
+
+    def child(self, where: str, data: Any) -> "Record":
+        """A nested object of this row (a question inside a passage, a ``metadata`` field) as a
+        record whose errors name both places; an error when it is not an object."""
+        if not isinstance(data, dict):
+            raise self.error(f"{where} should be an object, got {type(data).__name__}")
+        return Record(self.source, f"{self.where}: {where}", data)
 
     def json_list(self, key: str) -> list:
         """A list field, also when stored as a JSON string (PopQA's TSV columns)."""

@@ -256,6 +256,33 @@ CASES = [
         ("corpus file not found",),
     ),
     Case(
+        "dataset-format-line-malformed",
+        "an IRCoT JSONL dataset line without `question_text`",
+        lambda t: run_with(
+            t,
+            datasets=[
+                {
+                    "name": "ircot",
+                    "path": write(t, "dev.jsonl", '{"question_id": "1", "question": "Q?", "answers_objects": []}\n'),
+                }
+            ],
+        ),
+        ("dev.jsonl", "line 1", "missing field 'question_text'"),
+    ),
+    Case(
+        "corpus-dataset-field-missing",
+        "a `dataset-contexts` corpus (IRCoT) whose context has no `paragraph_text`",
+        lambda t: run_with(
+            t,
+            corpus={
+                "format": "dataset-contexts",
+                "dataset": "ircot",
+                "path": write(t, "contexts.jsonl", '{"contexts": [{"title": "A", "text": "Alpha."}]}\n'),
+            },
+        ),
+        ("contexts.jsonl", "line 1", "contexts[0]: missing field 'paragraph_text'"),
+    ),
+    Case(
         "elasticsearch-unreachable",
         "Elasticsearch URL where nothing listens",
         lambda t: run_with(t, retrieval={"backend": "elasticsearch", "es_url": "http://127.0.0.1:9"}),
@@ -302,14 +329,12 @@ CASES = [
             t, "id\ttext\ttitle\n1\tSome passage text.\tA title\n2\tonly two columns\n", fmt="dpr-tsv", name="psgs.tsv"
         ),
         ("psgs.tsv", "line 3"),
-        in_flow=True,
     ),
     Case(
         "corpus-passage-empty",
         "corpus passage with empty text",
         lambda t: corpus(t, '{"id": "a", "title": "A", "text": "Alpha."}\n{"id": "b", "title": "B", "text": "  "}\n'),
         ("passage 'b' has empty text",),
-        in_flow=True,
     ),
     Case(
         "corpus-duplicate-ids",
@@ -318,6 +343,14 @@ CASES = [
             t, '{"id": "a", "text": "Alpha."}\n{"id": "b", "text": "Beta."}\n{"id": "a", "text": "Gamma."}\n'
         ),
         ("duplicate passage id 'a'",),
+    ),
+    Case(
+        "corpus-row-malformed-late",
+        "a malformed corpus row after the first 1,000 (preflight reads only the head)",
+        lambda t: corpus(
+            t, "".join(f'{{"id": "{i}", "text": "Passage {i}."}}\n' for i in range(1000)) + '{"id": "late"}\n'
+        ),
+        ("passages.jsonl", "line 1001", "expected an object with 'text'"),
         in_flow=True,
     ),
     Case(
@@ -339,7 +372,6 @@ CASES = [
         "corpus file with a Latin-1 line",
         lambda t: corpus(t, b'{"id": "a", "text": "Alpha."}\n{"id": "b", "text": "M\xe9d\xe9a."}\n'),
         ("passages.jsonl", "line 2", "not valid UTF-8"),
-        in_flow=True,
     ),
 ]
 

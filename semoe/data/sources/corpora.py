@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 from semoe.config import CorpusConfig
-from semoe.data import CORPORA, DataContext
+from semoe.data import CORPORA, DEFAULT_PARAGRAPHS, PARAGRAPHS, DataContext
 from semoe.data.loading import (
     ReadPosition,
     Record,
@@ -188,7 +188,10 @@ def read_json_passages(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]
         yield Passage(id=pid, title=title, text=text)
 
 
-def _paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
+@PARAGRAPHS.register("popqa")
+@PARAGRAPHS.register("2wikimultihopqa")
+@PARAGRAPHS.register("hotpotqa")
+def multihop_paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
     """(title, text) from HotpotQA/2Wiki ``context`` ([[title, [sentences]]] or the hub's
     ``{title, sentences}``) or PopQA's ``paragraphs`` [{title, text}]."""
     context = rec.get("context")
@@ -206,7 +209,7 @@ def _paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
             if not isinstance(sentences, (list, tuple)) or not all(s is None or isinstance(s, str) for s in sentences):
                 raise rec.error(f"context entry {j}: sentences should be a list of strings")
             text = " ".join(s.strip() for s in sentences if s and s.strip())
-            yield _text(rec, title, f"context entry {j} title"), text
+            yield rec.as_text(title, f"context entry {j} title"), text
         return
     paragraphs = rec.get("paragraphs")
     if paragraphs is None:
@@ -214,23 +217,23 @@ def _paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
     for j, p in enumerate(paragraphs):
         if not isinstance(p, dict) or p.get("text") is None:
             raise rec.error(f"paragraph {j} has no 'text'")
-        yield _text(rec, p.get("title") or "", f"paragraph {j} title"), _text(rec, p["text"], f"paragraph {j} text")
+        yield rec.as_text(p.get("title") or "", f"paragraph {j} title"), rec.as_text(p["text"], f"paragraph {j} text")
 
 
-def _text(rec: Record, value: Any, what: str) -> str:
-    try:
-        return as_text(value)
-    except TypeError as e:
-        raise rec.error(f"{what}: {e}") from None
-
-
-@CORPORA.register("dataset-contexts", "the context paragraphs of a HotpotQA/2Wiki (or PopQA JSON) file, deduplicated")
+@CORPORA.register(
+    "dataset-contexts",
+    "the paragraphs of a dataset file, deduplicated (corpus.dataset: its format; default HotpotQA/2Wiki/PopQA)",
+)
 def read_dataset_contexts(cfg: CorpusConfig, ctx: DataContext) -> Iterator[Passage]:
-    """The distractor setting as a corpus: every paragraph shown with any question, once."""
+    """The distractor setting as a corpus: every paragraph shown with any question, once (the
+    same title and text under several questions is one passage). ``cfg.dataset`` names the
+    dataset format whose records are read (:data:`~semoe.data.PARAGRAPHS`). Ids are the
+    titles (``Title#2``, ... for a second paragraph of the same title), stable for a file."""
+    paragraphs = PARAGRAPHS.get(cfg.dataset or DEFAULT_PARAGRAPHS)
     ids = _UniqueIds()
     seen: set[bytes] = set()
     for rec in read_records(resolve_path(cfg.path, "corpus")):
-        for title, text in _paragraphs(rec):
+        for title, text in paragraphs(rec):
             digest = hashlib.sha1(f"{title}\0{text}".encode()).digest()
             if digest in seen:
                 continue

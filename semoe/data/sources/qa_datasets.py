@@ -7,6 +7,7 @@ aliases, so EM/F1 credit any accepted surface form as the original evaluation sc
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -14,6 +15,8 @@ from semoe.config import ConfigError, DatasetConfig
 from semoe.data import DATASETS, DataContext
 from semoe.data.loading import Record, as_text, read_records, resolve_path
 from semoe.data.schema import Example
+
+log = logging.getLogger(__name__)
 
 
 def dataset_records(cfg: DatasetConfig) -> Iterator[Record]:
@@ -56,10 +59,13 @@ def make_example(
     type: str = "",
     gold_titles: Iterable[Any] = (),
     meta: dict | None = None,
+    question_field: str = "question",
 ) -> Example:
-    question = rec.req("question")
+    """One :class:`Example` from a row: the question from ``question_field``, ``answers`` gold
+    first then aliases (at least one usable), every problem an error naming the row."""
+    question = rec.req(question_field)
     if not isinstance(question, str) or not question.strip():
-        raise rec.error("field 'question' is empty or not a string")
+        raise rec.error(f"field {question_field!r} is empty or not a string")
     gold = _strings(rec, "answer", answers)
     if not gold:
         raise rec.error("no usable answer")
@@ -85,11 +91,11 @@ def _strings(rec: Record, what: str, values: Iterable[Any]) -> list[str]:
         raise rec.error(f"{what}: {e}") from None
 
 
-def _as_list(value: Any) -> list:
+def as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _supporting_titles(rec: Record) -> list[str]:
+def supporting_titles(rec: Record) -> list[str]:
     """Titles from ``[[title, sent_id], ...]``, a plain title list, or the hub's ``{title: [...]}``."""
     facts = rec.get("supporting_facts", [])
     if isinstance(facts, dict):
@@ -114,33 +120,55 @@ def _multihop_example(rec: Record, cfg: DatasetConfig, aliases: dict[str, list[s
         id=rec.req("_id", "id"),
         answers=[rec.req("answer"), *rec.json_list("answer_aliases"), *aliases.get(answer_id, [])],
         type=rec.get("type", ""),
-        gold_titles=_supporting_titles(rec),
+        gold_titles=supporting_titles(rec),
         meta={"answer_id": answer_id, "level": rec.get("level"), "evidences": rec.get("evidences")},
     )
 
 
-def _twowiki_aliases(cfg: DatasetConfig) -> dict[str, list[str]]:
-    """``answer_id`` → aliases + demonyms from id_aliases.json, as the official 2Wiki scorer uses."""
+def _twowiki_aliases(cfg: DatasetConfig) -> dict[str, list[str]] | None:
+    """``answer_id`` → aliases + demonyms from id_aliases.json, as the official 2Wiki scorer
+    uses; None when there is no such file (``options.aliases_path``, else beside ``dev.json``)."""
     configured = cfg.options.get("aliases_path")
-    sibling = Path(cfg.path).expanduser().parent / "id_aliases.json" if cfg.path else None
     if configured:
         path = resolve_path(configured, "dataset")
-    elif sibling is not None and sibling.is_file():
+    elif cfg.path and (sibling := _aliases_beside(cfg.path)).is_file():
         path = sibling
     else:
-        return {}
+        return None
     table: dict[str, list[str]] = {}
     for rec in read_records(path):
         table[rec.text("Q_id")] = [*rec.json_list("aliases"), *rec.json_list("demonyms")]
     return table
 
 
+def _aliases_beside(dataset_path: str) -> Path:
+    return Path(dataset_path).expanduser().resolve().parent / "id_aliases.json"
+
+
+_WARNED_NO_ALIASES: set[Path] = set()
+
+
 @DATASETS.register(
     "2wikimultihopqa", "2WikiMultihopQA dev.json (+ id_aliases.json) or the open-retrieval question file"
 )
 def load_2wikimultihopqa(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
+    """A native ``dev.json`` (records with ``answer_id``) without ``id_aliases.json`` beside it
+    loads with the gold answers only, and says so once per file and process: EM/F1 then
+    credit fewer surface forms than the official scorer."""
     aliases = _twowiki_aliases(cfg)
-    return [_multihop_example(rec, cfg, aliases) for rec in dataset_records(cfg)]
+    records = list(dataset_records(cfg))
+    if aliases is None:
+        aliases = {}
+        expected = _aliases_beside(cfg.path) if cfg.path else None
+        if expected and expected not in _WARNED_NO_ALIASES and any(r.get("answer_id") for r in records):
+            _WARNED_NO_ALIASES.add(expected)
+            log.warning(
+                "%s: no %s beside it, so the answers have no aliases (the official 2Wiki scorer uses them); "
+                "put the file there or set the dataset's options.aliases_path",
+                cfg.path,
+                expected,
+            )
+    return [_multihop_example(rec, cfg, aliases) for rec in records]
 
 
 @DATASETS.register("hotpotqa", "HotpotQA distractor/fullwiki JSON (questions with answers)")
@@ -192,12 +220,12 @@ def _cwq_answers(rec: Record) -> list:
     or a plain list of strings."""
     value = rec.req("answers", "answer")
     if isinstance(value, dict):
-        return [*_as_list(value.get("answer", [])), *(a for al in value.get("aliases", []) for a in _as_list(al))]
+        return [*as_list(value.get("answer", [])), *(a for al in value.get("aliases", []) for a in as_list(al))]
     main, aliases = [], []
-    for item in _as_list(value):
+    for item in as_list(value):
         if isinstance(item, dict):
             main.append(item.get("answer"))
-            aliases.extend(_as_list(item.get("aliases") or []))
+            aliases.extend(as_list(item.get("aliases") or []))
         else:
             main.append(item)
     return main + aliases
@@ -226,7 +254,7 @@ def load_custom(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
             rec,
             cfg,
             id=rec.get("id", i),
-            answers=_as_list(rec.req("answer", "answers")),
+            answers=as_list(rec.req("answer", "answers")),
             type=rec.get("type", ""),
         )
         for i, rec in enumerate(dataset_records(cfg))
