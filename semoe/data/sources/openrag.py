@@ -18,7 +18,7 @@ from semoe.config import DatasetConfig
 from semoe.data import DATASETS, DataContext
 from semoe.data.loading import Record, as_text
 from semoe.data.schema import Example, Passage
-from semoe.data.sources.qa_datasets import _as_list, dataset_records, make_example
+from semoe.data.sources.qa_datasets import as_list, dataset_records, make_example
 
 CONTEXT_FIELDS = ("ctxs", "top_contexts")
 
@@ -54,7 +54,7 @@ def _example(rec: Record, cfg: DatasetConfig, index: int) -> Example:
         rec,
         cfg,
         id=rec.get("id", rec.get("_id", rec.get("q_id", index))),
-        answers=_as_list(answers),
+        answers=as_list(answers),
         type=rec.get("type", ""),
     )
     ex.contexts = _contexts(rec, ex.id)
