@@ -11,9 +11,17 @@ import math
 import pytest
 import torch
 
-from semoe.config import ConfigError, DatasetConfig, GenerationConfig, RetrievalConfig, SemoeConfig, SyntheticConfig
+from semoe.config import (
+    ConfigError,
+    CorpusConfig,
+    DatasetConfig,
+    GenerationConfig,
+    RetrievalConfig,
+    SemoeConfig,
+    SyntheticConfig,
+)
 from semoe.data import DataContext
-from semoe.data.loading import load_examples
+from semoe.data.loading import iter_passages, load_examples
 from semoe.data.schema import DataFormatError, Example, Passage
 from semoe.generation.base import MethodContext
 from semoe.generation.lm import ChatLM, ScoredGeneration
@@ -267,6 +275,17 @@ def test_loader_reads_ctxs_and_top_contexts(tmp_path):
     assert [e.id for e in b] == ["0", "1"] and b[1].answers == ["yes"] and b[1].contexts == []
     assert b[0].contexts == [Passage("0#0", "Solmere", "In Varossia.")]
     assert Example.from_dict(b[0].as_dict()) == b[0]  # contexts survive the task boundary
+
+
+def test_contexts_of_an_openrag_file_are_a_corpus(tmp_path):
+    path = _write_jsonl(tmp_path / "c.jsonl", SELF_RAG_ROWS + OPEN_RAG_ROWS + SELF_RAG_ROWS)
+    cfg = CorpusConfig(format="dataset-contexts", dataset="openrag", path=str(path))
+    passages = list(iter_passages(cfg, DataContext(synthetic=SyntheticConfig())))
+    assert passages == [  # each context once, however many rows show it; ids are the titles
+        Passage("Kelloway", "Kelloway", "Kelloway was written by Teodric."),
+        Passage("Orvania", "Orvania", "Orvania is a country."),
+        Passage("Solmere", "Solmere", "In Varossia."),
+    ]
 
 
 def test_loader_names_a_bad_context(tmp_path):

@@ -12,10 +12,10 @@ serve them the same way, with no index.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from semoe.config import DatasetConfig
-from semoe.data import DATASETS, DataContext
+from semoe.data import DATASETS, PARAGRAPHS, DataContext
 from semoe.data.loading import Record, as_text
 from semoe.data.schema import Example, Passage
 from semoe.data.sources.qa_datasets import as_list, dataset_records, make_example
@@ -67,3 +67,10 @@ def _example(rec: Record, cfg: DatasetConfig, index: int) -> Example:
 def load_openrag(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
     """Ids default to the row's position (as ``custom`` does) when the file has none."""
     return [_example(rec, cfg, i) for i, rec in enumerate(dataset_records(cfg))]
+
+
+@PARAGRAPHS.register("openrag")
+def openrag_paragraphs(rec: Record) -> Iterator[tuple[str, str]]:
+    """Every retrieved context of the row, in the file's order."""
+    for p in _contexts(rec, "ctx"):
+        yield p.title, p.text
