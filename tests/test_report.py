@@ -28,11 +28,19 @@ ROUTING_RUN_ID = "fedcba9876543210"
 V4_VIEWS = ("leaderboard_latest", "accuracy_by_retrievals", "cost_by_method", "routing_by_layer")
 PASSAGES = [Passage(f"p{i}", f"Title {i}", f"Passage {i} text.") for i in range(1, 5)]
 EXPERT_BYTES = {"p1": 1000, "p2": 2000, "p3": 3000, "p4": 4000}
+TYPES = ("bridge", "comparison", "inference")  # question i has type TYPES[i % 3]
 
 
 def _examples(dataset: str) -> list[Example]:
     return [
-        Example(f"{dataset}-q{i}", f"Question {i}?", [f"answer {i}"], dataset, gold_passage_ids=[f"p{i % 4 + 1}"])
+        Example(
+            f"{dataset}-q{i}",
+            f"Question {i}?",
+            [f"answer {i}"],
+            dataset,
+            type=TYPES[i % 3],
+            gold_passage_ids=[f"p{i % 4 + 1}"],
+        )
         for i in range(6)
     ]
 
@@ -208,7 +216,7 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
     assert "![Accuracy vs retrievals per question](accuracy_vs_retrievals.png)" in md
     assert f"No routing data for run `{RUN_ID}`" in md  # not a routing run: plot skipped with a note
 
-    board, by_retrievals, cost = _md_tables(md)
+    board, by_retrievals, by_type, paired, cost, columns = _md_tables(md)
     con = duckdb.connect(store_path, read_only=True)
     expected = con.execute(
         "SELECT dataset, method, count(*), round(avg(em), 4), round(avg(f1), 4), round(avg(retrieval_count), 3),"
@@ -219,6 +227,8 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
     ).fetchall()
     con.close()
     assert len(board) == len(cost) == len(expected) == 8
+    assert len(by_type) == 8 * len(TYPES) and len(paired) == 2 * 6  # 4 methods: 6 pairs per dataset
+    assert {r["column"] for r in columns} >= {"em_lo, em_hi", "recall_all", "seconds_per_question"}
     for dataset, method, n, em, f1, retrievals, seconds, tokens in expected:
         row = next(r for r in board if (r["dataset"], r["method"]) == (dataset, method))
         assert (row["n"], float(row["EM"]), float(row["F1"])) == (str(n), em, f1)
@@ -238,7 +248,7 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
         assert int(c["expert bytes"]) == want, c
 
     html = written.paths["html"].read_text()
-    assert html.count("<table>") == 3 and html.count('src="data:image/png;base64,') == 2
+    assert html.count("<table>") == 6 and html.count('src="data:image/png;base64,') == 2
     assert "<th>F1</th>" in html and f"<td>{board[0]['F1']}</td>" in html
 
 

@@ -19,7 +19,7 @@ from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.retrieval.base import Hit
 from semoe.storage import rows as rows_module
 from semoe.storage.results import ResultStore, StoreError, migrate
-from semoe.storage.rows import ROWS, ExpertRow, PredictionRow, RetrievalRow, rekeyed
+from semoe.storage.rows import ROWS, ExpertRow, RetrievalRow, rekeyed
 from semoe.storage.schema import MIGRATIONS
 
 SEMOE = Path(evaluation.__file__).parent

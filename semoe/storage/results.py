@@ -96,7 +96,10 @@ class ResultStore:
         self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         if read_only:
             if not self.path.is_file():
-                raise StoreError(f"no results store at {self.path}; run `semoe run CONFIG` first")
+                raise StoreError(
+                    f"no results store at {self.path}: name the file with `--store PATH` (a config's `store.path`),"
+                    " or run `semoe run CONFIG` first"
+                )
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +285,7 @@ class ResultStore:
 
     def compute_metrics(self, run_id: str) -> None:
         """Aggregate a run's predictions into ``metrics`` (per dataset and method) and
-        ``metrics_by_type`` (per question type too; typed questions only), recomputed whole,
+        ``metrics_by_type`` (per question type too; questions with a type, not NULL or ""), recomputed whole,
         idempotent. Means in SQL; beside each mean its bootstrap interval (``semoe.stats``) over
         the run's own per-question scores in example-id order, so a run that reused stored
         answers gets the intervals of the answers as re-scored against its golds."""
@@ -292,7 +295,7 @@ class ResultStore:
             [run_id],
         )
         overall = _intervals(run_id, rows, METRICS_KEY)  # noqa: F841 (used by SQL)
-        by_type = _intervals(run_id, [r for r in rows if r["question_type"] is not None], BY_TYPE_KEY)  # noqa: F841
+        by_type = _intervals(run_id, [r for r in rows if r["question_type"]], BY_TYPE_KEY)  # noqa: F841
         with self.connect() as con, transaction(con):
             for table, key, extra, frame in (
                 ("metrics", METRICS_KEY, METRICS_ONLY, "overall"),
