@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output directory (default: reports/<run id> next to the store)")
     rp.add_argument("--format", type=_report_formats, default="md,html", help="md, html or md,html (default)")
     cp = sub.add_parser(
-        "compare", help="a QA run's scores with 95 % intervals, per question type, and paired tests between methods"
+        "compare", help="a QA run's scores with 95%% intervals, per question type, and paired tests between methods"
     )
     cp.add_argument("run_id", help="run id, or a unique prefix of one")
     cp.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
