@@ -4,9 +4,12 @@ imported only by the subcommands that need them, so ``--help`` and ``ls`` are in
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from semoe.textfmt import format_table
@@ -111,12 +114,23 @@ def cmd_run(args) -> int:
     print()
     print(format_table(cols, [[r[c] for c in cols] for r in result["leaderboard"]]))
     print()
+    run_id, store = result["run_id"], _store_option(result["store"])
     print(
-        f"run {result['run_id']}: {result['produced']} new answers, {result['reused']} reused from earlier runs, "
+        f"run {run_id}: {result['produced']} new answers, {result['reused']} reused from earlier runs, "
         f"in {time.perf_counter() - t0:.1f} s"
     )
-    print(f'results: {result["store"]}  (try: semoe sql "select method, avg(f1) from predictions group by 1")')
+    print(f"report: {' and '.join(result['report'])}")
+    print(f"results: {result['store']}  (columns: semoe columns)")
+    print(f"  semoe compare {run_id}{store}    # intervals, per question type, paired tests")
+    print(f'  semoe sql{store} "select method, avg(f1) from predictions group by 1"')
     return 0
+
+
+def _store_option(path: str | Path) -> str:
+    """`` --store PATH`` for a command hint, empty when ``path`` is the file the default names."""
+    if Path(path).expanduser().resolve() == Path(DEFAULT_STORE).resolve():
+        return ""
+    return f" --store {shlex.quote(str(path))}"
 
 
 def _log_progress() -> None:
@@ -223,6 +237,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """A QA run's scores with their intervals, per question type, and every pair of methods compared."""
+    from semoe.reporting import QATables, resolve_run_id
+    from semoe.storage.views import open_current
+
+    store = open_current(args.store)
+    run_id = resolve_run_id(store, args.run_id)
+    tables = QATables.of(store, run_id).tables()
+    if args.format == "json":
+        print(json.dumps({name: t.rows for name, t in tables.items()}, indent=2, default=str))
+        return 0
+    if not tables["leaderboard"].rows:
+        print(f"run {run_id} has no QA scores in {store.path}")
+        return 0
+    for table in tables.values():
+        print(table.caption)
+        print(format_table(table.columns, [[r[c] for c in table.columns] for r in table.rows]))
+        print()
+    print("column definitions: semoe columns")
+    return 0
+
+
+def cmd_columns(args) -> int:
+    from semoe.storage.columns import column_rows
+
+    rows = column_rows()
+    print(format_table(("column", "meaning", "unit"), [list(r.values()) for r in rows], args.format))
+    return 0
+
+
 def cmd_export(args) -> int:
     from semoe.storage.views import export_parquet
 
@@ -310,7 +354,12 @@ def cmd_moe_lm(argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="semoe", description="Sparse and Extendable MoE evaluation pipeline")
+    p = argparse.ArgumentParser(
+        prog="semoe",
+        description="Sparse and Extendable MoE evaluation pipeline",
+        epilog="What the printed columns mean (EM, F1 and their intervals, recall_retrieved, recall_all, "
+        "seconds_per_question, ...): `semoe columns`.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp):
@@ -352,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
     rp.add_argument("--out", help="output directory (default: reports/<run id> next to the store)")
     rp.add_argument("--format", type=_report_formats, default="md,html", help="md, html or md,html (default)")
+    cp = sub.add_parser(
+        "compare", help="a QA run's scores with 95%% intervals, per question type, and paired tests between methods"
+    )
+    cp.add_argument("run_id", help="run id, or a unique prefix of one")
+    cp.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
+    cp.add_argument("--format", choices=["table", "json"], default="table", help="json: one object of the tables")
+    co = sub.add_parser("columns", help="what each printed and stored column means (name, meaning, unit)")
+    co.add_argument("--format", choices=["table", "csv", "json"], default="table")
     ex = sub.add_parser("export", help="write every table and view of the store as Parquet (read-only)")
     ex.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")
     ex.add_argument("--out", required=True, help="output directory (one <name>.parquet per table or view)")
@@ -381,6 +438,8 @@ COMMANDS = {
     "ls": cmd_ls,
     "sql": cmd_sql,
     "report": cmd_report,
+    "compare": cmd_compare,
+    "columns": cmd_columns,
     "export": cmd_export,
     "serve": cmd_serve,
     "deployments": cmd_deployments,

@@ -164,14 +164,15 @@ def score(
     ex: Example, prediction: str | None, hit_ids: Sequence[str], hit_titles: Sequence[str], retrieved: bool
 ) -> dict:
     """EM, F1 (official SQuAD normalisation, best over the golds) and recall@k of the gold
-    passages (None when the answer retrieved nothing) of one prediction; no prediction (an
-    error row) scores 0."""
+    passages of one prediction: ``recall`` None when the answer retrieved nothing,
+    ``recall_all`` 0 then (both None when the question names no gold passage); no prediction
+    (an error row) scores 0."""
+    recall = recall_at_k(list(hit_ids), list(hit_titles), ex.gold_passage_ids, ex.gold_titles)
     return {
         "em": 0.0 if prediction is None else exact_match(prediction, ex.answers),
         "f1": 0.0 if prediction is None else f1_score(prediction, ex.answers),
-        "recall": recall_at_k(list(hit_ids), list(hit_titles), ex.gold_passage_ids, ex.gold_titles)
-        if retrieved
-        else None,
+        "recall": recall if retrieved else None,
+        "recall_all": recall,  # no passage retrieved: 0 of the golds found
     }
 
 

@@ -38,14 +38,15 @@ CODE_PARTS: dict[str, tuple[str, ...]] = {
     # How a question becomes an answer: data readers (passages), retrieval, prompts, decoding,
     # answer extraction, passage experts, model loading.
     "answers": ("data", "retrieval", "indexing.py", "generation", "experts", "models"),
-    # How an answer becomes EM/F1/recall: a change re-scores stored answers, never re-answers.
-    "scores": ("metrics.py",),
+    # How an answer becomes EM/F1/recall and their intervals: a change re-scores stored answers,
+    # never re-answers.
+    "scores": ("metrics.py", "stats.py"),
     # Routing cells: policies, patching, measurements, the small MoE LM, and the QA path they score.
     "routing": ("routing", "moe_lm", "models", "data", "generation", "metrics.py"),
 }
 
 # Libraries whose version can change the numbers (a missing one counts as absent).
-LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "safetensors", "gguf", "tantivy", "bm25s", "numpy")
+LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "safetensors", "gguf", "tantivy", "bm25s", "numpy", "scipy")
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

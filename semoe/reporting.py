@@ -1,10 +1,13 @@
 """Run reports: what one run measured, as markdown and self-contained HTML with PNG plots.
 
-Every number comes from the store's views (``leaderboard``, ``accuracy_by_retrievals``,
-``cost_by_method``, ``routing_by_k``), so a report says exactly what SQL over the store
-says. Three questions: how accuracy moves with retrievals per question, how it moves with
-experts per token (routing runs), and what each method costs. Free of Prefect; the
-``evaluate`` flow attaches the same markdown as an artifact.
+Every number comes from the store's views (``leaderboard``, ``leaderboard_by_type``,
+``accuracy_by_retrievals``, ``cost_by_method``, ``routing_by_k``), so a report says exactly
+what SQL over the store says; the paired comparisons are computed from the run's
+per-question scores in ``predictions`` (``semoe.stats``). The questions: how accuracy moves
+with retrievals per question, per question type, whether one method's lead over another is
+more than noise, how accuracy moves with experts per token (routing runs), and what each
+method costs; a last section defines every column. Free of Prefect; the ``evaluate`` flow
+attaches the same markdown as an artifact.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from semoe.stats import paired_difference
+from semoe.storage.columns import column_rows
 from semoe.storage.results import ResultStore, StoreError
 from semoe.storage.views import open_current
 
@@ -30,7 +35,23 @@ LABELS = {
     "n": "n",
     "em": "EM",
     "f1": "F1",
-    "recall": "recall",
+    "em_lo": "EM lo",
+    "em_hi": "EM hi",
+    "f1_lo": "F1 lo",
+    "f1_hi": "F1 hi",
+    "recall_retrieved": "recall (retrieved)",
+    "recall_all": "recall (all)",
+    "question_type": "type",
+    "method_a": "A",
+    "method_b": "B",
+    "f1_diff": "F1 A−B",
+    "f1_diff_lo": "lo",
+    "f1_diff_hi": "hi",
+    "f1_p": "F1 p",
+    "em_diff": "EM A−B",
+    "em_diff_lo": "lo",
+    "em_diff_hi": "hi",
+    "em_p": "EM p",
     "retrievals": "retrievals",
     "retrievals_per_question": "retrievals/q",
     "seconds_per_question": "s/q",
@@ -58,10 +79,24 @@ LEADERBOARD_COLUMNS = (
     "method",
     "n",
     "em",
+    "em_lo",
+    "em_hi",
     "f1",
-    "recall",
+    "f1_lo",
+    "f1_hi",
+    "recall_retrieved",
+    "recall_all",
     "retrievals_per_question",
     "seconds_per_question",
+)
+BY_TYPE_COLUMNS = ("dataset", "question_type", "method", "n", "em", "em_lo", "em_hi", "f1", "f1_lo", "f1_hi")
+PAIRED_METRICS = ("f1", "em")
+PAIRED_COLUMNS = (
+    "dataset",
+    "method_a",
+    "method_b",
+    "n",
+    *(f"{m}_{part}" for m in PAIRED_METRICS for part in ("diff", "diff_lo", "diff_hi", "p")),
 )
 BY_RETRIEVALS_COLUMNS = ("dataset", "method", "retrievals", "n", "em", "f1")
 COST_COLUMNS = (
@@ -211,11 +246,84 @@ def _run_facts(store: ResultStore, run_id: str, routing_models: Sequence[str]) -
     return title, facts
 
 
+def paired_comparisons(store: ResultStore, run_id: str) -> list[dict]:
+    """Every pair of methods of ``run_id`` on each dataset, A before B in method order: on the
+    questions both answered (by example id), A's mean F1 and EM minus B's with a paired
+    bootstrap 95 % interval and a paired permutation p-value (``semoe.stats.paired_difference``),
+    rounded as the views round."""
+    rows = store.query(
+        "SELECT dataset, method, example_id, em, f1 FROM predictions WHERE run_id = ? ORDER BY dataset, method",
+        [run_id],
+    )
+    scores: dict[str, dict[str, dict[str, dict]]] = {}
+    for r in rows:
+        scores.setdefault(r["dataset"], {}).setdefault(r["method"], {})[r["example_id"]] = r
+    out = []
+    for dataset, by_method in scores.items():
+        methods = list(by_method)
+        for i, a in enumerate(methods):
+            for b in methods[i + 1 :]:
+                common = sorted(by_method[a].keys() & by_method[b].keys())
+                row = {"dataset": dataset, "method_a": a, "method_b": b, "n": len(common)}
+                for metric in PAIRED_METRICS:
+                    d = paired_difference(
+                        [by_method[a][q][metric] for q in common], [by_method[b][q][metric] for q in common]
+                    )
+                    row |= {
+                        f"{metric}_{part}": None if value is None else round(value, 4)
+                        for part, value in (
+                            ("diff", d.mean_diff),
+                            ("diff_lo", d.lo),
+                            ("diff_hi", d.hi),
+                            ("p", d.p_value),
+                        )
+                    }
+                out.append(row)
+    return out
+
+
+@dataclass
+class QATables:
+    """The QA analysis of one run: per method with intervals, per question type, paired."""
+
+    leaderboard: list[dict]
+    by_type: list[dict]
+    paired: list[dict]
+
+    @classmethod
+    def of(cls, store: ResultStore, run_id: str) -> "QATables":
+        where = "WHERE run_id = ? ORDER BY dataset, method"
+        return cls(
+            store.query(f"SELECT * FROM leaderboard {where}", [run_id]),
+            store.query(
+                "SELECT * FROM leaderboard_by_type WHERE run_id = ? ORDER BY dataset, question_type, method", [run_id]
+            ),
+            paired_comparisons(store, run_id),
+        )
+
+    def tables(self) -> dict[str, Table]:
+        """The three tables by name, with captions (the CLI's `semoe compare`, the report's sections)."""
+        return {
+            "leaderboard": Table(LEADERBOARD_COLUMNS, self.leaderboard, LEADERBOARD_CAPTION),
+            "by_type": Table(BY_TYPE_COLUMNS, self.by_type, BY_TYPE_CAPTION),
+            "paired": Table(PAIRED_COLUMNS, self.paired, PAIRED_CAPTION),
+        }
+
+
+LEADERBOARD_CAPTION = "Per method (the `leaderboard` view); lo/hi: percentile bootstrap 95 % interval over questions."
+BY_TYPE_CAPTION = "Per question type (the `leaderboard_by_type` view); lo/hi: bootstrap 95 % interval."
+PAIRED_CAPTION = (
+    "A minus B on the questions both answered: mean difference, paired bootstrap 95 % interval (lo, hi), "
+    "paired permutation test p-value (two-sided; not corrected for multiple comparisons)."
+)
+
+
 def build_report(store: ResultStore, run_id: str) -> Report:
     """Query the store's views for one run and draw the plots (in memory)."""
     run_id = resolve_run_id(store, run_id)
     where = "WHERE run_id = ? ORDER BY dataset, method"
-    board = store.query(f"SELECT * FROM leaderboard {where}", [run_id])
+    qa = QATables.of(store, run_id)
+    board = qa.leaderboard
     by_retrievals = store.query(f"SELECT * FROM accuracy_by_retrievals {where}, retrievals", [run_id])
     cost = store.query(f"SELECT * FROM cost_by_method {where}", [run_id])
     routing = store.query(
@@ -224,10 +332,11 @@ def build_report(store: ResultStore, run_id: str) -> Report:
     title, facts = _run_facts(store, run_id, list(dict.fromkeys(r["model"] for r in routing)))
     sections = [
         _accuracy_section(run_id, board, by_retrievals),
+        *_analysis_sections(qa),
         _routing_section(run_id, routing),
         _cost_section(run_id, cost),
     ]
-    return Report(run_id, title, facts, sections)
+    return Report(run_id, title, facts, sections + _columns_section(sections))
 
 
 def _accuracy_section(run_id: str, board: list[dict], by_retrievals: list[dict]) -> Section:
@@ -235,7 +344,7 @@ def _accuracy_section(run_id: str, board: list[dict], by_retrievals: list[dict])
     if not board:
         return Section(title, note=f"No predictions stored for run `{run_id}`.")
     tables = [
-        Table(LEADERBOARD_COLUMNS, board, "Per method (the `leaderboard` view)."),
+        Table(LEADERBOARD_COLUMNS, board, LEADERBOARD_CAPTION),
         Table(
             BY_RETRIEVALS_COLUMNS,
             by_retrievals,
@@ -243,6 +352,26 @@ def _accuracy_section(run_id: str, board: list[dict], by_retrievals: list[dict])
         ),
     ]
     return Section(title, tables, plot_accuracy_vs_retrievals(board, by_retrievals))
+
+
+def _analysis_sections(qa: QATables) -> list[Section]:
+    """Per question type and paired comparisons; none for a run without predictions."""
+    if not qa.leaderboard:
+        return []
+    tables = qa.tables()
+    by_type, paired = tables["by_type"], tables["paired"]
+    type_note = "" if qa.by_type else "The datasets of this run give no question types."
+    pair_note = "" if qa.paired else "One method per dataset: nothing to compare."
+    return [
+        Section("Accuracy by question type", [by_type] if qa.by_type else [], note=type_note),
+        Section("Paired comparisons", [paired] if qa.paired else [], note=pair_note),
+    ]
+
+
+def _columns_section(sections: Sequence[Section]) -> list[Section]:
+    """Definitions of the columns the report's tables show (``semoe.storage.columns``), if any."""
+    rows = column_rows({c for s in sections for t in s.tables for c in t.columns})
+    return [Section("Columns", [Table(("column", "meaning", "unit"), rows)])] if rows else []
 
 
 def _routing_section(run_id: str, routing: list[dict]) -> Section:
@@ -292,8 +421,9 @@ def _markers(keys: Sequence[str]) -> dict[str, str]:
 
 
 def plot_accuracy_vs_retrievals(board: list[dict], by_retrievals: list[dict]) -> Plot:
-    """One row per dataset, EM and F1 panels: each method's mean (large marker) at its mean
-    retrievals per question, and a line through its accuracy at each retrieval count."""
+    """One row per dataset, EM and F1 panels: each method's mean (large marker, with its
+    bootstrap 95 % interval) at its mean retrievals per question, and a line through its
+    accuracy at each retrieval count."""
     datasets = list(dict.fromkeys(r["dataset"] for r in board))
     methods = [r["method"] for r in board]
     colors, markers = _colors(methods), _markers(methods)
@@ -311,9 +441,12 @@ def plot_accuracy_vs_retrievals(board: list[dict], by_retrievals: list[dict]) ->
                     alpha=0.5,
                     color=colors[r["method"]],
                 )
-                ax.plot(
+                lo, hi = r[f"{metric}_lo"], r[f"{metric}_hi"]
+                ax.errorbar(  # the bootstrap 95 % interval, when there is one
                     r["retrievals_per_question"],
                     r[metric],
+                    yerr=None if lo is None else [[r[metric] - lo], [hi - r[metric]]],
+                    capsize=3,
                     linestyle="none",
                     marker=markers[r["method"]],
                     markersize=10,

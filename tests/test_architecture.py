@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
     {"generation"},
     {"models", "retrieval"},
     {"data", "storage", "metrics", "concurrency", "textfmt", "hashing"},
+    {"stats"},  # pure numpy/scipy: the store computes intervals with it
     {"registry"},
     {"config"},
     {""},  # the package's own __init__ (its version)

@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
+import scipy.stats
 
 from semoe.cli import main
 from semoe.config import SemoeConfig
@@ -28,11 +30,19 @@ ROUTING_RUN_ID = "fedcba9876543210"
 V4_VIEWS = ("leaderboard_latest", "accuracy_by_retrievals", "cost_by_method", "routing_by_layer")
 PASSAGES = [Passage(f"p{i}", f"Title {i}", f"Passage {i} text.") for i in range(1, 5)]
 EXPERT_BYTES = {"p1": 1000, "p2": 2000, "p3": 3000, "p4": 4000}
+TYPES = ("bridge", "comparison", "inference")  # question i has type TYPES[i % 3]
 
 
 def _examples(dataset: str) -> list[Example]:
     return [
-        Example(f"{dataset}-q{i}", f"Question {i}?", [f"answer {i}"], dataset, gold_passage_ids=[f"p{i % 4 + 1}"])
+        Example(
+            f"{dataset}-q{i}",
+            f"Question {i}?",
+            [f"answer {i}"],
+            dataset,
+            type=TYPES[i % 3],
+            gold_passage_ids=[f"p{i % 4 + 1}"],
+        )
         for i in range(6)
     ]
 
@@ -208,7 +218,7 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
     assert "![Accuracy vs retrievals per question](accuracy_vs_retrievals.png)" in md
     assert f"No routing data for run `{RUN_ID}`" in md  # not a routing run: plot skipped with a note
 
-    board, by_retrievals, cost = _md_tables(md)
+    board, by_retrievals, by_type, paired, cost, columns = _md_tables(md)
     con = duckdb.connect(store_path, read_only=True)
     expected = con.execute(
         "SELECT dataset, method, count(*), round(avg(em), 4), round(avg(f1), 4), round(avg(retrieval_count), 3),"
@@ -219,6 +229,8 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
     ).fetchall()
     con.close()
     assert len(board) == len(cost) == len(expected) == 8
+    assert len(by_type) == 8 * len(TYPES) and len(paired) == 2 * 6  # 4 methods: 6 pairs per dataset
+    assert {r["column"] for r in columns} >= {"em_lo, em_hi", "recall_all", "seconds_per_question"}
     for dataset, method, n, em, f1, retrievals, seconds, tokens in expected:
         row = next(r for r in board if (r["dataset"], r["method"]) == (dataset, method))
         assert (row["n"], float(row["EM"]), float(row["F1"])) == (str(n), em, f1)
@@ -238,8 +250,79 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
         assert int(c["expert bytes"]) == want, c
 
     html = written.paths["html"].read_text()
-    assert html.count("<table>") == 3 and html.count('src="data:image/png;base64,') == 2
+    assert html.count("<table>") == 6 and html.count('src="data:image/png;base64,') == 2
     assert "<th>F1</th>" in html and f"<td>{board[0]['F1']}</td>" in html
+
+
+def _scipy_interval(values) -> tuple[float, float]:
+    ci = scipy.stats.bootstrap(
+        (np.asarray(values, dtype=float),),
+        np.mean,
+        n_resamples=9999,
+        method="percentile",
+        random_state=np.random.default_rng(0),
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def test_leaderboard_intervals_equal_scipy_on_the_runs_per_question_scores(store_path):
+    store = ResultStore(store_path, read_only=True)
+    metrics = store.query("SELECT * FROM metrics WHERE run_id = ? ORDER BY dataset, method", [RUN_ID])
+    assert len(metrics) == 8
+    for m in metrics:
+        rows = store.query(
+            "SELECT em, f1, recall, recall_all FROM predictions WHERE run_id = ? AND dataset = ? AND method = ?"
+            " ORDER BY example_id",
+            [RUN_ID, m["dataset"], m["method"]],
+        )
+        for column, metric in (
+            ("em", "em"),
+            ("f1", "f1"),
+            ("recall", "recall_retrieved"),
+            ("recall_all", "recall_all"),
+        ):
+            values = [r[column] for r in rows if r[column] is not None]
+            want = _scipy_interval(values) if len(values) >= 2 else (None, None)
+            assert (m[f"{metric}_lo"], m[f"{metric}_hi"]) == want, (m["method"], metric)
+    # The view shows them rounded as it rounds the means.
+    view = store.query("SELECT * FROM leaderboard WHERE run_id = ? ORDER BY dataset, method", [RUN_ID])
+    assert [(v["em_lo"], v["f1_hi"]) for v in view] == [(round(m["em_lo"], 4), round(m["f1_hi"], 4)) for m in metrics]
+
+
+def _hand_em(method: str, i: int) -> float:
+    """EM of ``_output(method, i)``, from the rule that made it."""
+    return float(i % 2 == 0 if method != "dragin" else i % 4 == 0)
+
+
+def test_by_type_view_equals_a_hand_computation(store_path):
+    rows = ResultStore(store_path, read_only=True).query(
+        "SELECT * FROM leaderboard_by_type WHERE run_id = ? AND dataset = 'popqa'", [RUN_ID]
+    )
+    assert len(rows) == 4 * len(TYPES)
+    for r in rows:
+        questions = [i for i in range(6) if TYPES[i % 3] == r["question_type"]]
+        em = [_hand_em(r["method"], i) for i in questions]
+        assert (r["n"], r["em"]) == (2, round(sum(em) / 2, 4)), r
+        assert (r["em_lo"], r["em_hi"]) == tuple(round(x, 4) for x in _scipy_interval(em))
+
+
+def test_paired_comparison_of_two_methods_equals_brute_force(store_path):
+    """no-retrieval (right on even questions) against dragin (right on i % 4 == 0): the mean EM
+    difference 1/6 and its exact sign-flip p-value over all 2^6 flips."""
+    from itertools import product
+
+    from semoe.reporting import paired_comparisons
+
+    pairs = paired_comparisons(ResultStore(store_path, read_only=True), RUN_ID)
+    row = next(
+        r for r in pairs if r["dataset"] == "popqa" and {r["method_a"], r["method_b"]} == {"dragin", "no-retrieval"}
+    )
+    sign = 1 if row["method_a"] == "no-retrieval" else -1
+    d = [sign * (_hand_em("no-retrieval", i) - _hand_em("dragin", i)) for i in range(6)]
+    flips = [abs(sum(s * x for s, x in zip(signs, d))) for signs in product((1, -1), repeat=6)]
+    p = sum(f >= abs(sum(d)) - 1e-9 for f in flips) / len(flips)
+    assert (row["n"], row["em_diff"], row["em_p"]) == (6, round(sum(d) / 6, 4), round(p, 4))
+    assert (row["em_diff_lo"], row["em_diff_hi"]) == tuple(round(x, 4) for x in _scipy_interval(d))
 
 
 def test_routing_run_report_plots_accuracy_vs_experts(store_path, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeFloat
+from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
 
 from semoe.config.base import Section
 
@@ -31,13 +31,33 @@ class DatasetConfig(Section):
     hf_id: str | None = Field(None, description="HF hub dataset id (online users)")
     split: str = "validation"
     sample: int | None = Field(None, description="keep the first N examples (after shuffle); None or -1 = all")
+    sample_per_type: dict[str, PositiveInt] | None = Field(
+        None,
+        description="keep the first N examples of each listed question type (after shuffle), e.g. "
+        "{bridge: 100, comparison: 100}; other types are left out; not with `sample`",
+    )
     shuffle: bool = False
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _one_sampling(self) -> "DatasetConfig":
+        if self.sample_per_type is not None:
+            if self.sample not in (None, -1):
+                raise ValueError("give `sample` or `sample_per_type`, not both")
+            if not self.sample_per_type:
+                raise ValueError("sample_per_type must list at least one type")
+        return self
+
     @property
     def display_name(self) -> str:
         return self.label or self.name
+
+    def identity(self) -> dict:
+        d = super().identity()
+        if d.get("sample_per_type") is None:  # datasets sampled as before keep their hash
+            d.pop("sample_per_type", None)
+        return d
 
 
 class CorpusConfig(Section):

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -36,7 +37,8 @@ PREFLIGHT_PASSAGES = 1000
 
 
 def load_examples(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
-    """Load a dataset, then shuffle (seeded) and keep the first ``sample`` as DRAGIN/PRAG do."""
+    """Load a dataset, then shuffle (seeded) and keep the first ``sample`` as DRAGIN/PRAG do,
+    or the first ``sample_per_type[t]`` of each listed type ``t`` (``sample_by_type``)."""
     if cfg.sample is not None and cfg.sample != -1 and cfg.sample < 1:
         raise ConfigError(f"dataset {cfg.display_name!r}: sample must be a positive number, or -1/None for all")
     examples = list(DATASETS.get(cfg.name)(cfg, ctx))
@@ -51,7 +53,30 @@ def load_examples(cfg: DatasetConfig, ctx: DataContext) -> list[Example]:
         random.Random(cfg.seed).shuffle(examples)
     if cfg.sample not in (None, -1):
         examples = examples[: cfg.sample]
+    if cfg.sample_per_type is not None:
+        examples = sample_by_type(examples, cfg.sample_per_type, cfg.display_name)
     return examples
+
+
+def sample_by_type(examples: list[Example], wanted: dict[str, int], dataset: str) -> list[Example]:
+    """The first ``wanted[t]`` examples of each type ``t`` (``Example.type``), in their order;
+    types not in ``wanted`` are left out. A ``ConfigError`` naming every type that has fewer
+    examples than asked (and the types the dataset has), never a smaller sample."""
+    have = Counter(ex.type for ex in examples)
+    short = [f"{t!r}: {n} asked, {have[t]} present" for t, n in wanted.items() if have[t] < n]
+    if short:
+        present = ", ".join(f"{t or '(none)'!r}: {n}" for t, n in sorted(have.items()))
+        raise ConfigError(
+            f"dataset {dataset!r}: sample_per_type asks for more questions than it has: {'; '.join(short)}"
+            f" (its types: {present or 'none'})"
+        )
+    taken: Counter[str] = Counter()
+    out = []
+    for ex in examples:
+        if taken[ex.type] < wanted.get(ex.type, 0):
+            taken[ex.type] += 1
+            out.append(ex)
+    return out
 
 
 def iter_passages(cfg: CorpusConfig, ctx: DataContext, progress: str | None = None) -> "PassageStream":

@@ -20,7 +20,7 @@ from semoe.flows.lifecycle import run_lifecycle
 from semoe.flows.progress import Progress
 from semoe.flows.runners import runner_for, shared_cluster, with_runner
 from semoe.indexing import IndexInfo, describe_corpus, open_retriever, record_index
-from semoe.reporting import LEADERBOARD_COLUMNS, write_run_report
+from semoe.reporting import LEADERBOARD_COLUMNS, REPORT_FORMATS, write_run_report
 from semoe.storage.results import ResultStore
 from semoe.tasks.answering import answer_chunk_task, load_examples_task
 from semoe.tasks.experts import build_experts_task
@@ -103,7 +103,8 @@ def _publish_leaderboard(store: ResultStore, run_id: str) -> dict:
     create_markdown_artifact(
         report.artifact_markdown(), key="semoe-summary", description=f"report of run {run_id}: {report.paths['html']}"
     )
-    return {"run_id": run_id, "store": str(store.path), "leaderboard": board}
+    files = [str(report.paths[f]) for f in REPORT_FORMATS]
+    return {"run_id": run_id, "store": str(store.path), "leaderboard": board, "report": files}
 
 
 @flow(name="build_experts", log_prints=True)

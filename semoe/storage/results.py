@@ -96,7 +96,10 @@ class ResultStore:
         self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         if read_only:
             if not self.path.is_file():
-                raise StoreError(f"no results store at {self.path}; run `semoe run CONFIG` first")
+                raise StoreError(
+                    f"no results store at {self.path}: name the file with `--store PATH` (a config's `store.path`),"
+                    " or run `semoe run CONFIG` first"
+                )
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,22 +284,33 @@ class ResultStore:
                 con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM df")
 
     def compute_metrics(self, run_id: str) -> None:
-        """Aggregate a run's predictions into ``metrics`` (recomputed whole, idempotent)."""
+        """Aggregate a run's predictions into ``metrics`` (per dataset and method) and
+        ``metrics_by_type`` (per question type too; questions with a type, not NULL or ""), recomputed whole,
+        idempotent. Means in SQL; beside each mean its bootstrap interval (``semoe.stats``) over
+        the run's own per-question scores in example-id order, so a run that reused stored
+        answers gets the intervals of the answers as re-scored against its golds."""
+        rows = self.query(
+            "SELECT dataset, method, question_type, em, f1, recall, recall_all FROM predictions"
+            " WHERE run_id = ? ORDER BY dataset, method, example_id",
+            [run_id],
+        )
+        overall = _intervals(run_id, rows, METRICS_KEY)  # noqa: F841 (used by SQL)
+        by_type = _intervals(run_id, [r for r in rows if r["question_type"]], BY_TYPE_KEY)  # noqa: F841
         with self.connect() as con, transaction(con):
-            con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
-            con.execute(
-                """
-                INSERT INTO metrics BY NAME
-                SELECT run_id, dataset, method, count(*) AS n,
-                       avg(em) AS em, avg(f1) AS f1, avg(recall) AS recall,
-                       avg(retrieval_count) AS retrievals_per_question,
-                       avg(latency_s) AS seconds_per_question,
-                       count(error) AS errors, count(*) FILTER (WHERE truncated) AS truncated,
-                       now()::TIMESTAMP AS computed_at
-                FROM predictions WHERE run_id = ? GROUP BY run_id, dataset, method
-                """,
-                [run_id],
-            )
+            for table, key, extra, frame in (
+                ("metrics", METRICS_KEY, METRICS_ONLY, "overall"),
+                ("metrics_by_type", BY_TYPE_KEY, "", "by_type"),
+            ):
+                keys = ", ".join(key)
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+                con.execute(
+                    f"""INSERT INTO {table} BY NAME
+                    SELECT a.*, i.* EXCLUDE (run_id, {keys}) FROM (
+                        SELECT run_id, {keys}, {AGGREGATES}{extra}, now()::TIMESTAMP AS computed_at
+                        FROM predictions WHERE run_id = ? GROUP BY run_id, {keys}
+                    ) a JOIN {frame} i USING (run_id, {keys})""",
+                    [run_id],
+                )
 
     def leaderboard(self, run_id: str | None = None) -> list[dict]:
         where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
@@ -312,6 +326,41 @@ class ResultStore:
         """Run SQL and return a pyarrow Table (for the CLI's formatted output)."""
         with self.connect() as con:
             return con.sql(sql).to_arrow_table()
+
+
+# Per-question score column → the metric its mean is stored as (``semoe.storage.columns``).
+SCORED = {"em": "em", "f1": "f1", "recall": "recall_retrieved", "recall_all": "recall_all"}
+AGGREGATES = (
+    "count(*) AS n, avg(em) AS em, avg(f1) AS f1, avg(recall) AS recall_retrieved,"
+    " avg(recall_all) AS recall_all, count(error) AS errors"
+)
+METRICS_ONLY = (
+    ", avg(retrieval_count) AS retrievals_per_question, avg(latency_s) AS seconds_per_question,"
+    " count(*) FILTER (WHERE truncated) AS truncated"
+)
+METRICS_KEY = ("dataset", "method")
+BY_TYPE_KEY = ("dataset", "method", "question_type")  # the inner join with the intervals keeps typed rows
+
+
+def _intervals(run_id: str, rows: Sequence[dict], key: Sequence[str]):
+    """A polars frame: per group of ``rows`` (per-question scores, ordered) by ``key``, the
+    bootstrap interval (``<metric>_lo``, ``<metric>_hi``) of each mean in ``SCORED``."""
+    import polars as pl
+
+    from semoe.stats import bootstrap_interval
+
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in key), []).append(row)
+    out = []
+    for values, members in groups.items():
+        record = {"run_id": run_id, **dict(zip(key, values))}
+        for column, metric in SCORED.items():
+            interval = bootstrap_interval([m[column] for m in members])
+            record |= {f"{metric}_lo": interval.lo, f"{metric}_hi": interval.hi}
+        out.append(record)
+    bounds = {f"{m}_{end}": pl.Float64 for m in SCORED.values() for end in ("lo", "hi")}
+    return pl.DataFrame(out, schema={"run_id": pl.String, **{k: pl.String for k in key}, **bounds})
 
 
 def _dicts(cursor) -> list[dict]:

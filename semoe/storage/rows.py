@@ -116,6 +116,7 @@ class PredictionRow(Row):
     base_model: str | None
     expert_rank: int | None
     expert_targets: list[str] | None
+    recall_all: float | None  # recall counting no retrieval as 0 (``evaluation.score``)
 
 
 @dataclass(**_ROW)
@@ -135,7 +136,8 @@ class RetrievalRow(Row):
 
 @dataclass(**_ROW)
 class MetricRow(Row):
-    """Written by ``ResultStore.compute_metrics`` in SQL; the class keeps the columns typed."""
+    """Written by ``ResultStore.compute_metrics`` (means in SQL, intervals by ``semoe.stats``);
+    the class keeps the columns typed. ``semoe.storage.columns`` says what each one means."""
 
     TABLE: ClassVar[str] = "metrics"
     run_id: str
@@ -144,12 +146,47 @@ class MetricRow(Row):
     n: int | None
     em: float | None
     f1: float | None
-    recall: float | None
+    recall_retrieved: float | None
     retrievals_per_question: float | None
     seconds_per_question: float | None
     computed_at: datetime | None
     errors: int | None
     truncated: int | None
+    recall_all: float | None
+    em_lo: float | None
+    em_hi: float | None
+    f1_lo: float | None
+    f1_hi: float | None
+    recall_retrieved_lo: float | None
+    recall_retrieved_hi: float | None
+    recall_all_lo: float | None
+    recall_all_hi: float | None
+
+
+@dataclass(**_ROW)
+class MetricByTypeRow(Row):
+    """The ``metrics`` of one question type (questions with a type only); written with them."""
+
+    TABLE: ClassVar[str] = "metrics_by_type"
+    run_id: str
+    dataset: str
+    method: str
+    question_type: str
+    n: int | None
+    em: float | None
+    f1: float | None
+    recall_retrieved: float | None
+    recall_all: float | None
+    errors: int | None
+    em_lo: float | None
+    em_hi: float | None
+    f1_lo: float | None
+    f1_hi: float | None
+    recall_retrieved_lo: float | None
+    recall_retrieved_hi: float | None
+    recall_all_lo: float | None
+    recall_all_hi: float | None
+    computed_at: datetime | None
 
 
 @dataclass(**_ROW)
@@ -303,6 +340,7 @@ ROWS: dict[str, type[Row]] = {
         PredictionRow,
         RetrievalRow,
         MetricRow,
+        MetricByTypeRow,
         IndexRow,
         TriggerEventRow,
         ExpertRow,

@@ -418,7 +418,80 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
-        # 7 and 8 are other branches' migrations; this one only adds columns and rebuilds its view.
+        8,
+        [
+            # Analysis: recall named by what it averages, bootstrap
+            # intervals, scores per question type (semoe.storage.columns defines every column).
+            # A prediction's recall counting no retrieval as 0 (NULL without gold passages; NULL
+            # for answers scored before: whether their question had gold passages is not stored).
+            "ALTER TABLE predictions ADD COLUMN recall_all DOUBLE",
+            "DROP VIEW leaderboard_latest",
+            "DROP VIEW leaderboard",
+            # The old average keeps its value under a name that says what it averages.
+            "ALTER TABLE metrics RENAME COLUMN recall TO recall_retrieved",
+            "ALTER TABLE metrics ADD COLUMN recall_all DOUBLE",
+            *(
+                f"ALTER TABLE metrics ADD COLUMN {m}_{end} DOUBLE"
+                for m in ("em", "f1", "recall_retrieved", "recall_all")
+                for end in ("lo", "hi")
+            ),
+            """CREATE TABLE metrics_by_type (
+                run_id VARCHAR NOT NULL,
+                dataset VARCHAR NOT NULL,
+                method VARCHAR NOT NULL,
+                question_type VARCHAR NOT NULL,
+                n BIGINT,
+                em DOUBLE,
+                f1 DOUBLE,
+                recall_retrieved DOUBLE,
+                recall_all DOUBLE,
+                errors BIGINT,
+                em_lo DOUBLE,
+                em_hi DOUBLE,
+                f1_lo DOUBLE,
+                f1_hi DOUBLE,
+                recall_retrieved_lo DOUBLE,
+                recall_retrieved_hi DOUBLE,
+                recall_all_lo DOUBLE,
+                recall_all_hi DOUBLE,
+                computed_at TIMESTAMP,
+                PRIMARY KEY (run_id, dataset, method, question_type)
+            )""",
+            """CREATE VIEW leaderboard AS
+                SELECT m.run_id, r.name AS run_name, m.dataset, m.method, m.n,
+                       round(m.em, 4) AS em, round(m.em_lo, 4) AS em_lo, round(m.em_hi, 4) AS em_hi,
+                       round(m.f1, 4) AS f1, round(m.f1_lo, 4) AS f1_lo, round(m.f1_hi, 4) AS f1_hi,
+                       round(m.recall_retrieved, 4) AS recall_retrieved,
+                       round(m.recall_retrieved_lo, 4) AS recall_retrieved_lo,
+                       round(m.recall_retrieved_hi, 4) AS recall_retrieved_hi,
+                       round(m.recall_all, 4) AS recall_all,
+                       round(m.recall_all_lo, 4) AS recall_all_lo, round(m.recall_all_hi, 4) AS recall_all_hi,
+                       round(m.retrievals_per_question, 3) AS retrievals_per_question,
+                       round(m.seconds_per_question, 3) AS seconds_per_question,
+                       m.errors, m.truncated,
+                       r.status, r.finished_at
+                FROM metrics m JOIN runs r USING (run_id)""",
+            """CREATE VIEW leaderboard_latest AS
+                WITH latest AS (
+                    SELECT run_id, config_hash, code_version FROM runs WHERE status = 'finished'
+                    QUALIFY row_number() OVER (
+                        PARTITION BY config_hash ORDER BY finished_at DESC NULLS LAST, started_at DESC, run_id) = 1
+                )
+                SELECT l.dataset, l.method, l.run_name, latest.config_hash, l.run_id, latest.code_version,
+                       l.n, l.em, l.em_lo, l.em_hi, l.f1, l.f1_lo, l.f1_hi,
+                       l.recall_retrieved, l.recall_all, l.retrievals_per_question, l.seconds_per_question,
+                       l.errors, l.truncated, l.finished_at
+                FROM leaderboard l JOIN latest USING (run_id)""",
+            """CREATE VIEW leaderboard_by_type AS
+                SELECT m.run_id, r.name AS run_name, m.dataset, m.method, m.question_type, m.n,
+                       round(m.em, 4) AS em, round(m.em_lo, 4) AS em_lo, round(m.em_hi, 4) AS em_hi,
+                       round(m.f1, 4) AS f1, round(m.f1_lo, 4) AS f1_lo, round(m.f1_hi, 4) AS f1_hi,
+                       round(m.recall_retrieved, 4) AS recall_retrieved, round(m.recall_all, 4) AS recall_all,
+                       m.errors, r.status, r.finished_at
+                FROM metrics_by_type m JOIN runs r USING (run_id)""",
+        ],
+    ),
+    (
         9,
         [
             # The QA method of a routing cell (routing.qa.method), its retrieval rate and speed.

@@ -320,7 +320,7 @@ CASES = [
         "sql-store-missing",
         "`semoe sql` on a store that does not exist",
         lambda t: ["sql", "select 1", "--store", str(t / "missing.duckdb")],
-        ("no results store at",),
+        ("no results store at", "`--store PATH`"),
     ),
     Case(
         "corpus-tsv-row-malformed",
