@@ -35,7 +35,7 @@ LAYERS: list[set[str]] = [
     {"generation"},
     {"models", "retrieval"},
     {"data", "storage", "metrics", "concurrency", "textfmt", "hashing"},
-    {"registry"},
+    {"registry", "progress"},
     {"config"},
     {""},  # the package's own __init__ (its version)
 ]
