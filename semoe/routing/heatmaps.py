@@ -10,7 +10,7 @@ from typing import Sequence
 
 HEATMAP_DPI = 100
 # Figure size in inches: grows with the matrix, within bounds, so 8 or 64 experts stay legible.
-_MIN_W, _MAX_W, _MIN_H, _MAX_H = 4.8, 14.0, 2.6, 10.0
+_MIN_W, _MAX_W, _MIN_H, _MAX_H = 4.8, 14.0, 3.2, 10.0
 
 
 def cell_title(model: str, policy: str, setting: str, mode: str) -> str:
@@ -52,7 +52,7 @@ def heatmap_figure(counts: Sequence[Sequence[float]], title: str):
     ax.set_ylabel("MoE layer")
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(integer=True))
-    fig.colorbar(image, ax=ax, label="share of the layer's activations (%)")
+    fig.colorbar(image, ax=ax, label="share of the layer's activations, %")
     ax.set_title(title, fontsize=9)
     return fig
 
