@@ -456,17 +456,16 @@ def plot_accuracy_vs_experts(routing: list[dict]) -> Plot:
                     continue
                 xs, ys = [p["experts_per_token"] for p in points], [p[metric] for p in points]
                 ax.plot(xs, ys, "-o", color=colors[series], label=series)
+                settings: dict[tuple, list[str]] = {}  # points that coincide share one stacked label
                 for p in points:
-                    ax.annotate(
-                        p["setting"] or "",
-                        (p["experts_per_token"], p[metric]),
-                        fontsize=7,
-                        textcoords="offset points",
-                        xytext=(3, 3),
-                    )
+                    settings.setdefault((p["experts_per_token"], p[metric]), []).append(p["setting"] or "")
+                for xy, words in settings.items():
+                    ax.annotate("\n".join(words), xy, fontsize=7, textcoords="offset points", xytext=(3, 3))
             if ax.has_data():
                 ax.legend(fontsize=7, loc="best")
             else:
+                ax.set_xticks([])
+                ax.set_yticks([])
                 ax.text(
                     0.5,
                     0.5,
