@@ -38,7 +38,14 @@ class RateMeter:
         every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.label, self.total, self.unit, self.emit, self.every_s, self.clock = label, total, unit, emit, every_s, clock
+        self.label, self.total, self.unit, self.emit, self.every_s, self.clock = (
+            label,
+            total,
+            unit,
+            emit,
+            every_s,
+            clock,
+        )
         self.done = 0.0
         self.started = self._last = clock()
         self._completed = False

@@ -313,9 +313,10 @@ def test_routing_only_report_embeds_heatmaps_and_explains_blank_cells(tmp_path):
     assert "retrievals" not in md and "Cost per method" not in md and "No predictions" not in md
     heatmaps = [p for p in report.plots if p.name.startswith("heatmap-")]
     assert len(heatmaps) == 6 and "heatmap-olmoe-tiny__bh-alpha-0.05-softmax__patch" in written.paths
-    assert written.paths["heatmap-olmoe-tiny__bh-alpha-0.05-softmax__patch"].read_bytes() == (
-        heat / "olmoe-tiny__bh-alpha-0.05-softmax__patch.png"
-    ).read_bytes()
+    assert (
+        written.paths["heatmap-olmoe-tiny__bh-alpha-0.05-softmax__patch"].read_bytes()
+        == (heat / "olmoe-tiny__bh-alpha-0.05-softmax__patch.png").read_bytes()
+    )
     assert "![Expert heatmap: moe-lm-gru · bh (alpha=0.1 softmax) · patch mode]" in md
     assert f"Heatmap files not found (moved or deleted): {heat / 'gone.png'}" in md
     html = written.paths["html"].read_text()
