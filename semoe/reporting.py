@@ -139,6 +139,7 @@ class Table:
     columns: Sequence[str]
     rows: list[dict]
     caption: str = ""
+    notes: list[str] = field(default_factory=list)  # footnotes, cited in cells as [1], [2], ...
 
     def cells(self) -> list[list[str]]:
         return [[format_value(r[c]) for c in self.columns] for r in self.rows]
@@ -164,6 +165,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     plot: Plot | None = None
     note: str = ""
+    figures: list[Plot] = field(default_factory=list)  # more images after the tables (routing heatmaps)
 
 
 @dataclass
@@ -175,7 +177,7 @@ class Report:
 
     @property
     def plots(self) -> list[Plot]:
-        return [s.plot for s in self.sections if s.plot is not None]
+        return [p for s in self.sections for p in ([s.plot] if s.plot is not None else []) + s.figures]
 
 
 def format_value(v) -> str:
@@ -326,16 +328,23 @@ def build_report(store: ResultStore, run_id: str) -> Report:
     board = qa.leaderboard
     by_retrievals = store.query(f"SELECT * FROM accuracy_by_retrievals {where}, retrievals", [run_id])
     cost = store.query(f"SELECT * FROM cost_by_method {where}", [run_id])
-    routing = store.query(
-        "SELECT * FROM routing_by_k WHERE run_id = ? ORDER BY model, policy, mode, experts_per_token", [run_id]
+    routing = store.query(  # the view's numbers, with the cells' notes and params beside them
+        "SELECT v.*, r.qa_note, r.qa_dataset, r.policy_params FROM routing_by_k v"
+        " JOIN routing_runs r USING (run_id, model, policy_key, mode)"
+        " WHERE v.run_id = ? ORDER BY model, policy, mode, experts_per_token",
+        [run_id],
     )
     title, facts = _run_facts(store, run_id, list(dict.fromkeys(r["model"] for r in routing)))
-    sections = [
-        _accuracy_section(run_id, board, by_retrievals),
-        *_analysis_sections(qa),
-        _routing_section(run_id, routing),
-        _cost_section(run_id, cost),
-    ]
+    # A section only where the run has its rows: a routing-only or QA-only run shows no empty section.
+    sections = []
+    if board:
+        sections += [_accuracy_section(run_id, board, by_retrievals), *_analysis_sections(qa)]
+    if routing:
+        sections.append(_routing_section(run_id, routing))
+    if cost:
+        sections.append(_cost_section(run_id, cost))
+    if not sections:
+        sections = [Section("Results", note=f"No predictions or routing data stored for run `{run_id}`.")]
     return Report(run_id, title, facts, sections + _columns_section(sections))
 
 
@@ -374,12 +383,97 @@ def _columns_section(sections: Sequence[Section]) -> list[Section]:
     return [Section("Columns", [Table(("column", "meaning", "unit"), rows)])] if rows else []
 
 
+QA_NOT_CONFIGURED = "QA not measured: the routing config has no `routing.qa` section."
+# Verified on BHPolicy.route over random router logits (m = 4, 8, 64; min_k 1 and 2; two temperatures).
+BH_SOFTMAX_NOTE = (
+    "Same routing for every α: with softmax p-values (p = 1 − router probability, `semoe/routing/policies/bh.py`) "
+    "the probabilities sum to 1, so the i-th largest is at most 1/i, and p_(i) ≤ i·α/m can hold for some i ≥ 2 "
+    "only when α ≥ 1 − 1/m (m experts per layer). Below that BH rejects at most the top expert, the min_k floor "
+    "sets k = min_k for every token, and the routing is top-min_k whatever α; only floor_rate moves with α. "
+    "`p_values: calibrated` (an empirical null per layer) is the variant where α selects experts."
+)
+
+
+def _bh_alpha_insensitive(routing: list[dict]) -> set[int]:
+    """Rows of BH with softmax p-values whose α varies while perplexity and experts per token
+    do not (same model, mode and other params)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(routing):
+        params = json.loads(r.get("policy_params") or "{}")
+        if r["policy"] != "bh" or params.get("p_values", "softmax") != "softmax":
+            continue
+        rest = json.dumps({k: v for k, v in params.items() if k != "alpha"}, sort_keys=True)
+        groups.setdefault((r["model"], r["mode"], rest), []).append(i)
+    flagged: set[int] = set()
+    for rows in groups.values():
+        alphas = {json.loads(routing[i]["policy_params"]).get("alpha") for i in rows}
+        outcomes = {(routing[i]["perplexity"], routing[i]["experts_per_token"]) for i in rows}
+        if len(alphas) > 1 and len(outcomes) == 1:
+            flagged.update(rows)
+    return flagged
+
+
+def routing_table(routing: list[dict]) -> Table:
+    """The ``routing_by_k`` rows with a footnote wherever a cell needs one: a blank QA EM/F1
+    cites its ``qa_note`` (why QA does not apply to that model); BH rows whose softmax
+    p-values make α irrelevant cite :data:`BH_SOFTMAX_NOTE`. Without any QA in the run the QA
+    columns are left out and the caption says why."""
+    notes: list[str] = []
+
+    def cite(text: str) -> str:
+        if text not in notes:
+            notes.append(text)
+        return f"[{notes.index(text) + 1}]"
+
+    measured_qa = any(r.get("qa_dataset") for r in routing)
+    columns = [c for c in ROUTING_COLUMNS if measured_qa or c not in ("qa_em", "qa_f1")]
+    caption = "Per routing policy (the `routing_by_k` view)." + ("" if measured_qa else " " + QA_NOT_CONFIGURED)
+    bh_flat = _bh_alpha_insensitive(routing)
+    rows = []
+    for i, r in enumerate(routing):
+        row = dict(r)
+        if measured_qa and r["qa_em"] is None:
+            mark = cite(r.get("qa_note") or QA_NOT_CONFIGURED)
+            row["qa_em"] = row["qa_f1"] = f"n/a {mark}"
+        if i in bh_flat:
+            row["setting"] = f"{r['setting'] or ''} {cite(BH_SOFTMAX_NOTE)}".strip()
+        rows.append(row)
+    return Table(columns, rows, caption, notes)
+
+
+def _heatmaps(routing: list[dict]) -> tuple[list[Plot], list[str]]:
+    """The cells' expert heatmaps (PNG files the routing flow wrote), and the paths not found."""
+    plots: list[Plot] = []
+    missing: list[str] = []
+    for r in routing:
+        path = r.get("heatmap_path")
+        if not path:
+            continue
+        try:
+            png = Path(path).read_bytes()
+        except OSError:
+            missing.append(path)
+            continue
+        name, n = f"heatmap-{Path(path).stem}", 1
+        while any(p.name == name for p in plots):  # copied cells keep their own run's file names
+            n += 1
+            name = f"heatmap-{Path(path).stem}-{n}"
+        setting = f" ({r['setting']})" if r["setting"] else ""
+        title = f"Expert heatmap: {r['model']} · {r['policy_label'] or r['policy']}{setting} · {r['mode']} mode"
+        plots.append(Plot(name, title, png))
+    return plots, missing
+
+
 def _routing_section(run_id: str, routing: list[dict]) -> Section:
-    title = "Accuracy vs experts per token"
-    if not routing:
-        return Section(title, note=f"No routing data for run `{run_id}` (not a routing run): plot skipped.")
-    table = Table(ROUTING_COLUMNS, routing, "Per routing policy (the `routing_by_k` view).")
-    return Section(title, [table], plot_accuracy_vs_experts(routing))
+    heatmaps, missing = _heatmaps(routing)
+    note = f"Heatmap files not found (moved or deleted): {', '.join(missing)}." if missing else ""
+    return Section(
+        "Accuracy vs experts per token",
+        [routing_table(routing)],
+        plot_accuracy_vs_experts(routing),
+        note=note,
+        figures=heatmaps,
+    )
 
 
 def _cost_section(run_id: str, cost: list[dict]) -> Section:
@@ -466,35 +560,60 @@ def plot_accuracy_vs_retrievals(board: list[dict], by_retrievals: list[dict]) ->
 
 
 def plot_accuracy_vs_experts(routing: list[dict]) -> Plot:
-    """Perplexity (and QA F1 where measured) against experts per token, one line per
-    (model, policy, mode), points labelled with their setting."""
+    """Perplexity (and QA F1 where measured) against experts per token: one panel per model,
+    a line per (policy, mode); with one model, one panel per policy, a line per mode. Points
+    are labelled with their setting; at most three panels a row, a legend in each panel."""
     has_qa = any(r["qa_f1"] is not None for r in routing)
     metrics = ["perplexity", "qa_f1"] if has_qa else ["perplexity"]
-    series_of = lambda r: f"{r['model']} {r['policy']} ({r['mode']})"  # noqa: E731
+    if len(dict.fromkeys(r["model"] for r in routing)) > 1:
+        panel_of, series_of = (lambda r: r["model"]), (lambda r: f"{r['policy']} ({r['mode']})")
+    else:
+        panel_of, series_of = (lambda r: f"{r['model']} {r['policy']}"), (lambda r: f"{r['mode']} mode")
+    panels = list(dict.fromkeys(panel_of(r) for r in routing))
     colors = _colors([series_of(r) for r in routing])
-    fig, axes = _figure(len(metrics))
-    for ax, metric in zip(axes[0], metrics):
-        for series, color in colors.items():
-            points = sorted(
-                (r for r in routing if series_of(r) == series and None not in (r[metric], r["experts_per_token"])),
-                key=lambda r: r["experts_per_token"],
-            )
-            ax.plot(
-                [p["experts_per_token"] for p in points], [p[metric] for p in points], "-o", color=color, label=series
-            )
-            for p in points:
-                ax.annotate(
-                    p["setting"] or "",
-                    (p["experts_per_token"], p[metric]),
-                    fontsize=7,
-                    textcoords="offset points",
-                    xytext=(3, 3),
+    ncols = min(3, len(panels))
+    per_metric = -(-len(panels) // ncols)
+    fig, axes = _figure(ncols, per_metric * len(metrics))
+    flat = [ax for row in axes for ax in row]
+    for m, metric in enumerate(metrics):
+        for j, panel in enumerate(panels):
+            ax = flat[m * per_metric * ncols + j]
+            mine = [r for r in routing if panel_of(r) == panel]
+            for series in dict.fromkeys(series_of(r) for r in mine):
+                points = sorted(
+                    (r for r in mine if series_of(r) == series and None not in (r[metric], r["experts_per_token"])),
+                    key=lambda r: r["experts_per_token"],
                 )
-        ax.set_xlabel("experts per token")
-        ax.set_ylabel(LABELS.get(metric, metric))
-        ax.margins(0.12)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="best")
+                if not points:
+                    continue
+                xs, ys = [p["experts_per_token"] for p in points], [p[metric] for p in points]
+                ax.plot(xs, ys, "-o", color=colors[series], label=series)
+                settings: dict[tuple, list[str]] = {}  # points that coincide share one stacked label
+                for p in points:
+                    settings.setdefault((p["experts_per_token"], p[metric]), []).append(p["setting"] or "")
+                for xy, words in settings.items():
+                    ax.annotate("\n".join(words), xy, fontsize=7, textcoords="offset points", xytext=(3, 3))
+            if ax.has_data():
+                ax.legend(fontsize=7, loc="best")
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no {LABELS.get(metric, metric)} measured",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="gray",
+                )
+            ax.set_title(f"{panel}: {LABELS.get(metric, metric)}", fontsize=10)
+            ax.set_xlabel("experts per token")
+            ax.set_ylabel(LABELS.get(metric, metric))
+            ax.margins(0.12)
+            ax.grid(alpha=0.3)
+        for ax in flat[m * per_metric * ncols + len(panels) : (m + 1) * per_metric * ncols]:
+            ax.set_visible(False)
     return Plot("accuracy_vs_experts", "Accuracy vs experts per token", _png(fig))
 
 
@@ -549,7 +668,15 @@ def _md_table(table: Table) -> list[str]:
     lines.append("| " + " | ".join(LABELS.get(c, c) for c in table.columns) + " |")
     lines.append("|" + "---|" * len(table.columns))
     lines.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.cells())
+    if table.notes:
+        lines.append("")
+        lines.extend(f"[{i}] {note}  " for i, note in enumerate(table.notes, 1))
     return lines + [""]
+
+
+def _md_image(plot: Plot, inline: bool) -> list[str]:
+    inline = inline and len(plot.png) <= ARTIFACT_IMAGE_MAX_BYTES
+    return [f"![{plot.title}]({plot.data_uri() if inline else plot.filename})", ""]
 
 
 def to_markdown(report: Report, inline_images: bool = False) -> str:
@@ -563,11 +690,11 @@ def to_markdown(report: Report, inline_images: bool = False) -> str:
         if section.note:
             lines.extend([section.note, ""])
         if section.plot is not None:
-            plot = section.plot
-            inline = inline_images and len(plot.png) <= ARTIFACT_IMAGE_MAX_BYTES
-            lines.extend([f"![{plot.title}]({plot.data_uri() if inline else plot.filename})", ""])
+            lines.extend(_md_image(section.plot, inline_images))
         for table in section.tables:
             lines.extend(_md_table(table))
+        for figure in section.figures:
+            lines.extend(_md_image(figure, inline_images))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -604,6 +731,10 @@ def to_html(report: Report) -> str:
             body = "".join(f"<tr>{r}</tr>" for r in rows)
             caption = f"<caption>{e(table.caption)}</caption>" if table.caption else ""
             parts.append(f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            parts.extend(f'<p class="note">[{i}] {e(note)}</p>' for i, note in enumerate(table.notes, 1))
+        for figure in section.figures:
+            parts.append(f'<figure><img alt="{e(figure.title)}" src="{figure.data_uri()}">')
+            parts.append(f"<figcaption>{e(figure.title)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

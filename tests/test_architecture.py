@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"models", "retrieval"},
     {"data", "storage", "metrics", "concurrency", "textfmt", "hashing"},
     {"stats"},  # pure numpy/scipy: the store computes intervals with it
-    {"registry"},
+    {"registry", "progress"},
     {"config"},
     {""},  # the package's own __init__ (its version)
 ]

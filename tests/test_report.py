@@ -19,7 +19,15 @@ from semoe.config import SemoeConfig
 from semoe.data.schema import Example, Passage
 from semoe.evaluation import expert_use, to_rows
 from semoe.generation.base import MethodOutput, RetrievalStep
-from semoe.reporting import UnknownRunError, build_report, to_markdown, write_run_report
+from semoe.reporting import (
+    BH_SOFTMAX_NOTE,
+    QA_NOT_CONFIGURED,
+    UnknownRunError,
+    build_report,
+    routing_table,
+    to_markdown,
+    write_run_report,
+)
 from semoe.retrieval.base import Hit
 from semoe.storage.results import ResultStore, StoreError, migrate
 from semoe.storage.schema import MIGRATIONS
@@ -216,7 +224,7 @@ def test_report_files_plots_and_numbers_match_sql(store_path, tmp_path):
     assert not list((tmp_path / "out").glob(".*tmp"))
     md = written.paths["md"].read_text()
     assert "![Accuracy vs retrievals per question](accuracy_vs_retrievals.png)" in md
-    assert f"No routing data for run `{RUN_ID}`" in md  # not a routing run: plot skipped with a note
+    assert "Accuracy vs experts per token" not in md  # not a routing run: no empty routing section
 
     board, by_retrievals, by_type, paired, cost, columns = _md_tables(md)
     con = duckdb.connect(store_path, read_only=True)
@@ -337,8 +345,90 @@ def test_routing_run_report_plots_accuracy_vs_experts(store_path, tmp_path):
         ("k=1", "1", "30", "0.2"),
         ("k=2", "2", "20", "0.3"),
     ]
-    assert md.count("No predictions stored") == 2
+    assert "No predictions stored" not in md and "retrievals" not in md and "Cost per method" not in md
     assert "- **routed models**: tiny-moe" in md and "methods" not in md
+
+
+def _bh_row(model: str, alpha: float, p_values: str, ppl: float, qa_f1: float | None, heatmap: str | None) -> dict:
+    params = {"alpha": alpha, "p_values": p_values, "min_k": 1, "max_k": None, "temperature": 1.0, "null": None}
+    setting = f"alpha={alpha} {p_values}"
+    return _routing_row("bh", setting, None, 1.0, ppl, qa_f1) | {
+        "run_id": "routing-notes",
+        "model": model,
+        "policy_key": f"bh-{p_values}-{alpha}",
+        "policy_label": "bh",
+        "policy_params": json.dumps(params),
+        "qa_note": None if qa_f1 is not None else "byte-level base LM: EM/F1 would score prompt-following",
+        "heatmap_path": heatmap,
+    }
+
+
+def test_routing_only_report_embeds_heatmaps_and_explains_blank_cells(tmp_path):
+    """A routing-only run: no QA section, the cells' heatmaps embedded, a blank QA EM/F1 cites the
+    row's qa_note, BH rows with softmax p-values identical across α cite why; calibrated ones and
+    a single α do not."""
+    from semoe.routing.heatmaps import write_heatmap_png
+
+    path = str(tmp_path / "results.duckdb")
+    store = ResultStore(path)
+    store.start_run("routing-notes", "routing-notes", "c", "test", "{}")
+    heat = tmp_path / "routing-heatmaps"
+    heat.mkdir()
+
+    def heatmap(name: str) -> str:
+        return str(write_heatmap_png(heat / name, [[1, 2, 3, 4], [4, 3, 2, 1]], name))
+
+    rows = [
+        _bh_row(model, alpha, p_values, ppl, qa, heatmap(f"{model}__bh-alpha-{alpha}-{p_values}__patch.png"))
+        for model, qa in (("olmoe-tiny", 0.4), ("moe-lm-gru", None))
+        for alpha, p_values, ppl in ((0.05, "softmax", 25.0), (0.1, "softmax", 25.0), (0.05, "calibrated", 21.0))
+    ]
+    rows += [  # calibrated with another α that happens to score the same; a heatmap moved away
+        _bh_row("olmoe-tiny", 0.2, "calibrated", 21.0, 0.4, str(heat / "gone.png")),
+    ]
+    store.write_rows("routing_runs", rows)
+    store.finish_run("routing-notes")
+
+    written = write_run_report(path, "routing-notes", out_dir=tmp_path / "out")
+    report = written.report
+    assert [s.title for s in report.sections] == ["Accuracy vs experts per token"]
+    md = written.paths["md"].read_text()
+    assert "retrievals" not in md and "Cost per method" not in md and "No predictions" not in md
+    heatmaps = [p for p in report.plots if p.name.startswith("heatmap-")]
+    assert len(heatmaps) == 6 and "heatmap-olmoe-tiny__bh-alpha-0.05-softmax__patch" in written.paths
+    assert (
+        written.paths["heatmap-olmoe-tiny__bh-alpha-0.05-softmax__patch"].read_bytes()
+        == (heat / "olmoe-tiny__bh-alpha-0.05-softmax__patch.png").read_bytes()
+    )
+    assert "![Expert heatmap: moe-lm-gru · bh (alpha=0.1 softmax) · patch mode]" in md
+    assert f"Heatmap files not found (moved or deleted): {heat / 'gone.png'}" in md
+    html = written.paths["html"].read_text()
+    assert html.count('src="data:image/png;base64,') == 1 + 6
+
+    (table,) = _md_tables(md)
+    notes = dict(re.findall(r"^\[(\d+)\] (.+?)\s*$", md, flags=re.M))
+    by_cell = {(r["model"], r["setting"].split(" [")[0]): r for r in table}
+    assert len(by_cell) == len(rows)
+    for (model, setting), r in by_cell.items():
+        if model == "moe-lm-gru":
+            mark = re.fullmatch(r"n/a \[(\d+)\]", r["QA EM"]).group(1)
+            assert r["QA F1"] == r["QA EM"] and notes[mark].startswith("byte-level base LM")
+        else:
+            assert r["QA EM"] == "0.4"
+        cited = re.search(r"\[(\d+)\]$", r["setting"])
+        assert bool(cited) == setting.endswith("softmax"), r
+        if cited:
+            assert notes[cited.group(1)] == BH_SOFTMAX_NOTE
+    assert "α ≥ 1 − 1/m" in BH_SOFTMAX_NOTE
+
+
+def test_routing_table_without_qa_leaves_the_qa_columns_out():
+    rows = [_routing_row("topk", "k=1", 1, 1.0, 30.0, None) | {"qa_dataset": None, "qa_n": None}]
+    table = routing_table(rows)
+    assert "qa_em" not in table.columns and "qa_f1" not in table.columns and not table.notes
+    assert table.caption.endswith(QA_NOT_CONFIGURED)
+    with_qa = routing_table(rows + [_routing_row("topk", "k=2", 2, 2.0, 20.0, 0.3)])
+    assert with_qa.notes == [QA_NOT_CONFIGURED] and with_qa.rows[0]["qa_em"] == "n/a [1]"
 
 
 def test_artifact_markdown_inlines_plots_and_names_the_files(store_path, tmp_path):

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import struct
+import io
 import subprocess
 import sys
-import zlib
 
 import pytest
 import torch
 from test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
 
-from semoe.config import RoutingEvalConfig
+from semoe.config import PolicySpec, RoutingEvalConfig
 from semoe.routing.decoding import decode, perplexity
+from semoe.routing.grid import Cell, grid_cells, heatmap_names, heatmap_path
+from semoe.routing.heatmaps import HEATMAP_DPI, heatmap_figure
 from semoe.routing.measure import evaluate_policy, write_heatmap_png
 from semoe.routing.tables import ROUTING_LAYER_STATS_COLUMNS, ROUTING_RUNS_COLUMNS, policy_key
 from semoe.storage.results import migrate
@@ -67,29 +68,60 @@ def test_peak_memory_sees_torch_allocations():
         assert added > 150e6
 
 
-def read_png(path) -> tuple[int, int, bytes]:
+def read_png(path) -> tuple[int, int]:
+    """(width, height) of a PNG that decodes (matplotlib's reader checks every chunk)."""
+    import matplotlib.image
+
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(kind + body)
-        chunks[kind] = body
-        pos += 12 + length
-    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, colour) == (8, 2) and b"IEND" in chunks
-    return width, height, zlib.decompress(chunks[b"IDAT"])
+    img = matplotlib.image.imread(io.BytesIO(data), format="png")
+    return img.shape[1], img.shape[0]
 
 
-def test_heatmap_png_is_valid(tmp_path):
-    path = tmp_path / "heat.png"
-    write_heatmap_png(path, [[0, 5, 10, 1], [3, 3, 3, 3], [0, 0, 0, 0]], cell=4)
-    width, height, raw = read_png(path)
-    assert (width, height) == (16, 12) and len(raw) == height * (1 + 3 * width)
-    rows = [raw[y * (1 + 3 * width) + 1 : (y + 1) * (1 + 3 * width)] for y in range(height)]
-    assert rows[0][24:27] == bytes([253, 231, 37])  # the largest share is the brightest colour
-    assert rows[8][:3] == bytes([68, 1, 84])  # an empty layer is the darkest
+def test_heatmap_figure_axes_colour_bar_and_title(tmp_path):
+    """x = MoE expert, y = layer, colour = each layer's activation share in %, a labelled colour
+    bar, the title as given; the PNG is the figure's size at HEATMAP_DPI."""
+    counts = [[0, 5, 10, 5], [3, 3, 3, 3], [0, 0, 0, 0]]
+    title = "olmoe-tiny · bh (alpha=0.05 softmax) · patch mode"
+    fig = heatmap_figure(counts, title)
+    ax, bar = fig.axes
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (title, "MoE expert", "MoE layer")
+    assert bar.get_ylabel() == "share of the layer's activations, %"
+    shares = ax.images[0].get_array()
+    assert shares.shape == (3, 4) and shares[0].tolist() == [0, 25, 50, 25] and shares[1].tolist() == [25] * 4
+    assert shares[2].tolist() == [0] * 4  # a layer that routed nothing
+    assert ax.images[0].get_clim() == (0, 50)
+    path = write_heatmap_png(tmp_path / "heat.png", counts, title)
+    width, height = read_png(path)
+    assert (width, height) == (round(fig.get_figwidth() * HEATMAP_DPI), round(fig.get_figheight() * HEATMAP_DPI))
+    assert width >= 400 and height >= 250 and not list(tmp_path.glob(".*tmp"))
+    with pytest.raises(ValueError, match="non-empty"):
+        heatmap_figure([], title)
+
+
+def test_heatmap_file_names_are_readable_and_unique_per_cell(tmp_path):
+    """``<model>__<label>-<setting>__<mode>.png``, sanitised; the cell key stays out of the name,
+    and two cells whose words coincide (BH temperature is not in its setting) get -2."""
+    routing = RoutingEvalConfig(
+        models=["allenai/OLMoE-1B-7B", {"spec": "x", "label": "olmoe tiny"}],
+        policies=[
+            {"name": "bh", "params": {"alpha": 0.05}},
+            {"name": "bh", "params": {"alpha": 0.05, "temperature": 0.5}},
+            {"name": "topk", "params": {"k": 2}, "label": "top 2/8"},
+        ],
+    )
+    names = heatmap_names(routing)
+    cells = grid_cells(routing)
+    assert [names[c.ident(routing)] for c in cells[:4]] == [
+        "allenai-OLMoE-1B-7B__baseline-own-k__analyze.png",
+        "allenai-OLMoE-1B-7B__bh-alpha-0.05-softmax__patch.png",
+        "allenai-OLMoE-1B-7B__bh-alpha-0.05-softmax__patch-2.png",
+        "allenai-OLMoE-1B-7B__top-2-8-k-2__patch.png",
+    ]
+    assert names[cells[5].ident(routing)] == "olmoe-tiny__bh-alpha-0.05-softmax__patch.png"
+    assert len(set(names.values())) == len(cells)
+    assert not any(PolicySpec(**p.model_dump()).key in n for p in routing.policies for n in names.values())
+    assert heatmap_path(tmp_path, Cell(1, 0, "patch"), routing) == tmp_path / names[cells[5].ident(routing)]
 
 
 def test_rows_fit_the_duckdb_tables(olmoe, texts, tmp_path):

@@ -151,7 +151,11 @@ def test_flow_writes_every_routing_table_once(tmp_path, tiny_olmoe_dir, prefect_
         else:
             assert r["qa_n"] == 2 and 0 <= r["qa_f1"] <= 1 and r["qa_note"] is None
         assert r["k"] == {"topk": 3 if r["policy_label"] == "topk" else 2, "roe": 2, "bh": None}[r["policy"]]
-        assert read_png(Path(r["heatmap_path"]))[0] > 0
+        heatmap = Path(r["heatmap_path"])  # readable, without the cell's key
+        assert read_png(heatmap)[0] > 0 and r["policy_key"] not in heatmap.name
+        assert heatmap.name.startswith(f"{r['model']}__{r['policy_label']}-") and heatmap.name.endswith(
+            f"__{r['mode']}.png"
+        )
     bh = [r for r in rows if r["policy"] == "bh"]
     assert all(r["floor_rate"] is not None and r["experts_std"] >= 0 for r in bh)
     layers = store.query("SELECT model, count(*) n FROM routing_layer_stats GROUP BY 1 ORDER BY 1")

@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import random
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import IO, Any, Iterator
 from semoe.config import ConfigError, CorpusConfig, DatasetConfig
 from semoe.data import CORPORA, DATASETS, DataContext
 from semoe.data.schema import DataFormatError, Example, Passage, SkippedRow
+from semoe.progress import RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -288,22 +288,23 @@ def _close(items: Iterator) -> None:
 
 
 class _Progress:
-    """Progress of a stream through its file: a tqdm bar by bytes (rate and ETA) when stderr is
-    a terminal, and a log line a minute for logs and the Prefect run log (``semoe`` is an
-    extra logger there)."""
+    """Progress of a stream through its file: a tqdm bar by bytes when stderr is a terminal, and
+    a :class:`semoe.progress.RateMeter` line (bytes, rate, ETA) a minute for logs and the
+    Prefect run log (``semoe`` is an extra logger there)."""
 
     LOG_EVERY_S = 60.0
 
     def __init__(self, label: str):
         self.label = label
         self.bar = None
+        self.meter: RateMeter | None = None
         self.position: ReadPosition | None = None
 
     def start(self, position: ReadPosition) -> None:
         from tqdm import tqdm
 
         self.position = position
-        self.started = self.logged = time.monotonic()
+        self.meter = RateMeter(self.label, position.size, "B", log.info, every_s=self.LOG_EVERY_S)
         self.bar = tqdm(
             total=position.size,
             unit="B",
@@ -321,34 +322,13 @@ class _Progress:
         if not self.bar.disable:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"{n:,} passages", refresh=False)
-        now = time.monotonic()
-        if now - self.logged >= self.LOG_EVERY_S:
-            self.logged = now
-            elapsed = now - self.started
-            share = done / self.position.size if self.position.size else 1.0
-            eta = elapsed * (1 - share) / share if share else float("nan")
-            log.info(
-                "%s: %s passages, %.1f%% of %s (%.0f passages/s, ETA %s)",
-                self.label,
-                f"{n:,}",
-                100 * share,
-                self.position.path.name,
-                n / elapsed,
-                _hms(eta),
-            )
+        share = done / self.position.size if self.position.size else 1.0
+        self.meter.update(done, f"{n:,} passages, {100 * share:.1f}% of {self.position.path.name}")
 
     def finish(self, n: int) -> None:
         if self.bar is not None:
             self.update(n)
             self.bar.close()
-
-
-def _hms(seconds: float) -> str:
-    if seconds != seconds:
-        return "unknown"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}"
 
 
 def _limited(items: Iterator[Passage | SkippedRow], limit: int | None) -> Iterator[Passage | SkippedRow]:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import re
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Literal, Sequence
@@ -27,6 +26,7 @@ from semoe.data.schema import Passage
 from semoe.generation.answer import sentence_ends, split_sentences
 from semoe.generation.lm import ChatLM, Message
 from semoe.metrics import normalize_answer
+from semoe.progress import RateMeter
 from semoe.storage.artifacts import MARKER, ArtifactCache, content_key
 from semoe.storage.results import utcnow
 from semoe.storage.rows import AugmentationRow
@@ -697,18 +697,12 @@ def augment_passages(
             (cache.path(CACHE_KIND, key) / MARKER).unlink(missing_ok=True)
         todo[key] = p
     pending = list(todo.items())
+    meter = RateMeter("augmentation", len(pending), "passages", log.info)
+    ok = 0
     for start in range(0, len(pending), cfg.chunk_size):
         chunk = pending[start : start + cfg.chunk_size]
-        t0 = time.perf_counter()
         for (key, _), (record, cacheable) in zip(chunk, _augment_chunk([p for _, p in chunk], cfg, lm, spec)):
             found[key] = _store(cache, key, record) if cacheable else record
-        ok = sum(found[key].status == "ok" for key, _ in chunk)
-        log.info(
-            "augmented %d passages (%d ok) in %.1f s; %d of %d to go",
-            len(chunk),
-            ok,
-            time.perf_counter() - t0,
-            len(pending) - start - len(chunk),
-            len(pending),
-        )
+        ok += sum(found[key].status == "ok" for key, _ in chunk)
+        meter.advance(len(chunk), f"{start + len(chunk)}/{len(pending)} passages ({ok} ok)")
     return [replace(found[key], passage_id=p.id) for p, key in zip(passages, keys)]

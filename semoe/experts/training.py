@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import warnings
 from contextlib import contextmanager
@@ -54,11 +55,14 @@ import torch
 
 from semoe.config import ExpertConfig
 from semoe.experts.format import LoraExpert, load_expert, save_expert
+from semoe.progress import RateMeter
 from semoe.storage.artifacts import ArtifactCache, content_key
 from semoe.storage.rows import ExpertRow
 
 if TYPE_CHECKING:
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 EXPERTS_KIND = "experts"
 INIT_KIND = "expert-init"
@@ -658,11 +662,13 @@ def ensure_experts(
         if not cache.is_complete(EXPERTS_KIND, k):
             missing.setdefault(k, it)
     todo = list(missing.items())
+    meter = RateMeter("expert training", len(todo), "experts", log.info)
     for i, result in iter_trained_experts(model, tokenizer, [it for _, it in todo], cfg, init):
         key = todo[i][0]
         cache.get_or_build(
             EXPERTS_KIND, key, lambda out, result=result, key=key: _store(out, result, model_spec, cfg, key, init_sha)
         )
+        meter.advance()
     records = []
     for k, it in zip(keys, items):
         info = cache.info(EXPERTS_KIND, k)

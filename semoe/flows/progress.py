@@ -1,31 +1,37 @@
-"""Progress of a flow's committed work: a Prefect progress artifact and a log line per commit
-with the rate and an ETA; each commit is also a safe point for Ctrl-C."""
+"""Progress of a flow's committed work: a Prefect progress artifact per commit and a
+:class:`semoe.progress.RateMeter` line (done/total, rate, ETA) in the run log at most every
+``LOG_EVERY_S`` seconds and at the end; each commit is also a safe point for Ctrl-C."""
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from semoe.progress import RateMeter
 from semoe.tasks import interrupts
 
 
 class Progress:
-    def __init__(self, description: str, sizes: list[int], unit: str):
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, description: str, sizes: list[int], unit: str, clock: Callable[[], float] = time.monotonic):
         """``sizes``: the units (answers, passages, cells) of each planned call, in order."""
-        self.description, self.sizes, self.unit = description, sizes, unit
-        self.total, self.done = sum(sizes), 0
-        self.t0 = time.monotonic()
+        self.description, self.sizes = description, sizes
+        # "run 3f9c: 16/100 answers (0.53 answers/s, ETA 0:02:38)", counting committed units
+        self.meter = RateMeter(description, sum(sizes), unit, self._log, every_s=self.LOG_EVERY_S, clock=clock)
         self.artifact = None
+
+    @staticmethod
+    def _log(line: str) -> None:
+        get_run_logger().info(line)
 
     def advance(self, index: int) -> None:
         """Call ``index`` was committed."""
         if self.artifact is None:
             self.artifact = create_progress_artifact(0.0, key="semoe-progress", description=self.description)
-        self.done += self.sizes[index]
-        update_progress_artifact(self.artifact, 100.0 * self.done / max(self.total, 1))
-        rate = self.done / max(time.monotonic() - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate else float("nan")
-        get_run_logger().info("committed %d/%d %s (%.2f/s, ETA %.0f s)", self.done, self.total, self.unit, rate, eta)
+        self.meter.advance(self.sizes[index])
+        update_progress_artifact(self.artifact, 100.0 * self.meter.done / max(self.meter.total, 1))
         interrupts.check()

@@ -25,7 +25,7 @@ from semoe.tasks.routing import evaluate_routing_cell_task, prepare_routing_mode
 
 
 def heatmap_dir(store: ResultStore, run_id: str) -> Path:
-    """Heatmaps live next to the store: ``<store dir>/routing-heatmaps/<run_id>/<model>/``."""
+    """Heatmaps live next to the store: ``<store dir>/routing-heatmaps/<run_id>/`` (names: ``grid.heatmap_names``)."""
     return store.path.parent / "routing-heatmaps" / run_id
 
 

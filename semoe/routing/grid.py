@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from semoe.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
 from semoe.generation.lm import ChatLM, Generation, ScoredGeneration
+from semoe.progress import RateMeter
 from semoe.routing.base import make_policy
 from semoe.storage.rows import rekeyed
 
@@ -199,12 +200,10 @@ def load_routing_model(
     from semoe.storage.artifacts import ArtifactCache
 
     steps = mcfg.moe_lm.steps
+    meter = RateMeter(f"{mcfg.display_name} training", steps, "steps", logger.info)
 
     def progress(row: dict) -> None:
-        if row["step"] % max(1, steps // 10) == 0 or row["step"] == steps:
-            logger.info(
-                "%s: step %d/%d, loss %.3f, %.0f s", mcfg.display_name, row["step"], steps, row["loss"], row["seconds"]
-            )
+        meter.update(row["step"], f"step {row['step']}/{steps}, loss {row['loss']:.3f}")
 
     model, tokenizer, curve = load_or_train(mcfg.moe_lm, train_texts, ArtifactCache(cache_root), on_step=progress)
     model.to(pick_device(routing.device))
@@ -242,11 +241,15 @@ def fixed_k(model, spec: PolicySpec) -> int | None:
     return make_policy(spec).fixed_k(find_routers(model)[0].top_k)
 
 
+def cell_words(routing: RoutingEvalConfig, cell: "Cell") -> tuple[str, str, str, str]:
+    """(model, policy label, the policy's setting in words, mode) of a cell."""
+    spec = cell.spec(routing)
+    return routing.models[cell.model].display_name, spec.display_name, make_policy(spec).setting(), cell.mode
+
+
 def cell_label(routing: RoutingEvalConfig, cell: "Cell") -> str:
     """``model-policy-setting-mode`` of a cell (its task run's name)."""
-    spec = cell.spec(routing)
-    name = routing.models[cell.model].display_name
-    return f"{name}-{spec.display_name}-{make_policy(spec).setting()}-{cell.mode}".replace(" ", "-")
+    return "-".join(w for w in cell_words(routing, cell) if w).replace(" ", "-")
 
 
 # ---------------------------------------------------------------- QA
@@ -404,19 +407,39 @@ def qa_examples(cfg: "SemoeConfig") -> list:
 # ---------------------------------------------------------------- one cell
 
 
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-.") or "x"
+
+
+def heatmap_names(routing: RoutingEvalConfig) -> dict[tuple[str, str, str], str]:
+    """The heatmap file name of every grid cell, by ``Cell.ident``:
+    ``<model>__<policy label>-<setting>__<mode>.png`` (e.g. ``olmoe-tiny__bh-alpha-0.05-softmax__patch.png``),
+    sanitised to letters, digits, ``.`` and ``-``. Cells whose words coincide (params that
+    the setting does not name) get ``-2``, ``-3`` in grid order, so a name is unique in a
+    run and stable across reruns of the grid, and never carries the cell's hash."""
+    names: dict[tuple[str, str, str], str] = {}
+    taken: set[str] = set()
+    for cell in grid_cells(routing):
+        model, label, setting, mode = cell_words(routing, cell)
+        stem = f"{_slug(model)}__{_slug(f'{label} {setting}')}__{_slug(mode)}"
+        name, n = stem, 1
+        while name.lower() in taken:  # case-insensitive file systems
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name.lower())
+        names[cell.ident(routing)] = f"{name}.png"
+    return names
 
 
 def heatmap_path(heatmap_dir: str | Path, cell: Cell, routing: RoutingEvalConfig) -> Path:
-    model, key, mode = cell.ident(routing)
-    return Path(heatmap_dir) / safe_name(model) / f"{key}-{mode}.png"
+    return Path(heatmap_dir) / heatmap_names(routing)[cell.ident(routing)]
 
 
 def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str | Path | None) -> dict[str, list[dict]]:
     """Perplexity, routing statistics, decode speed, peak memory, QA and the heatmap of one
     cell: ``{"routing_runs": [row], "routing_layer_stats": rows}``."""
     from semoe.routing.decoding import encode_texts
+    from semoe.routing.heatmaps import cell_title
     from semoe.routing.measure import evaluate_policy
 
     r = routing_section(cfg)
@@ -444,6 +467,7 @@ def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str 
         max_new_tokens=r.decode.max_new_tokens,
         guard=r.guard,
         heatmap_path=heat,
+        heatmap_title=cell_title(*cell_words(r, cell)),
     )
     context: dict = {
         "model_key": loaded.key,
