@@ -179,7 +179,7 @@ def test_methods_answer_the_same_with_the_stop_on_the_tiny_model(tiny_lm_dir, mo
         }
     )
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))
-    ctx = evaluation.method_context(cfg)
+    ctx = evaluation.method_context(cfg, cfg.datasets[0].display_name)
     _assert_same_answers(*_answer_with_and_without_stop(ctx, examples, "no-retrieval", monkeypatch))
 
 
@@ -201,7 +201,7 @@ def test_methods_answer_the_same_with_the_stop_on_the_real_model(tmp_path, model
     model_cfg = load_config(demo, [f"cache.root={model_cache_root}"])
     retriever = open_retriever(index_cfg, build_index(index_cfg).corpus_key)
     examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))[:8]
-    ctx = evaluation.method_context(model_cfg, retriever)
+    ctx = evaluation.method_context(model_cfg, model_cfg.datasets[0].display_name, retriever)
     saved = {}
     for method in ("no-retrieval", "single-retrieval"):
         stopped, full = _answer_with_and_without_stop(ctx, examples, method, monkeypatch)

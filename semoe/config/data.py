@@ -34,6 +34,11 @@ class DatasetConfig(Section):
     shuffle: bool = False
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
+    prompt: str | None = Field(
+        None,
+        description="registered prompt template (see `semoe ls`); None: the template registered under the "
+        "dataset's name, else `generic`",
+    )
 
     @property
     def display_name(self) -> str:

@@ -296,13 +296,14 @@ class RoEChatLM(ChatLM):
 
 
 def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, examples) -> dict:
-    """EM/F1 of the pipeline's ``no-retrieval`` method (same prompts, generation and answer
-    extraction as ``semoe run``) while ``policy`` routes the model; RoE (patch mode) decodes
+    """EM/F1 of the pipeline's ``no-retrieval`` method (same prompts, with the QA dataset's
+    template, generation and answer extraction as ``semoe run``) while ``policy`` routes the model; RoE (patch mode) decodes
     with its K-sample ensemble instead of HF ``generate``."""
     from contextlib import nullcontext
 
     from semoe.generation import METHODS
     from semoe.generation.base import MethodContext
+    from semoe.generation.templates import template_for
     from semoe.metrics import exact_match, f1_score
     from semoe.routing.measure import is_roe
     from semoe.routing.patch import route_with
@@ -316,7 +317,10 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
         lm = ChatLM(loaded.model, loaded.tokenizer, system)
         routing = route_with(loaded.model, policy, mode=mode, guard=False)
     with routing:
-        outputs = METHODS.get(QA_METHOD)().run(examples, MethodContext(generation=cfg.generation, lm=lm))
+        template = template_for(cfg.dataset(routing_section(cfg).qa.dataset))
+        outputs = METHODS.get(QA_METHOD)().run(
+            examples, MethodContext(generation=cfg.generation, lm=lm, template=template)
+        )
     n = len(examples)
     return {
         "qa_n": n,

@@ -292,6 +292,7 @@ class ResultStore:
                        avg(retrieval_count) AS retrievals_per_question,
                        avg(latency_s) AS seconds_per_question,
                        count(error) AS errors, count(*) FILTER (WHERE truncated) AS truncated,
+                       count(*) FILTER (WHERE NOT answer_marker_found) AS answer_marker_missing,
                        now()::TIMESTAMP AS computed_at
                 FROM predictions WHERE run_id = ? GROUP BY run_id, dataset, method
                 """,
