@@ -297,8 +297,8 @@ class RoEChatLM(ChatLM):
 
 def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, examples) -> dict:
     """EM/F1 of the pipeline's ``no-retrieval`` method (same prompts, with the QA dataset's
-    template, generation and answer extraction as ``semoe run``) while ``policy`` routes the model; RoE (patch mode) decodes
-    with its K-sample ensemble instead of HF ``generate``."""
+    template, generation and answer extraction as ``semoe run``) while ``policy`` routes the
+    model; RoE (patch mode) decodes with its K-sample ensemble instead of HF ``generate``."""
     from contextlib import nullcontext
 
     from semoe.generation import METHODS
