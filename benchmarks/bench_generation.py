@@ -66,7 +66,7 @@ def main() -> None:
     cfg = load_config(args.config, [f"model.dtype={args.dtype}"])
     retriever = open_retriever(cfg, build_index(cfg).corpus_key)
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))[: args.questions]
-    ctx = evaluation.method_context(cfg, retriever)
+    ctx = evaluation.method_context(cfg, cfg.datasets[0].display_name, retriever)
     steps: list[int] = []
     ctx.lm.model.register_forward_pre_hook(
         lambda _m, _a, kw: steps.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,

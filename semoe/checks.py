@@ -1,6 +1,6 @@
-"""Checks of a config against what is registered: every name (datasets, corpus format,
-retriever, methods, routing policies) exists, every method's and policy's params fit its
-``Params`` model, and the sections agree with each other. The config package itself knows
+"""Checks of a config against what is registered: every name (datasets and their prompt
+templates, corpus format, retriever, methods, routing policies) exists, every method's and
+policy's params fit its ``Params`` model, and the sections agree with each other. The config package itself knows
 no registry (it is a leaf); this module is where the two meet, run once before a job starts
 (``semoe run``/``route``/``validate``, and each flow for deployment runs)."""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from semoe.config import ConfigError, PolicySpec, SemoeConfig, validate_params
 from semoe.data import CORPORA, DATASETS, PARAGRAPHS
 from semoe.generation.base import build_method
+from semoe.generation.templates import TEMPLATES
 from semoe.models.loading import dummy_seed
 from semoe.retrieval import RETRIEVERS
 
@@ -20,8 +21,13 @@ def check_config(cfg: SemoeConfig) -> None:
     validate_params(backend.Params, cfg.retrieval.options, f"retrieval.options of backend {cfg.retrieval.backend!r}")
     CORPORA.get(cfg.corpus.format)
     check_corpus_dataset(cfg)
-    for dataset in cfg.datasets:
+    for i, dataset in enumerate(cfg.datasets):
         DATASETS.get(dataset.name)
+        if dataset.prompt is not None and dataset.prompt not in TEMPLATES:
+            raise ConfigError(
+                f"datasets.{i}.prompt: unknown prompt template {dataset.prompt!r} (dataset {dataset.display_name!r}); "
+                f"registered: {', '.join(TEMPLATES.names())}"
+            )
     for spec in cfg.methods:
         if build_method(spec, cfg).needs_weights and dummy_seed(cfg.model.spec) is not None:
             raise ConfigError(

@@ -184,6 +184,7 @@ def cmd_validate(args) -> int:
 def cmd_ls(args) -> int:
     from semoe.data import CORPORA, DATASETS
     from semoe.generation import METHODS
+    from semoe.generation.templates import TEMPLATES
     from semoe.models.loading import EMBEDDED_MODELS
     from semoe.retrieval import RETRIEVERS
     from semoe.routing import ADAPTERS
@@ -193,6 +194,7 @@ def cmd_ls(args) -> int:
         "corpus formats": CORPORA.describe(),
         "retrievers": RETRIEVERS.describe(),
         "methods": METHODS.describe(),
+        "prompt templates": TEMPLATES.describe(),
         "embedded models": {k: v.description for k, v in EMBEDDED_MODELS.items()},
         "model families (routing)": ADAPTERS.describe(),
     }
@@ -391,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_wait(
         with_config(sub.add_parser("route", help="evaluate MoE routing policies (the config's routing: section)"))
     )
-    sub.add_parser("ls", help="list registered datasets, corpus formats, retrievers, methods")
+    sub.add_parser("ls", help="list registered datasets, corpus formats, retrievers, methods, prompt templates")
     sq = sub.add_parser("sql", help="read-only SQL against the results store")
     sq.add_argument("query")
     sq.add_argument("--store", default=DEFAULT_STORE, help=f"DuckDB file (default {DEFAULT_STORE})")

@@ -16,7 +16,9 @@ from semoe.config import SemoeConfig
 from semoe.data import DataContext
 from semoe.data.schema import Example
 from semoe.generation import METHODS
+from semoe.generation.answer import has_answer_marker
 from semoe.generation.base import Method, MethodContext, MethodOutput, build_method
+from semoe.generation.templates import template_for
 from semoe.metrics import exact_match, f1_score, recall_at_k
 from semoe.storage.results import utcnow
 from semoe.storage.rows import PredictionRow, RetrievalRow, TriggerEventRow, rekeyed
@@ -91,8 +93,9 @@ def plan_work(
     size = cfg.store.write_every
     items: list[WorkItem] = []
     for spec in cfg.methods:
-        label, scope = spec.display_name, identity.answer_scope(cfg, spec, corpus_key)
+        label = spec.display_name
         for dataset, examples in examples_by_dataset.items():
+            scope = identity.answer_scope(cfg, spec, corpus_key, cfg.dataset(dataset))
             todo = [ex for ex in examples if (dataset, ex.id, label) not in done]
             for i in range(0, len(todo), size):
                 chunk = todo[i : i + size]
@@ -145,18 +148,24 @@ def answer_chunk(cfg: SemoeConfig, item: WorkItem, retriever=None) -> tuple[list
     method = build_method(cfg.method(item.method), cfg)
     if method.uses_retrieval and retriever is None:
         raise RuntimeError(f"method {item.method!r} needs a retriever but none was opened")
-    ctx = method_context(cfg, retriever, method.params if method.uses_experts else None)
+    ctx = method_context(cfg, item.dataset, retriever, method.params if method.uses_experts else None)
     outputs = method.run(item.examples, ctx)
     return outputs, ctx.experts.drain_rows() if ctx.experts else {}
 
 
-def method_context(cfg: SemoeConfig, retriever=None, expert_params=None) -> MethodContext:
-    """What a method runs with: the configured model, generation and retrieval settings, the
+def method_context(cfg: SemoeConfig, dataset: str, retriever=None, expert_params=None) -> MethodContext:
+    """What a method runs with on the dataset labelled ``dataset``: the configured model,
+    generation and retrieval settings, the dataset's prompt template (``template_for``), the
     retriever, and passage experts made with ``expert_params`` (``ExpertParams``) if given."""
     lm = load_lm(cfg)
     experts = expert_provider(cfg, lm, expert_params) if expert_params is not None else None
     return MethodContext(
-        generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, experts=experts
+        generation=cfg.generation,
+        lm=lm,
+        retrieval=cfg.retrieval,
+        retriever=retriever,
+        experts=experts,
+        template=template_for(cfg.dataset(dataset)),
     )
 
 
@@ -239,7 +248,10 @@ def to_rows(
 
     An output with ``error`` (e.g. a question over the context) is stored with a NULL
     prediction and the reason, and scored em = f1 = 0: it stays in n, so accuracy is not
-    inflated by leaving hard questions out, and metrics count it under ``errors``."""
+    inflated by leaving hard questions out, and metrics count it under ``errors``.
+    ``answer_marker_found``: whether the reply has the "the answer is" its prediction was
+    taken after (``has_answer_marker``; NULL for an error row); metrics count the replies
+    without it under ``answer_marker_missing``."""
     now = utcnow()
     tables: dict[str, list[dict]] = {"predictions": [], "retrievals": [], "trigger_events": []}
     keys = [None] * len(examples) if answer_keys is None else answer_keys
@@ -265,6 +277,7 @@ def to_rows(
                 ),
                 truncated=out.truncated,
                 error=out.error,
+                answer_marker_found=None if failed else has_answer_marker(out.raw_output),
                 retrieval_count=len(out.retrievals),
                 generation_count=out.generation_count,
                 prompt_tokens=out.prompt_tokens,

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import semoe
-from semoe.config import MethodSpec, SemoeConfig
+from semoe.config import DatasetConfig, MethodSpec, SemoeConfig
 from semoe.data.schema import Example
 from semoe.generation import METHODS
 from semoe.generation.base import build_method
+from semoe.generation.templates import template_for
 from semoe.hashing import digest
 
 # Modules (relative to the package) whose code can change a result of each kind.
@@ -44,6 +45,11 @@ CODE_PARTS: dict[str, tuple[str, ...]] = {
     # Routing cells: policies, patching, measurements, the small MoE LM, and the QA path they score.
     "routing": ("routing", "moe_lm", "models", "data", "generation", "metrics.py"),
 }
+
+# Modules that are data, not code: the prompt templates (every module of the package but its
+# ``__init__``, which defines them). Each answer's key holds the content of the template it was
+# asked with (``answer_scope``), so editing one template re-answers only the datasets using it.
+DATA_PACKAGES = ("generation/templates",)
 
 # Libraries whose version can change the numbers (a missing one counts as absent).
 LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "safetensors", "gguf", "tantivy", "bm25s", "numpy", "scipy")
@@ -63,13 +69,20 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _is_data(root: Path, f: Path) -> bool:
+    return f.name != "__init__.py" and any(f.parent == root / p for p in DATA_PACKAGES)
+
+
 def source_digest(root: Path, parts: Iterable[str]) -> str:
     """Hash of the syntax trees of the modules ``parts`` (files or packages relative to
-    ``root``): comments, docstrings and layout do not count, code and file names do."""
+    ``root``), less the data modules of ``DATA_PACKAGES``: comments, docstrings and layout do
+    not count, code and file names do."""
     h = hashlib.sha256()
     for part in parts:
         path = root / part
         for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            if _is_data(root, f):
+                continue
             h.update(str(f.relative_to(root)).encode())
             tree = _strip_docstrings(ast.parse(f.read_text(encoding="utf-8"), filename=str(f)))
             h.update(ast.dump(tree).encode())
@@ -115,9 +128,11 @@ def _method_identity(cfg: SemoeConfig, spec: MethodSpec) -> dict:
     return {"name": spec.name, "params": build_method(spec, cfg).params.identity()}
 
 
-def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None) -> str:
-    """Hash of everything but the question that decides the answer of the method ``spec``:
-    its resolved params, the model and generation settings, the retrieval settings and corpus
+def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None, dataset: DatasetConfig) -> str:
+    """Hash of everything but the question that decides the answer of the method ``spec`` to
+    a question of ``dataset``: its resolved params, the model and generation settings, the
+    content of the dataset's prompt template (``PromptTemplate.identity``: its instruction and
+    exemplars, not its name or which dataset uses it), the retrieval settings and corpus
     content (retrieving methods only) and the answer code. Not its label: two labels with
     the same settings share answers."""
     retrieves = METHODS.get(spec.name).uses_retrieval
@@ -126,6 +141,7 @@ def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None) -> 
             "method": _method_identity(cfg, spec),
             "model": cfg.model.identity(),
             "generation": cfg.generation.identity(),
+            "prompt": template_for(dataset).identity(),
             "retrieval": cfg.retrieval.identity() if retrieves else None,
             "corpus": corpus_key if retrieves else None,
             "code": code_digest("answers"),
@@ -190,6 +206,7 @@ def routing_settings(cfg: SemoeConfig) -> dict:
             # Its passages are the questions' own contexts, part of the QA content (examples_digest).
             "method": _method_identity(cfg, routing.qa.method),
             "retrieval": cfg.retrieval.identity() if retrieves else None,
+            "prompt": template_for(dataset).identity() if dataset else None,
         }
     return settings
 

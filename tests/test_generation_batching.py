@@ -5,6 +5,8 @@ row once its answer sentence is complete. Neither may change a token of the rows
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from semoe.generation.lm import ChatLM
@@ -179,15 +181,16 @@ def test_methods_answer_the_same_with_the_stop_on_the_tiny_model(tiny_lm_dir, mo
         }
     )
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))
-    ctx = evaluation.method_context(cfg)
+    ctx = evaluation.method_context(cfg, cfg.datasets[0].display_name)
     _assert_same_answers(*_answer_with_and_without_stop(ctx, examples, "no-retrieval", monkeypatch))
 
 
 @pytest.mark.slow
 def test_methods_answer_the_same_with_the_stop_on_the_real_model(tmp_path, model_cache_root, monkeypatch):
-    """The README demo's first questions with the embedded SmolLM2: most replies are "The
-    answer is X." and EOS, but on question 2 with passages it runs on ("The answer is 2.
-    Keslithal Books is older than ..."): the stop cuts that tail and nothing else."""
+    """The README demo's first questions with the embedded SmolLM2. With the default prompt
+    every reply is "The answer is ..." and EOS (nothing to cut); asked to say why after the
+    answer, it runs on for question 5 with passages ("The answer is not possible to determine
+    with certainty. The two individuals ..."): the stop cuts that tail and nothing else."""
     from pathlib import Path
 
     from semoe import evaluation
@@ -201,7 +204,8 @@ def test_methods_answer_the_same_with_the_stop_on_the_real_model(tmp_path, model
     model_cfg = load_config(demo, [f"cache.root={model_cache_root}"])
     retriever = open_retriever(index_cfg, build_index(index_cfg).corpus_key)
     examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))[:8]
-    ctx = evaluation.method_context(model_cfg, retriever)
+    ctx = evaluation.method_context(model_cfg, model_cfg.datasets[0].display_name, retriever)
+    ctx.template = dataclasses.replace(ctx.template, task="Answer the question, then say in one more sentence why.")
     saved = {}
     for method in ("no-retrieval", "single-retrieval"):
         stopped, full = _answer_with_and_without_stop(ctx, examples, method, monkeypatch)

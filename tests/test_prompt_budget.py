@@ -168,7 +168,7 @@ SHORT = [
 ]
 
 
-def context(lm, passages, few_shot=2, **generation):
+def context(lm, passages, few_shot=2, template=None, **generation):
     experts = SimpleNamespace(experts_for=lambda passages: [])  # prag/combine: no expert (as when augmentation fails)
     return MethodContext(
         generation=GenerationConfig(max_new_tokens=NEW, few_shot=few_shot, batch_size=2, **generation),
@@ -176,6 +176,7 @@ def context(lm, passages, few_shot=2, **generation):
         retrieval=RetrievalConfig(top_k=3),
         retriever=FixedRetriever(passages),
         experts=experts,
+        template=template,
     )
 
 
@@ -274,27 +275,34 @@ def test_question_that_cannot_fit_is_an_error_row_without_generation(small_conte
     assert board["em"] == pytest.approx(rows[0]["em"] / 2)  # the error counts as wrong, n stays honest
 
 
-@pytest.mark.parametrize("few_shot, cot", [(2, False), (0, True)])
-def test_prompts_under_budget_are_unchanged_token_for_token(lm, monkeypatch, few_shot, cot):
+@pytest.mark.parametrize(
+    "few_shot, cot, template_name", [(2, False, "generic"), (0, True, "generic"), (2, True, "strategyqa")]
+)
+def test_prompts_under_budget_are_unchanged_token_for_token(lm, monkeypatch, few_shot, cot, template_name):
     """The default budget (context 2048) changes nothing for ordinary passages: every method
-    renders exactly what build_messages gives."""
+    renders exactly what build_messages gives with the context's prompt template."""
+    from semoe.generation.templates import template_named
+
+    template = template_named(template_name)
     rendered = []
     render = lm.render
     monkeypatch.setattr(lm, "render", lambda messages: rendered.append(list(messages)) or render(messages))
     question = "Where is Quorvanthe?"
-    expected = [build_messages(question, ps, few_shot=few_shot, cot=cot) for ps in (SHORT, None)]
+    expected = [build_messages(question, ps, few_shot=few_shot, cot=cot, template=template) for ps in (SHORT, None)]
     sizes = [len(lm.tokenizer(render(m), add_special_tokens=False).input_ids) for m in expected]
-    alone = build_messages(question, None, few_shot=0, cot=cot)  # triggered methods measure it before starting
+    # triggered methods measure the question alone before starting
+    alone = build_messages(question, None, few_shot=0, cot=cot, template=template)
     for method in ["no-retrieval", "single-retrieval", "fix-sentence-retrieval", "dragin", "combine", "prag"]:
         rendered.clear()
-        (out,) = make_method(method).run([example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot))
+        ctx = context(lm, SHORT, few_shot, template, chain_of_thought=cot)
+        (out,) = make_method(method).run([example(question)], ctx)
         assert not out.truncated and out.error is None and "truncation" not in out.extra
         assert rendered and all(m in expected or m == alone for m in rendered), method
         assert out.prompt_tokens in (sizes[0], sizes[1], sum(sizes)), method  # what the model was fed
     # and the reply is the one generated from the unfitted prompt
     rendered.clear()
     (out,) = make_method("single-retrieval").run(
-        [example(question)], context(lm, SHORT, few_shot, chain_of_thought=cot)
+        [example(question)], context(lm, SHORT, few_shot, template, chain_of_thought=cot)
     )
     (direct,) = lm.generate([expected[0]], NEW)
     assert (out.raw_output, out.prompt_tokens) == (direct.text, direct.prompt_tokens)

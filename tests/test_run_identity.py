@@ -161,7 +161,7 @@ def test_unrelated_sections_leave_each_job_identity_alone():
     ranked = load_config(CONFIGS / "demo.yaml", ["experts.rank=4"])
 
     def scope(cfg, name, corpus="c", **spec):
-        return identity.answer_scope(cfg, MethodSpec(name=name, **spec), corpus)
+        return identity.answer_scope(cfg, MethodSpec(name=name, **spec), corpus, cfg.datasets[0])
 
     assert scope(ranked, "no-retrieval") == scope(demo, "no-retrieval")
     assert scope(ranked, "prag") != scope(demo, "prag")
@@ -234,7 +234,7 @@ def test_code_that_cannot_change_a_result_is_not_part_of_its_identity(tmp_path):
 def test_code_that_can_change_a_result_is_part_of_its_identity(tmp_path):
     root = _package_copy(tmp_path)
     before = _digests(root)
-    _edit(root / "generation/prompts.py", "Answer the question.", "Answer this question.")
+    _edit(root / "generation/prompts.py", 'f"Question: {question}"', 'f"Q: {question}"')
     after = _digests(root)
     assert after["answers"] != before["answers"] and after["routing"] != before["routing"]
     assert after["scores"] == before["scores"]

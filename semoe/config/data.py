@@ -39,6 +39,11 @@ class DatasetConfig(Section):
     shuffle: bool = False
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
+    prompt: str | None = Field(
+        None,
+        description="registered prompt template (see `semoe ls`); None: the template registered under the "
+        "dataset's name, else `generic`",
+    )
 
     @model_validator(mode="after")
     def _one_sampling(self) -> "DatasetConfig":

@@ -66,6 +66,13 @@ class SemoeConfig(Section):
                 return m
         raise ConfigError(f"no method labelled {label!r}; configured: {[m.display_name for m in self.methods]}")
 
+    def dataset(self, label: str) -> DatasetConfig:
+        """The dataset listed under ``label`` (its display name)."""
+        for d in self.datasets:
+            if d.display_name == label:
+                return d
+        raise ConfigError(f"no dataset labelled {label!r}; configured: {[d.display_name for d in self.datasets]}")
+
     def identity(self) -> dict:
         """The settings that decide results (where things are stored and run is left out)."""
         d = super().identity()

@@ -15,7 +15,12 @@ rest of the output minus a final ".", PRAG cuts it at the first ".", "\\n" or ",
 * the answer is the first sentence after it, by :func:`sentence_ends` (deviation: PRAG's cut
   at the first "." or "," turns "St. Louis, Missouri" into "St"; DRAGIN keeps any sentences
   that follow);
-* without the phrase, the first sentence (or line) of the text is the answer.
+* without the phrase, the first sentence (or line) of the text is the answer, and
+  :func:`has_answer_marker` is False: each prediction records it (``answer_marker_found``),
+  since such a fallback answer is a guess at where the answer is.
+
+Prompts ask for a closing sentence that starts with ``ANSWER_LEAD`` (``semoe.generation.prompts``),
+which ``ANSWER_MARKER`` matches.
 
 :func:`sentence_ends` is the one sentence rule of the package (the triggered methods split
 and stop on it too). Terminators carry their closing quotes/brackets. A sentence ends
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import re
 
+ANSWER_LEAD = "The answer is"  # what prompts ask a reply's closing sentence to start with
 ANSWER_MARKER = re.compile(r"\bthe\s+answer\s+is\b", re.IGNORECASE)
 _MARKER_TAIL = re.compile(r"\s*[:：]?")
 # The phrase closes its own sentence ("... what the answer is. So ..."): no answer follows.
@@ -170,6 +176,12 @@ def answer_span(text: str, final: bool = True) -> tuple[int, int | None] | None:
         ends = sentence_ends(text[start:], final)
         return start, start + ends[0] if ends else (len(text) if final else None)
     return None
+
+
+def has_answer_marker(text: str) -> bool:
+    """Whether a finished reply has a "the answer is" that introduces an answer (the one
+    ``extract_answer`` takes its answer after); False: the answer is its first sentence."""
+    return answer_span(text) is not None
 
 
 def _clean(answer: str) -> str:

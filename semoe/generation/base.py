@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from semoe.experts.provider import ExpertProvider
     from semoe.generation.lm import ChatLM
     from semoe.generation.prompts import Truncation
+    from semoe.generation.templates import PromptTemplate
     from semoe.retrieval.base import Hit, Retriever
 
 
@@ -52,13 +53,16 @@ class MethodOutput:
 @dataclass
 class MethodContext:
     """What a method runs with: the shared generation and retrieval settings, the model,
-    the retriever (retrieving methods) and the passage-expert provider (expert methods)."""
+    the retriever (retrieving methods), the passage-expert provider (expert methods) and the
+    prompt template of the dataset (None: ``generic``; ``evaluation.method_context`` always
+    gives the dataset's, ``semoe.generation.templates.template_for``)."""
 
     generation: GenerationConfig
     lm: "ChatLM"
     retrieval: RetrievalConfig | None = None
     retriever: "Retriever | None" = None
     experts: "ExpertProvider | None" = None
+    template: "PromptTemplate | None" = None
 
 
 class NoParams(Section):

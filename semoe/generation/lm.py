@@ -12,6 +12,7 @@ from semoe.generation.prompts import FittedPrompt, PromptBudget, fit_messages
 if TYPE_CHECKING:
     from semoe.config import GenerationConfig
     from semoe.data.schema import Passage
+    from semoe.generation.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +216,19 @@ class ChatLM:
         return ends
 
     def fit(
-        self, question: str, passages: "Sequence[Passage] | None", *, few_shot: int, cot: bool, budget: PromptBudget
+        self,
+        question: str,
+        passages: "Sequence[Passage] | None",
+        *,
+        few_shot: int,
+        cot: bool,
+        budget: PromptBudget,
+        template: "PromptTemplate | None" = None,
     ) -> FittedPrompt:
-        """``build_messages`` fitted to ``budget`` with this model's tokenizer and chat template
-        (see ``semoe.generation.prompts.fit_messages``; raises PromptTooLongError)."""
-        return fit_messages(question, passages, few_shot, cot, budget, self.count_tokens, self.token_ends)
+        """``build_messages`` with ``template`` (None: ``generic``) fitted to ``budget`` with this
+        model's tokenizer and chat template (see ``semoe.generation.prompts.fit_messages``;
+        raises PromptTooLongError)."""
+        return fit_messages(question, passages, few_shot, cot, budget, self.count_tokens, self.token_ends, template)
 
     def render(self, messages: Sequence[Message]) -> str:
         msgs = list(messages)

@@ -1,6 +1,9 @@
-"""Prompt construction: instruction, optional retrieved passages, few-shot turns and an
-optional chain of thought. Answers are asked for as "The answer is X." so that
-DRAGIN/PRAG-style extraction applies to every method alike.
+"""Prompt construction: a registered template's instruction and exemplars
+(``semoe.generation.templates``), optional retrieved passages, the question and an optional
+chain of thought. Every template asks for a closing sentence that starts with "The answer is"
+(``ANSWER_LEAD``, the marker ``semoe.generation.answer`` extracts after), described in words,
+with no placeholder a model could copy ("The answer is X"), so DRAGIN/PRAG-style extraction
+applies to every method and template alike.
 
 :func:`fit_messages` fits a prompt to the model's context; every method builds its prompts
 through it (via ``ChatLM.fit``), so truncation is the same for all of them."""
@@ -12,84 +15,42 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from semoe.data.schema import Passage
+from semoe.generation.answer import ANSWER_LEAD
+from semoe.generation.templates import Exemplar, PromptTemplate, template_named
 
 Message = dict
 
 
-@dataclass(frozen=True)
-class Shot:
-    question: str
-    passage: Passage
-    reasoning: str
-    answer: str
-
-
-# Invented entities, so the shots teach the format without leaking facts of any dataset.
-SHOTS: tuple[Shot, ...] = (
-    Shot(
-        question="Where was Teodric Almsvane born?",
-        passage=Passage(
-            "shot-1",
-            "Teodric Almsvane",
-            "Teodric Almsvane (born 1931) is a bridge engineer. Almsvane was born in Kelloway, "
-            "a harbour town in Orvania, and later worked for the Duvessa Company.",
-        ),
-        reasoning="The passage says Teodric Almsvane was born in Kelloway.",
-        answer="Kelloway",
-    ),
-    Shot(
-        question="Who founded the Brannic Institute?",
-        passage=Passage(
-            "shot-2",
-            "Brannic Institute",
-            "The Brannic Institute is a research university in Solmere. It was founded in 1872 "
-            "by Wilhelmine Oster, a chemist, and is known for its observatory.",
-        ),
-        reasoning="The passage says the Brannic Institute was founded by Wilhelmine Oster.",
-        answer="Wilhelmine Oster",
-    ),
-    Shot(
-        question="In which country is the birthplace of Idris Camberlo?",
-        passage=Passage(
-            "shot-3",
-            "Idris Camberlo",
-            "Idris Camberlo is a painter born in Fennick. Fennick is a river town in the north "
-            "of Varossia, known for its glassworks.",
-        ),
-        reasoning="Idris Camberlo was born in Fennick, and Fennick is in Varossia.",
-        answer="Varossia",
-    ),
-    Shot(
-        question="Who was born first, Maren Tolliver or Osgar Pell?",
-        passage=Passage(
-            "shot-4",
-            "Maren Tolliver",
-            "Maren Tolliver (born 1902) was a novelist. Osgar Pell (born 1915) was a composer "
-            "who set several of her poems to music.",
-        ),
-        reasoning="Maren Tolliver was born in 1902 and Osgar Pell in 1915, so Maren Tolliver was born first.",
-        answer="Maren Tolliver",
-    ),
-)
-
-INSTRUCTION = 'Answer the question. Reply with a short answer in the form "The answer is X."'
-INSTRUCTION_COT = 'Answer the question. Think step by step, then finish with "So the answer is X."'
+def instruction(template: PromptTemplate, cot: bool, with_passages: bool) -> str:
+    """The template's task, its note on passages when the prompt shows some, and how to close
+    the reply: a sentence that starts with ``ANSWER_LEAD`` (after "So" in a chain of thought)
+    and goes on as the template's ``answer_format`` says."""
+    lead = f"So {ANSWER_LEAD.lower()}" if cot else ANSWER_LEAD
+    how = "Think step by step, then end" if cot else "End"
+    parts = [template.task, template.with_passages if with_passages else ""]
+    parts.append(f'{how} your reply with a sentence that starts with "{lead}" and {template.answer_format}.')
+    return " ".join(p for p in parts if p)
 
 
 def format_passages(passages: Sequence[Passage]) -> str:
     return "\n".join(f"[{i}] {p.title}: {p.text}" for i, p in enumerate(passages, 1))
 
 
-def user_turn(question: str, passages: Sequence[Passage] | None, cot: bool) -> str:
-    parts = [INSTRUCTION_COT if cot else INSTRUCTION]
+def user_turn(
+    question: str, passages: Sequence[Passage] | None, cot: bool, template: PromptTemplate | None = None
+) -> str:
+    parts = [instruction(template or template_named(None), cot, bool(passages))]
     if passages:
         parts.append("Context:\n" + format_passages(passages))
     parts.append(f"Question: {question}")
     return "\n\n".join(parts)
 
 
-def assistant_turn(shot: Shot, cot: bool) -> str:
-    return f"{shot.reasoning} So the answer is {shot.answer}." if cot else f"The answer is {shot.answer}."
+def assistant_turn(shot: Exemplar, cot: bool) -> str:
+    """An exemplar's reply: its reasoning and "So the answer is ...", or only "The answer is ..."."""
+    if cot:
+        return f"{shot.reasoning} So {ANSWER_LEAD.lower()} {shot.answer}."
+    return f"{ANSWER_LEAD} {shot.answer}."
 
 
 def build_messages(
@@ -97,15 +58,18 @@ def build_messages(
     passages: Sequence[Passage] | None = None,
     few_shot: int = 0,
     cot: bool = False,
+    template: PromptTemplate | None = None,
 ) -> list[Message]:
-    """Chat messages for one question; shots carry a passage only when the question does."""
+    """Chat messages for one question with ``template`` (None: ``generic``): up to ``few_shot``
+    of its exemplars as user/assistant turns, then the question's turn. Exemplars show their
+    passages only when the question has passages."""
+    template = template or template_named(None)
     messages: list[Message] = []
-    for shot in SHOTS[:few_shot]:
-        messages.append(
-            {"role": "user", "content": user_turn(shot.question, [shot.passage] if passages else None, cot)}
-        )
+    for shot in template.exemplars[:few_shot]:
+        shown = shot.passages if passages else None
+        messages.append({"role": "user", "content": user_turn(shot.question, shown, cot, template)})
         messages.append({"role": "assistant", "content": assistant_turn(shot, cot)})
-    messages.append({"role": "user", "content": user_turn(question, passages, cot)})
+    messages.append({"role": "user", "content": user_turn(question, passages, cot, template)})
     return messages
 
 
@@ -180,6 +144,7 @@ def fit_messages(
     budget: PromptBudget,
     count_tokens: Callable[[list[Message]], int],
     token_ends: Callable[[str], Sequence[int]],
+    template: PromptTemplate | None = None,
 ) -> FittedPrompt:
     """``build_messages`` fitted to ``budget``; a prompt within budget is returned unchanged.
 
@@ -195,8 +160,13 @@ def fit_messages(
     5. a question that does not fit alone (instruction, question, system prompt) raises
        PromptTooLongError: it is never answered from a cut question.
 
+    ``template``: the prompt template (None: ``generic``); ``few_shot`` counts only the
+    exemplars it has (a zero-shot template drops none).
+
     Raises PromptTooLongError with the sizes, for the caller to record as the question's error.
     """
+    template = template or template_named(None)
+    few_shot = min(few_shot, len(template.exemplars))
     passages = list(passages or [])
     ends = [token_ends(p.text) for p in passages]
     limit = budget.passage_tokens
@@ -205,7 +175,7 @@ def fit_messages(
 
     def attempt(shots: int, n_passages: int, cap: int) -> tuple[list[Message], int, list[Passage]]:
         shown = [_cut(p, e, cap) for p, e in zip(passages[:n_passages], ends)]
-        messages = build_messages(question, shown or None, few_shot=shots, cot=cot)
+        messages = build_messages(question, shown or None, few_shot=shots, cot=cot, template=template)
         return messages, count_tokens(messages), shown
 
     def result(shots: int, n_passages: int, messages, tokens: int, shown) -> FittedPrompt:

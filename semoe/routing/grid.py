@@ -352,11 +352,12 @@ def qa_method(cfg: "SemoeConfig", examples, dataset: str):
 def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, examples) -> dict:
     """EM/F1, retrieval rate and generation speed (new tokens per second of generation) of
     the configured QA method (``routing.qa.method``; default ``no-retrieval``: the same
-    prompts, generation and answer extraction as ``semoe run``) while ``policy`` routes the
-    model; RoE (patch mode) decodes with its K-sample ensemble instead of HF ``generate``."""
+    prompts, with the QA dataset's template, generation and answer extraction as ``semoe run``)
+    while ``policy`` routes the model; RoE (patch mode) decodes with its K-sample ensemble instead of HF ``generate``."""
     from contextlib import nullcontext
 
     from semoe.generation.base import MethodContext
+    from semoe.generation.templates import template_for
     from semoe.metrics import exact_match, f1_score
     from semoe.routing.decoding import is_roe
     from semoe.routing.patch import route_with
@@ -371,7 +372,10 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
     else:  # the cell's perplexity pass already ran the no-op guard
         lm = ChatLM(loaded.model, loaded.tokenizer, system)
         routing = route_with(loaded.model, policy, mode=mode, guard=False)
-    ctx = MethodContext(generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever)
+    template = template_for(cfg.dataset(r.qa.dataset))
+    ctx = MethodContext(
+        generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, template=template
+    )
     with routing:
         outputs = method.run(examples, ctx)
     n = len(examples)

@@ -336,7 +336,8 @@ AGGREGATES = (
 )
 METRICS_ONLY = (
     ", avg(retrieval_count) AS retrievals_per_question, avg(latency_s) AS seconds_per_question,"
-    " count(*) FILTER (WHERE truncated) AS truncated"
+    " count(*) FILTER (WHERE truncated) AS truncated,"
+    " count(*) FILTER (WHERE NOT answer_marker_found) AS answer_marker_missing"
 )
 METRICS_KEY = ("dataset", "method")
 BY_TYPE_KEY = ("dataset", "method", "question_type")  # the inner join with the intervals keeps typed rows

@@ -82,7 +82,10 @@ class RunRow(Row):
 class PredictionRow(Row):
     """One answer of one method to one question. ``base_model``, ``expert_rank`` and
     ``expert_targets`` are the method's passage-expert settings (what fixes an expert's
-    size, see the ``cost_by_method`` view); NULL for methods without experts."""
+    size, see the ``cost_by_method`` view); NULL for methods without experts.
+    ``answer_marker_found``: the reply has the "the answer is" its prediction follows
+    (``semoe.generation.answer.has_answer_marker``); False: the prediction is the reply's
+    first sentence."""
 
     TABLE: ClassVar[str] = "predictions"
     run_id: str
@@ -116,6 +119,7 @@ class PredictionRow(Row):
     base_model: str | None
     expert_rank: int | None
     expert_targets: list[str] | None
+    answer_marker_found: bool | None  # NULL: an error row, or a row stored before migration 7
     recall_all: float | None  # recall counting no retrieval as 0 (``evaluation.score``)
 
 
@@ -152,6 +156,7 @@ class MetricRow(Row):
     computed_at: datetime | None
     errors: int | None
     truncated: int | None
+    answer_marker_missing: int | None
     recall_all: float | None
     em_lo: float | None
     em_hi: float | None

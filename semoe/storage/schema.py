@@ -418,6 +418,37 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
+        7,
+        [
+            # Whether a reply has the "the answer is" its prediction follows
+            # (semoe.generation.answer.has_answer_marker); without it the prediction is the reply's
+            # first sentence. NULL for error rows and for rows stored before: not recorded then.
+            "ALTER TABLE predictions ADD COLUMN answer_marker_found BOOLEAN",
+            "ALTER TABLE metrics ADD COLUMN answer_marker_missing BIGINT",
+            # The leaderboards of version 5, with the count of replies without the marker.
+            "DROP VIEW leaderboard_latest",
+            "DROP VIEW leaderboard",
+            """CREATE VIEW leaderboard AS
+                SELECT m.run_id, r.name AS run_name, m.dataset, m.method, m.n,
+                       round(m.em, 4) AS em, round(m.f1, 4) AS f1, round(m.recall, 4) AS recall,
+                       round(m.retrievals_per_question, 3) AS retrievals_per_question,
+                       round(m.seconds_per_question, 3) AS seconds_per_question,
+                       m.errors, m.truncated, m.answer_marker_missing,
+                       r.status, r.finished_at
+                FROM metrics m JOIN runs r USING (run_id)""",
+            """CREATE VIEW leaderboard_latest AS
+                WITH latest AS (
+                    SELECT run_id, config_hash, code_version FROM runs WHERE status = 'finished'
+                    QUALIFY row_number() OVER (
+                        PARTITION BY config_hash ORDER BY finished_at DESC NULLS LAST, started_at DESC, run_id) = 1
+                )
+                SELECT l.dataset, l.method, l.run_name, latest.config_hash, l.run_id, latest.code_version,
+                       l.n, l.em, l.f1, l.recall, l.retrievals_per_question, l.seconds_per_question,
+                       l.errors, l.truncated, l.answer_marker_missing, l.finished_at
+                FROM leaderboard l JOIN latest USING (run_id)""",
+        ],
+    ),
+    (
         8,
         [
             # Analysis: recall named by what it averages, bootstrap
@@ -468,7 +499,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                        round(m.recall_all_lo, 4) AS recall_all_lo, round(m.recall_all_hi, 4) AS recall_all_hi,
                        round(m.retrievals_per_question, 3) AS retrievals_per_question,
                        round(m.seconds_per_question, 3) AS seconds_per_question,
-                       m.errors, m.truncated,
+                       m.errors, m.truncated, m.answer_marker_missing,
                        r.status, r.finished_at
                 FROM metrics m JOIN runs r USING (run_id)""",
             """CREATE VIEW leaderboard_latest AS
@@ -480,7 +511,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 SELECT l.dataset, l.method, l.run_name, latest.config_hash, l.run_id, latest.code_version,
                        l.n, l.em, l.em_lo, l.em_hi, l.f1, l.f1_lo, l.f1_hi,
                        l.recall_retrieved, l.recall_all, l.retrievals_per_question, l.seconds_per_question,
-                       l.errors, l.truncated, l.finished_at
+                       l.errors, l.truncated, l.answer_marker_missing, l.finished_at
                 FROM leaderboard l JOIN latest USING (run_id)""",
             """CREATE VIEW leaderboard_by_type AS
                 SELECT m.run_id, r.name AS run_name, m.dataset, m.method, m.question_type, m.n,

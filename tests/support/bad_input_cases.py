@@ -212,6 +212,12 @@ CASES = [
         ("unknown dataset 'nq'",),
     ),
     Case(
+        "prompt-template-unknown",
+        "unknown prompt template name",
+        lambda t: run_with(t, datasets=[{"name": "synthetic", "prompt": "hotpot"}]),
+        ("datasets.0.prompt: unknown prompt template 'hotpot'", "registered: "),
+    ),
+    Case(
         "corpus-format-unknown",
         "unknown corpus format",
         lambda t: run_with(t, corpus={"format": "parquet", "path": "x.parquet"}),

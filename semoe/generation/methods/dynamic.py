@@ -62,6 +62,7 @@ class TriggeredMethod(Method):
             last_n_tokens=tc.last_n_tokens,
             max_retrievals=tc.max_retrievals,
             prompt_budget=ctx.lm.prompt_budget(g, max_length),
+            template=ctx.template,
         )
 
     def generator(self, ctx: MethodContext):

@@ -40,7 +40,16 @@ def answer_once(
     fits: list[FittedPrompt | str] = []
     for ex, passages in zip(examples, passages_per_example, strict=True):
         try:
-            fits.append(ctx.lm.fit(ex.question, passages, few_shot=g.few_shot, cot=g.chain_of_thought, budget=budget))
+            fits.append(
+                ctx.lm.fit(
+                    ex.question,
+                    passages,
+                    few_shot=g.few_shot,
+                    cot=g.chain_of_thought,
+                    budget=budget,
+                    template=ctx.template,
+                )
+            )
         except PromptTooLongError as e:
             fits.append(str(e))
     ok = [i for i, f in enumerate(fits) if isinstance(f, FittedPrompt)]

@@ -50,6 +50,7 @@ import numpy as np
 from semoe.generation.answer import answer_span, extract_answer, sentence_complete, split_sentences
 from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.generation.prompts import PromptBudget, PromptTooLongError, Truncation
+from semoe.generation.templates import PromptTemplate
 from semoe.generation.triggered.attention import LastLayerAttention
 from semoe.generation.triggered.kv_session import Forward, KVSession, common_prefix, default_forward
 from semoe.generation.triggered.query import QueryInputs, formulate_query
@@ -90,6 +91,7 @@ class Settings:
     last_n_tokens: int = 32
     max_retrievals: int | None = None
     prompt_budget: PromptBudget = PromptBudget(None, None)  # every (re)prompt is fitted to it
+    template: PromptTemplate | None = None  # the dataset's prompt template (None: generic)
 
 
 @dataclass
@@ -159,7 +161,12 @@ class TriggeredGenerator:
         s = self.settings
         st.passages = list(passages) if passages else None
         fitted = self.lm.fit(
-            st.question, st.passages, few_shot=s.few_shot, cot=s.chain_of_thought, budget=s.prompt_budget
+            st.question,
+            st.passages,
+            few_shot=s.few_shot,
+            cot=s.chain_of_thought,
+            budget=s.prompt_budget,
+            template=s.template,
         )
         st.truncation.merge(fitted.truncation)
         messages = fitted.messages
@@ -319,7 +326,7 @@ class TriggeredGenerator:
         self.knowledge.start(self, question)
         s = self.settings
         try:  # fitting drops passages and shots before it fails: only the question alone can fail
-            self.lm.fit(question, None, few_shot=0, cot=s.chain_of_thought, budget=s.prompt_budget)
+            self.lm.fit(question, None, few_shot=0, cot=s.chain_of_thought, budget=s.prompt_budget, template=s.template)
         except PromptTooLongError as e:
             return MethodOutput.failed(str(e))
         budget = s.generate_max_length
