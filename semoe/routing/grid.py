@@ -353,7 +353,8 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
     """EM/F1, retrieval rate and generation speed (new tokens per second of generation) of
     the configured QA method (``routing.qa.method``; default ``no-retrieval``: the same
     prompts, with the QA dataset's template, generation and answer extraction as ``semoe run``)
-    while ``policy`` routes the model; RoE (patch mode) decodes with its K-sample ensemble instead of HF ``generate``."""
+    while ``policy`` routes the model; RoE (patch mode) decodes with its K-sample ensemble
+    instead of HF ``generate``."""
     from contextlib import nullcontext
 
     from semoe.generation.base import MethodContext
