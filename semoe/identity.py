@@ -24,11 +24,11 @@ import hashlib
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import semoe
 from semoe.config import MethodSpec, SemoeConfig
-from semoe.data.schema import Example
+from semoe.data.schema import Example, Passage
 from semoe.generation import METHODS
 from semoe.generation.base import build_method
 from semoe.hashing import digest
@@ -117,7 +117,8 @@ def _method_identity(cfg: SemoeConfig, spec: MethodSpec) -> dict:
 def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None) -> str:
     """Hash of everything but the question that decides the answer of the method ``spec``:
     its resolved params, the model and generation settings, the retrieval settings and corpus
-    content (retrieving methods only) and the answer code. Not its label: two labels with
+    content (retrieving methods only; None where the dataset provides the passages) and the
+    answer code. Not its label: two labels with
     the same settings share answers."""
     retrieves = METHODS.get(spec.name).uses_retrieval
     return digest(
@@ -132,10 +133,14 @@ def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None) -> 
     )
 
 
-def answer_key(scope: str, question: str) -> str:
-    """Identity of one stored answer: ``answer_scope`` and the question text. Golds are not
-    part of it: an answer whose golds changed is re-scored, not re-generated."""
-    return digest([scope, question])
+def answer_key(scope: str, question: str, contexts: Sequence[Passage] | None = None) -> str:
+    """Identity of one stored answer: ``answer_scope`` and the question text; for a retrieving
+    method on a dataset whose questions bring their own passages (``datasets[].passages``),
+    also those ``contexts`` (its scope then has no corpus). Golds are not part of it: an
+    answer whose golds changed is re-scored, not re-generated."""
+    if contexts is None:
+        return digest([scope, question])
+    return digest([scope, question, [p.as_dict() for p in contexts]])
 
 
 def qa_settings(cfg: SemoeConfig) -> dict:

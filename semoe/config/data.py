@@ -34,10 +34,22 @@ class DatasetConfig(Section):
     shuffle: bool = False
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
+    passages: Literal["auto", "corpus", "provided"] = Field(
+        "auto",
+        description="where retrieving methods find this dataset's passages: `provided` (each question's own "
+        "contexts, e.g. Open-RAG's `ctxs`; no index), `corpus` (the indexed corpus), `auto` (provided when the "
+        "questions carry contexts, else the corpus)",
+    )
 
     @property
     def display_name(self) -> str:
         return self.label or self.name
+
+    def identity(self) -> dict:
+        d = super().identity()
+        if d["passages"] == "auto":  # configs written before the setting keep their hash
+            d.pop("passages")
+        return d
 
 
 class CorpusConfig(Section):
