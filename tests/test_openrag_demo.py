@@ -147,3 +147,34 @@ def test_openrag_cpu_demo_end_to_end(tmp_path, tiny_openrag_dir, prefect_api, mo
     # --- a rerun measures nothing again
     again = evaluate_routing(cfg)
     assert again["run_id"] == result["run_id"] and again["produced"] == 0
+
+
+def _ls_sections(out: str) -> dict[str, set[str]]:
+    """`semoe ls` output as {section heading: the names listed under it}."""
+    sections: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        if line and not line.startswith(" "):
+            heading = sections.setdefault(line.rstrip(":"), set())
+        elif line.strip():
+            heading.add(line.split()[0])
+    return sections
+
+
+def test_ls_lists_the_open_rag_family_and_the_reflection_method(capsys):
+    from semoe.cli import main
+
+    assert main(["ls"]) == 0
+    sections = _ls_sections(capsys.readouterr().out)
+    assert "reflection" in sections["methods"]
+    assert "openrag" in sections["datasets"]
+    assert "openrag" in sections["model families (routing)"]
+
+
+def test_demo_config_passes_preflight_without_an_index(tmp_path, tiny_openrag_dir, capsys):
+    from semoe.cli import main
+
+    sets = [f"model.spec={tiny_openrag_dir}", f"routing.models.0.spec={tiny_openrag_dir}"]
+    sets += [f"store.path={tmp_path / 'demo.duckdb'}", f"cache.root={tmp_path / 'cache'}"]
+    assert main(["validate", str(CONFIG), *(a for s in sets for a in ("--set", s))]) == 0
+    assert "# preflight passed: run id " in capsys.readouterr().out
+    assert not (tmp_path / "cache" / "indexes").exists()
