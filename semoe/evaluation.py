@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from semoe import identity
 from semoe.checks import check_config
-from semoe.config import SemoeConfig
+from semoe.config import ConfigError, DatasetConfig, SemoeConfig
 from semoe.data import DataContext
 from semoe.data.schema import Example
 from semoe.generation import METHODS
@@ -20,6 +20,7 @@ from semoe.generation.answer import has_answer_marker
 from semoe.generation.base import Method, MethodContext, MethodOutput, build_method
 from semoe.generation.templates import template_for
 from semoe.metrics import exact_match, f1_score, recall_at_k
+from semoe.retrieval.provided import ProvidedContexts
 from semoe.storage.results import utcnow
 from semoe.storage.rows import PredictionRow, RetrievalRow, TriggerEventRow, rekeyed
 
@@ -53,6 +54,60 @@ def needs_experts(cfg: SemoeConfig) -> bool:
     return any(METHODS.get(m.name).uses_experts for m in cfg.methods)
 
 
+def dataset_config(cfg: SemoeConfig, label: str) -> DatasetConfig:
+    """The dataset listed under ``label`` (its display name)."""
+    for ds in cfg.datasets:
+        if ds.display_name == label:
+            return ds
+    raise ConfigError(f"no dataset labelled {label!r}; configured: {[d.display_name for d in cfg.datasets]}")
+
+
+def passage_source(ds: DatasetConfig, examples: Sequence[Example]) -> str:
+    """Where retrieving methods find the passages of ``ds``'s questions: ``"provided"`` (each
+    question's own contexts, served by ``ProvidedContexts``; no index, as Self-RAG and Open-RAG
+    evaluate) or ``"corpus"`` (the index). ``datasets[].passages: auto`` is ``provided`` when
+    the questions carry contexts. DataFormatError when a provided dataset has a question
+    without contexts, or one question text with two sets of contexts."""
+    if ds.passages == "corpus" or (ds.passages == "auto" and not any(ex.contexts for ex in examples)):
+        return "corpus"
+    ProvidedContexts(examples, ds.display_name)  # raises for the cases above
+    return "provided"
+
+
+def provided_datasets(cfg: SemoeConfig, examples: Mapping[str, Sequence[Example]]) -> set[str]:
+    """The datasets (of ``examples``, by label) whose questions bring their own passages. A
+    ConfigError when a configured method retrieves with queries it generates (triggered
+    methods, unless ``query_formulation: direct``): provided contexts answer the question only,
+    as Open-RAG retrieves only with the question, and another query would have no passages."""
+    provided = {name for name, exs in examples.items() if passage_source(dataset_config(cfg, name), exs) == "provided"}
+    for spec in cfg.methods if provided else ():
+        method = build_method(spec, cfg)
+        if method.uses_retrieval and method.generates_queries():
+            raise ConfigError(
+                f"methods: {spec.display_name!r} ({spec.name}) retrieves with queries it generates, but dataset "
+                f"{sorted(provided)[0]!r} answers from its questions' own contexts (datasets[].passages), which serve "
+                f"only the question: give the dataset `passages: corpus`, or the method `query_formulation: direct`"
+            )
+    return provided
+
+
+def needs_index(cfg: SemoeConfig, examples: Mapping[str, Sequence[Example]]) -> bool:
+    """A retrieving method runs on a dataset that retrieves from the corpus (not its own contexts)."""
+    return needs_retrieval(cfg) and bool(set(examples) - provided_datasets(cfg, examples))
+
+
+def retriever_for(cfg: SemoeConfig, dataset: str, examples: Sequence[Example], corpus_key: str | None):
+    """What retrieving methods search for ``examples`` of ``dataset``: their own contexts on a
+    dataset that provides them (``passage_source``), else the corpus index of ``corpus_key``."""
+    from semoe.indexing import open_retriever
+
+    if passage_source(dataset_config(cfg, dataset), examples) == "provided":
+        return ProvidedContexts(examples, dataset)
+    if corpus_key is None:
+        raise RuntimeError(f"dataset {dataset!r} retrieves from the corpus, but no index was opened")
+    return open_retriever(cfg, corpus_key)
+
+
 def expert_settings(cfg: SemoeConfig) -> list:
     """The distinct passage-expert settings (``ExpertParams``: augment + experts) of the
     methods that insert experts, one per setting however many methods share it."""
@@ -66,12 +121,16 @@ def expert_settings(cfg: SemoeConfig) -> list:
     return list(found.values())
 
 
-def expert_passages(cfg: SemoeConfig, examples: Sequence[Example], retriever) -> list:
-    """PRAG's offline step: the passages whose experts the questions will ask for first —
-    the top-k retrieved with each question (triggered methods may ask for more, trained on
-    demand)."""
-    hits = retriever.search([ex.question for ex in examples], cfg.retrieval.top_k)
-    return list({h.passage.id: h.passage for hs in hits for h in hs}.values())
+def expert_passages(cfg: SemoeConfig, examples: Mapping[str, Sequence[Example]], corpus_key: str | None) -> list:
+    """PRAG's offline step: the passages whose experts the questions (by dataset) will ask for
+    first — the top-k retrieved with each question, from the corpus or the question's own
+    contexts (``retriever_for``; triggered methods may ask for more, trained on demand)."""
+    found: dict = {}
+    for dataset, exs in examples.items():
+        if exs:
+            hits = retriever_for(cfg, dataset, exs, corpus_key).search([ex.question for ex in exs], cfg.retrieval.top_k)
+            found.update((h.passage.id, h.passage) for hs in hits for h in hs if h.passage.id not in found)
+    return list(found.values())
 
 
 @dataclass
@@ -91,15 +150,18 @@ def plan_work(
     """Chunks of (dataset, method, examples) not yet stored, in store-commit-sized pieces,
     each example with the identity of its answer."""
     size = cfg.store.write_every
+    provided = provided_datasets(cfg, examples_by_dataset)
     items: list[WorkItem] = []
     for spec in cfg.methods:
-        label = spec.display_name
+        label, retrieves = spec.display_name, METHODS.get(spec.name).uses_retrieval
         for dataset, examples in examples_by_dataset.items():
-            scope = identity.answer_scope(cfg, spec, corpus_key, cfg.dataset(dataset))
+            own = retrieves and dataset in provided  # the question's contexts, not the corpus, decide the answer
+            scope = identity.answer_scope(cfg, spec, None if own else corpus_key, cfg.dataset(dataset))
             todo = [ex for ex in examples if (dataset, ex.id, label) not in done]
             for i in range(0, len(todo), size):
                 chunk = todo[i : i + size]
-                items.append(WorkItem(dataset, label, chunk, [identity.answer_key(scope, ex.question) for ex in chunk]))
+                keys = [identity.answer_key(scope, ex.question, ex.contexts if own else None) for ex in chunk]
+                items.append(WorkItem(dataset, label, chunk, keys))
     return items
 
 
@@ -359,7 +421,7 @@ def preflight(cfg: SemoeConfig) -> str:
     ArtifactCache(cfg.cache.root).check_writable()
     ctx = DataContext.of(cfg)
     examples = {ds.display_name: load_examples(ds, ctx) for ds in cfg.datasets}
-    key = corpus_key(cfg.corpus, ctx) if needs_retrieval(cfg) else None
+    key = corpus_key(cfg.corpus, ctx) if needs_index(cfg, examples) else None
     if key is not None:
         check_corpus_head(cfg.corpus, ctx)
         open_retriever(cfg, key).is_built()

@@ -24,11 +24,11 @@ import hashlib
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import semoe
 from semoe.config import DatasetConfig, MethodSpec, SemoeConfig
-from semoe.data.schema import Example
+from semoe.data.schema import Example, Passage
 from semoe.generation import METHODS
 from semoe.generation.base import build_method
 from semoe.generation.templates import template_for
@@ -133,7 +133,8 @@ def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None, dat
     a question of ``dataset``: its resolved params, the model and generation settings, the
     content of the dataset's prompt template (``PromptTemplate.identity``: its instruction and
     exemplars, not its name or which dataset uses it), the retrieval settings and corpus
-    content (retrieving methods only) and the answer code. Not its label: two labels with
+    content (retrieving methods only; None where the dataset provides the passages) and the
+    answer code. Not its label: two labels with
     the same settings share answers."""
     retrieves = METHODS.get(spec.name).uses_retrieval
     return digest(
@@ -149,10 +150,14 @@ def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None, dat
     )
 
 
-def answer_key(scope: str, question: str) -> str:
-    """Identity of one stored answer: ``answer_scope`` and the question text. Golds are not
-    part of it: an answer whose golds changed is re-scored, not re-generated."""
-    return digest([scope, question])
+def answer_key(scope: str, question: str, contexts: Sequence[Passage] | None = None) -> str:
+    """Identity of one stored answer: ``answer_scope`` and the question text; for a retrieving
+    method on a dataset whose questions bring their own passages (``datasets[].passages``),
+    also those ``contexts`` (its scope then has no corpus). Golds are not part of it: an
+    answer whose golds changed is re-scored, not re-generated."""
+    if contexts is None:
+        return digest([scope, question])
+    return digest([scope, question, [p.as_dict() for p in contexts]])
 
 
 def qa_settings(cfg: SemoeConfig) -> dict:

@@ -44,6 +44,12 @@ class DatasetConfig(Section):
         description="registered prompt template (see `semoe ls`); None: the template registered under the "
         "dataset's name, else `generic`",
     )
+    passages: Literal["auto", "corpus", "provided"] = Field(
+        "auto",
+        description="where retrieving methods find this dataset's passages: `provided` (each question's own "
+        "contexts, e.g. Open-RAG's `ctxs`; no index), `corpus` (the indexed corpus), `auto` (provided when the "
+        "questions carry contexts, else the corpus)",
+    )
 
     @model_validator(mode="after")
     def _one_sampling(self) -> "DatasetConfig":
@@ -62,6 +68,8 @@ class DatasetConfig(Section):
         d = super().identity()
         if d.get("sample_per_type") is None:  # datasets sampled as before keep their hash
             d.pop("sample_per_type", None)
+        if d["passages"] == "auto":  # configs written before the setting keep their hash
+            d.pop("passages")
         return d
 
 

@@ -52,7 +52,7 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     → store; a killed run resumes where it stopped."""
     check_config(config)
     ensure_gpu_limits(config)
-    examples = {d.display_name: [Example.from_dict(e) for e in load_examples_task(config, d)] for d in config.datasets}
+    examples = _load_examples(config)
     run_id = evaluation.qa_run_id(config, examples, corpus_key)
     store = ResultStore(config.store.path)
     with (
@@ -75,6 +75,10 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
             progress.advance(i)
         store.compute_metrics(run_id)
     return _publish_leaderboard(store, run_id) | {"produced": sum(len(i.examples) for i in items), "reused": reused}
+
+
+def _load_examples(config: SemoeConfig) -> dict[str, list[Example]]:
+    return {d.display_name: [Example.from_dict(e) for e in load_examples_task(config, d)] for d in config.datasets}
 
 
 def _answer_call(config: SemoeConfig, run_id: str, item, corpus_key: str | None) -> tuple:
@@ -112,11 +116,12 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     """Augment and train the experts of every question's top-k passages (PRAG's offline
     step) for each expert setting of the configured methods, chunk by chunk; cached per
     passage, catalogued in ``augmentations``/``experts``. Without ``corpus_key`` (a deployment
-    run) it indexes the corpus first (reused when built)."""
+    run) it indexes the corpus first (reused when built) if a dataset retrieves from it."""
     ensure_gpu_limits(config)
-    corpus_key = corpus_key or index_corpus(config)["corpus_key"]
-    examples = [Example.from_dict(e) for ds in config.datasets for e in load_examples_task(config, ds)]
-    passages = [p.as_dict() for p in evaluation.expert_passages(config, examples, open_retriever(config, corpus_key))]
+    examples = _load_examples(config)
+    if corpus_key is None and evaluation.needs_index(config, examples):
+        corpus_key = index_corpus(config)["corpus_key"]
+    passages = [p.as_dict() for p in evaluation.expert_passages(config, examples, corpus_key)]
     calls = [  # every distinct expert setting of the configured methods, chunk by chunk
         (config, params, passages[i : i + params.augment.chunk_size], passages[i]["id"])
         for params in evaluation.expert_settings(config)
@@ -135,10 +140,11 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(config: SemoeConfig) -> dict:
-    """The main job: index the corpus when a method retrieves, build passage experts when a
-    method inserts them, then evaluate."""
+    """The main job: index the corpus when a method retrieves from it (not on datasets whose
+    questions bring their own passages), build passage experts when a method inserts them,
+    then evaluate."""
     check_config(config)
-    key = index_corpus(config)["corpus_key"] if evaluation.needs_retrieval(config) else None
+    key = index_corpus(config)["corpus_key"] if evaluation.needs_index(config, _load_examples(config)) else None
     with shared_cluster(config) as config:
         if evaluation.needs_experts(config):
             with_runner(build_experts, config)(config, key)

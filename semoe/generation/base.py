@@ -104,6 +104,11 @@ class Method(ABC):
         where = f"methods: {spec.display_name!r} ({spec.name}) params"
         return validate_params(cls.Params, deep_merge(defaults, spec.params), where)
 
+    def generates_queries(self) -> bool:
+        """Whether it retrieves with queries written during generation, not only with the
+        question: a dataset's provided contexts (``semoe.retrieval.provided``) answer the question only."""
+        return False
+
     @abstractmethod
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]: ...
 

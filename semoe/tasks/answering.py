@@ -59,11 +59,10 @@ def _answer(
     answer_keys: list[str],
     corpus_key: str | None,
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    from semoe.indexing import open_retriever
-
     items = [Example.from_dict(e) for e in examples]
     item = evaluation.WorkItem(dataset, method, items, answer_keys)
-    retriever = open_retriever(config, corpus_key) if corpus_key else None
+    retrieves = evaluation.method_uses_retrieval(config, method)
+    retriever = evaluation.retriever_for(config, dataset, items, corpus_key) if retrieves else None
     use_threads(config)
     with gpu_slot(config):
         outputs, catalogue = evaluation.answer_chunk(config, item, retriever)

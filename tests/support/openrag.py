@@ -89,12 +89,13 @@ def tiny_openrag(vocab_size: int = 400, seed: int = 0, **overrides):
     return model.eval()
 
 
-def make_tiny_openrag(out: Path, seed: int = 0) -> str:
-    """Save a tiny random Open-RAG in the released checkpoint's layout (``config.json`` with
-    ``model_type: llama`` and the remote-code ``auto_map``) with its reflection tokenizer."""
+def make_tiny_openrag(out: Path, seed: int = 0, **overrides) -> str:
+    """Save a tiny random Open-RAG (``overrides`` of ``tiny_openrag_config``) in the released
+    checkpoint's layout (``config.json`` with ``model_type: llama`` and the remote-code
+    ``auto_map``) with its reflection tokenizer."""
     from semoe.models.openrag.modeling import save_released_layout
 
     tok = reflection_tokenizer()
-    save_released_layout(tiny_openrag(len(tok), seed), out)
+    save_released_layout(tiny_openrag(len(tok), seed, **overrides), out)
     tok.save_pretrained(out)
     return str(out)

@@ -39,6 +39,9 @@ class TriggeredMethod(Method):
     def trigger(self, tc: TriggerConfig):
         raise NotImplementedError
 
+    def generates_queries(self) -> bool:
+        return (self.params.query_formulation or self.default_query) != "direct"
+
     def threshold(self, tc: TriggerConfig) -> float:
         return self.default_threshold if tc.hallucination_threshold is None else tc.hallucination_threshold
 
