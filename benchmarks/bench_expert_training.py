@@ -34,15 +34,10 @@ from _common import add_timing_args, apply_threads, compare, load_average, print
 
 from semoe.config import ExpertConfig, SyntheticConfig
 from semoe.data.encyclopedia import build_encyclopedia
-from semoe.experts.training import (
-    QA,
-    TrainingItem,
-    build_sequences,
-    expert_losses,
-    initial_lora,
-    train_expert_peft,
-    train_experts_batched,
-)
+from semoe.experts.lockstep import expert_losses, train_experts_batched
+from semoe.experts.lora_init import initial_lora
+from semoe.experts.peft_trainer import train_expert_peft
+from semoe.experts.training_data import QA, TrainingItem, build_sequences
 from semoe.models.loading import load_model
 
 

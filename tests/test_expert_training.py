@@ -7,18 +7,12 @@ import pytest
 import torch
 
 from semoe.config import ExpertConfig
+from semoe.experts.cache import ensure_experts
 from semoe.experts.format import load_expert, save_expert
-from semoe.experts.training import (
-    IGNORE,
-    QA,
-    TrainingItem,
-    build_sequences,
-    ensure_experts,
-    expert_losses,
-    initial_lora,
-    train_expert_peft,
-    train_experts_batched,
-)
+from semoe.experts.lockstep import expert_losses, train_experts_batched
+from semoe.experts.lora_init import initial_lora
+from semoe.experts.peft_trainer import train_expert_peft
+from semoe.experts.training_data import IGNORE, QA, TrainingItem, build_sequences
 from semoe.storage.artifacts import ArtifactCache
 from semoe.storage.results import migrate
 
@@ -155,7 +149,7 @@ def test_peft_baseline_agrees_with_the_batched_trainer(tiny):
 def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch):
     import duckdb
 
-    from semoe.experts import training
+    from semoe.experts import lockstep
 
     model, tok = tiny
     cache = ArtifactCache(tmp_path)
@@ -169,7 +163,7 @@ def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch)
     def no_training(*args, **kwargs):
         raise AssertionError("a cached expert was retrained")
 
-    monkeypatch.setattr(training, "_train_lockstep", no_training)
+    monkeypatch.setattr(lockstep, "_train_lockstep", no_training)
     again = ensure_experts(items, "tiny", CFG, cache, model, tok)
     assert [r.trained for r in again] == [False] * 3
     assert [r.to_row() for r in again] == [r.to_row() for r in first]
@@ -209,7 +203,7 @@ def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
     without the passage, as PRAG's ``prag`` mode asks) than the base model does."""
     from semoe.config import SyntheticConfig
     from semoe.data.encyclopedia import build_encyclopedia
-    from semoe.experts.training import user_prompt
+    from semoe.experts.training_data import user_prompt
     from semoe.models.loading import load_model
 
     model, tok = load_model("smollm2-135m-instruct", model_cache_root, device="cpu")
