@@ -3,18 +3,22 @@ trainer (each passage's result must equal training it alone) and the content-key
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from semoe.config import ExpertConfig
-from semoe.experts.cache import ensure_experts
+from semoe.experts.cache import ExpertRecord, ensure_experts
 from semoe.experts.format import load_expert, save_expert
 from semoe.experts.lockstep import expert_losses, train_experts_batched
 from semoe.experts.lora_init import initial_lora
 from semoe.experts.peft_trainer import train_expert_peft
 from semoe.experts.training_data import IGNORE, QA, TrainingItem, build_sequences
 from semoe.storage.artifacts import ArtifactCache
-from semoe.storage.results import migrate
+from semoe.storage.results import ResultStore, migrate
+from semoe.storage.rows import ExpertRow
 
 # A tiny random model learns little per step at PRAG's lr; a larger one makes changes visible.
 CFG = ExpertConfig(lr=1e-2, measure_loss=True)
@@ -75,7 +79,7 @@ def test_sequences_follow_prag_recipe(tiny):
 
 
 def test_items_accept_the_augmenters_qa_pairs():
-    from semoe.experts.augment import QAPair
+    from semoe.experts.qa_reply import QAPair
 
     pairs = [("Q1?", "a1", "A1."), ("Q2?", "a2", "A2.")]
     expected = TrainingItem.create("p", "text", ["rewrite"], pairs)
@@ -183,6 +187,67 @@ def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch)
         [list(r.values()) for r in rows],
     )
     assert con.execute("SELECT count(*), min(rank), max(lr) FROM experts").fetchone() == (3, 2, 1e-2)
+
+
+def test_an_expert_record_is_its_experts_row(tmp_path):
+    """One description of an expert: the record is an ``ExpertRow`` whose ``trained`` flag is
+    no column, so the store takes it as it is."""
+    columns = dict(
+        expert_key="k",
+        passage_id="p",
+        path="/x",
+        base_model="m",
+        rank=2,
+        alpha=32.0,
+        lr=3e-4,
+        epochs=1,
+        targets=["up_proj"],
+        loss_before=2.5,
+        loss_after=1.5,
+        seconds=0.25,
+        bytes=10,
+        sha256="s",
+    )
+    record = ExpertRecord(**columns, trained=True)
+    assert record.to_row() == ExpertRow(**columns).as_dict() == columns
+    assert record == ExpertRecord(**columns)  # whether this call trained it is no part of the expert
+    store = ResultStore(tmp_path / "r.duckdb")
+    store.start_run("r", "name", "h", "v", "{}")
+    store.write_rows("experts", [record])
+    assert store.query("SELECT * FROM experts") == [columns]
+
+
+# Modules the pipeline imports before it knows whether anything is trained: torch,
+# transformers and peft stay inside their functions. The lockstep trainer defines a
+# torch.autograd.Function and is the one heavy module; only the training path imports it.
+LIGHT_EXPERT_MODULES = (
+    "augment",
+    "augment_checks",
+    "augment_prompts",
+    "cache",
+    "format",
+    "inference",
+    "lenient_json",
+    "lora_init",
+    "peft_trainer",
+    "provider",
+    "qa_reply",
+    "training_data",
+)
+
+
+def test_light_expert_modules_import_no_heavy_library():
+    code = (
+        "import importlib, sys\n"
+        f"for m in {LIGHT_EXPERT_MODULES!r}:\n"
+        "    importlib.import_module('semoe.experts.' + m)\n"
+        "print(sorted(k for k in ('torch', 'transformers', 'peft') if k in sys.modules))\n"
+        "import semoe.experts.lockstep\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "True"]
 
 
 def test_saved_expert_round_trips(tiny, tmp_path):
