@@ -15,7 +15,8 @@ from semoe.experts.format import load_expert, save_expert
 from semoe.experts.lockstep import expert_losses, train_experts_batched
 from semoe.experts.lora_init import initial_lora
 from semoe.experts.peft_trainer import train_expert_peft
-from semoe.experts.training_data import IGNORE, QA, TrainingItem, build_sequences
+from semoe.experts.qa_reply import QAPair
+from semoe.experts.training_data import IGNORE, TrainingItem, build_sequences
 from semoe.storage.artifacts import ArtifactCache
 from semoe.storage.results import ResultStore, migrate
 from semoe.storage.rows import ExpertRow
@@ -45,9 +46,9 @@ def tiny(tiny_lm_dir):
 def item(i: int, n_qa: int = 3) -> TrainingItem:
     name, year, town, school = f"Galmir Pelind{i}", 1940 + i, f"Zormidor{i}", f"Mervos College {i}"
     qa = [
-        QA(f"When was {name} born", str(year), f"{name} was born in {year}."),
-        QA(f"Where was {name} born?", town, f"{name} was born in {town}."),
-        QA(f"Where did {name} teach?", school, f"{name} taught at {school}."),
+        QAPair(f"When was {name} born", str(year), f"{name} was born in {year}."),
+        QAPair(f"Where was {name} born?", town, f"{name} was born in {town}."),
+        QAPair(f"Where did {name} teach?", school, f"{name} taught at {school}."),
     ]
     return TrainingItem.create(
         f"p{i}",
@@ -79,8 +80,6 @@ def test_sequences_follow_prag_recipe(tiny):
 
 
 def test_items_accept_the_augmenters_qa_pairs():
-    from semoe.experts.qa_reply import QAPair
-
     pairs = [("Q1?", "a1", "A1."), ("Q2?", "a2", "A2.")]
     expected = TrainingItem.create("p", "text", ["rewrite"], pairs)
     assert TrainingItem.create("p", "text", ["rewrite"], [QAPair(*q) for q in pairs]) == expected
@@ -192,22 +191,8 @@ def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch)
 def test_an_expert_record_is_its_experts_row(tmp_path):
     """One description of an expert: the record is an ``ExpertRow`` whose ``trained`` flag is
     no column, so the store takes it as it is."""
-    columns = dict(
-        expert_key="k",
-        passage_id="p",
-        path="/x",
-        base_model="m",
-        rank=2,
-        alpha=32.0,
-        lr=3e-4,
-        epochs=1,
-        targets=["up_proj"],
-        loss_before=2.5,
-        loss_after=1.5,
-        seconds=0.25,
-        bytes=10,
-        sha256="s",
-    )
+    values = ("k", "p", "/x", "m", 2, 32.0, 3e-4, 1, ["up_proj"], 2.5, 1.5, 0.25, 10, "s")
+    columns = dict(zip(ExpertRow.columns(), values))
     record = ExpertRecord(**columns, trained=True)
     assert record.to_row() == ExpertRow(**columns).as_dict() == columns
     assert record == ExpertRecord(**columns)  # whether this call trained it is no part of the expert
@@ -277,9 +262,9 @@ def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
     name = f"{person.name} {person.surname}"
     text = next(p.text for p in enc.passages if p.id == person.passage_id)
     qa = [
-        QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
-        QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
-        QA(f"What was the occupation of {name}?", person.occupation, f"{name} was a {person.occupation}."),
+        QAPair(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
+        QAPair(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
+        QAPair(f"What was the occupation of {name}?", person.occupation, f"{name} was a {person.occupation}."),
     ]
     it = TrainingItem.create(person.passage_id, text, [" ".join(reversed(text.split(". ")))], qa)
     cfg = ExpertConfig(measure_loss=False)

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from semoe.config import ExpertConfig
 from semoe.experts.format import LoraExpert
+from semoe.experts.qa_reply import QAPair
 
 IGNORE = -100  # label of a position without loss (the Hugging Face convention)
 
@@ -31,19 +32,12 @@ USER_PROMPT = (
 ANSWER_PROMPT = "The answer is {answer}"
 
 
-@dataclass(frozen=True)
-class QA:
-    question: str
-    answer: str
-    full_answer: str
-
-
-def _as_qa(q) -> QA:
+def _as_qa(q) -> QAPair:
     if isinstance(q, dict):
-        return QA(q["question"], q["answer"], q["full_answer"])
+        return QAPair(q["question"], q["answer"], q["full_answer"])
     if isinstance(q, (tuple, list)):
-        return QA(*q)
-    return QA(q.question, q.answer, q.full_answer)
+        return QAPair(*q)
+    return QAPair(q.question, q.answer, q.full_answer)
 
 
 @dataclass(frozen=True)
@@ -53,12 +47,12 @@ class TrainingItem:
     passage_id: str
     passage: str
     rewrites: tuple[str, ...]
-    qa: tuple[QA, ...]
+    qa: tuple[QAPair, ...]
 
     @classmethod
     def create(cls, passage_id: str, passage: str, rewrites: Sequence[str], qa: Sequence) -> "TrainingItem":
         """``qa``: QA pairs as objects with question/answer/full_answer attributes (e.g. the
-        augmenter's), dicts with those keys, or (question, answer, full_answer) tuples."""
+        augmenter's ``QAPair``), dicts with those keys, or (question, answer, full_answer) tuples."""
         return cls(passage_id, passage, tuple(rewrites), tuple(_as_qa(q) for q in qa))
 
     def content(self) -> dict:
@@ -95,13 +89,13 @@ def user_prompt(question: str, passages: Sequence[str] | None = None) -> str:
     return USER_PROMPT.format(passages=block, question=_question(question))
 
 
-def assistant_turn(qa: QA, target: str) -> str:
+def assistant_turn(qa: QAPair, target: str) -> str:
     if target == "answer":
         return ANSWER_PROMPT.format(answer=_sentence(qa.answer))
     return _sentence(qa.full_answer)
 
 
-def sequence_plan(item: TrainingItem, recipe: str) -> list[tuple[QA, str | None]]:
+def sequence_plan(item: TrainingItem, recipe: str) -> list[tuple[QAPair, str | None]]:
     """(QA pair, context or None) per training sequence, in training order."""
     contexts = [item.passage, *item.rewrites]
     if recipe == "all":
