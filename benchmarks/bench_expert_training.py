@@ -34,15 +34,11 @@ from _common import add_timing_args, apply_threads, compare, load_average, print
 
 from semoe.config import ExpertConfig, SyntheticConfig
 from semoe.data.encyclopedia import build_encyclopedia
-from semoe.experts.training import (
-    QA,
-    TrainingItem,
-    build_sequences,
-    expert_losses,
-    initial_lora,
-    train_expert_peft,
-    train_experts_batched,
-)
+from semoe.experts.lockstep import expert_losses, train_experts_batched
+from semoe.experts.lora_init import initial_lora
+from semoe.experts.peft_trainer import train_expert_peft
+from semoe.experts.qa_reply import QAPair
+from semoe.experts.training_data import TrainingItem, build_sequences
 from semoe.models.loading import load_model
 
 
@@ -53,9 +49,9 @@ def make_items(n: int, seed: int) -> list[TrainingItem]:
     for person in enc.people[:n]:
         name, text = f"{person.name} {person.surname}", texts[person.passage_id]
         qa = [
-            QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
-            QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
-            QA(f"What was the occupation of {name}?", person.occupation, f"{name} was {_a(person.occupation)}."),
+            QAPair(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
+            QAPair(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
+            QAPair(f"What was the occupation of {name}?", person.occupation, f"{name} was {_a(person.occupation)}."),
         ]
         items.append(TrainingItem.create(person.passage_id, text, [" ".join(reversed(text.split(". ")))], qa))
     return items

@@ -12,17 +12,11 @@ import pytest
 from semoe.config import AugmentConfig, SyntheticConfig
 from semoe.data.encyclopedia import build_encyclopedia
 from semoe.data.schema import Passage
-from semoe.experts import augment
-from semoe.experts.augment import (
-    QA_PREFIX,
-    Augmentation,
-    QAPair,
-    QAParseError,
-    _qa_reply_complete,
-    _rewrite_complete,
-    augment_passages,
-    parse_qa_pairs,
-)
+from semoe.experts import augment, augment_prompts, lenient_json
+from semoe.experts.augment import Augmentation, augment_passages
+from semoe.experts.augment_checks import qa_reply_complete, rewrite_complete
+from semoe.experts.augment_prompts import QA_PREFIX
+from semoe.experts.qa_reply import QAPair, QAParseError, parse_qa_pairs
 from semoe.generation.lm import ChatLM
 from semoe.metrics import normalize_answer
 from semoe.storage.artifacts import ArtifactCache
@@ -120,7 +114,7 @@ def test_parser_reads_valid_json_strictly(text, expected):
     ["[" * 100_000, '[{"question": "A?", "answer": ' + "[" * 100_000, '[{"a": ' * 50_000, '{"a": [' * 50_000],
 )
 def test_deep_nesting_is_a_parse_error_not_a_recursion_error(text):
-    with pytest.raises(QAParseError, match=f"nested deeper than {augment.MAX_DEPTH} levels"):
+    with pytest.raises(QAParseError, match=f"nested deeper than {lenient_json.MAX_DEPTH} levels"):
         parse_qa_pairs(text)
 
 
@@ -141,11 +135,11 @@ def test_parser_explains_why_nothing_is_usable(text, reason):
 
 
 def test_qa_prompt_shows_one_worked_example_and_asks_for_n_pairs():
-    msgs = augment.qa_messages("Some passage.", 2)
+    msgs = augment_prompts.qa_messages("Some passage.", 2)
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
     assert "two different questions" in msgs[2]["content"] and msgs[2]["content"].endswith("Some passage.")
     assert len(parse_qa_pairs(msgs[1]["content"])) == 2
-    assert "one question " in augment.qa_messages("x", 1)[2]["content"]
+    assert "one question " in augment_prompts.qa_messages("x", 1)[2]["content"]
 
 
 # --------------------------------------------------------------------------- models
@@ -315,13 +309,13 @@ def test_repeated_sentences_are_dropped_and_a_failed_rewrite_keeps_the_qa(tokeni
 
 
 def test_qa_replies_stop_when_complete_or_looping():
-    complete = _qa_reply_complete(2)
+    complete = qa_reply_complete(2)
     assert not complete('Where?", "answer": "X"}, {"question": "Who?", "answer": "Y"}')
     assert complete('Where?", "answer": "X"}]')
     assert complete('Where?", "answer": "X", "full_answer": "X", "full_answer": "X"')
     assert complete('Q?", "answer": "A"}, ' + '{"question": "Q?", "answer": "A"}, ' * 3)
-    assert _rewrite_complete("Zorell was born in Falvik.\n\nNote: this is a rewrite.")
-    assert not _rewrite_complete("Here is the rewrite:\n\nZorell was born")
+    assert rewrite_complete("Zorell was born in Falvik.\n\nNote: this is a rewrite.")
+    assert not rewrite_complete("Here is the rewrite:\n\nZorell was born")
 
 
 def test_second_rewrite_must_differ_from_the_first(tokenizer, tmp_path):
@@ -363,14 +357,14 @@ def test_valid_json_with_typographic_quotes_and_escapes_gives_usable_pairs(token
 
 def test_an_exception_checking_one_passage_is_its_recorded_uncached_failure(tokenizer, tmp_path, monkeypatch):
     model, cache, cfg = qa_model(tokenizer), ArtifactCache(tmp_path), AugmentConfig(max_attempts=2, **QA_ONLY)
-    checked = augment._usable_pairs
+    checked = augment.usable_pairs
 
     def buggy(text, passage, cfg):
         if passage == LOOM_PASSAGE.text:
             raise TypeError("boom")
         return checked(text, passage, cfg)
 
-    monkeypatch.setattr(augment, "_usable_pairs", buggy)
+    monkeypatch.setattr(augment, "usable_pairs", buggy)
     passages = [LOOM_PASSAGE, GRIN_PASSAGE]
     recs = augment_passages(passages, cfg, ChatLM(model, tokenizer), cache, model_spec="scripted")
     assert [(r.status, r.reason, r.qa) for r in recs] == [
@@ -551,11 +545,11 @@ def test_real_model_augments_synthetic_passages(model_cache_root, tmp_path):
 def test_rewrite_sentences_follow_the_package_sentence_rule():
     """Abbreviations end no sentence here either: no name is lost from the checked terms and
     no sentence is cut or deduplicated at "Dr." or "St." (semoe.generation.answer)."""
-    from semoe.experts.augment import _clean_rewrite, _key_terms
+    from semoe.experts.augment_checks import _key_terms, clean_rewrite
 
     assert _key_terms("Dr. Smith lives in St. Louis. He was born in 1950.") == {"Smith", "St", "Louis", "1950"}
     text = "Dr. Smith was born in St. Louis. He moved to Mt. Vernon. He moved to Mt. Vernon. Later he"
-    assert _clean_rewrite(text) == "Dr. Smith was born in St. Louis. He moved to Mt. Vernon."
-    assert _clean_rewrite("Here is the rewrite:\nJ. R. R. Tolkien wrote it in Oxford.") == (
+    assert clean_rewrite(text) == "Dr. Smith was born in St. Louis. He moved to Mt. Vernon."
+    assert clean_rewrite("Here is the rewrite:\nJ. R. R. Tolkien wrote it in Oxford.") == (
         "J. R. R. Tolkien wrote it in Oxford."
     )

@@ -3,24 +3,23 @@ trainer (each passage's result must equal training it alone) and the content-key
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from semoe.config import ExpertConfig
+from semoe.experts.cache import ExpertRecord, ensure_experts
 from semoe.experts.format import load_expert, save_expert
-from semoe.experts.training import (
-    IGNORE,
-    QA,
-    TrainingItem,
-    build_sequences,
-    ensure_experts,
-    expert_losses,
-    initial_lora,
-    train_expert_peft,
-    train_experts_batched,
-)
+from semoe.experts.lockstep import expert_losses, train_experts_batched
+from semoe.experts.lora_init import initial_lora
+from semoe.experts.peft_trainer import train_expert_peft
+from semoe.experts.qa_reply import QAPair
+from semoe.experts.training_data import IGNORE, TrainingItem, build_sequences
 from semoe.storage.artifacts import ArtifactCache
-from semoe.storage.results import migrate
+from semoe.storage.results import ResultStore, migrate
+from semoe.storage.rows import ExpertRow
 
 # A tiny random model learns little per step at PRAG's lr; a larger one makes changes visible.
 CFG = ExpertConfig(lr=1e-2, measure_loss=True)
@@ -47,9 +46,9 @@ def tiny(tiny_lm_dir):
 def item(i: int, n_qa: int = 3) -> TrainingItem:
     name, year, town, school = f"Galmir Pelind{i}", 1940 + i, f"Zormidor{i}", f"Mervos College {i}"
     qa = [
-        QA(f"When was {name} born", str(year), f"{name} was born in {year}."),
-        QA(f"Where was {name} born?", town, f"{name} was born in {town}."),
-        QA(f"Where did {name} teach?", school, f"{name} taught at {school}."),
+        QAPair(f"When was {name} born", str(year), f"{name} was born in {year}."),
+        QAPair(f"Where was {name} born?", town, f"{name} was born in {town}."),
+        QAPair(f"Where did {name} teach?", school, f"{name} taught at {school}."),
     ]
     return TrainingItem.create(
         f"p{i}",
@@ -81,8 +80,6 @@ def test_sequences_follow_prag_recipe(tiny):
 
 
 def test_items_accept_the_augmenters_qa_pairs():
-    from semoe.experts.augment import QAPair
-
     pairs = [("Q1?", "a1", "A1."), ("Q2?", "a2", "A2.")]
     expected = TrainingItem.create("p", "text", ["rewrite"], pairs)
     assert TrainingItem.create("p", "text", ["rewrite"], [QAPair(*q) for q in pairs]) == expected
@@ -155,7 +152,7 @@ def test_peft_baseline_agrees_with_the_batched_trainer(tiny):
 def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch):
     import duckdb
 
-    from semoe.experts import training
+    from semoe.experts import lockstep
 
     model, tok = tiny
     cache = ArtifactCache(tmp_path)
@@ -169,7 +166,7 @@ def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch)
     def no_training(*args, **kwargs):
         raise AssertionError("a cached expert was retrained")
 
-    monkeypatch.setattr(training, "_train_lockstep", no_training)
+    monkeypatch.setattr(lockstep, "_train_lockstep", no_training)
     again = ensure_experts(items, "tiny", CFG, cache, model, tok)
     assert [r.trained for r in again] == [False] * 3
     assert [r.to_row() for r in again] == [r.to_row() for r in first]
@@ -191,6 +188,53 @@ def test_ensure_experts_trains_only_what_is_missing(tiny, tmp_path, monkeypatch)
     assert con.execute("SELECT count(*), min(rank), max(lr) FROM experts").fetchone() == (3, 2, 1e-2)
 
 
+def test_an_expert_record_is_its_experts_row(tmp_path):
+    """One description of an expert: the record is an ``ExpertRow`` whose ``trained`` flag is
+    no column, so the store takes it as it is."""
+    values = ("k", "p", "/x", "m", 2, 32.0, 3e-4, 1, ["up_proj"], 2.5, 1.5, 0.25, 10, "s")
+    columns = dict(zip(ExpertRow.columns(), values))
+    record = ExpertRecord(**columns, trained=True)
+    assert record.to_row() == ExpertRow(**columns).as_dict() == columns
+    assert record == ExpertRecord(**columns)  # whether this call trained it is no part of the expert
+    store = ResultStore(tmp_path / "r.duckdb")
+    store.start_run("r", "name", "h", "v", "{}")
+    store.write_rows("experts", [record])
+    assert store.query("SELECT * FROM experts") == [columns]
+
+
+# Modules the pipeline imports before it knows whether anything is trained: torch,
+# transformers and peft stay inside their functions. The lockstep trainer defines a
+# torch.autograd.Function and is the one heavy module; only the training path imports it.
+LIGHT_EXPERT_MODULES = (
+    "augment",
+    "augment_checks",
+    "augment_prompts",
+    "cache",
+    "format",
+    "inference",
+    "lenient_json",
+    "lora_init",
+    "peft_trainer",
+    "provider",
+    "qa_reply",
+    "training_data",
+)
+
+
+def test_light_expert_modules_import_no_heavy_library():
+    code = (
+        "import importlib, sys\n"
+        f"for m in {LIGHT_EXPERT_MODULES!r}:\n"
+        "    importlib.import_module('semoe.experts.' + m)\n"
+        "print(sorted(k for k in ('torch', 'transformers', 'peft') if k in sys.modules))\n"
+        "import semoe.experts.lockstep\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "True"]
+
+
 def test_saved_expert_round_trips(tiny, tmp_path):
     model, tok = tiny
     init = initial_lora(model, CFG)
@@ -209,7 +253,7 @@ def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
     without the passage, as PRAG's ``prag`` mode asks) than the base model does."""
     from semoe.config import SyntheticConfig
     from semoe.data.encyclopedia import build_encyclopedia
-    from semoe.experts.training import user_prompt
+    from semoe.experts.training_data import user_prompt
     from semoe.models.loading import load_model
 
     model, tok = load_model("smollm2-135m-instruct", model_cache_root, device="cpu")
@@ -218,9 +262,9 @@ def test_real_model_expert_raises_its_answers_likelihood(model_cache_root):
     name = f"{person.name} {person.surname}"
     text = next(p.text for p in enc.passages if p.id == person.passage_id)
     qa = [
-        QA(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
-        QA(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
-        QA(f"What was the occupation of {name}?", person.occupation, f"{name} was a {person.occupation}."),
+        QAPair(f"When was {name} born?", str(person.birth_year), f"{name} was born in {person.birth_year}."),
+        QAPair(f"Where was {name} born?", person.birthplace.name, f"{name} was born in {person.birthplace.name}."),
+        QAPair(f"What was the occupation of {name}?", person.occupation, f"{name} was a {person.occupation}."),
     ]
     it = TrainingItem.create(person.passage_id, text, [" ".join(reversed(text.split(". ")))], qa)
     cfg = ExpertConfig(measure_loss=False)

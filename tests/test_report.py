@@ -80,7 +80,7 @@ def _output(method: str, i: int) -> MethodOutput:
 
 
 def _expert_row(cfg: SemoeConfig, passage_id: str, rank: int, nbytes: int) -> dict:
-    from semoe.experts.training import ExpertRecord
+    from semoe.experts.cache import ExpertRecord
 
     return ExpertRecord(
         expert_key=f"{passage_id}-r{rank}",

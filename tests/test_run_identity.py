@@ -250,6 +250,21 @@ def test_code_that_can_change_a_result_is_part_of_its_identity(tmp_path):
     assert after["routing"] != before["routing"] and after["answers"] == before["answers"]
 
 
+def test_every_passage_expert_module_is_answer_code(tmp_path):
+    """The passage-expert modules (augmentation, training, insertion), however the package is
+    split, decide the answers of the methods with experts: each one is in the answer code."""
+    root = _package_copy(tmp_path)
+    before = _digests(root)
+    modules = sorted((root / "experts").glob("*.py"))
+    assert {"augment.py", "lockstep.py", "training_data.py", "cache.py"} <= {m.name for m in modules}
+    for module in modules:
+        text = module.read_text(encoding="utf-8")
+        module.write_text(text + "\nEDITED = 1\n", encoding="utf-8")
+        after = _digests(root)
+        assert after["answers"] != before["answers"] and after["scores"] == before["scores"], module.name
+        module.write_text(text, encoding="utf-8")
+
+
 def test_library_versions_are_part_of_the_code_identity(monkeypatch):
     assert identity.environment()["torch"]
     identity.code_digest.cache_clear()

@@ -4,7 +4,8 @@ the passage, its rewrites and its QA pairs.
 
 Small models write broken JSON, loop, copy the worked example and make answers up, so
 every output is parsed as strict JSON where it is valid and repaired where it is not
-(:func:`parse_qa_pairs`), and then checked against the passage; what fails is
+(:func:`semoe.experts.qa_reply.parse_qa_pairs`), and then checked against the passage
+(:mod:`semoe.experts.augment_checks`); what fails is
 regenerated, greedily first and then with seeded sampling, at most ``max_attempts`` times.
 A passage that still fails is recorded as ``"failed"`` with the reason: nothing is ever
 filled in. Results, failures included, are cached per passage text in the artifact cache,
@@ -16,16 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Literal, Sequence
 
 from semoe.config import AugmentConfig
 from semoe.data.schema import Passage
-from semoe.generation.answer import sentence_ends, split_sentences
-from semoe.generation.lm import ChatLM, Message
-from semoe.metrics import normalize_answer
+from semoe.experts.augment_checks import (
+    clean_rewrite,
+    qa_reply_complete,
+    rewrite_complete,
+    rewrite_problem,
+    usable_pairs,
+)
+from semoe.experts.augment_prompts import QA_PREFIX, qa_messages, rewrite_messages
+from semoe.experts.qa_reply import QAPair
+from semoe.generation.lm import ChatLM
 from semoe.progress import RateMeter
 from semoe.storage.artifacts import MARKER, ArtifactCache, content_key
 from semoe.storage.results import utcnow
@@ -41,13 +47,6 @@ CACHE_KIND = "augmentations"
 CACHE_FILE = "augmentation.json"
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class QAPair:
-    question: str
-    answer: str
-    full_answer: str
 
 
 @dataclass
@@ -101,424 +100,7 @@ def augmentation_key(text_hash: str, model_spec: str, n_qa: int, n_rewrites: int
     )
 
 
-# --------------------------------------------------------------------------- prompts
-
-_REWRITE_PROMPT = (
-    "Rewrite the passage below. Keep the entities, proper nouns and key details (names, places, "
-    "dates, terminology) exactly as they are, but express the same ideas in different words and "
-    "sentences. Do not add or leave out facts. Reply with the rewritten passage only.\n\n"
-    "Passage:\n{passage}"
-)
-_QA_PROMPT = (
-    "Here is a passage. Write {count} that can be answered with the information in the passage. "
-    "For each question give a short answer taken from the passage and a full answer in one complete "
-    "sentence. Reply only with a JSON list in this format:\n"
-    '[{{"question": "...", "answer": "...", "full_answer": "..."}}]\n\n'
-    "Passage:\n{passage}"
-)
-# One worked example, given as an earlier turn of the chat: a 135M model follows a shown
-# reply far better than a described one. Its entities are invented and absent from any corpus.
-_EXAMPLE_PASSAGE = (
-    "Osric Pellane was a glassblower born in Tarrowmere in 1902. For many years Pellane worked for "
-    "the Hesk Glass Company, and his blue vases are still collected today."
-)
-_EXAMPLE_QA = (
-    QAPair("Where was Osric Pellane born?", "Tarrowmere", "Osric Pellane was born in Tarrowmere."),
-    QAPair("When was Osric Pellane born?", "1902", "Osric Pellane was born in 1902."),
-    QAPair(
-        "Which company did Osric Pellane work for?",
-        "the Hesk Glass Company",
-        "Osric Pellane worked for the Hesk Glass Company.",
-    ),
-)
-# The reply is started for the model, which keeps it from opening with prose.
-QA_PREFIX = '[{"question": "'
-_NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-
-
-def rewrite_messages(passage_text: str) -> list[Message]:
-    return [{"role": "user", "content": _REWRITE_PROMPT.format(passage=passage_text)}]
-
-
-def qa_messages(passage_text: str, n_qa: int) -> list[Message]:
-    """The QA request with the worked example as a previous turn (the reply is prefilled with QA_PREFIX)."""
-    count = "one question" if n_qa == 1 else f"{_NUMBERS[n_qa - 1]} different questions"
-    example = json.dumps([asdict(q) for q in _EXAMPLE_QA[:n_qa]], ensure_ascii=False)
-    return [
-        {"role": "user", "content": _QA_PROMPT.format(count=count, passage=_EXAMPLE_PASSAGE)},
-        {"role": "assistant", "content": example},
-        {"role": "user", "content": _QA_PROMPT.format(count=count, passage=passage_text)},
-    ]
-
-
-# --------------------------------------------------------------------------- lenient JSON
-
-
-class QAParseError(ValueError):
-    """No usable QA pair in a model output; the message is the reason."""
-
-
-class _Truncated(Exception):
-    """The text ended inside a value; ``args[0]``, if any, is the enclosing object's complete fields."""
-
-
-class _Invalid(Exception):
-    pass
-
-
-# Quote characters small models use as string delimiters. The repair pass treats them as
-# delimiters only where a string starts or ends, so typographic quotes *inside* a string are
-# kept as written (rewriting them before parsing broke valid JSON such as "“the Loom Queen”").
-_DOUBLE_QUOTES = '"“”„‟'
-_SINGLE_QUOTES = "'‘’‚‛"
-_OPENERS = _DOUBLE_QUOTES + _SINGLE_QUOTES
-_FENCE = re.compile(r"```[A-Za-z]*")
-_OPEN_BRACKET = re.compile(r"[\[{]")
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
-_BARE_END = ",:{}[]\n"
-# Far deeper than any QA list (depth 2); deeper input is garbage, and recursing into it
-# would end in RecursionError instead of a reason.
-MAX_DEPTH = 32
-
-
-def _skip_ws(s: str, i: int) -> int:
-    while i < len(s) and s[i].isspace():
-        i += 1
-    return i
-
-
-def _closes(s: str, i: int) -> bool:
-    """Whether a quote before ``s[i]`` ends a string (else it is an apostrophe or a quote inside it)."""
-    i = _skip_ws(s, i)
-    return i >= len(s) or s[i] in ",:}]"
-
-
-def _string(s: str, i: int) -> tuple[str, int]:
-    """A string opened by any quote of ``_OPENERS``. One opened by ``"`` ends at the next
-    unescaped ``"``, as in JSON; any other ends at a quote of its family followed by
-    ``, : } ]`` or the end, so apostrophes and quoted words inside it survive."""
-    quote, i, buf = s[i], i + 1, []
-    family = _DOUBLE_QUOTES if quote in _DOUBLE_QUOTES else _SINGLE_QUOTES
-    while i < len(s):
-        c = s[i]
-        if c == "\\" and i + 1 < len(s):
-            nxt = s[i + 1]
-            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", s[i + 2 : i + 6]):
-                buf.append(chr(int(s[i + 2 : i + 6], 16)))  # surrogate halves are paired in _field
-                i += 6
-                continue
-            buf.append(_ESCAPES.get(nxt, nxt))
-            i += 2
-            continue
-        if c == quote == '"' or (c in family and quote != '"' and _closes(s, i + 1)):
-            return "".join(buf), i + 1
-        buf.append(c)
-        i += 1
-    raise _Truncated
-
-
-def _bare(s: str, i: int) -> tuple[object, int]:
-    j = i
-    while j < len(s) and s[j] not in _BARE_END:
-        j += 1
-    if j >= len(s):
-        raise _Truncated
-    token = s[i:j].strip()
-    if not token:
-        raise _Invalid
-    literals = {"true": True, "false": False, "null": None}
-    if token in literals:
-        return literals[token], j
-    try:
-        return json.loads(token), j
-    except ValueError:
-        return token, j
-
-
-def _object(s: str, i: int, depth: int) -> tuple[dict, int]:
-    obj: dict = {}
-    i += 1
-    try:
-        while True:
-            i = _skip_ws(s, i)
-            if i >= len(s):
-                raise _Truncated
-            if s[i] == "}":
-                return obj, i + 1
-            if s[i] == ",":
-                i += 1
-                continue
-            key, i = _string(s, i) if s[i] in _OPENERS else _bare(s, i)
-            i = _skip_ws(s, i)
-            if i >= len(s):
-                raise _Truncated
-            if s[i] != ":" or not isinstance(key, str):
-                raise _Invalid
-            value, i = _value(s, i + 1, depth)
-            obj.setdefault(key, value)  # a looping model repeats keys: its first value is the sane one
-    except _Truncated:
-        # A model that loops on a key never closes the object; the fields it finished still count.
-        raise _Truncated(obj) from None
-
-
-def _array(s: str, i: int, depth: int) -> tuple[list, int]:
-    """Items up to the closing bracket; a cut-off list keeps its complete items."""
-    items: list = []
-    i += 1
-    while True:
-        i = _skip_ws(s, i)
-        if i >= len(s):
-            return items, i
-        if s[i] == "]":
-            return items, i + 1
-        if s[i] == ",":
-            i += 1
-            continue
-        try:
-            value, i = _value(s, i, depth)
-        except _Truncated as cut:
-            return items + [a for a in cut.args if a], len(s)
-        items.append(value)
-
-
-def _value(s: str, i: int, depth: int = 0) -> tuple[object, int]:
-    i = _skip_ws(s, i)
-    if i >= len(s):
-        raise _Truncated
-    c = s[i]
-    if c in "{[":
-        if depth >= MAX_DEPTH:
-            raise QAParseError(f"JSON nested deeper than {MAX_DEPTH} levels (at character {i})")
-        return _object(s, i, depth + 1) if c == "{" else _array(s, i, depth + 1)
-    if c in _OPENERS:
-        return _string(s, i)
-    return _bare(s, i)
-
-
-def _first_wins(pairs: list[tuple[str, object]]) -> dict:
-    """A repeated key keeps its first value, as in the lenient parser (strict ``json`` keeps the last)."""
-    obj: dict = {}
-    for key, value in pairs:
-        obj.setdefault(key, value)
-    return obj
-
-
-def _json_items(text: str) -> tuple[list, bool]:
-    """Every top-level item of the JSON lists and objects found in ``text`` (prose around
-    them skipped), and whether anything JSON-like was found at all.
-
-    At each bracket the text is first parsed as strict JSON (``json.JSONDecoder.raw_decode``);
-    only where that fails is it repaired by the lenient parser. Where a list is malformed
-    even for that, scanning resumes just past its opening bracket, so its well-formed
-    objects are still picked up one by one.
-    """
-    # Fences become blanks of the same length, so both parsers index the same text.
-    lenient = _FENCE.sub(lambda m: " " * len(m.group()), text)
-    strict = json.JSONDecoder(object_pairs_hook=_first_wins)
-    items: list = []
-    found = False
-    i = 0
-    while True:
-        start = _OPEN_BRACKET.search(lenient, i)
-        if start is None:
-            return items, found
-        j = start.start()
-        try:
-            value, i = strict.raw_decode(text, j)
-        except (ValueError, RecursionError):  # the C scanner recurses without a depth limit
-            try:
-                value, i = _value(lenient, j)
-            except _Truncated as cut:
-                return items + [a for a in cut.args if a], True
-            except _Invalid:
-                i = j + 1
-                continue
-        found = True
-        items.extend(value if isinstance(value, list) else [value])
-
-
-def _text(value: str) -> str:
-    """``value`` with escaped UTF-16 surrogate pairs (``\\ud83d\\ude00``) joined into their
-    character and lone halves replaced by U+FFFD: a lone surrogate cannot be encoded as UTF-8,
-    so it would fail the cache write and the results store."""
-    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _field(value: object) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return " ".join(_text(value).split()) if isinstance(value, str) else ""
-
-
-def parse_qa_pairs(text: str) -> list[QAPair]:
-    """QA pairs from a model output, repairing what can be repaired.
-
-    Valid JSON is read as it is (typographic quotes inside strings kept, ``\\uXXXX``
-    surrogate pairs joined); only what strict parsing rejects is repaired. Accepted: a JSON
-    list (or bare objects) with prose or markdown fences around it, single or typographic
-    quotes as delimiters, unquoted keys, trailing or doubled commas, missing closing brackets
-    (output cut off by the token limit keeps every field it completed), repeated keys (the
-    first wins). Items without a complete question and answer are dropped; a missing
-    ``full_answer`` becomes the answer.
-    Raises :class:`QAParseError` with the reason when no pair remains, or when the JSON is
-    nested deeper than ``MAX_DEPTH``.
-    """
-    items, found = _json_items(text)
-    if not found:
-        raise QAParseError("no JSON list or object in the output")
-    pairs: list[QAPair] = []
-    dropped: Counter = Counter()
-    for item in items:
-        if not isinstance(item, dict):
-            dropped["not an object"] += 1
-            continue
-        fields = {re.sub(r"[\s-]+", "_", str(k).strip().lower()): v for k, v in reversed(item.items())}
-        question, answer = _field(fields.get("question")), _field(fields.get("answer"))
-        if not question or not answer:
-            dropped["no question" if not question else "no answer"] += 1
-            continue
-        pairs.append(QAPair(question, answer, _field(fields.get("full_answer")) or answer))
-    if not pairs:
-        detail = ", ".join(f"{n} {why}" for why, n in dropped.items())
-        raise QAParseError(f"no item with a question and an answer ({detail})" if detail else "empty JSON list")
-    return pairs
-
-
-# --------------------------------------------------------------------------- checks
-
-_CLOSERS = "\"')]”’"
-_LABEL_LINE = re.compile(r"^[^\n]{0,80}:\s*\n")
-_PARAGRAPH_END = re.compile(r"[.!?][\"')\]]*[ \t]*\n[ \t]*\n")
-# A rewrite shorter than half the passage has lost facts; one keeping under 60 % of the
-# passage's names and numbers, or naming any the passage lacks, has changed the facts
-# (all three are common with SmolLM2-135M).
-_MIN_REWRITE_RATIO = 0.5
-_MIN_TERMS_KEPT = 0.6
-
-
-def _clean_rewrite(text: str) -> str:
-    """Strip fences and a "Here is the rewrite:" line; cut a sentence left unfinished by the token limit."""
-    text = _LABEL_LINE.sub("", _FENCE.sub("", text).strip(), count=1).strip().strip('"').strip()
-    # the package's sentence rule ("St. Louis", "J. R. R. Tolkien" end nothing), punctuated ends only
-    ends = [e for e in sentence_ends(text) if text[:e].rstrip().rstrip(_CLOSERS).endswith((".", "!", "?", "…"))]
-    text = text[: ends[-1]] if ends else ""
-    kept, seen = [], set()
-    for a, b in zip([0, *ends], ends):  # each sentence with the whitespace before it
-        key = normalize_answer(text[a:b])
-        if key and key in seen:  # a repeated sentence adds nothing; its first occurrence stays
-            continue
-        seen.add(key)
-        kept.append(text[a:b])
-    return "".join(kept).strip()
-
-
-def _key_terms(text: str) -> set[str]:
-    """Names and numbers: capitalised words not opening a sentence, and digit runs."""
-    terms = set(re.findall(r"\b\d+\b", text))
-    for sentence in split_sentences(text):
-        terms.update(re.findall(r"\b[A-Z][\w-]+", sentence)[1:])
-    return terms
-
-
-def _new_terms(text: str, passage: str) -> list[str]:
-    """Names and numbers of ``text`` found nowhere in the passage: invented facts."""
-    known = set(re.findall(r"[\w-]+", passage.lower()))
-    return sorted(t for t in _key_terms(text) if t.lower() not in known)
-
-
-def _rewrite_problem(rewrite: str, passage: str, accepted: Sequence[str]) -> str | None:
-    if not rewrite:
-        return "no complete sentence"
-    words, passage_words = len(rewrite.split()), len(passage.split())
-    if words < _MIN_REWRITE_RATIO * passage_words:
-        return f"too short ({words} words for a {passage_words}-word passage)"
-    norm = normalize_answer(rewrite)
-    if norm == normalize_answer(passage):
-        return "copies the passage"
-    if norm in (normalize_answer(a) for a in accepted):
-        return "same as another rewrite"
-    terms = _key_terms(passage)
-    missing = sorted(t for t in terms if not re.search(rf"\b{re.escape(t)}\b", rewrite))
-    if terms and len(missing) > (1 - _MIN_TERMS_KEPT) * len(terms):
-        return f"drops names or numbers ({', '.join(missing[:4])})"
-    added = _new_terms(rewrite, passage)
-    if added:
-        return f"adds names or numbers ({', '.join(added[:4])})"
-    return None
-
-
-_EXAMPLE_QUESTIONS = frozenset(normalize_answer(q.question) for q in _EXAMPLE_QA)
-
-
-def _contains(text: str, phrase: str) -> bool:
-    """Whether normalised ``phrase`` occurs in normalised ``text`` as whole words."""
-    return f" {normalize_answer(phrase)} " in f" {normalize_answer(text)} "
-
-
-def _usable_pairs(text: str, passage: str, cfg: AugmentConfig) -> tuple[list[QAPair], str | None]:
-    """The pairs of a QA output that can be trusted, or the reason there are too few.
-
-    A full answer that leaves out the answer or names things absent from the passage is
-    replaced by the answer itself, as a missing one is.
-    """
-    try:
-        pairs = parse_qa_pairs(text)
-    except QAParseError as e:
-        return [], str(e)
-    kept: list[QAPair] = []
-    seen: set[str] = set()
-    dropped: Counter = Counter()
-    for p in pairs:
-        q = normalize_answer(p.question)
-        if q in _EXAMPLE_QUESTIONS:
-            dropped["copied from the example"] += 1
-        elif not normalize_answer(p.answer) or _contains(p.question, p.answer):
-            dropped["answer empty or given in the question"] += 1
-        elif cfg.grounded and not _contains(passage, p.answer):
-            dropped["answer not in the passage"] += 1
-        elif cfg.grounded and _new_terms(p.question, passage):
-            dropped["question names things not in the passage"] += 1
-        elif q in seen:
-            dropped["repeated question"] += 1
-        else:
-            seen.add(q)
-            full_ok = _contains(p.full_answer, p.answer) and not _new_terms(p.full_answer, passage)
-            kept.append(p if full_ok else replace(p, full_answer=p.answer))
-    kept = kept[: cfg.n_qa]
-    if len(kept) < cfg.min_qa:
-        detail = ", ".join(f"{n} {why}" for why, n in dropped.items())
-        return kept, f"{len(kept)} usable of {len(pairs)} parsed pairs ({detail})"
-    return kept, None
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def _looping(text: str, window: int = 48) -> bool:
-    """The reply's last ``window`` characters occur earlier in it: greedy decoding of a small
-    model has entered a cycle that only the token limit would end."""
-    return len(text) >= 2 * window and text[-window:] in text[:-window]
-
-
-def _qa_reply_complete(n_qa: int):
-    """Stop a QA reply once it closes the list or holds twice ``n_qa`` objects (spares for
-    the pairs the grounding checks drop), or once it loops or repeats a key inside one
-    object (greedy small models loop on ``"full_answer": ...``): the lenient parser keeps
-    what came before."""
-
-    def complete(text: str) -> bool:
-        reply = QA_PREFIX + text
-        objects = reply.count("}")
-        if objects >= 2 * n_qa or reply.rstrip().endswith("]") or _looping(text):
-            return True
-        return max(reply.count(f'"{key}"') for key in ("question", "answer", "full_answer")) > objects + 1
-
-    return complete
-
-
-def _rewrite_complete(text: str) -> bool:
-    """A blank line after a finished sentence ends the rewrite (a label line does not)."""
-    return _PARAGRAPH_END.search(text) is not None or _looping(text)
+# --------------------------------------------------------------------------- the job
 
 
 @dataclass
@@ -549,10 +131,10 @@ def _judge(
 ) -> tuple[str | list[QAPair], str | None]:
     """(result, None) for an acceptable reply to ``job``, else (result, the reason it is not)."""
     if job.kind == "qa":
-        return _usable_pairs(QA_PREFIX + reply, passage, cfg)
-    result = _clean_rewrite(reply)
+        return usable_pairs(QA_PREFIX + reply, passage, cfg)
+    result = clean_rewrite(reply)
     accepted = [j.result for j in jobs if j.passage == job.passage and j.kind == "rewrite" and j.result]
-    return result, _rewrite_problem(result, passage, accepted)
+    return result, rewrite_problem(result, passage, accepted)
 
 
 def _augment_chunk(
@@ -566,7 +148,7 @@ def _augment_chunk(
         jobs += [_Job(n, "rewrite", s, rewrite_prompt) for s in range(cfg.n_rewrites)]
         jobs.append(_Job(n, "qa", 0, lm.render(qa_messages(p.text, cfg.n_qa)) + QA_PREFIX))
     max_tokens = {"rewrite": cfg.rewrite_max_new_tokens, "qa": cfg.qa_max_new_tokens}
-    stop_when = {"rewrite": _rewrite_complete, "qa": _qa_reply_complete(cfg.n_qa)}
+    stop_when = {"rewrite": rewrite_complete, "qa": qa_reply_complete(cfg.n_qa)}
     for attempt in range(cfg.max_attempts):
         for kind in ("rewrite", "qa"):
             for greedy in (True, False):

@@ -53,8 +53,9 @@ class ExpertProvider:
         import torch
 
         from semoe.experts.augment import augment_passages
+        from semoe.experts.cache import ensure_experts
         from semoe.experts.inference import load_experts
-        from semoe.experts.training import TrainingItem, ensure_experts
+        from semoe.experts.training_data import TrainingItem
 
         todo = list({p.id: p for p in passages if p.id not in self._experts}.values())
         if not todo:

@@ -121,6 +121,7 @@ def corrupt_expert(tmp: Path) -> list[str]:
     from semoe.cli import main
     from semoe.config import load_config
     from semoe.experts import augment
+    from semoe.experts.qa_reply import QAPair
     from semoe.storage.artifacts import ArtifactCache
 
     text = "Quorvanthe is a river town famous for glass bells and a winter market."
@@ -134,7 +135,7 @@ def corrupt_expert(tmp: Path) -> list[str]:
     )
     cfg = load_config(args[1])
     spec, n_qa, n_rw = cfg.augment.augmenting_model(cfg.model.spec), cfg.augment.n_qa, cfg.augment.n_rewrites
-    qa = augment.QAPair("Where are glass bells made?", "Quorvanthe", "Glass bells are made in Quorvanthe.")
+    qa = QAPair("Where are glass bells made?", "Quorvanthe", "Glass bells are made in Quorvanthe.")
     record = augment.Augmentation(
         passage_id="p1",
         passage_text_hash=augment.passage_hash(text),

@@ -141,11 +141,12 @@ def seed_augmentations(cfg) -> int:
     from semoe.data import DataContext
     from semoe.data.loading import iter_passages
     from semoe.experts import augment
+    from semoe.experts.qa_reply import QAPair
     from semoe.storage.artifacts import ArtifactCache
 
     a, cache, n = cfg.augment, ArtifactCache(cfg.cache.root), 0
     for p in iter_passages(cfg.corpus, DataContext(synthetic=cfg.synthetic)):
-        qa = augment.QAPair(f"What is {p.title}?", p.title, f"It is {p.title}.")
+        qa = QAPair(f"What is {p.title}?", p.title, f"It is {p.title}.")
         record = augment.Augmentation(
             p.id,
             augment.passage_hash(p.text),
