@@ -11,9 +11,9 @@ import torch
 
 from semoe.config import ExpertConfig
 from semoe.experts.cache import ExpertRecord, ensure_experts
-from semoe.experts.format import load_expert, save_expert
+from semoe.experts.format import expert_digest, load_expert, save_expert
 from semoe.experts.lockstep import expert_losses, train_experts_batched
-from semoe.experts.lora_init import initial_lora
+from semoe.experts.lora_init import ensure_init, initial_lora
 from semoe.experts.peft_trainer import train_expert_peft
 from semoe.experts.qa_reply import QAPair
 from semoe.experts.training_data import IGNORE, TrainingItem, build_sequences
@@ -233,6 +233,23 @@ def test_light_expert_modules_import_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]", "True"]
+
+
+def test_init_key_is_the_same_in_two_fresh_caches(tiny, tmp_path):
+    """Expert keys hold the initial LoRA's digest: two fresh caches (two saves of the same
+    init, whose files safetensors may write byte-wise differently) must agree, or nothing
+    trained in one would ever be reused under the same inputs."""
+    model, _ = tiny
+    cfg = ExpertConfig(rank=2, epochs=1)
+    digests = {ensure_init(model, "tiny", cfg, ArtifactCache(tmp_path / f"c{i}"))[0] for i in range(3)}
+    assert len(digests) == 1
+    init = initial_lora(model, cfg)
+    for i in range(3):
+        save_expert(tmp_path / f"e{i}.safetensors", init)
+    assert len({expert_digest(tmp_path / f"e{i}.safetensors") for i in range(3)}) == 1
+    init.weights[next(iter(init.weights))][0].add_(1.0)
+    save_expert(tmp_path / "changed.safetensors", init)
+    assert expert_digest(tmp_path / "changed.safetensors") not in digests
 
 
 def test_saved_expert_round_trips(tiny, tmp_path):

@@ -11,9 +11,11 @@ training facts as strings. :func:`load_expert` also reads LoRA adapters saved by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,19 @@ def save_expert(path: str | Path, expert: LoraExpert) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
+
+
+def expert_digest(path: str | Path) -> str:
+    """sha256 of an expert file's content: its tensors (names, dtypes, shapes, bytes) and its
+    metadata, in a canonical order. The file's own bytes are not stable: safetensors writes
+    the metadata map in a random order, so two saves of the same expert differ byte-wise, and
+    a key made from them would differ between two fresh caches (nothing reused)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+        h.update(f.read())
+    return h.hexdigest()
 
 
 class ExpertFileError(RuntimeError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from semoe.config import ExpertConfig
-from semoe.experts.format import LoraExpert, load_expert, save_expert
+from semoe.experts.format import LoraExpert, expert_digest, load_expert, save_expert
 from semoe.storage.artifacts import ArtifactCache, content_key
 
 if TYPE_CHECKING:
@@ -115,7 +115,8 @@ def file_sha256(path: Path) -> str:
 
 
 def ensure_init(model, model_spec: str, cfg: ExpertConfig, cache: ArtifactCache) -> tuple[str, LoraExpert]:
-    """(sha256 of the init file, init): created once per (model, rank, alpha, targets, seed)."""
+    """(content digest of the init file (``expert_digest``), init): created once per (model,
+    rank, alpha, targets, seed)."""
     key = content_key("expert-init", model_spec, cfg.init_identity())
 
     def build(out: Path) -> dict:
@@ -123,4 +124,4 @@ def ensure_init(model, model_spec: str, cfg: ExpertConfig, cache: ArtifactCache)
         return {"base_model": model_spec, **cfg.init_identity()}
 
     path = cache.get_or_build(INIT_KIND, key, build) / INIT_FILE
-    return file_sha256(path), load_expert(path)
+    return expert_digest(path), load_expert(path)
