@@ -133,11 +133,24 @@ def _store_option(path: str | Path) -> str:
     return f" --store {shlex.quote(str(path))}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a line is written, not when the handler
+    was made (a redirected or captured stream may be closed by then)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _log_progress() -> None:
     """semoe's INFO lines (progress of long stages) on stderr, for commands run without Prefect."""
     logger = logging.getLogger("semoe")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("semoe: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
