@@ -30,8 +30,13 @@ def register_run(store: "ResultStore", run_id: str, cfg: SemoeConfig, config_has
     )
 
 
-def qa_run_id(cfg: SemoeConfig, examples: dict[str, list[Example]], corpus_key: str | None) -> str:
-    return identity.qa_run_id(cfg, examples, corpus_key if needs_retrieval(cfg) else None)
+def qa_run_id(
+    cfg: SemoeConfig, examples: dict[str, list[Example]], corpus_key: str | None, required: bool = True
+) -> str:
+    """The run's id (``identity.qa_run_id``); ``required``: see ``translator_keys``."""
+    return identity.qa_run_id(
+        cfg, examples, corpus_key if needs_retrieval(cfg) else None, translator_keys(cfg, corpus_key, required)
+    )
 
 
 def methods(cfg: SemoeConfig) -> dict[str, Method]:
@@ -51,17 +56,70 @@ def needs_experts(cfg: SemoeConfig) -> bool:
     return any(METHODS.get(m.name).uses_experts for m in cfg.methods)
 
 
-def expert_settings(cfg: SemoeConfig) -> list:
+def expert_settings(cfg: SemoeConfig, source: str = "trained") -> list:
     """The distinct passage-expert settings (``ExpertParams``: augment + experts) of the
-    methods that insert experts, one per setting however many methods share it."""
+    methods that insert experts from ``source`` (``experts.source``), one per setting however
+    many methods share it."""
     from semoe.generation.methods.parametric import ExpertParams
 
     found: dict[str, ExpertParams] = {}
     for method in methods(cfg).values():
-        if method.uses_experts:
+        if method.uses_experts and method.params.experts.source == source:
             params = ExpertParams(augment=method.params.augment, experts=method.params.experts)
             found.setdefault(identity.digest(params.identity()), params)
     return list(found.values())
+
+
+def translator_settings(cfg: SemoeConfig) -> list:
+    """The distinct settings of the translators the configured methods need built (translator
+    experts without a given ``translator.checkpoint``)."""
+    return [p for p in expert_settings(cfg, "translator") if p.experts.translator.checkpoint is None]
+
+
+def translator_passages(cfg: SemoeConfig, translator) -> list:
+    """The corpus passages whose PRAG experts train the translator (``TranslatorConfig``): the
+    ``translator.passages`` with the smallest hashes of (seed, passage id), in that order, so
+    the choice depends on the corpus content, not its order (one pass over the corpus)."""
+    import heapq
+
+    from semoe.data.loading import iter_passages
+    from semoe.hashing import digest
+
+    stream = iter_passages(cfg.corpus, DataContext.of(cfg), progress="translator passages")
+    ranked = ((digest([translator.seed, p.id], 16), p) for p in stream)
+    return [p for _, p in heapq.nsmallest(translator.passages, ranked, key=lambda x: x[0])]
+
+
+def translator_keys(cfg: SemoeConfig, corpus_key: str | None, required: bool = True) -> dict[str, str]:
+    """Method label → content key of the translator checkpoint its experts come from, for the
+    methods with ``experts.source: translator`` (``identity.answer_scope``). A translator not
+    built yet is a ``TranslatorError`` when ``required``, else keyed by its recipe (what a
+    run's id is before its pipeline built it)."""
+    from semoe.experts.translator import built_translator, file_key, recipe_key
+    from semoe.storage.artifacts import ArtifactCache
+
+    keys = {}
+    for label, method in methods(cfg).items():
+        experts = method.params.experts if method.uses_experts else None
+        if experts is None or experts.source != "translator":
+            continue
+        if experts.translator.checkpoint is not None:
+            keys[label] = file_key(experts.translator.checkpoint)
+            continue
+        recipe = recipe_key(cfg.model.spec, corpus_key, method.params.augment.identity(), experts)
+        record = built_translator(ArtifactCache(cfg.cache.root), recipe)
+        if record is not None:
+            keys[label] = record.key
+        elif not required:
+            keys[label] = f"recipe:{recipe}"
+        else:
+            from semoe.experts.translator import TranslatorError
+
+            raise TranslatorError(
+                f"method {label!r} uses translator experts but no translator was built for its settings: "
+                "run the pipeline (`semoe run`), which builds it first"
+            )
+    return keys
 
 
 def expert_passages(cfg: SemoeConfig, examples: Sequence[Example], retriever) -> list:
@@ -90,8 +148,10 @@ def plan_work(
     each example with the identity of its answer."""
     size = cfg.store.write_every
     items: list[WorkItem] = []
+    translators = translator_keys(cfg, corpus_key)
     for spec in cfg.methods:
-        label, scope = spec.display_name, identity.answer_scope(cfg, spec, corpus_key)
+        label = spec.display_name
+        scope = identity.answer_scope(cfg, spec, corpus_key, translators.get(label))
         for dataset, examples in examples_by_dataset.items():
             todo = [ex for ex in examples if (dataset, ex.id, label) not in done]
             for i in range(0, len(todo), size):
@@ -120,11 +180,12 @@ def load_lm(cfg: SemoeConfig):
     return load_chat_lm(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device, cfg.generation.system_prompt)
 
 
-def expert_provider(cfg: SemoeConfig, lm, params):
-    """Passage experts for ``lm`` with ``params.augment`` / ``params.experts`` (``ExpertParams``)."""
+def expert_provider(cfg: SemoeConfig, lm, params, corpus_key: str | None = None):
+    """Passage experts for ``lm`` with ``params.augment`` / ``params.experts`` (``ExpertParams``);
+    ``corpus_key``: the corpus a built translator was trained on (translator experts)."""
     from semoe.experts.provider import ExpertProvider
 
-    return ExpertProvider(lm, cfg.model, params.augment, params.experts, cfg.cache.root)
+    return ExpertProvider(lm, cfg.model, params.augment, params.experts, cfg.cache.root, corpus_key)
 
 
 def reuse_stored_answers(
@@ -154,7 +215,8 @@ def method_context(cfg: SemoeConfig, retriever=None, expert_params=None) -> Meth
     """What a method runs with: the configured model, generation and retrieval settings, the
     retriever, and passage experts made with ``expert_params`` (``ExpertParams``) if given."""
     lm = load_lm(cfg)
-    experts = expert_provider(cfg, lm, expert_params) if expert_params is not None else None
+    corpus_key = retriever.corpus_key if retriever is not None else None
+    experts = expert_provider(cfg, lm, expert_params, corpus_key) if expert_params is not None else None
     return MethodContext(
         generation=cfg.generation, lm=lm, retrieval=cfg.retrieval, retriever=retriever, experts=experts
     )
@@ -328,4 +390,4 @@ def preflight(cfg: SemoeConfig) -> str:
     if key is not None:
         open_retriever(cfg, key).is_built()
     check_model_spec(cfg.model.spec)
-    return qa_run_id(cfg, examples, key)
+    return qa_run_id(cfg, examples, key, required=False)  # the pipeline builds missing translators first
