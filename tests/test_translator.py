@@ -198,7 +198,9 @@ def test_trained_experts_keep_their_identity():
 def test_dyprag_methods_use_translator_experts():
     from semoe.generation.base import build_method
 
-    cfg = SemoeConfig(methods=["dyprag", "dyprag-combine", "prag", {"name": "semoe", "params": {"experts": {"source": "translator"}}}])
+    cfg = SemoeConfig(
+        methods=["dyprag", "dyprag-combine", "prag", {"name": "semoe", "params": {"experts": {"source": "translator"}}}]
+    )
     sources = {m.display_name: build_method(m, cfg).params.experts.source for m in cfg.methods}
     assert sources == {"dyprag": "translator", "dyprag-combine": "translator", "prag": "trained", "semoe": "translator"}
     bad = SemoeConfig(methods=[{"name": "dyprag", "params": {"experts": {"source": "trained"}}}])
@@ -223,6 +225,7 @@ def test_answer_key_follows_the_translator_checkpoint():
     assert identity.answer_scope(other, spec, "c", "ckpt-a") != a  # its settings are part of it too
 
 
+@pytest.mark.slow
 def test_methods_answer_with_a_built_translator_and_rekey_when_it_changes(tmp_path, tiny_lm_dir):
     """The provider builds the translator from the PRAG experts of corpus passages (seeded
     augmentations: a tiny model writes no usable QA pairs), dyprag / dyprag-combine / SEMoE
@@ -279,9 +282,50 @@ def test_methods_answer_with_a_built_translator_and_rekey_when_it_changes(tmp_pa
 
     planned = evaluation.plan_work(cfg, {"synthetic": examples}, set(), info.corpus_key)
     # Another translator (a different hidden size) gives other answer keys for the same question.
-    retuned = cfg.model_copy(update={"experts": cfg.experts.model_copy(update={"translator": params.experts.translator.model_copy(update={"hidden": 6})})})
+    retuned = cfg.model_copy(
+        update={
+            "experts": cfg.experts.model_copy(
+                update={"translator": params.experts.translator.model_copy(update={"hidden": 6})}
+            )
+        }
+    )
     (params2,) = evaluation.translator_settings(retuned)
-    evaluation.expert_provider(retuned, evaluation.load_lm(cfg), params2, info.corpus_key).build_translator(lambda: chosen)
+    evaluation.expert_provider(retuned, evaluation.load_lm(cfg), params2, info.corpus_key).build_translator(
+        lambda: chosen
+    )
     replanned = evaluation.plan_work(retuned, {"synthetic": examples}, set(), info.corpus_key)
     assert {k for i in planned for k in i.answer_keys}.isdisjoint(k for i in replanned for k in i.answer_keys)
     assert isinstance(params, ExpertParams)
+
+
+@pytest.mark.slow
+def test_pipeline_builds_the_translator_and_stores_every_row(tmp_path, tiny_lm_dir, prefect_api):
+    from semoe.flows.pipeline import pipeline
+    from semoe.storage.results import ResultStore
+    from tests.support.helpers import seed_augmentations
+
+    cfg = SemoeConfig.model_validate(
+        {
+            "synthetic": {"seed": 3, "n_entities": 8, "n_questions": 3},
+            "model": {"spec": tiny_lm_dir},
+            "generation": {"max_new_tokens": 6, "few_shot": 0},
+            "retrieval": {"top_k": 2},
+            "methods": ["prag", "dyprag"],
+            "experts": {"translator": {"passages": 3, "hidden": 4, "epochs": 1}},
+            "store": {"path": str(tmp_path / "results.duckdb")},
+            "cache": {"root": str(tmp_path / "cache")},
+        }
+    )
+    seed_augmentations(cfg)
+    first = pipeline(cfg)
+    store = ResultStore(cfg.store.path)
+    assert first["produced"] == 6
+    assert store.query("select method, count(*) n from predictions group by 1 order by 1") == [
+        {"method": "dyprag", "n": 3},
+        {"method": "prag", "n": 3},
+    ]
+    curve = store.query("select checkpoint_key, count(*) n, min(step) s from translator_training group by 1")
+    assert len(curve) == 1 and curve[0]["n"] == 3 and curve[0]["s"] == 0
+    assert store.query("select status from runs") == [{"status": "finished"}]
+    again = pipeline(cfg)
+    assert (again["produced"], again["reused"], again["run_id"]) == (0, 0, first["run_id"])

@@ -102,7 +102,9 @@ class ExpertProvider:
         for item, rec in zip(items, records):
             self.rows["experts"].append(rec.to_row())
             self.trained += rec.trained
-            expert = load_experts([rec.path], device=str(self.lm.device), model=self.lm.model, base_model=self.model.spec)
+            expert = load_experts(
+                [rec.path], device=str(self.lm.device), model=self.lm.model, base_model=self.model.spec
+            )
             self._trained[rec.passage_id] = (item, rec.expert_key, expert[0])
 
     # ------------------------------------------------------------------ translator

@@ -226,7 +226,9 @@ def translate(
     ``batch_size`` passages and one translator forward."""
     if not passages:
         return []
-    feats = pool(model, tokenizer, [t for _, t in passages], translator.layout, translator.input_layer, max_tokens, batch_size)
+    feats = pool(
+        model, tokenizer, [t for _, t in passages], translator.layout, translator.input_layer, max_tokens, batch_size
+    )
     return translator.experts([pid for pid, _ in passages], feats)
 
 
@@ -397,7 +399,12 @@ def translator_losses(
 
     device = next(model.parameters()).device
     feats = pool(
-        model, tokenizer, [p.item.passage for p in pairs], translator.layout, translator.input_layer, tcfg.max_passage_tokens
+        model,
+        tokenizer,
+        [p.item.passage for p in pairs],
+        translator.layout,
+        translator.input_layer,
+        tcfg.max_passage_tokens,
     ).to(device)
     out = []
     with torch.no_grad():
@@ -417,7 +424,9 @@ def translator_losses(
 # --------------------------------------------------------------------------- checkpoint
 
 
-def save_translator(path: str | Path, translator: ParameterTranslator, base_model: str, meta: dict | None = None) -> None:
+def save_translator(
+    path: str | Path, translator: ParameterTranslator, base_model: str, meta: dict | None = None
+) -> None:
     """Write the translator (atomically: a temporary name, then renamed)."""
     from safetensors.torch import save_file
 
@@ -576,14 +585,20 @@ def ensure_translator(
         return found
     pairs = list(pairs_fn())
     tcfg = experts_cfg.translator
-    pairs_key = content_key("translator", TRANSLATOR_VERSION, model_spec, [p.expert_key for p in pairs], tcfg.identity())
+    pairs_key = content_key(
+        "translator", TRANSLATOR_VERSION, model_spec, [p.expert_key for p in pairs], tcfg.identity()
+    )
     trained = not cache.is_complete(TRANSLATOR_KIND, pairs_key)
 
     def build(out: Path) -> dict:
         translator, curve = train_translator(model, tokenizer, pairs, experts_cfg, tcfg)
         save_translator(out / CHECKPOINT_FILE, translator, model_spec, {"pairs_key": pairs_key})
         key = file_key(out / CHECKPOINT_FILE)
-        return {"checkpoint_key": key, "pairs": len(pairs), "curve": [r.replace(checkpoint_key=key).as_dict() for r in curve]}
+        return {
+            "checkpoint_key": key,
+            "pairs": len(pairs),
+            "curve": [r.replace(checkpoint_key=key).as_dict() for r in curve],
+        }
 
     cache.get_or_build(TRANSLATOR_KIND, pairs_key, build)
     cache.get_or_build(RECIPE_KIND, recipe, lambda out: {"pairs_key": pairs_key})

@@ -47,7 +47,5 @@ def build_translator_task(
     use_threads(config)
     with gpu_slot(config):
         provider = evaluation.expert_provider(config, evaluation.load_lm(config), params, corpus_key)
-        record = provider.build_translator(
-            lambda: evaluation.translator_passages(config, params.experts.translator)
-        )
+        record = provider.build_translator(lambda: evaluation.translator_passages(config, params.experts.translator))
     return hand_back(provider.drain_rows(), shard_root, "translator-" + content_key(record.key))
