@@ -28,21 +28,19 @@ CFG = ExpertConfig(lr=1e-2, measure_loss=False)
 TCFG = TranslatorConfig(hidden=8, epochs=3, lr=1e-2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_lm_dir):
+    """The tiny model and its tokenizer, run with one torch thread (tiny tensors: more threads
+    only add OpenMP hand-offs on a loaded box)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32).eval()
-    return model, tok
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield (
+        AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(tiny_lm_dir),
+    )
+    torch.set_num_threads(threads)
 
 
 def item(i: int) -> TrainingItem:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from semoe.config import ExpertConfig, TranslatorConfig
-from semoe.experts.format import ExpertFileError, LoraExpert
+from semoe.experts.format import ExpertFileError, LoraExpert, read_safetensors
 from semoe.experts.training import IGNORE, TrainingItem, build_sequences, target_modules
 from semoe.storage.artifacts import ArtifactCache, content_key
 from semoe.storage.rows import TranslatorTrainingRow
@@ -268,15 +268,12 @@ def _with_lora(model: "nn.Module", weights: dict, scaling: float) -> Iterator[No
 def _sequence_batch(tokenizer, item: TrainingItem, cfg: ExpertConfig, device) -> tuple["torch.Tensor", "torch.Tensor"]:
     """(ids, labels), right-padded, of the passage's PRAG training sequences."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
     seqs = build_sequences(tokenizer, item, cfg)
-    width = max(len(s.ids) for s in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
-    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s.ids)] = torch.tensor(s.ids)
-        labels[i, : len(s.ids)] = torch.tensor(s.labels(cfg.loss_on))
-    return ids, labels
+    ids = pad_sequence([torch.tensor(s.ids) for s in seqs], batch_first=True)
+    labels = pad_sequence([torch.tensor(s.labels(cfg.loss_on)) for s in seqs], batch_first=True, padding_value=IGNORE)
+    return ids.to(device), labels.to(device)
 
 
 def _lm_terms(model, ids, labels, gen: dict, target: LoraExpert, scaling: float, tcfg: TranslatorConfig):
@@ -300,22 +297,6 @@ def _lm_terms(model, ids, labels, gen: dict, target: LoraExpert, scaling: float,
             ref = F.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
         kl = ((ref.exp() * (ref - logp)).sum(-1) * keep).sum(1).mean()
     return lm, kl
-
-
-@contextmanager
-def _frozen_base(model) -> Iterator[None]:
-    """Base weights without gradients, eval mode; restored after."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    training = model.training
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        model.eval()
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(training)
 
 
 def train_translator(
@@ -345,9 +326,10 @@ def train_translator(
     translator = ParameterTranslator(layout, tcfg.hidden, tcfg.input_layer)
     translator.start_at([p.target for p in pairs])
     translator.module.to(device).train()
-    optimizer = torch.optim.AdamW(translator.module.parameters(), lr=tcfg.lr)
+    params = list(translator.module.parameters())
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr)
     order, rng, curve = list(range(len(pairs))), random.Random(tcfg.seed), []
-    with _frozen_base(model), torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():
         batches = [_sequence_batch(tokenizer, p.item, experts_cfg, device) for p in pairs]
         step = 0
         for epoch in range(tcfg.epochs):
@@ -364,7 +346,7 @@ def train_translator(
                 )
                 lm, kl = _lm_terms(model, *batches[i], gen, pairs[i].target, experts_cfg.scaling, tcfg)
                 loss = tcfg.mse_weight * mse + tcfg.lm_weight * lm + tcfg.kl_weight * kl
-                loss.backward()
+                loss.backward(inputs=params)  # the base model's weights get no gradient
                 optimizer.step()
                 row = TranslatorTrainingRow(
                     checkpoint_key="",
@@ -465,17 +447,10 @@ def load_translator(path: str | Path, model: "nn.Module | None" = None, device: 
     Raises :class:`TranslatorError` naming the file when it is missing, not a safetensors file,
     not a translator (metadata), from another translator version, or its tensors or layout do
     not match."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise TranslatorError(f"translator checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device=device) as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a damaged header/body
-        raise TranslatorError(f"translator checkpoint {path} is corrupt: {e}") from None
+    meta, tensors = read_safetensors(path, device, "translator checkpoint", TranslatorError)
     if meta.get("format") != FORMAT:
         raise TranslatorError(f"{path} is not a semoe parameter translator (metadata format {meta.get('format')!r})")
     if meta.get("version") != str(TRANSLATOR_VERSION):
