@@ -229,7 +229,7 @@ def translate(
     feats = pool(
         model, tokenizer, [t for _, t in passages], translator.layout, translator.input_layer, max_tokens, batch_size
     )
-    return translator.experts([pid for pid, _ in passages], feats)
+    return translator.experts([pid for pid, _ in passages], feats.to(next(translator.module.parameters()).device))
 
 
 # --------------------------------------------------------------------------- training
