@@ -254,9 +254,11 @@ class ExpertUse:
 
 def expert_use(cfg: SemoeConfig, label: str) -> ExpertUse | None:
     """The expert settings of the method labelled ``label`` (its resolved params), None for a
-    method without passage experts."""
+    method without passage expert files (none, or translated ones)."""
     method = build_method(cfg.method(label), cfg)
-    if not method.uses_experts:
+    # Translated experts are never files: joining them with the trained ones of the same
+    # passages would charge the method their bytes.
+    if not method.uses_experts or method.params.experts.source == "translator":
         return None
     experts = method.params.experts
     return ExpertUse(cfg.model.spec, experts.rank, tuple(experts.targets))
