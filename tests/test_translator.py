@@ -322,6 +322,8 @@ def test_pipeline_builds_the_translator_and_stores_every_row(tmp_path, tiny_lm_d
         {"method": "dyprag", "n": 3},
         {"method": "prag", "n": 3},
     ]
+    files = store.query("select method, count(base_model) n from predictions group by 1 order by 1")
+    assert files == [{"method": "dyprag", "n": 0}, {"method": "prag", "n": 3}]  # translated experts are no files
     curve = store.query("select checkpoint_key, count(*) n, min(step) s from translator_training group by 1")
     assert len(curve) == 1 and curve[0]["n"] == 3 and curve[0]["s"] == 0
     assert store.query("select status from runs") == [{"status": "finished"}]
