@@ -203,13 +203,16 @@ def pool(
             for i, e in enumerate(enc):
                 ids[i, : len(e)] = torch.tensor(e)
                 mask[i, : len(e)] = 1
-            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+            # The decoder alone: no LM head, whose logits over the vocabulary nobody reads.
+            states = model.get_decoder()(
+                input_ids=ids, attention_mask=mask, output_hidden_states=input_layer == "own", use_cache=False
+            )
             last = torch.tensor([len(e) - 1 for e in enc], device=device)
             rows = torch.arange(len(enc), device=device)
-            if input_layer == "last":
-                feats = hidden[-1][rows, last].float()[:, None].expand(-1, len(layout.layers), -1)
+            if input_layer == "last":  # the CausalLM's hidden_states[-1] (normed), as DyPRAG reads it
+                feats = states.last_hidden_state[rows, last].float()[:, None].expand(-1, len(layout.layers), -1)
             else:
-                feats = torch.stack([hidden[i + 1][rows, last].float() for i, _ in layout.layers], 1)
+                feats = torch.stack([states.hidden_states[i + 1][rows, last].float() for i, _ in layout.layers], 1)
             out.append(feats.cpu())
     return torch.cat(out)
 
