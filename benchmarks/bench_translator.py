@@ -123,7 +123,8 @@ def main() -> None:
         per_passage = {"augment + train": cold, **timings}
         per_passage = {k: t.scaled(1 / len(passages)) for k, t in per_passage.items()}
         print_table(
-            f"expert creation, {len(passages)} held-out passages; seconds per passage",
+            f"expert creation, {len(passages)} held-out passages, augment + train cold ({args.cold_repeats} "
+            f"round(s)), translator best of {args.repeats}; seconds per passage",
             per_passage,
             "augment + train",
             speedup=True,
@@ -159,7 +160,8 @@ def main() -> None:
         per_question = {k: t.scaled(1 / len(questions)) for k, t in per_question.items()}
         n = len(questions)
         print_table(
-            f"{n} questions; seconds per question",
+            f"{n} questions, trained SEMoE cold ({args.cold_repeats} round(s)), the others best of {args.repeats}; "
+            "seconds per question",
             per_question,
             "single-retrieval",
             extra={
