@@ -33,8 +33,13 @@ def register_run(store: "ResultStore", run_id: str, cfg: SemoeConfig, config_has
     )
 
 
-def qa_run_id(cfg: SemoeConfig, examples: dict[str, list[Example]], corpus_key: str | None) -> str:
-    return identity.qa_run_id(cfg, examples, corpus_key if needs_retrieval(cfg) else None)
+def qa_run_id(
+    cfg: SemoeConfig, examples: dict[str, list[Example]], corpus_key: str | None, required: bool = True
+) -> str:
+    """The run's id (``identity.qa_run_id``); ``required``: see ``translator_keys``."""
+    return identity.qa_run_id(
+        cfg, examples, corpus_key if needs_retrieval(cfg) else None, translator_keys(cfg, corpus_key, required)
+    )
 
 
 def methods(cfg: SemoeConfig) -> dict[str, Method]:
@@ -108,14 +113,15 @@ def retriever_for(cfg: SemoeConfig, dataset: str, examples: Sequence[Example], c
     return open_retriever(cfg, corpus_key)
 
 
-def expert_settings(cfg: SemoeConfig) -> list:
+def expert_settings(cfg: SemoeConfig, source: str = "trained") -> list:
     """The distinct passage-expert settings (``ExpertParams``: augment + experts) of the
-    methods that insert experts, one per setting however many methods share it."""
+    methods that insert experts from ``source`` (``experts.source``), one per setting however
+    many methods share it."""
     from semoe.generation.methods.parametric import ExpertParams
 
     found: dict[str, ExpertParams] = {}
     for method in methods(cfg).values():
-        if method.uses_experts:
+        if method.uses_experts and method.params.experts.source == source:
             params = ExpertParams(augment=method.params.augment, experts=method.params.experts)
             found.setdefault(identity.digest(params.identity()), params)
     return list(found.values())
@@ -131,6 +137,58 @@ def expert_passages(cfg: SemoeConfig, examples: Mapping[str, Sequence[Example]],
             hits = retriever_for(cfg, dataset, exs, corpus_key).search([ex.question for ex in exs], cfg.retrieval.top_k)
             found.update((h.passage.id, h.passage) for hs in hits for h in hs if h.passage.id not in found)
     return list(found.values())
+
+
+def translator_settings(cfg: SemoeConfig) -> list:
+    """The distinct settings of the translators the configured methods need built (translator
+    experts without a given ``translator.checkpoint``)."""
+    return [p for p in expert_settings(cfg, "translator") if p.experts.translator.checkpoint is None]
+
+
+def translator_passages(cfg: SemoeConfig, translator) -> list:
+    """The corpus passages whose PRAG experts train the translator (``TranslatorConfig``): the
+    ``translator.passages`` with the smallest hashes of (seed, passage id), in that order, so
+    the choice depends on the corpus content, not its order (one pass over the corpus)."""
+    import heapq
+
+    from semoe.data.loading import iter_passages
+    from semoe.hashing import digest
+
+    stream = iter_passages(cfg.corpus, DataContext.of(cfg), progress="translator passages")
+    ranked = ((digest([translator.seed, p.id], 16), p) for p in stream)
+    return [p for _, p in heapq.nsmallest(translator.passages, ranked, key=lambda x: x[0])]
+
+
+def translator_keys(cfg: SemoeConfig, corpus_key: str | None, required: bool = True) -> dict[str, str]:
+    """Method label → content key of the translator checkpoint its experts come from, for the
+    methods with ``experts.source: translator`` (``identity.answer_scope``). A translator not
+    built yet is a ``TranslatorError`` when ``required``, else keyed by its recipe (what a
+    run's id is before its pipeline built it)."""
+    from semoe.experts.translator import built_translator, file_key, recipe_key
+    from semoe.storage.artifacts import ArtifactCache
+
+    keys = {}
+    for label, method in methods(cfg).items():
+        experts = method.params.experts if method.uses_experts else None
+        if experts is None or experts.source != "translator":
+            continue
+        if experts.translator.checkpoint is not None:
+            keys[label] = file_key(experts.translator.checkpoint)
+            continue
+        recipe = recipe_key(cfg.model.spec, corpus_key, method.params.augment.identity(), experts)
+        record = built_translator(ArtifactCache(cfg.cache.root), recipe)
+        if record is not None:
+            keys[label] = record.key
+        elif not required:
+            keys[label] = f"recipe:{recipe}"
+        else:
+            from semoe.experts.translator import TranslatorError
+
+            raise TranslatorError(
+                f"method {label!r} uses translator experts but no translator was built for its settings: "
+                "run the pipeline (`semoe run`), which builds it first"
+            )
+    return keys
 
 
 @dataclass
@@ -152,11 +210,14 @@ def plan_work(
     size = cfg.store.write_every
     provided = provided_datasets(cfg, examples_by_dataset)
     items: list[WorkItem] = []
+    translators = translator_keys(cfg, corpus_key)
     for spec in cfg.methods:
         label, retrieves = spec.display_name, METHODS.get(spec.name).uses_retrieval
         for dataset, examples in examples_by_dataset.items():
             own = retrieves and dataset in provided  # the question's contexts, not the corpus, decide the answer
-            scope = identity.answer_scope(cfg, spec, None if own else corpus_key, cfg.dataset(dataset))
+            scope = identity.answer_scope(
+                cfg, spec, None if own else corpus_key, cfg.dataset(dataset), translators.get(label)
+            )
             todo = [ex for ex in examples if (dataset, ex.id, label) not in done]
             for i in range(0, len(todo), size):
                 chunk = todo[i : i + size]
@@ -185,11 +246,12 @@ def load_lm(cfg: SemoeConfig):
     return load_chat_lm(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device, cfg.generation.system_prompt)
 
 
-def expert_provider(cfg: SemoeConfig, lm, params):
-    """Passage experts for ``lm`` with ``params.augment`` / ``params.experts`` (``ExpertParams``)."""
+def expert_provider(cfg: SemoeConfig, lm, params, corpus_key: str | None = None):
+    """Passage experts for ``lm`` with ``params.augment`` / ``params.experts`` (``ExpertParams``);
+    ``corpus_key``: the corpus a built translator was trained on (translator experts)."""
     from semoe.experts.provider import ExpertProvider
 
-    return ExpertProvider(lm, cfg.model, params.augment, params.experts, cfg.cache.root)
+    return ExpertProvider(lm, cfg.model, params.augment, params.experts, cfg.cache.root, corpus_key)
 
 
 def reuse_stored_answers(
@@ -220,7 +282,8 @@ def method_context(cfg: SemoeConfig, dataset: str, retriever=None, expert_params
     generation and retrieval settings, the dataset's prompt template (``template_for``), the
     retriever, and passage experts made with ``expert_params`` (``ExpertParams``) if given."""
     lm = load_lm(cfg)
-    experts = expert_provider(cfg, lm, expert_params) if expert_params is not None else None
+    corpus_key = retriever.corpus_key if retriever is not None else None
+    experts = expert_provider(cfg, lm, expert_params, corpus_key) if expert_params is not None else None
     return MethodContext(
         generation=cfg.generation,
         lm=lm,
@@ -264,9 +327,11 @@ class ExpertUse:
 
 def expert_use(cfg: SemoeConfig, label: str) -> ExpertUse | None:
     """The expert settings of the method labelled ``label`` (its resolved params), None for a
-    method without passage experts."""
+    method without passage expert files (none, or translated ones)."""
     method = build_method(cfg.method(label), cfg)
-    if not method.uses_experts:
+    # Translated experts are never files: joining them with the trained ones of the same
+    # passages would charge the method their bytes.
+    if not method.uses_experts or method.params.experts.source == "translator":
         return None
     experts = method.params.experts
     return ExpertUse(cfg.model.spec, experts.rank, tuple(experts.targets))
@@ -426,4 +491,4 @@ def preflight(cfg: SemoeConfig) -> str:
         check_corpus_head(cfg.corpus, ctx)
         open_retriever(cfg, key).is_built()
     check_model_spec(cfg.model.spec)
-    return qa_run_id(cfg, examples, key)
+    return qa_run_id(cfg, examples, key, required=False)  # the pipeline builds missing translators first

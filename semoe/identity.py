@@ -128,26 +128,34 @@ def _method_identity(cfg: SemoeConfig, spec: MethodSpec) -> dict:
     return {"name": spec.name, "params": build_method(spec, cfg).params.identity()}
 
 
-def answer_scope(cfg: SemoeConfig, spec: MethodSpec, corpus_key: str | None, dataset: DatasetConfig) -> str:
+def answer_scope(
+    cfg: SemoeConfig,
+    spec: MethodSpec,
+    corpus_key: str | None,
+    dataset: DatasetConfig,
+    translator_key: str | None = None,
+) -> str:
     """Hash of everything but the question that decides the answer of the method ``spec`` to
     a question of ``dataset``: its resolved params, the model and generation settings, the
     content of the dataset's prompt template (``PromptTemplate.identity``: its instruction and
     exemplars, not its name or which dataset uses it), the retrieval settings and corpus
-    content (retrieving methods only; None where the dataset provides the passages) and the
-    answer code. Not its label: two labels with
-    the same settings share answers."""
+    content (retrieving methods only; None where the dataset provides the passages), the
+    answer code and, for a method whose passage experts come from a parameter translator, the
+    content key of that translator's checkpoint (``translator_key``): a retrained or replaced
+    translator re-answers. Not its label: two labels with the same settings share answers."""
     retrieves = METHODS.get(spec.name).uses_retrieval
-    return digest(
-        {
-            "method": _method_identity(cfg, spec),
-            "model": cfg.model.identity(),
-            "generation": cfg.generation.identity(),
-            "prompt": template_for(dataset).identity(),
-            "retrieval": cfg.retrieval.identity() if retrieves else None,
-            "corpus": corpus_key if retrieves else None,
-            "code": code_digest("answers"),
-        }
-    )
+    scope = {
+        "method": _method_identity(cfg, spec),
+        "model": cfg.model.identity(),
+        "generation": cfg.generation.identity(),
+        "prompt": template_for(dataset).identity(),
+        "retrieval": cfg.retrieval.identity() if retrieves else None,
+        "corpus": corpus_key if retrieves else None,
+        "code": code_digest("answers"),
+    }
+    if translator_key is not None:  # other methods keep their keys
+        scope["translator"] = translator_key
+    return digest(scope)
 
 
 def answer_key(scope: str, question: str, contexts: Sequence[Passage] | None = None) -> str:
@@ -177,19 +185,24 @@ def qa_config_hash(cfg: SemoeConfig) -> str:
     return digest(qa_settings(cfg))
 
 
-def qa_run_id(cfg: SemoeConfig, examples: dict[str, list], corpus_key: str | None) -> str:
+def qa_run_id(
+    cfg: SemoeConfig, examples: dict[str, list], corpus_key: str | None, translators: dict[str, str] | None = None
+) -> str:
     """A QA run is one evaluation of exactly these inputs: settings, the datasets' content
-    (``examples`` by dataset name), the corpus content and the answer and scoring code. Any
-    change is a new run; its unchanged answers are copied from earlier runs (``answer_key``)."""
-    return digest(
-        {
-            "job": "qa",
-            "settings": qa_settings(cfg),
-            "data": {name: examples_digest(exs) for name, exs in examples.items()},
-            "corpus": corpus_key,
-            "code": [code_digest("answers"), code_digest("scores")],
-        }
-    )
+    (``examples`` by dataset name), the corpus content, the answer and scoring code and the
+    parameter translators its methods use (``translators``: method label → checkpoint content
+    key). Any change is a new run; its unchanged answers are copied from earlier runs
+    (``answer_key``)."""
+    run = {
+        "job": "qa",
+        "settings": qa_settings(cfg),
+        "data": {name: examples_digest(exs) for name, exs in examples.items()},
+        "corpus": corpus_key,
+        "code": [code_digest("answers"), code_digest("scores")],
+    }
+    if translators:  # runs without translator experts keep their ids
+        run["translators"] = translators
+    return digest(run)
 
 
 # --- routing cells -------------------------------------------------------------------

@@ -11,7 +11,7 @@ registries live (``semoe.checks``). ``Section.identity()`` is what decides resul
 
 from semoe.config.base import ConfigError, Section, deep_merge, format_validation_error, validate_params
 from semoe.config.data import CorpusConfig, DatasetConfig, SyntheticConfig
-from semoe.config.experts import AugmentConfig, ExpertConfig
+from semoe.config.experts import AugmentConfig, ExpertConfig, TranslatorConfig
 from semoe.config.generation import GenerationConfig, ModelConfig
 from semoe.config.io import (
     apply_overrides,
@@ -54,6 +54,7 @@ __all__ = [
     "SemoeConfig",
     "StoreConfig",
     "SyntheticConfig",
+    "TranslatorConfig",
     "TriggerConfig",
     "WORKER_ENV",
     "apply_overrides",

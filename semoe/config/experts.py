@@ -7,6 +7,10 @@ Defaults are PRAG's (rank 2, alpha 32, no dropout, lr 3e-4, one epoch over the p
 training sequences, LoRA on the MLP projections, torch AdamW with its default weight decay).
 ``identity()`` is what decides an expert's weights and so goes into its cache key; the
 operational settings (batch size, loss reporting) are left out.
+
+Where a method's experts come from (``source``): ``trained`` (PRAG: augment, then train one
+LoRA per passage) or ``translator`` (DyPRAG: a parameter translator maps the passage to its
+LoRA in one forward; ``translator:``, ``TranslatorConfig``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,51 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from semoe.config.base import Section
+
+
+class TranslatorConfig(Section):
+    """A DyPRAG parameter translator (Tan et al. 2025, github.com/Trae1ounG/DyPRAG): per
+    decoder layer a small MLP maps the passage's pooled hidden state to the rank-r LoRA A/B of
+    every target module of that layer. It is trained on (passage, PRAG expert) pairs of
+    ``passages`` corpus passages (augmented and trained with the ``augment:``/``experts:``
+    settings). Loss weights default to DyPRAG's (``train_dyprag.py``: 100 · MSE of the
+    parameters + 1 · LM loss of the augmented QA with the generated expert + 0.01 · KL to the
+    target expert's next-token distributions).
+
+    ``checkpoint``: a translator file to use as it is (none is trained); its content, not its
+    path, is what answers are keyed by."""
+
+    operational = ("checkpoint", "batch_passages", "save_experts")
+
+    passages: PositiveInt = Field(16, description="corpus passages whose PRAG experts are the training pairs")
+    seed: int = Field(0, description="which corpus passages: the `passages` smallest hashes of (seed, passage id)")
+    hidden: PositiveInt = Field(32, description="hidden units of each layer's MLP (DyPRAG's projector_p: 32)")
+    input_layer: Literal["last", "own"] = Field(
+        "last",
+        description="pooled hidden state fed to layer l's MLP: the last layer's (DyPRAG) or layer l's own output",
+    )
+    max_passage_tokens: PositiveInt = Field(512, description="passage tokens read (longer passages are cut)")
+    epochs: PositiveInt = Field(2, description="passes over the training pairs (one pair per step, shuffled)")
+    lr: PositiveFloat = Field(1e-3, description="AdamW learning rate (DyPRAG: 1e-5 over ~20k pairs)")
+    mse_weight: float = Field(100.0, ge=0.0, description="weight of the parameter MSE to the PRAG expert")
+    lm_weight: float = Field(1.0, ge=0.0, description="weight of the augmented QA's LM loss with the generated expert")
+    kl_weight: float = Field(0.01, ge=0.0, description="weight of KL(target expert ‖ generated expert) per token")
+    checkpoint: str | None = Field(None, description="use this translator file instead of training one")
+    batch_passages: PositiveInt = Field(16, description="passages translated per forward")
+    save_experts: bool = Field(False, description="also write translated experts to the artifact cache")
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "TranslatorConfig":
+        if self.mse_weight == self.lm_weight == self.kl_weight == 0:
+            raise ValueError("mse_weight, lm_weight and kl_weight are all 0: nothing to train on")
+        return self
+
+    def identity(self) -> dict:
+        """The training settings; with a given ``checkpoint`` only how it is read (the file's
+        content key enters the answers' identity instead, ``semoe.identity.answer_scope``)."""
+        if self.checkpoint is not None:
+            return {"checkpoint": "given", "max_passage_tokens": self.max_passage_tokens}
+        return super().identity()
 
 
 class ExpertConfig(Section):
@@ -60,6 +109,12 @@ class ExpertConfig(Section):
     measure_loss: bool = Field(
         True, description="evaluate each expert's loss on its sequences before and after training (two extra forwards)"
     )
+    source: Literal["trained", "translator"] = Field(
+        "trained",
+        description="trained: augment + train a LoRA per passage (PRAG); translator: a DyPRAG parameter translator "
+        "maps each passage to its LoRA (trained on PRAG experts of `translator.passages` corpus passages)",
+    )
+    translator: TranslatorConfig = TranslatorConfig()
 
     @field_validator("targets")
     @classmethod
@@ -71,6 +126,20 @@ class ExpertConfig(Section):
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
+
+    def identity(self) -> dict:
+        """With ``source: trained``, the settings of the trained experts alone: configs without
+        a translator keep their hash and their experts' cache keys."""
+        d = super().identity()
+        if self.source == "trained":
+            d.pop("source")
+            d.pop("translator")
+        return d
+
+    def trained(self) -> "ExpertConfig":
+        """These settings with ``source: trained``: what the PRAG experts (a translator's
+        training targets) are trained and keyed with."""
+        return self.model_copy(update={"source": "trained"})
 
     def init_identity(self) -> dict:
         """The settings the shared initial LoRA depends on."""

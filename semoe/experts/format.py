@@ -75,6 +75,20 @@ class ExpertFileError(RuntimeError):
     """An expert file is missing, corrupt, or not something semoe can apply."""
 
 
+def read_safetensors(
+    file: Path, device: str, what: str = "expert file", error: type[ExpertFileError] = ExpertFileError
+) -> tuple[dict[str, str], dict[str, "torch.Tensor"]]:  # noqa: F821
+    """(metadata, tensors) of a safetensors file; an ``error`` "``what`` FILE is corrupt: ..."
+    when its header or body is damaged."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device=device) as f:
+            return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a damaged header/body
+        raise error(f"{what} {file} is corrupt: {e}") from None
+
+
 # A LoRA tensor: optional peft prefix, module path, A or B, an adapter name where the
 # tensors come from a live peft model's state_dict (save_pretrained drops it).
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
@@ -187,8 +201,6 @@ def load_expert(path: str | Path, device: str = "cpu") -> LoraExpert:
     (DoRA, per-module ranks or alphas). Whether the expert fits a model is checked by
     :func:`semoe.experts.inference.load_experts`.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     file = path / PEFT_WEIGHTS if path.is_dir() else path
     if not file.is_file():
@@ -197,12 +209,7 @@ def load_expert(path: str | Path, device: str = "cpu") -> LoraExpert:
             f"expert file not found: {file}"
             + (" (adapter_model.bin is not read: save the adapter with safe_serialization=True)" if legacy else "")
         )
-    try:
-        with safe_open(str(file), framework="pt", device=device) as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a damaged header/body
-        raise ExpertFileError(f"expert file {file} is corrupt: {e}") from None
+    meta, tensors = read_safetensors(file, device)
     weights = _lora_pairs(file, tensors)
     if "rank" in meta:
         try:

@@ -23,7 +23,7 @@ from semoe.indexing import IndexInfo, describe_corpus, open_retriever, record_in
 from semoe.reporting import LEADERBOARD_COLUMNS, REPORT_FORMATS, write_run_report
 from semoe.storage.results import ResultStore
 from semoe.tasks.answering import answer_chunk_task, load_examples_task
-from semoe.tasks.experts import build_experts_task
+from semoe.tasks.experts import build_experts_task, build_translator_task
 from semoe.tasks.gpu import ensure_gpu_limits
 from semoe.tasks.indexing import build_index_task
 
@@ -138,14 +138,34 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     return {"passages": len(passages), "chunks": len(calls)}
 
 
+@flow(name="build_translator", log_prints=True)
+def build_translator(config: SemoeConfig, corpus_key: str | None = None) -> dict:
+    """Train the DyPRAG parameter translator of each translator setting of the configured
+    methods (``experts.source: translator``) on the PRAG experts of ``translator.passages``
+    corpus passages (augmented and trained first, cached); reused when built. Without
+    ``corpus_key`` (a deployment run) it indexes the corpus first (reused when built)."""
+    ensure_gpu_limits(config)
+    corpus_key = corpus_key or index_corpus(config)["corpus_key"]
+    calls = [(config, params, corpus_key) for params in evaluation.translator_settings(config)]
+    store = ResultStore(config.store.path)
+    key = "translator-" + identity.digest([corpus_key, [c[1].identity() for c in calls]])
+    with runner_for(config.runner.kind, store, key) as runner:
+        runner.resume()
+        for _ in runner.run(build_translator_task, calls):
+            pass
+    return {"translators": len(calls)}
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(config: SemoeConfig) -> dict:
     """The main job: index the corpus when a method retrieves from it (not on datasets whose
-    questions bring their own passages), build passage experts when a method inserts them,
-    then evaluate."""
+    questions bring their own passages), build passage experts when a method inserts trained
+    ones and the parameter translator when one translates them, then evaluate."""
     check_config(config)
     key = index_corpus(config)["corpus_key"] if evaluation.needs_index(config, _load_examples(config)) else None
     with shared_cluster(config) as config:
-        if evaluation.needs_experts(config):
+        if evaluation.expert_settings(config):
             with_runner(build_experts, config)(config, key)
+        if evaluation.translator_settings(config):
+            with_runner(build_translator, config)(config, key)
         return with_runner(evaluate, config)(config, corpus_key=key)

@@ -338,6 +338,22 @@ class MoeLMTrainingRow(Row):
     seconds: float
 
 
+@dataclass(**_ROW)
+class TranslatorTrainingRow(Row):
+    """One step of a parameter translator's training (``semoe.experts.translator``)."""
+
+    TABLE: ClassVar[str] = "translator_training"
+    checkpoint_key: str
+    step: int
+    epoch: int
+    passage_id: str
+    loss: float
+    mse: float
+    lm: float
+    kl: float
+    seconds: float
+
+
 ROWS: dict[str, type[Row]] = {
     cls.TABLE: cls
     for cls in (
@@ -353,6 +369,7 @@ ROWS: dict[str, type[Row]] = {
         RoutingRunRow,
         RoutingLayerStatRow,
         MoeLMTrainingRow,
+        TranslatorTrainingRow,
     )
 }
 """Table name → its row class."""

@@ -546,4 +546,23 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM routing_runs r""",
         ],
     ),
+    (
+        10,
+        [
+            # Training curves of DyPRAG-style parameter translators (semoe.experts.translator):
+            # checkpoint_key is the checkpoint file's content key, as in the answers it produced.
+            """CREATE TABLE translator_training (
+                checkpoint_key VARCHAR NOT NULL,
+                step INTEGER NOT NULL,
+                epoch INTEGER NOT NULL,
+                passage_id VARCHAR NOT NULL,
+                loss DOUBLE NOT NULL,
+                mse DOUBLE NOT NULL,
+                lm DOUBLE NOT NULL,
+                kl DOUBLE NOT NULL,
+                seconds DOUBLE NOT NULL,
+                PRIMARY KEY (checkpoint_key, step)
+            )""",
+        ],
+    ),
 ]

@@ -1,5 +1,6 @@
-"""Prefect task around :class:`semoe.experts.provider.ExpertProvider`: augment and train
-the experts of a chunk of passages (cached per passage, so a rerun trains nothing)."""
+"""Prefect tasks around :class:`semoe.experts.provider.ExpertProvider`: augment and train
+the experts of a chunk of passages (cached per passage, so a rerun trains nothing); build a
+parameter translator (cached by its settings and corpus)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ def build_experts_task(
         provider.ensure([Passage(**p) for p in passages])
     key = "experts-" + content_key([p["id"] for p in passages], params.identity())
     return hand_back(provider.drain_rows(), shard_root, key)
+
+
+@task(name="build-translator", task_run_name="translator-{corpus_key}", cache_policy=NONE)
+@interruptible
+def build_translator_task(
+    config: SemoeConfig, params: ExpertParams, corpus_key: str, shard_root: str | None = None
+) -> dict[str, list[dict]] | str:
+    """The rows (``augmentations``, ``experts`` of its training passages, ``translator_training``)
+    of the parameter translator of ``params`` on the corpus ``corpus_key``, handed back to the
+    store writer; nothing is trained when it was built before."""
+    from semoe.storage.artifacts import content_key
+
+    use_threads(config)
+    with gpu_slot(config):
+        provider = evaluation.expert_provider(config, evaluation.load_lm(config), params, corpus_key)
+        record = provider.build_translator(lambda: evaluation.translator_passages(config, params.experts.translator))
+    return hand_back(provider.drain_rows(), shard_root, "translator-" + content_key(record.key))

@@ -4,7 +4,8 @@
 passages in context (PRAG's ``icl`` mode is ``single-retrieval``). ``semoe`` retrieves when
 the DRAGIN trigger fires, swaps the retrieved passages' experts into the model and goes on;
 ``semoe-icl`` also shows the passages in context. Experts come from the artifact cache or
-are augmented and trained on demand (``ExpertProvider``).
+are augmented and trained on demand, or with ``experts.source: translator`` from a DyPRAG
+parameter translator (``ExpertProvider``; ``dyprag.py`` names PRAG's modes with it).
 """
 
 from __future__ import annotations
