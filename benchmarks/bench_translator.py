@@ -26,10 +26,11 @@ from pathlib import Path
 
 from _common import Timing, add_timing_args, apply_threads, compare, load_average, print_table, timed
 from bench_expert_training import make_items
-from semoe.experts.training import initial_lora, train_experts_batched
 
 from semoe.config import ExpertConfig, MethodSpec, SemoeConfig, SyntheticConfig
 from semoe.data.encyclopedia import build_encyclopedia
+from semoe.experts.lockstep import train_experts_batched
+from semoe.experts.lora_init import initial_lora
 from semoe.experts.provider import ExpertProvider
 from semoe.experts.translator import Pair, save_translator, train_translator, translate
 from semoe.generation.base import MethodContext, build_method

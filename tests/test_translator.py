@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from semoe.experts.training import QA, TrainingItem, initial_lora, train_experts_batched
 
 from semoe.config import ConfigError, ExpertConfig, MethodSpec, SemoeConfig, TranslatorConfig
+from semoe.experts.lockstep import train_experts_batched
+from semoe.experts.lora_init import initial_lora
+from semoe.experts.qa_reply import QAPair
+from semoe.experts.training_data import TrainingItem
 from semoe.experts.translator import (
     Layout,
     Pair,
@@ -46,8 +49,8 @@ def tiny(tiny_lm_dir):
 def item(i: int) -> TrainingItem:
     name, year, town = f"Galmir Pelind{i}", 1900 + 7 * i, f"Zormidor{i}"
     qa = [
-        QA(f"When was {name} born?", str(year), f"{name} was born in {year}."),
-        QA(f"Where was {name} born?", town, f"{name} was born in {town}."),
+        QAPair(f"When was {name} born?", str(year), f"{name} was born in {year}."),
+        QAPair(f"Where was {name} born?", town, f"{name} was born in {town}."),
     ]
     text = f"{name} was a historian born in {town} in {year}." + " He wrote many books." * (i % 3)
     return TrainingItem.create(f"p{i}", text, [f"Born in {town} in {year}, {name} was a historian."], qa)
@@ -163,7 +166,7 @@ def test_checkpoint_round_trip_and_clear_errors(tiny, trained, tmp_path):
 def test_held_out_experts_raise_their_qa_likelihood(tiny, pairs, trained):
     """Passages 6 and 7 were not among the training pairs: their translated experts make
     their QA answers more likely than the base model does."""
-    from semoe.experts.training import expert_losses
+    from semoe.experts.lockstep import expert_losses
 
     model, tok = tiny
     translator, _ = trained

@@ -20,7 +20,7 @@ from semoe.storage.artifacts import ArtifactCache, content_key
 
 if TYPE_CHECKING:
     from semoe.config import AugmentConfig, ExpertConfig, ModelConfig
-    from semoe.experts.training import TrainingItem
+    from semoe.experts.training_data import TrainingItem
     from semoe.experts.translator import ParameterTranslator, TranslatorRecord
     from semoe.generation.lm import ChatLM
 

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from semoe.config import ExpertConfig, TranslatorConfig
 from semoe.experts.format import ExpertFileError, LoraExpert, read_safetensors
-from semoe.experts.training import IGNORE, TrainingItem, build_sequences, target_modules
+from semoe.experts.lora_init import target_modules
+from semoe.experts.training_data import IGNORE, TrainingItem, build_sequences
 from semoe.storage.artifacts import ArtifactCache, content_key
 from semoe.storage.rows import TranslatorTrainingRow
 
