@@ -25,6 +25,8 @@ class ProvidedContexts:
     text have different contexts; a query that is not one of the questions (e.g. a triggered
     method's generated query) is a RetrievalError naming it."""
 
+    corpus_key: str | None = None  # no corpus: the passages come with the questions
+
     def __init__(self, examples: Sequence[Example], dataset: str):
         self._by_question: dict[str, Example] = {}
         for ex in examples:
