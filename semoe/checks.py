@@ -12,6 +12,7 @@ from semoe.generation.base import build_method
 from semoe.generation.templates import TEMPLATES
 from semoe.models.loading import dummy_seed
 from semoe.retrieval import RETRIEVERS
+from semoe.routing.registry import POLICIES
 
 
 def check_config(cfg: SemoeConfig) -> None:
@@ -73,7 +74,6 @@ def check_routing(cfg: SemoeConfig) -> None:
 
 def make_checked_policy(spec: PolicySpec):
     """The routing policy of ``spec``, its params validated (``ConfigError`` naming them)."""
-    from semoe.routing.registry import POLICIES
 
     cls = POLICIES.get(spec.name)
     params = validate_params(cls.Params, spec.params, f"routing.policies: {spec.display_name!r} ({spec.name}) params")

@@ -9,9 +9,34 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
+from semoe.checks import check_config
+from semoe.config import ConfigError, config_yaml, load_config
+from semoe.data import CORPORA, DATASETS
+from semoe.data.schema import DataFormatError
+from semoe.deployments import check, render, served_deployment
+from semoe.evaluation import preflight
+from semoe.experts.format import ExpertFileError
+from semoe.flows.api import STARTUP_TIMEOUT_ENV, STARTUP_TIMEOUT_S, ApiError, prefect_api
+from semoe.generation import METHODS
+from semoe.generation.templates import TEMPLATES
+from semoe.indexing import build_index, describe_corpus, record_index
+from semoe.models.loading import EMBEDDED_MODELS, ModelLoadError
+from semoe.moe_lm.cli import cli_main
+from semoe.registry import UnknownNameError
+from semoe.retrieval import RETRIEVERS
+from semoe.retrieval.base import RetrievalError
+from semoe.routing import ADAPTERS, RoutingError
+from semoe.routing.grid import SPEED_QUALITY_COLUMNS, routing_run_id, routing_section
+from semoe.storage.artifacts import CacheError
+from semoe.storage.columns import column_rows
+from semoe.storage.locks import run_lock
+from semoe.storage.results import ResultStore, StoreError
+from semoe.storage.views import export_parquet, open_current
+from semoe.tasks import interrupts
 from semoe.textfmt import format_table
 
 DEFAULT_STORE = "results/semoe.duckdb"
@@ -22,15 +47,6 @@ class Interrupted(Exception):
 
 
 def _friendly_errors() -> tuple[type[BaseException], ...]:
-    from semoe.config import ConfigError
-    from semoe.data.schema import DataFormatError
-    from semoe.experts.format import ExpertFileError
-    from semoe.flows.api import ApiError
-    from semoe.models.loading import ModelLoadError
-    from semoe.registry import UnknownNameError
-    from semoe.retrieval.base import RetrievalError
-    from semoe.storage.artifacts import CacheError
-    from semoe.storage.results import StoreError
 
     return (
         ConfigError,
@@ -46,8 +62,6 @@ def _friendly_errors() -> tuple[type[BaseException], ...]:
 
 
 def _load(args) -> "SemoeConfig":  # noqa: F821
-    from semoe.checks import check_config
-    from semoe.config import load_config
 
     cfg = load_config(args.config, args.set)
     check_config(cfg)
@@ -56,7 +70,6 @@ def _load(args) -> "SemoeConfig":  # noqa: F821
 
 def _prefect_defaults() -> None:
     """Offline-friendly Prefect settings unless the user chose otherwise."""
-    from semoe.flows.api import STARTUP_TIMEOUT_ENV, STARTUP_TIMEOUT_S
 
     os.environ.setdefault(STARTUP_TIMEOUT_ENV, str(STARTUP_TIMEOUT_S))  # also for `semoe serve`
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -69,9 +82,6 @@ def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call):
     """``flow_call()`` holding the run's lock (another process with the same run id: wait
     ``args.wait`` s, then stop), on a Prefect API that a Ctrl-C leaves alive (semoe.flows.api).
     Ctrl-C raises ``Interrupted`` saying how many ``kept_what`` (``kept_sql``'s count) were kept."""
-    from semoe.flows.api import prefect_api
-    from semoe.storage.locks import run_lock
-    from semoe.tasks import interrupts
 
     with run_lock(cfg.store.path, run_id, args.wait, lambda note: print(f"semoe: {note}", file=sys.stderr)):
         try:
@@ -88,7 +98,6 @@ def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call):
 
 
 def _count_kept(store_path, sql: str, run_id: str) -> str:
-    from semoe.storage.results import ResultStore, StoreError
 
     try:
         return str(ResultStore(store_path, read_only=True, lock_wait_s=2).query(sql, [run_id])[0]["n"])
@@ -97,9 +106,6 @@ def _count_kept(store_path, sql: str, run_id: str) -> str:
 
 
 def cmd_run(args) -> int:
-    import time
-
-    from semoe.evaluation import preflight
 
     cfg = _load(args)
     run_id = preflight(cfg)
@@ -161,7 +167,6 @@ def cmd_index(args) -> int:
     The plain function, not the ``index_corpus`` flow: one step gains nothing from Prefect's
     retries or UI but would wait for an API server to start (``semoe serve --flow index_corpus``
     gives a UI-visible run). A build killed midway leaves nothing marked complete."""
-    from semoe.indexing import build_index, describe_corpus, record_index
 
     cfg = _load(args)
     _log_progress()
@@ -183,8 +188,6 @@ def cmd_index(args) -> int:
 def cmd_validate(args) -> int:
     """The same preflight as ``run`` (names, files, store, cache, Elasticsearch, model), without
     Prefect; prints the resolved config, its hash and the run id it would make."""
-    from semoe.config import config_yaml
-    from semoe.evaluation import preflight
 
     cfg = _load(args)
     run_id = preflight(cfg)
@@ -195,12 +198,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from semoe.data import CORPORA, DATASETS
-    from semoe.generation import METHODS
-    from semoe.generation.templates import TEMPLATES
-    from semoe.models.loading import EMBEDDED_MODELS
-    from semoe.retrieval import RETRIEVERS
-    from semoe.routing import ADAPTERS
 
     sections = {
         "datasets": DATASETS.describe(),
@@ -220,8 +217,6 @@ def cmd_ls(args) -> int:
 
 def cmd_sql(args) -> int:
     import duckdb
-
-    from semoe.storage.results import ResultStore, StoreError
 
     store = ResultStore(args.store, read_only=True)
     try:
@@ -255,7 +250,6 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     """A QA run's scores with their intervals, per question type, and every pair of methods compared."""
     from semoe.reporting import QATables, resolve_run_id
-    from semoe.storage.views import open_current
 
     store = open_current(args.store)
     run_id = resolve_run_id(store, args.run_id)
@@ -275,7 +269,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_columns(args) -> int:
-    from semoe.storage.columns import column_rows
 
     rows = column_rows()
     print(format_table(("column", "meaning", "unit"), [list(r.values()) for r in rows], args.format))
@@ -283,7 +276,6 @@ def cmd_columns(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from semoe.storage.views import export_parquet
 
     names = [n.strip() for arg in args.tables for n in arg.split(",") if n.strip()] if args.tables else None
     written = export_parquet(args.store, args.out, names)
@@ -299,16 +291,11 @@ def cmd_serve(args) -> int:
     _prefect_defaults()
     from prefect import serve
 
-    from semoe.deployments import served_deployment
-
     serve(served_deployment(cfg, args.flow, args.cron, args.name))
     return 0
 
 
 def cmd_deployments(args) -> int:
-    from pathlib import Path
-
-    from semoe.deployments import check, render
 
     path = Path(args.file)
     if args.action == "render":
@@ -325,15 +312,11 @@ def cmd_deployments(args) -> int:
 
 def cmd_route(args) -> int:
     """The routing grid of the config's ``routing:`` section; prints the speed/quality table."""
-    import time
-
-    from semoe.routing.grid import SPEED_QUALITY_COLUMNS, routing_run_id, routing_section
 
     cfg = _load(args)
     routing_section(cfg)
     _prefect_defaults()
     from semoe.flows.routing import evaluate_routing
-    from semoe.routing import RoutingError
 
     t0 = time.perf_counter()
     try:
@@ -363,7 +346,6 @@ def cmd_route(args) -> int:
 
 def cmd_moe_lm(argv: Sequence[str]) -> int:
     """Delegates to the MoE LM's own parser (its options are its own)."""
-    from semoe.moe_lm.cli import cli_main
 
     return cli_main(list(argv))
 

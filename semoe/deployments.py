@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from semoe.config import ConfigError, SemoeConfig, load_config, read_yaml_mapping
 
 PROJECT_FILE = Path("deployments/prefect.yaml")
@@ -31,7 +33,6 @@ FLOWS = {
 
 
 def _parse(text: str, path: Path) -> dict:
-    import yaml
 
     try:
         return yaml.safe_load(text) or {}
@@ -58,7 +59,6 @@ def rendered_parameters(project: dict, root: Path) -> dict[str, dict[str, Any]]:
 
 
 def _block(params: dict[str, dict], indent: str) -> str:
-    import yaml
 
     lines = [indent + BEGIN]
     for anchor, value in params.items():

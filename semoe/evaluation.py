@@ -6,6 +6,7 @@ The Prefect flows (``semoe.flows``) only wrap these functions in tasks.
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -14,14 +15,22 @@ from semoe import identity
 from semoe.checks import check_config
 from semoe.config import ConfigError, DatasetConfig, SemoeConfig
 from semoe.data import DataContext
+from semoe.data.loading import check_corpus_head, corpus_key, iter_passages, load_examples
 from semoe.data.schema import Example
+from semoe.experts.provider import ExpertProvider
+from semoe.experts.translator import TranslatorError, built_translator, file_key, recipe_key
 from semoe.generation import METHODS
 from semoe.generation.answer import has_answer_marker
 from semoe.generation.base import Method, MethodContext, MethodOutput, build_method
+from semoe.generation.loading import load_chat_lm
 from semoe.generation.templates import template_for
+from semoe.hashing import digest
+from semoe.indexing import open_retriever
 from semoe.metrics import exact_match, f1_score, recall_at_k
+from semoe.models.loading import check_model_spec
 from semoe.retrieval.provided import ProvidedContexts
-from semoe.storage.results import utcnow
+from semoe.storage.artifacts import ArtifactCache
+from semoe.storage.results import ResultStore, utcnow
 from semoe.storage.rows import PredictionRow, RetrievalRow, TriggerEventRow, rekeyed
 
 
@@ -104,7 +113,6 @@ def needs_index(cfg: SemoeConfig, examples: Mapping[str, Sequence[Example]]) -> 
 def retriever_for(cfg: SemoeConfig, dataset: str, examples: Sequence[Example], corpus_key: str | None):
     """What retrieving methods search for ``examples`` of ``dataset``: their own contexts on a
     dataset that provides them (``passage_source``), else the corpus index of ``corpus_key``."""
-    from semoe.indexing import open_retriever
 
     if passage_source(dataset_config(cfg, dataset), examples) == "provided":
         return ProvidedContexts(examples, dataset)
@@ -149,10 +157,6 @@ def translator_passages(cfg: SemoeConfig, translator) -> list:
     """The corpus passages whose PRAG experts train the translator (``TranslatorConfig``): the
     ``translator.passages`` with the smallest hashes of (seed, passage id), in that order, so
     the choice depends on the corpus content, not its order (one pass over the corpus)."""
-    import heapq
-
-    from semoe.data.loading import iter_passages
-    from semoe.hashing import digest
 
     stream = iter_passages(cfg.corpus, DataContext.of(cfg), progress="translator passages")
     ranked = ((digest([translator.seed, p.id], 16), p) for p in stream)
@@ -164,8 +168,6 @@ def translator_keys(cfg: SemoeConfig, corpus_key: str | None, required: bool = T
     methods with ``experts.source: translator`` (``identity.answer_scope``). A translator not
     built yet is a ``TranslatorError`` when ``required``, else keyed by its recipe (what a
     run's id is before its pipeline built it)."""
-    from semoe.experts.translator import built_translator, file_key, recipe_key
-    from semoe.storage.artifacts import ArtifactCache
 
     keys = {}
     for label, method in methods(cfg).items():
@@ -182,7 +184,7 @@ def translator_keys(cfg: SemoeConfig, corpus_key: str | None, required: bool = T
         elif not required:
             keys[label] = f"recipe:{recipe}"
         else:
-            from semoe.experts.translator import TranslatorError
+            pass
 
             raise TranslatorError(
                 f"method {label!r} uses translator experts but no translator was built for its settings: "
@@ -241,7 +243,6 @@ def split_reusable(items: list[WorkItem], stored: set[str]) -> tuple[list[WorkIt
 
 def load_lm(cfg: SemoeConfig):
     """The configured model as a ``ChatLM`` (loaded once per process: ``load_model`` is memoised)."""
-    from semoe.generation.loading import load_chat_lm
 
     return load_chat_lm(cfg.model.spec, cfg.cache.root, cfg.model.dtype, cfg.model.device, cfg.generation.system_prompt)
 
@@ -249,7 +250,6 @@ def load_lm(cfg: SemoeConfig):
 def expert_provider(cfg: SemoeConfig, lm, params, corpus_key: str | None = None):
     """Passage experts for ``lm`` with ``params.augment`` / ``params.experts`` (``ExpertParams``);
     ``corpus_key``: the corpus a built translator was trained on (translator experts)."""
-    from semoe.experts.provider import ExpertProvider
 
     return ExpertProvider(lm, cfg.model, params.augment, params.experts, cfg.cache.root, corpus_key)
 
@@ -475,11 +475,6 @@ def preflight(cfg: SemoeConfig) -> str:
     retrieval backend (an Elasticsearch ping) and the model spec. Imports no Prefect and
     starts no server: ``semoe run`` calls it before the flow, ``semoe validate`` alone.
     Returns the id of the QA run these inputs make (``qa_run_id``)."""
-    from semoe.data.loading import check_corpus_head, corpus_key, load_examples
-    from semoe.indexing import open_retriever
-    from semoe.models.loading import check_model_spec
-    from semoe.storage.artifacts import ArtifactCache
-    from semoe.storage.results import ResultStore
 
     check_config(cfg)
     ResultStore(cfg.store.path)

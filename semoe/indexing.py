@@ -10,9 +10,12 @@ from dataclasses import asdict, dataclass
 from semoe.config import CorpusConfig, RetrievalConfig, SemoeConfig
 from semoe.data import DataContext
 from semoe.data.loading import corpus_key, iter_passages
+from semoe.hashing import digest
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import Retriever
 from semoe.storage.artifacts import ArtifactCache
+from semoe.storage.results import ResultStore, utcnow
+from semoe.storage.rows import IndexRow
 
 
 @dataclass
@@ -36,7 +39,6 @@ class IndexInfo:
 def _index_dir(cache_root: str, backend: str, key: str, index_identity: dict | None = None):
     """``<backend>-<corpus key>``, plus a digest of the backend's index identity (e.g. a
     non-default analyzer), so indexes built with other settings live side by side."""
-    from semoe.hashing import digest
 
     suffix = f"-{digest(index_identity, 8)}" if index_identity else ""
     return ArtifactCache(cache_root).path("indexes", f"{backend}-{key}{suffix}")
@@ -78,8 +80,6 @@ def build_index(cfg: SemoeConfig) -> IndexInfo:
 
 def record_index(store_path: str, info: IndexInfo) -> None:
     """The ``indexes`` row of a fresh build (a reused index keeps the row of its build)."""
-    from semoe.storage.results import ResultStore, utcnow
-    from semoe.storage.rows import IndexRow
 
     row = IndexRow(
         corpus_key=info.corpus_key,

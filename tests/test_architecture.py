@@ -159,3 +159,95 @@ def test_lint_and_format_clean():
     for args in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
         done = subprocess.run([ruff, *args, *paths], capture_output=True, text=True, cwd=ROOT.parent)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Libraries slow to import (≥ 0.1 s here) or pulling in torch: imported inside the functions
+# that need them, so `semoe --help` and listing names stay instant. Every other import is at
+# module level, where the import graph can be read.
+HEAVY_LIBRARIES = {
+    "accelerate",
+    "bm25s",
+    "dask",
+    "datasets",
+    "distributed",
+    "duckdb",
+    "elastic_transport",
+    "elasticsearch",
+    "gguf",
+    "matplotlib",
+    "numpy",
+    "peft",
+    "polars",
+    "prefect",
+    "prefect_dask",
+    "pyarrow",
+    "scipy",
+    "torch",
+    "tqdm",
+    "transformers",
+}
+HEAVY_MODULES = {"safetensors.torch"}
+
+
+def _is_heavy_library(name: str) -> bool:
+    return name.split(".")[0] in HEAVY_LIBRARIES or any(name == m or name.startswith(m + ".") for m in HEAVY_MODULES)
+
+
+def _split_imports(path: Path, module: str) -> tuple[set[str], list[tuple[int, str]]]:
+    """(names imported at module level, [(line, first name)] of imports inside functions)."""
+    top: set[str] = set()
+    local: list[tuple[int, str]] = []
+    is_package = path.name == "__init__.py"
+
+    def names(node: ast.Import | ast.ImportFrom) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        base = node.module or ""
+        if node.level:
+            anchor = module.split(".")[: len(module.split(".")) - node.level + is_package]
+            base = ".".join(anchor + ([base] if base else []))
+        return [base] + [f"{base}.{a.name}" for a in node.names]
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                if in_function:
+                    local.append((child.lineno, names(child)[0]))
+                else:
+                    top.update(names(child))
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return top, local
+
+
+def test_function_local_imports_are_only_for_heavy_libraries():
+    files = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    split = {m: _split_imports(p, m) for m, p in files.items()}
+    heavy: dict[str, bool] = {}
+
+    def is_heavy(module: str, seen: frozenset = frozenset()) -> bool:
+        """A semoe module is heavy when importing it imports a heavy library."""
+        if module not in heavy:
+            parents = lambda n: [".".join(n.split(".")[: i + 1]) for i in range(len(n.split(".")))]  # noqa: E731
+            heavy[module] = any(
+                _is_heavy_library(n)
+                or any(
+                    p in files and p != module and p not in seen and is_heavy(p, seen | {module}) for p in parents(n)
+                )
+                for n in split[module][0]
+            )
+        return heavy[module]
+
+    light = []
+    for module, (_, local) in split.items():
+        for line, name in local:
+            targets = (
+                [name] if not name.startswith("semoe") else [n for n in (name, name.rpartition(".")[0]) if n in files]
+            )
+            if _is_heavy_library(name) or (targets and any(is_heavy(t) for t in targets)):
+                continue
+            light.append(f"{files[module].relative_to(ROOT.parent)}:{line} imports {name}")
+    assert not light, "light imports inside functions (move them to module level):\n" + "\n".join(light)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from semoe.config.base import ConfigError, format_validation_error
@@ -16,7 +17,6 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _parse_value(raw: str) -> Any:
-    import yaml
 
     try:
         return yaml.safe_load(raw)
@@ -81,7 +81,6 @@ def load_section(model: type[M], path: str | Path | None = None, overrides: list
 
 def read_yaml_mapping(path: str | Path | None) -> tuple[dict, str]:
     """(mapping, source name) of a YAML config file; ({}, "<defaults>") without a path."""
-    import yaml
 
     if path is None:
         return {}, "<defaults>"
@@ -102,6 +101,5 @@ def read_yaml_mapping(path: str | Path | None) -> tuple[dict, str]:
 
 
 def config_yaml(cfg: SemoeConfig) -> str:
-    import yaml
 
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

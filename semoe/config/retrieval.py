@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -34,7 +35,6 @@ class RetrievalConfig(Section):
     @field_validator("es_url")
     @classmethod
     def _no_credentials_in_url(cls, v: str | None) -> str | None:
-        from urllib.parse import urlsplit
 
         if v and (urlsplit(v).username is not None or urlsplit(v).password is not None):
             raise ValueError(

@@ -22,6 +22,7 @@ from typing import IO, Any, Iterator
 
 from semoe.config import ConfigError, CorpusConfig, DatasetConfig
 from semoe.data import CORPORA, DATASETS, DataContext
+from semoe.data.encyclopedia import passage_identity
 from semoe.data.schema import DataFormatError, Example, Passage, SkippedRow
 from semoe.progress import RateMeter
 
@@ -364,8 +365,6 @@ def corpus_key(cfg: CorpusConfig, ctx: DataContext) -> str:
     if cfg.dataset is not None:  # only when set, so the keys of existing corpora stay as they were
         parts["dataset"] = cfg.dataset
     if cfg.format == "synthetic":
-        from semoe.data.encyclopedia import passage_identity
-
         parts["synthetic"] = passage_identity(ctx.synthetic)
     else:
         path = resolve_path(cfg.path, "corpus")

@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import safe_open
+
 PREFIX = "base_model.model."
 # What peft's save_pretrained writes into an adapter directory.
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -80,7 +82,6 @@ def read_safetensors(
 ) -> tuple[dict[str, str], dict[str, "torch.Tensor"]]:  # noqa: F821
     """(metadata, tensors) of a safetensors file; an ``error`` "``what`` FILE is corrupt: ..."
     when its header or body is damaged."""
-    from safetensors import safe_open
 
     try:
         with safe_open(str(file), framework="pt", device=device) as f:

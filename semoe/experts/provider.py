@@ -15,7 +15,22 @@ import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from semoe.data.schema import Passage
-from semoe.experts.format import LoraExpert
+from semoe.experts.augment import augment_passages
+from semoe.experts.cache import ensure_experts
+from semoe.experts.format import LoraExpert, save_expert
+from semoe.experts.inference import load_experts
+from semoe.experts.training_data import TrainingItem
+from semoe.experts.translator import (
+    Pair,
+    TranslatorError,
+    built_translator,
+    ensure_translator,
+    load_translator,
+    recipe_key,
+    translate,
+)
+from semoe.generation.lm import ChatLM
+from semoe.models.loading import load_model
 from semoe.storage.artifacts import ArtifactCache, content_key
 
 if TYPE_CHECKING:
@@ -58,8 +73,6 @@ class ExpertProvider:
         self.seconds = 0.0
 
     def _augmenting_lm(self) -> tuple["ChatLM", str]:
-        from semoe.generation.lm import ChatLM
-        from semoe.models.loading import load_model
 
         spec = self.augment.augmenting_model(self.model.spec)
         if spec == self.model.spec:
@@ -85,11 +98,6 @@ class ExpertProvider:
         into ``_trained``."""
         import torch
 
-        from semoe.experts.augment import augment_passages
-        from semoe.experts.cache import ensure_experts
-        from semoe.experts.inference import load_experts
-        from semoe.experts.training_data import TrainingItem
-
         aug_lm, aug_spec = self._augmenting_lm()
         augs = augment_passages(todo, self.augment, aug_lm, self.cache, model_spec=aug_spec)
         self.rows["augmentations"].extend(a.to_row() for a in augs)
@@ -111,14 +119,12 @@ class ExpertProvider:
     # ------------------------------------------------------------------ translator
 
     def translator_recipe(self) -> str:
-        from semoe.experts.translator import recipe_key
 
         return recipe_key(self.model.spec, self.corpus_key, self.augment.identity(), self.experts)
 
     def translator_path(self) -> str:
         """The checkpoint this provider translates with: ``translator.checkpoint``, else the one
         built for these settings and corpus; a ``TranslatorError`` when none was built."""
-        from semoe.experts.translator import TranslatorError, built_translator
 
         given = self.experts.translator.checkpoint
         if given is not None:
@@ -133,7 +139,6 @@ class ExpertProvider:
 
     def translator(self) -> "ParameterTranslator":
         """The translator, loaded once per process and model."""
-        from semoe.experts.translator import load_translator
 
         path = self.translator_path()
         loaded = _TRANSLATORS.get((path, id(self.lm.model)))
@@ -143,8 +148,6 @@ class ExpertProvider:
         return loaded
 
     def _translate(self, todo: list[Passage]) -> None:
-        from semoe.experts.format import save_expert
-        from semoe.experts.translator import translate
 
         translator, tcfg = self.translator(), self.experts.translator
         experts = translate(
@@ -169,8 +172,6 @@ class ExpertProvider:
         the PRAG experts of the passages ``passages()`` lists that augment successfully; their
         catalogue rows and the training curve (``translator_training``) are added to ``rows``."""
         import torch
-
-        from semoe.experts.translator import Pair, ensure_translator
 
         def pairs() -> list[Pair]:
             todo = list({p.id: p for p in passages()}.values())

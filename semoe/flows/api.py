@@ -20,6 +20,7 @@ With ``PREFECT_API_URL`` set (a real server, or the test harness) semoe uses it 
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
@@ -144,7 +145,6 @@ def _watch(server, api: ApiServer) -> None:
         if api._stopping.is_set():
             return
         api.died = code
-        import _thread
 
         _thread.interrupt_main()
         time.sleep(UNWIND_S)

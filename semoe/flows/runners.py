@@ -9,6 +9,7 @@ once and shares between its subflows, each with its share of the cores as torch 
 
 from __future__ import annotations
 
+import importlib.util
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,10 +17,10 @@ from typing import Iterator
 from semoe.config import ConfigError, RunnerConfig, SemoeConfig
 from semoe.storage.results import ResultStore
 from semoe.storage.shards import ingest_pending, ingest_shard, remove_root, shard_root
+from semoe.tasks.threads import local_worker_env
 
 
 def _require_dask() -> None:
-    import importlib.util
 
     if importlib.util.find_spec("prefect_dask") is None:
         raise ConfigError("runner.kind 'dask' needs prefect-dask: pip install 'semoe[dask]'")
@@ -40,7 +41,6 @@ def task_runner_for(runner: RunnerConfig):
 def _local_cluster_kwargs(runner: RunnerConfig) -> dict:
     """Worker processes get ``PREFECT_API_URL`` and their share of the cores as torch threads
     (``semoe.tasks.threads.local_worker_threads``; Dask's own default is one)."""
-    from semoe.tasks.threads import local_worker_env
 
     return {
         "n_workers": runner.n_workers,

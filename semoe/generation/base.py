@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 
 from semoe.config import GenerationConfig, MethodSpec, RetrievalConfig, Section, deep_merge, validate_params
 from semoe.data.schema import Example
+from semoe.generation import METHODS
 
 if TYPE_CHECKING:
     from semoe.config import SemoeConfig
@@ -120,7 +121,6 @@ SHARED_SECTIONS = ("trigger", "augment", "experts")
 def build_method(spec: MethodSpec, cfg: "SemoeConfig") -> Method:
     """The registered method ``spec.name`` with its params resolved over ``cfg``'s shared
     sections (``Method.resolve``)."""
-    from semoe.generation import METHODS
 
     cls = METHODS.get(spec.name)
     return cls(cls.resolve(spec, {name: getattr(cfg, name) for name in SHARED_SECTIONS}))

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from semoe.config import ConfigError
 from semoe.generation.prompts import FittedPrompt, PromptBudget, fit_messages
 
 if TYPE_CHECKING:
@@ -172,7 +173,6 @@ class ChatLM:
         """The prompt budget of ``g`` (its ``max_passage_tokens`` / ``max_prompt_tokens``) for
         replies of up to ``max_new_tokens``. Raises ConfigError when prompt and reply cannot
         both fit the model's context."""
-        from semoe.config import ConfigError
 
         context = self.context_length
         if context is not None and max_new_tokens >= context:

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from semoe.models.openrag import CheckpointError
+from semoe.models.openrag import CheckpointError, is_openrag_config
 from semoe.storage.artifacts import ArtifactCache, content_key
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,6 @@ def _is_openrag(source: str) -> bool:
     """Open-RAG's released config says ``model_type: llama``: transformers would load a plain Llama
     and drop its adapters, so such a checkpoint takes semoe's native class (``semoe.models.openrag``)."""
     from transformers import PreTrainedConfig
-
-    from semoe.models.openrag import is_openrag_config
 
     return is_openrag_config(PreTrainedConfig.get_config_dict(source)[0])
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
+
+from semoe.config import ConfigError, MoeLMConfig, load_section
+from semoe.moe_lm.inference import generate
+from semoe.moe_lm.training import checkpoint_key, encyclopedia_texts, load_or_train
+from semoe.storage.artifacts import ArtifactCache, CacheError
+from semoe.textfmt import format_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,9 +34,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _texts(corpus: str | None) -> list[str]:
-    from pathlib import Path
-
-    from semoe.moe_lm.training import encyclopedia_texts
 
     if corpus is None:
         return encyclopedia_texts()
@@ -53,7 +57,6 @@ def _progress(total: int):
 def usage_table(gen) -> str:
     """One row per layer: the share of tokens that had each expert in their top-k, and how often
     consecutive tokens changed expert set (low for routers that keep a sequence on the same experts)."""
-    from semoe.textfmt import format_table
 
     n_tokens = len(gen.experts)
     columns = ["layer"] + [f"e{e}" for e in range(gen.num_experts)] + ["switch %"]
@@ -69,8 +72,6 @@ def usage_table(gen) -> str:
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from semoe.config import ConfigError, MoeLMConfig, load_section
-    from semoe.storage.artifacts import ArtifactCache, CacheError
 
     try:
         cfg = load_section(MoeLMConfig, args.config, args.set)
@@ -81,9 +82,6 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     if args.command == "generate" and not (args.prompt or args.interactive):
         print("error: give --prompt TEXT and/or --interactive", file=sys.stderr)
         return 2
-
-    from semoe.moe_lm.inference import generate
-    from semoe.moe_lm.training import checkpoint_key, load_or_train
 
     texts = _texts(args.corpus)
     print(f"moe-lm {checkpoint_key(cfg, texts)}: {len(texts)} training texts", file=sys.stderr)

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from semoe.config import MoeLMConfig
+from semoe.config import MoeLMConfig, SyntheticConfig
+from semoe.data.encyclopedia import build_encyclopedia
+from semoe.moe_lm.tokenizer import build_tokenizer
 from semoe.storage.artifacts import ArtifactCache, content_key
 from semoe.storage.rows import MoeLMTrainingRow
 
@@ -50,8 +52,6 @@ def checkpoint_key(cfg: MoeLMConfig, texts: Sequence[str]) -> str:
 
 def encyclopedia_texts(synthetic=None) -> list[str]:
     """The default corpus: the synthetic encyclopedia's passages (``SyntheticConfig()`` unless given)."""
-    from semoe.config import SyntheticConfig
-    from semoe.data.encyclopedia import build_encyclopedia
 
     return [p.text for p in build_encyclopedia(synthetic or SyntheticConfig()).passages]
 
@@ -70,7 +70,6 @@ def train(cfg: MoeLMConfig, texts: Sequence[str], on_step: Callable[[dict], None
     import torch.nn.functional as F
 
     from semoe.moe_lm.model import MoeLM
-    from semoe.moe_lm.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(cfg.tokenizer)
     stream = torch.tensor([i for t in texts for i in tokenizer.encode(t, add_eos=True)], dtype=torch.long)
@@ -133,7 +132,6 @@ def load_checkpoint(directory: str | Path):
     from safetensors.torch import load_model
 
     from semoe.moe_lm.model import MoeLM
-    from semoe.moe_lm.tokenizer import build_tokenizer
 
     directory = Path(directory)
     cfg = MoeLMConfig.model_validate_json((directory / "config.json").read_text())

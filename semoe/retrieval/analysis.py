@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import tantivy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from semoe.hashing import digest
 
 if TYPE_CHECKING:
     import tantivy
@@ -63,14 +66,12 @@ class AnalyzerParams(BaseModel):
 
     def tokenizer_name(self) -> str:
         """Name under which the analyzer is registered on a tantivy index."""
-        from semoe.hashing import digest
 
         ident = self.analyzer_identity()
         return f"semoe-{digest(ident, 12)}" if ident else DEFAULT_TOKENIZER
 
     def text_analyzer(self) -> "tantivy.TextAnalyzer":
         """The tantivy analyzer; ``.analyze(text)`` gives the terms of a text in order."""
-        import tantivy
 
         builder = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(
             tantivy.Filter.remove_long(MAX_TOKEN_BYTES)

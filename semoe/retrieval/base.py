@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
@@ -104,8 +105,6 @@ class Retriever(ABC):
         if threads <= 1 or len(items) <= 1:
             return [one(x) for x in items]
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"semoe-{type(self).__name__}")
         size = max(1, len(items) // (threads * 8))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from semoe.routing.registry import POLICIES
+
 
 class RoutingError(RuntimeError):
     """Routing could not be installed or run as asked."""
@@ -190,7 +192,6 @@ class RoutingPolicy:
 
 def make_policy(spec: Any) -> RoutingPolicy:
     """A policy from an instance, a registered name, or a ``{name, params}`` mapping/object."""
-    from semoe.routing.registry import POLICIES
 
     if isinstance(spec, RoutingPolicy):
         return spec

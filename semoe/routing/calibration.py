@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import torch
+from safetensors import safe_open
+
+from semoe.routing.sites import find_routers
 
 Statistic = Literal["prob", "logit"]
 Reference = Literal["unselected", "all"]
@@ -120,7 +123,6 @@ class EmpiricalNull:
 
     @classmethod
     def load(cls, path: str | Path) -> "EmpiricalNull":
-        from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = {k: json.loads(v) for k, v in f.metadata().items()}
@@ -144,7 +146,6 @@ def fit_empirical_null(
     ``attention_mask`` only real tokens count. At most ``max_samples`` values per layer
     are kept (uniform subsample) so p-values cost one ``searchsorted``.
     """
-    from semoe.routing.sites import find_routers
 
     sites = find_routers(model)
     collected: list[list[torch.Tensor]] = [[] for _ in sites]

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from semoe.routing.base import RoutingError
+from semoe.routing.policies.roe import RoEPolicy
+from semoe.routing.sites import find_routers
 from semoe.routing.stats import RoutingStats
 
 
@@ -36,7 +38,6 @@ class RoEProbs:
 
 
 def _policy(tau_map: Sequence[float] | float, K: int, skip: int, seed: int):
-    from semoe.routing.policies.roe import RoEPolicy
 
     if isinstance(tau_map, (int, float)):
         return RoEPolicy(tau=float(tau_map), skip=skip, samples=K, seed=seed)
@@ -93,7 +94,6 @@ def _output_head(model):
     than ``F.linear`` on CPU (torch 2.13, MKL: measured 110 vs 127 ms per K = 8 step on the
     bench model); only for families whose logits are exactly that projection.
     """
-    from semoe.routing.sites import find_routers
 
     if not hasattr(model, "get_output_embeddings"):
         return None

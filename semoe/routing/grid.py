@@ -14,14 +14,37 @@ import json
 import logging
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semoe.config import PolicySpec, RoutingEvalConfig, RoutingModelConfig
+from semoe import identity
+from semoe.config import (
+    ConfigError,
+    CorpusConfig,
+    DatasetConfig,
+    PolicySpec,
+    RoutingEvalConfig,
+    RoutingModelConfig,
+    SyntheticConfig,
+)
+from semoe.data import DataContext
+from semoe.data.loading import corpus_key, iter_passages, load_examples
+from semoe.generation.base import MethodContext, build_method
 from semoe.generation.lm import ChatLM, Generation, ScoredGeneration
+from semoe.generation.templates import template_for
+from semoe.metrics import exact_match, f1_score
+from semoe.models.loading import load_model, pick_device
+from semoe.moe_lm.training import checkpoint_key, load_or_train
 from semoe.progress import RateMeter
+from semoe.retrieval.provided import ProvidedContexts
 from semoe.routing.base import make_policy
+from semoe.routing.decoding import encode_texts, is_roe
+from semoe.routing.heatmaps import cell_title
+from semoe.routing.measure import evaluate_policy
+from semoe.routing.sites import find_routers
+from semoe.storage.artifacts import ArtifactCache
 from semoe.storage.rows import rekeyed
 
 if TYPE_CHECKING:
@@ -54,7 +77,6 @@ SPEED_QUALITY_COLUMNS = (
 
 
 def routing_section(cfg: "SemoeConfig") -> RoutingEvalConfig:
-    from semoe.config import ConfigError
 
     if cfg.routing is None:
         raise ConfigError("the config has no `routing:` section (see configs/routing-demo.yaml)")
@@ -63,8 +85,6 @@ def routing_section(cfg: "SemoeConfig") -> RoutingEvalConfig:
 
 def _routing_inputs(cfg: "SemoeConfig") -> tuple[str, list]:
     """(corpus key, QA examples): the data a routing evaluation reads."""
-    from semoe.data import DataContext
-    from semoe.data.loading import corpus_key
 
     return corpus_key(cfg.corpus, DataContext(synthetic=cfg.synthetic)), qa_examples(cfg)
 
@@ -73,14 +93,12 @@ def routing_run_id(cfg: "SemoeConfig") -> str:
     """The routing run of these inputs (``semoe.identity.routing_run_id``): routing settings,
     the corpus content its texts come from, its QA questions and the routing code; nothing of
     the QA methods, so a config that also runs them keeps two separate rows in ``runs``."""
-    from semoe import identity
 
     return identity.routing_run_id(cfg, *_routing_inputs(cfg))
 
 
 def cell_keys(cfg: "SemoeConfig", cells: list["Cell"]) -> list[str]:
     """``semoe.identity.routing_cell_key`` of each cell."""
-    from semoe import identity
 
     r = routing_section(cfg)
     inputs = _routing_inputs(cfg)
@@ -158,9 +176,6 @@ def split_texts(texts: list[str], eval_n: int, calibration_n: int) -> RoutingTex
 
 @functools.lru_cache(maxsize=2)
 def _texts(corpus_json: str, synthetic_json: str, eval_n: int, calibration_n: int) -> RoutingTexts:
-    from semoe.config import CorpusConfig, SyntheticConfig
-    from semoe.data import DataContext
-    from semoe.data.loading import iter_passages
 
     ctx = DataContext(synthetic=SyntheticConfig.model_validate_json(synthetic_json))
     texts = [p.text for p in iter_passages(CorpusConfig.model_validate_json(corpus_json), ctx) if p.text.strip()]
@@ -191,13 +206,10 @@ def load_routing_model(
 ) -> LoadedModel:
     """An HF MoE model (memoised by ``semoe.models.loading``), or the small MoE LM trained on
     ``train_texts`` (cached in the artifact cache: trained only once per config and corpus)."""
-    from semoe.models.loading import load_model, pick_device
 
     if mcfg.moe_lm is None:
         model, tokenizer = load_model(mcfg.spec, cache_root, routing.dtype, routing.device)
         return LoadedModel(mcfg.display_name, mcfg.spec, model, tokenizer, [], True)
-    from semoe.moe_lm.training import checkpoint_key, load_or_train
-    from semoe.storage.artifacts import ArtifactCache
 
     steps = mcfg.moe_lm.steps
     meter = RateMeter(f"{mcfg.display_name} training", steps, "steps", logger.info)
@@ -236,7 +248,6 @@ def routing_model(cfg: "SemoeConfig", index: int) -> LoadedModel:
 def fixed_k(model, spec: PolicySpec) -> int | None:
     """Experts per token when the policy fixes it (``RoutingPolicy.fixed_k``; the model's
     own top-k as the default); None for adaptive policies."""
-    from semoe.routing.sites import find_routers
 
     return make_policy(spec).fixed_k(find_routers(model)[0].top_k)
 
@@ -336,9 +347,6 @@ def qa_method(cfg: "SemoeConfig", examples, dataset: str):
     """(the configured QA method, its retriever): a retrieving method gets the questions' own
     contexts (``ProvidedContexts``; no index). ConfigError for bad params or a method that
     needs passage experts; DataFormatError for a question without contexts."""
-    from semoe.config import ConfigError
-    from semoe.generation.base import build_method
-    from semoe.retrieval.provided import ProvidedContexts
 
     spec = routing_section(cfg).qa.method
     method = build_method(spec, cfg)
@@ -355,12 +363,7 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
     prompts, with the QA dataset's template, generation and answer extraction as ``semoe run``)
     while ``policy`` routes the model; RoE (patch mode) decodes with its K-sample ensemble
     instead of HF ``generate``."""
-    from contextlib import nullcontext
 
-    from semoe.generation.base import MethodContext
-    from semoe.generation.templates import template_for
-    from semoe.metrics import exact_match, f1_score
-    from semoe.routing.decoding import is_roe
     from semoe.routing.patch import route_with
 
     r = routing_section(cfg)
@@ -393,9 +396,6 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
 
 @functools.lru_cache(maxsize=2)
 def _qa_examples(dataset_json: str, synthetic_json: str, limit: int | None) -> list:
-    from semoe.config import DatasetConfig, SyntheticConfig
-    from semoe.data import DataContext
-    from semoe.data.loading import load_examples
 
     ctx = DataContext(synthetic=SyntheticConfig.model_validate_json(synthetic_json))
     return load_examples(DatasetConfig.model_validate_json(dataset_json), ctx)[:limit]
@@ -443,9 +443,6 @@ def heatmap_path(heatmap_dir: str | Path, cell: Cell, routing: RoutingEvalConfig
 def evaluate_cell(cfg: "SemoeConfig", run_id: str, cell: Cell, heatmap_dir: str | Path | None) -> dict[str, list[dict]]:
     """Perplexity, routing statistics, decode speed, peak memory, QA and the heatmap of one
     cell: ``{"routing_runs": [row], "routing_layer_stats": rows}``."""
-    from semoe.routing.decoding import encode_texts
-    from semoe.routing.heatmaps import cell_title
-    from semoe.routing.measure import evaluate_policy
 
     r = routing_section(cfg)
     loaded = routing_model(cfg, cell.model)

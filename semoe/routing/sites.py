@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semoe.routing.base import RouterAdapter, UnsupportedModelError, transformers_version
+from semoe.routing.registry import ADAPTERS
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _MOE_HINT = re.compile(r"moe|router|expert|sparse|gate", re.IGNORECASE)
@@ -29,7 +30,6 @@ class RouterSite:
 
 def adapter_index() -> dict[str, type[RouterAdapter]]:
     """Router class name → adapter, over every registered adapter."""
-    from semoe.routing.registry import ADAPTERS
 
     index: dict[str, type[RouterAdapter]] = {}
     for name in ADAPTERS.names():

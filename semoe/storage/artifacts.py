@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +41,6 @@ class ArtifactCache:
 
     def check_writable(self) -> None:
         """Fail now, not after an hour of work, when entries cannot be written here."""
-        import tempfile
 
         try:
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):

@@ -14,6 +14,7 @@ Prefect API, and the flow takes it again (a no-op) for flows started some other 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -62,7 +63,6 @@ def run_lock(
     naming the run, the holder's pid and since when it holds it. Raises ``StoreError`` when
     the lock directory cannot be created.
     """
-    import fcntl
 
     path = lock_path(store_path, run_id).resolve()
     with _held_guard:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from semoe.storage.errors import StoreError, StoreLockedError
+from semoe.storage.rows import RunRow, as_dicts
 from semoe.storage.schema import MIGRATIONS
 
 LOCK_WAIT_S = 15.0
@@ -147,8 +148,6 @@ class ResultStore:
         with self.connect() as con:
             row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
             if row is None:
-                from semoe.storage.rows import RunRow
-
                 new = RunRow(
                     run_id=run_id,
                     name=name,
@@ -238,8 +237,6 @@ class ResultStore:
             return
         import polars as pl
 
-        from semoe.storage.rows import as_dicts
-
         unknown = set(tables) - {"predictions", *PER_EXAMPLE_TABLES}
         if unknown:
             raise StoreError(f"not per-example tables: {sorted(unknown)}")
@@ -273,8 +270,6 @@ class ResultStore:
         """Keyed insert of the rows of several tables in one transaction (all or nothing);
         rows are ``semoe.storage.rows`` rows or their ``as_dict``."""
         import polars as pl
-
-        from semoe.storage.rows import as_dicts
 
         frames = {t: pl.DataFrame(as_dicts(t, rows), infer_schema_length=None) for t, rows in tables.items() if rows}
         if not frames:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from semoe.storage.results import ResultStore
+from semoe.storage.rows import as_dicts
 
 
 def shard_root(store_path: str | Path, run_id: str) -> Path:
@@ -27,8 +28,6 @@ def shard_root(store_path: str | Path, run_id: str) -> Path:
 def write_shard(root: str | Path, key: str, tables: Mapping[str, Sequence[dict]]) -> Path:
     """Write ``tables`` (table name → rows) as the shard ``root/key``, atomically."""
     import polars as pl
-
-    from semoe.storage.rows import as_dicts
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from semoe.config import DatasetConfig, SemoeConfig
 from semoe.data import DataContext
 from semoe.data.loading import load_examples
 from semoe.data.schema import Example
+from semoe.storage.artifacts import content_key
 from semoe.tasks.common import hand_back, retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
@@ -44,7 +45,6 @@ def answer_chunk_task(
 ) -> dict[str, list[dict]] | str:
     """The rows of a chunk's answers (predictions, retrievals, trigger events) and of the
     passage experts built on demand, handed back to the store writer (``hand_back``)."""
-    from semoe.storage.artifacts import content_key
 
     rows, catalogue = _answer(config, run_id, dataset, method, examples, answer_keys, corpus_key)
     return hand_back({**rows, **catalogue}, shard_root, "answers-" + content_key(dataset, method, answer_keys))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from semoe.config import ConfigError
 from semoe.data.schema import DataFormatError
 from semoe.registry import UnknownNameError
+from semoe.storage.shards import write_shard
 
 PERMANENT_ERRORS = (DataFormatError, ConfigError, UnknownNameError, FileNotFoundError, PermissionError)
 
@@ -27,6 +28,5 @@ def hand_back(tables: dict[str, list[dict]], shard_root: str | None, key: str) -
     (``semoe.storage.shards``), which the runner reads back (``semoe.flows.runners``)."""
     if shard_root is None:
         return tables
-    from semoe.storage.shards import write_shard
 
     return str(write_shard(shard_root, key, tables))

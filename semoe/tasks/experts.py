@@ -11,6 +11,7 @@ from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.schema import Passage
 from semoe.generation.methods.parametric import ExpertParams
+from semoe.storage.artifacts import content_key
 from semoe.tasks.common import hand_back
 from semoe.tasks.gpu import gpu_slot
 from semoe.tasks.interrupts import interruptible
@@ -24,7 +25,6 @@ def build_experts_task(
 ) -> dict[str, list[dict]] | str:
     """The catalogue rows (``augmentations``, ``experts``) of the experts of ``passages`` made
     with ``params`` (augment + experts settings), handed back to the store writer (``hand_back``)."""
-    from semoe.storage.artifacts import content_key
 
     use_threads(config)
     with gpu_slot(config):
@@ -42,7 +42,6 @@ def build_translator_task(
     """The rows (``augmentations``, ``experts`` of its training passages, ``translator_training``)
     of the parameter translator of ``params`` on the corpus ``corpus_key``, handed back to the
     store writer; nothing is trained when it was built before."""
-    from semoe.storage.artifacts import content_key
 
     use_threads(config)
     with gpu_slot(config):

@@ -12,11 +12,11 @@ from typing import Iterator
 
 from semoe.concurrency import gpu_limit_names
 from semoe.config import SemoeConfig
+from semoe.models.loading import dummy_seed
 
 
 def limit_names(config: SemoeConfig) -> list[str]:
     """This process's limit names for the configured model device ([] on CPU unless forced)."""
-    from semoe.models.loading import dummy_seed
 
     if config.gpu.limit == "off" or dummy_seed(config.model.spec) is not None:  # the dummy model uses no device
         return []

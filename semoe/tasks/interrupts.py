@@ -12,6 +12,7 @@ Outside a CLI flow run nothing changes.
 
 from __future__ import annotations
 
+import _thread
 import functools
 import signal
 import threading
@@ -28,7 +29,6 @@ _in_body = 0
 
 
 def _raise_soon() -> None:
-    import _thread
 
     if _deferring:
         _thread.interrupt_main()  # calls _handler again, which now raises

@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from semoe.config import SemoeConfig
+from semoe.routing.grid import Cell, evaluate_cell, routing_model
 from semoe.storage.rows import rekeyed
 from semoe.tasks.common import retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
@@ -24,7 +25,6 @@ from semoe.tasks.threads import use_threads
 @interruptible
 def prepare_routing_model_task(config: SemoeConfig, model_index: int, label: str) -> dict:
     """Load (or train, for the small MoE LM) a model of the grid: its key and training curve rows."""
-    from semoe.routing.grid import routing_model
 
     use_threads(config)
     with gpu_slot(config):
@@ -45,7 +45,6 @@ def evaluate_routing_cell_task(
     cell_key: str,
 ) -> dict[str, list[dict]]:
     """The rows of one cell (``routing_runs``, ``routing_layer_stats``), keyed ``cell_key``."""
-    from semoe.routing.grid import Cell, evaluate_cell
 
     use_threads(config)
     with gpu_slot(config):

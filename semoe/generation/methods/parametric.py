@@ -15,9 +15,11 @@ from typing import Sequence
 
 from semoe.config import AugmentConfig, ExpertConfig, Section, TriggerConfig
 from semoe.data.schema import Example
+from semoe.experts.inference import HeterogeneousLora, generate_with_experts
 from semoe.generation import METHODS
 from semoe.generation.base import Method, MethodContext, MethodOutput, RetrievalStep
 from semoe.generation.methods.dynamic import DraginRetrieval
+from semoe.generation.methods.standard import answer_once
 from semoe.generation.triggered.engine import Knowledge
 
 
@@ -46,8 +48,6 @@ class _ExpertRetrieval(Method):
     passages_in_context = False
 
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
-        from semoe.experts.inference import generate_with_experts
-        from semoe.generation.methods.standard import answer_once
 
         g, n = ctx.generation, max(len(examples), 1)
         t0 = time.perf_counter()
@@ -94,7 +94,6 @@ class ExpertSwap(Knowledge):
     """On each trigger, replace the model's experts with the retrieved passages' experts."""
 
     def __init__(self, ctx: MethodContext, show_passages: bool):
-        from semoe.experts.inference import HeterogeneousLora
 
         self.provider = ctx.experts
         self.lora = HeterogeneousLora(ctx.lm.model)

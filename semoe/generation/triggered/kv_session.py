@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ def default_forward(model, input_ids: "torch.Tensor", cache) -> "torch.Tensor":
 @functools.lru_cache(maxsize=None)
 def _cache_kwarg(model_cls) -> str:
     """transformers 5.x renamed ``past_key_values`` to ``cache`` (old name deprecated)."""
-    import inspect
 
     return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 

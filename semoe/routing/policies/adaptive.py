@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
 from semoe.routing.policies.common import BoundedParams, BoundedPolicy
@@ -43,7 +45,6 @@ class EntropyKPolicy(BoundedPolicy):
     Params = EntropyKParams
 
     def route(self, logits, site):
-        import math
 
         import torch
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
-from semoe.routing.base import RoutingError
+from semoe.routing.base import Routing, RoutingError
 from semoe.routing.policies.common import BasePolicy, PolicyParams
 from semoe.routing.registry import register_policy
 
@@ -79,7 +79,6 @@ class RoEPolicy(BasePolicy):
     def route(self, logits, site):
         import torch
 
-        from semoe.routing.base import Routing
         from semoe.routing.selection import router_probs, weights_for
 
         probs = router_probs(logits)
