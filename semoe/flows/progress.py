@@ -1,9 +1,11 @@
 """Progress of a flow's committed work: a Prefect progress artifact per commit and a
 :class:`semoe.progress.RateMeter` line (done/total, rate, ETA) in the run log at most every
-``LOG_EVERY_S`` seconds and at the end; each commit is also a safe point for Ctrl-C."""
+``LOG_EVERY_S`` seconds (``SEMOE_PROGRESS_EVERY_S`` in the environment; 0: every commit)
+and at the end; each commit is also a safe point for Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -15,7 +17,7 @@ from semoe.tasks import interrupts
 
 
 class Progress:
-    LOG_EVERY_S = 30.0
+    LOG_EVERY_S = float(os.environ.get("SEMOE_PROGRESS_EVERY_S", "30"))
 
     def __init__(self, description: str, sizes: list[int], unit: str, clock: Callable[[], float] = time.monotonic):
         """``sizes``: the units (answers, passages, cells) of each planned call, in order."""
