@@ -6,13 +6,17 @@ no registry (it is a leaf); this module is where the two meet, run once before a
 
 from __future__ import annotations
 
+import logging
+
 from semoe.config import ConfigError, PolicySpec, SemoeConfig, validate_params
 from semoe.data import CORPORA, DATASETS, PARAGRAPHS
 from semoe.generation.base import build_method
-from semoe.generation.templates import TEMPLATES
+from semoe.generation.templates import TEMPLATES, template_for
 from semoe.models.loading import dummy_seed
 from semoe.retrieval import RETRIEVERS
 from semoe.routing.registry import POLICIES
+
+log = logging.getLogger(__name__)
 
 
 def check_config(cfg: SemoeConfig) -> None:
@@ -28,6 +32,18 @@ def check_config(cfg: SemoeConfig) -> None:
             raise ConfigError(
                 f"datasets.{i}.prompt: unknown prompt template {dataset.prompt!r} (dataset {dataset.display_name!r}); "
                 f"registered: {', '.join(TEMPLATES.names())}"
+            )
+        shots = len(template_for(dataset).exemplars)
+        if cfg.generation.few_shot > shots:  # said, not silently capped: the prompt shows fewer
+            log.warning(
+                "datasets.%d (%s): generation.few_shot is %d but its prompt template %r has %d exemplars; "
+                "the prompts show %d",
+                i,
+                dataset.display_name,
+                cfg.generation.few_shot,
+                template_for(dataset).name,
+                shots,
+                shots,
             )
     for spec in cfg.methods:
         if build_method(spec, cfg).needs_weights and dummy_seed(cfg.model.spec) is not None:

@@ -222,3 +222,14 @@ def test_each_prediction_records_whether_its_reply_had_the_answer_marker(monkeyp
     assert (board["n"], board["answer_marker_missing"], board["em"]) == (3, 2, round(1 / 3, 4))
     stored = store.query("select example_id, answer_marker_found from predictions order by example_id")
     assert [r["answer_marker_found"] for r in stored] == [True, False, False]
+
+
+def test_more_shots_than_the_template_has_is_said(caplog):
+    from semoe.checks import check_config
+
+    cfg = SemoeConfig.model_validate(
+        {"datasets": [{"name": "synthetic", "prompt": "popqa"}], "generation": {"few_shot": 3}}
+    )
+    with caplog.at_level("WARNING", logger="semoe.checks"):
+        check_config(cfg)
+    assert "generation.few_shot is 3 but its prompt template 'popqa' has 0 exemplars" in caplog.text
