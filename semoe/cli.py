@@ -47,7 +47,6 @@ class Interrupted(Exception):
 
 
 def _friendly_errors() -> tuple[type[BaseException], ...]:
-
     return (
         ConfigError,
         UnknownNameError,
@@ -98,7 +97,6 @@ def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call):
 
 
 def _count_kept(store_path, sql: str, run_id: str) -> str:
-
     try:
         return str(ResultStore(store_path, read_only=True, lock_wait_s=2).query(sql, [run_id])[0]["n"])
     except StoreError:  # no store yet, or held by another writer
@@ -106,7 +104,6 @@ def _count_kept(store_path, sql: str, run_id: str) -> str:
 
 
 def cmd_run(args) -> int:
-
     cfg = _load(args)
     run_id = preflight(cfg)
     _prefect_defaults()
@@ -198,7 +195,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_ls(args) -> int:
-
     sections = {
         "datasets": DATASETS.describe(),
         "corpus formats": CORPORA.describe(),
@@ -269,14 +265,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_columns(args) -> int:
-
     rows = column_rows()
     print(format_table(("column", "meaning", "unit"), [list(r.values()) for r in rows], args.format))
     return 0
 
 
 def cmd_export(args) -> int:
-
     names = [n.strip() for arg in args.tables for n in arg.split(",") if n.strip()] if args.tables else None
     written = export_parquet(args.store, args.out, names)
     for path in written.values():
@@ -296,7 +290,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_deployments(args) -> int:
-
     path = Path(args.file)
     if args.action == "render":
         path.write_text(render(path))

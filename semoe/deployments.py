@@ -33,7 +33,6 @@ FLOWS = {
 
 
 def _parse(text: str, path: Path) -> dict:
-
     try:
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -59,7 +58,6 @@ def rendered_parameters(project: dict, root: Path) -> dict[str, dict[str, Any]]:
 
 
 def _block(params: dict[str, dict], indent: str) -> str:
-
     lines = [indent + BEGIN]
     for anchor, value in params.items():
         lines.append(f"{indent}{anchor}: &{anchor}")

@@ -58,7 +58,6 @@ def open_retriever(cfg: SemoeConfig, key: str) -> Retriever:
 
 
 def build_index(cfg: SemoeConfig) -> IndexInfo:
-
     ctx = DataContext.of(cfg)
     key = corpus_key(cfg.corpus, ctx)
     retriever = open_retriever(cfg, key)

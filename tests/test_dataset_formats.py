@@ -44,7 +44,7 @@ def write_jsonl(path: Path, rows) -> Path:
 def test_registered():
     assert {"ircot", "flashrag", "strategyqa", "iirc"} <= set(DATASETS.names())
     # every dataset format that carries paragraphs is a corpus too; StrategyQA's facts are not passages
-    assert set(PARAGRAPHS.names()) == {"2wikimultihopqa", "flashrag", "hotpotqa", "iirc", "ircot", "popqa"}
+    assert set(PARAGRAPHS.names()) == {"2wikimultihopqa", "flashrag", "hotpotqa", "iirc", "ircot", "openrag", "popqa"}
 
 
 # --- IRCoT / Adaptive-RAG -----------------------------------------------------------

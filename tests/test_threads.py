@@ -66,7 +66,7 @@ def _model_tasks(monkeypatch, seen: list[int]):
     import torch
 
     import semoe.evaluation as evaluation
-    import semoe.routing.grid as grid
+    import semoe.tasks.routing as routing_tasks
     from semoe.generation.methods.parametric import ExpertParams
     from semoe.tasks.answering import answer_chunk_task
     from semoe.tasks.experts import build_experts_task
@@ -99,8 +99,8 @@ def _model_tasks(monkeypatch, seen: list[int]):
     monkeypatch.setattr(evaluation, "expert_provider", lambda config, lm, params: Provider())
     monkeypatch.setattr(evaluation, "answer_chunk", answer)
     monkeypatch.setattr(evaluation, "to_rows", lambda *a, **k: {})
-    monkeypatch.setattr(grid, "routing_model", loaded)
-    monkeypatch.setattr(grid, "evaluate_cell", cell)
+    monkeypatch.setattr(routing_tasks, "routing_model", loaded)
+    monkeypatch.setattr(routing_tasks, "evaluate_cell", cell)
     return {
         "answer-chunk": lambda cfg: answer_chunk_task(cfg, "run", "ds", "no-retrieval", [], [], None, "q0"),
         "build-experts": lambda cfg: build_experts_task(cfg, ExpertParams(), [], "p0"),

@@ -17,7 +17,6 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _parse_value(raw: str) -> Any:
-
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -101,5 +100,4 @@ def read_yaml_mapping(path: str | Path | None) -> tuple[dict, str]:
 
 
 def config_yaml(cfg: SemoeConfig) -> str:
-
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

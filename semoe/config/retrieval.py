@@ -35,7 +35,6 @@ class RetrievalConfig(Section):
     @field_validator("es_url")
     @classmethod
     def _no_credentials_in_url(cls, v: str | None) -> str | None:
-
         if v and (urlsplit(v).username is not None or urlsplit(v).password is not None):
             raise ValueError(
                 "must not contain credentials (configs are stored with results); use SEMOE_ES_API_KEY, "

@@ -73,7 +73,6 @@ class ExpertProvider:
         self.seconds = 0.0
 
     def _augmenting_lm(self) -> tuple["ChatLM", str]:
-
         spec = self.augment.augmenting_model(self.model.spec)
         if spec == self.model.spec:
             return self.lm, spec
@@ -119,7 +118,6 @@ class ExpertProvider:
     # ------------------------------------------------------------------ translator
 
     def translator_recipe(self) -> str:
-
         return recipe_key(self.model.spec, self.corpus_key, self.augment.identity(), self.experts)
 
     def translator_path(self) -> str:
@@ -148,7 +146,6 @@ class ExpertProvider:
         return loaded
 
     def _translate(self, todo: list[Passage]) -> None:
-
         translator, tcfg = self.translator(), self.experts.translator
         experts = translate(
             translator,

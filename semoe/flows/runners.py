@@ -21,7 +21,6 @@ from semoe.tasks.threads import local_worker_env
 
 
 def _require_dask() -> None:
-
     if importlib.util.find_spec("prefect_dask") is None:
         raise ConfigError("runner.kind 'dask' needs prefect-dask: pip install 'semoe[dask]'")
 

@@ -34,7 +34,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _texts(corpus: str | None) -> list[str]:
-
     if corpus is None:
         return encyclopedia_texts()
     return [line for line in Path(corpus).expanduser().read_text().splitlines() if line.strip()]

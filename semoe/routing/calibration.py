@@ -123,7 +123,6 @@ class EmpiricalNull:
 
     @classmethod
     def load(cls, path: str | Path) -> "EmpiricalNull":
-
         with safe_open(str(path), framework="pt") as f:
             meta = {k: json.loads(v) for k, v in f.metadata().items()}
             samples = [f.get_tensor(f"layer.{i}") for i in range(meta["layers"])]

@@ -38,7 +38,6 @@ class RoEProbs:
 
 
 def _policy(tau_map: Sequence[float] | float, K: int, skip: int, seed: int):
-
     if isinstance(tau_map, (int, float)):
         return RoEPolicy(tau=float(tau_map), skip=skip, samples=K, seed=seed)
     return RoEPolicy(tau_map=[float(t) for t in tau_map], samples=K, seed=seed)

@@ -77,7 +77,6 @@ SPEED_QUALITY_COLUMNS = (
 
 
 def routing_section(cfg: "SemoeConfig") -> RoutingEvalConfig:
-
     if cfg.routing is None:
         raise ConfigError("the config has no `routing:` section (see configs/routing-demo.yaml)")
     return cfg.routing
@@ -176,7 +175,6 @@ def split_texts(texts: list[str], eval_n: int, calibration_n: int) -> RoutingTex
 
 @functools.lru_cache(maxsize=2)
 def _texts(corpus_json: str, synthetic_json: str, eval_n: int, calibration_n: int) -> RoutingTexts:
-
     ctx = DataContext(synthetic=SyntheticConfig.model_validate_json(synthetic_json))
     texts = [p.text for p in iter_passages(CorpusConfig.model_validate_json(corpus_json), ctx) if p.text.strip()]
     return split_texts(texts, eval_n, calibration_n)
@@ -396,7 +394,6 @@ def qa_scores(cfg: "SemoeConfig", loaded: LoadedModel, policy, mode: str, exampl
 
 @functools.lru_cache(maxsize=2)
 def _qa_examples(dataset_json: str, synthetic_json: str, limit: int | None) -> list:
-
     ctx = DataContext(synthetic=SyntheticConfig.model_validate_json(synthetic_json))
     return load_examples(DatasetConfig.model_validate_json(dataset_json), ctx)[:limit]
 

@@ -29,7 +29,6 @@ _in_body = 0
 
 
 def _raise_soon() -> None:
-
     if _deferring:
         _thread.interrupt_main()  # calls _handler again, which now raises
 

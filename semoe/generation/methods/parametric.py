@@ -48,7 +48,6 @@ class _ExpertRetrieval(Method):
     passages_in_context = False
 
     def run(self, examples: Sequence[Example], ctx: MethodContext) -> list[MethodOutput]:
-
         g, n = ctx.generation, max(len(examples), 1)
         t0 = time.perf_counter()
         hits = ctx.retriever.search([ex.question for ex in examples], ctx.retrieval.top_k)
@@ -94,7 +93,6 @@ class ExpertSwap(Knowledge):
     """On each trigger, replace the model's experts with the retrieved passages' experts."""
 
     def __init__(self, ctx: MethodContext, show_passages: bool):
-
         self.provider = ctx.experts
         self.lora = HeterogeneousLora(ctx.lm.model)
         self.show_passages = show_passages

@@ -45,7 +45,6 @@ class EntropyKPolicy(BoundedPolicy):
     Params = EntropyKParams
 
     def route(self, logits, site):
-
         import torch
 
         from semoe.routing.selection import prefix_routing, router_probs
