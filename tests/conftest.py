@@ -25,6 +25,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.real_model)
 
 
+CAPTURE_FIXTURES = {"capsys", "capsysbinary", "capfd", "capfdbinary"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Prefect binds its console log handler to sys.stderr when it first sets up logging. Set up
+    # first inside a test's capsys, that stream is closed after the test and every later flow's
+    # log line fails; set up here, before capsys starts, it binds to pytest's session capture.
+    if CAPTURE_FIXTURES & set(item.fixturenames):
+        from prefect.logging.configuration import ensure_logging_setup
+
+        ensure_logging_setup()
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """One temporary Prefect API for the flow tests, shut down cleanly at session end."""
