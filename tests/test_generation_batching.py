@@ -147,15 +147,19 @@ def test_answer_complete(reply, complete):
             assert extract_answer(reply + tail) == extract_answer(reply)
 
 
-def _answer_with_and_without_stop(ctx, examples, method, monkeypatch):
+def _answer_without_stop(ctx, examples, method, monkeypatch):
     import semoe.generation.methods.standard as standard
     from semoe.generation import METHODS
 
-    stopped = METHODS.get(method)().run(examples, ctx)
     with monkeypatch.context() as m:
         m.setattr(standard, "answer_complete", lambda reply: False)
-        full = METHODS.get(method)().run(examples, ctx)
-    return stopped, full
+        return METHODS.get(method)().run(examples, ctx)
+
+
+def _answer_with_and_without_stop(ctx, examples, method, monkeypatch):
+    from semoe.generation import METHODS
+
+    return METHODS.get(method)().run(examples, ctx), _answer_without_stop(ctx, examples, method, monkeypatch)
 
 
 def _assert_same_answers(stopped, full):
@@ -184,27 +188,18 @@ def test_methods_answer_the_same_with_the_stop_on_the_tiny_model(tiny_lm_dir, mo
 
 
 @pytest.mark.slow
-def test_methods_answer_the_same_with_the_stop_on_the_real_model(tmp_path, model_cache_root, monkeypatch):
+def test_methods_answer_the_same_with_the_stop_on_the_real_model(demo_answers, monkeypatch):
     """The README demo's first questions with the embedded SmolLM2: most replies are "The
     answer is X." and EOS, but on question 2 with passages it runs on ("The answer is 2.
     Keslithal Books is older than ..."): the stop cuts that tail and nothing else."""
-    from pathlib import Path
-
     from semoe import evaluation
-    from semoe.config import load_config
-    from semoe.data import DataContext
-    from semoe.data.loading import load_examples
-    from semoe.indexing import build_index, open_retriever
 
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    index_cfg = load_config(demo, [f"cache.root={tmp_path}"])
-    model_cfg = load_config(demo, [f"cache.root={model_cache_root}"])
-    retriever = open_retriever(index_cfg, build_index(index_cfg).corpus_key)
-    examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))[:8]
-    ctx = evaluation.method_context(model_cfg, retriever)
+    examples = demo_answers.examples[: demo_answers.chunk]
+    ctx = evaluation.method_context(demo_answers.cfg, demo_answers.retriever)
     saved = {}
-    for method in ("no-retrieval", "single-retrieval"):
-        stopped, full = _answer_with_and_without_stop(ctx, examples, method, monkeypatch)
+    for method, outputs in demo_answers.outputs.items():
+        stopped = outputs[: demo_answers.chunk]  # answered with the stop in a call of their own
+        full = _answer_without_stop(ctx, examples, method, monkeypatch)
         _assert_same_answers(stopped, full)
         saved[method] = sum(f.generated_tokens - s.generated_tokens for s, f in zip(stopped, full))
     assert saved["single-retrieval"] > 0, saved  # the stop did cut a reply
