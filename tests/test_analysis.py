@@ -234,15 +234,7 @@ def test_semoe_run_prints_its_report_and_compare_shows_intervals_types_and_pairs
             }
         )
     )
-    try:
-        assert main(["run", str(config)]) == 0
-    finally:
-        # `semoe run` in-process (re)configures Prefect's console handler on this test's captured
-        # stderr; rebind it to the session's streams so later flows do not log to a closed file.
-        with capsys.disabled():
-            from prefect.logging.configuration import setup_logging
-
-            setup_logging(incremental=False)
+    assert main(["run", str(config)]) == 0
     out = capsys.readouterr().out
     (run_id,) = [line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("run ")]
     report_line = next(line for line in out.splitlines() if line.startswith("report: "))

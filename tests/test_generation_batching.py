@@ -149,15 +149,19 @@ def test_answer_complete(reply, complete):
             assert extract_answer(reply + tail) == extract_answer(reply)
 
 
-def _answer_with_and_without_stop(ctx, examples, method, monkeypatch):
+def _answer_without_stop(ctx, examples, method, monkeypatch):
     import semoe.generation.methods.standard as standard
     from semoe.generation import METHODS
 
-    stopped = METHODS.get(method)().run(examples, ctx)
     with monkeypatch.context() as m:
         m.setattr(standard, "answer_complete", lambda reply: False)
-        full = METHODS.get(method)().run(examples, ctx)
-    return stopped, full
+        return METHODS.get(method)().run(examples, ctx)
+
+
+def _answer_with_and_without_stop(ctx, examples, method, monkeypatch):
+    from semoe.generation import METHODS
+
+    return METHODS.get(method)().run(examples, ctx), _answer_without_stop(ctx, examples, method, monkeypatch)
 
 
 def _assert_same_answers(stopped, full):
@@ -191,17 +195,15 @@ def test_methods_answer_the_same_with_the_stop_on_the_real_model(tmp_path, model
     every reply is "The answer is ..." and EOS (nothing to cut); asked to say why after the
     answer, it runs on for question 5 with passages ("The answer is not possible to determine
     with certainty. The two individuals ..."): the stop cuts that tail and nothing else."""
-    from pathlib import Path
-
     from semoe import evaluation
     from semoe.config import load_config
     from semoe.data import DataContext
     from semoe.data.loading import load_examples
     from semoe.indexing import build_index, open_retriever
+    from tests.support.helpers import DEMO_CONFIG
 
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    index_cfg = load_config(demo, [f"cache.root={tmp_path}"])
-    model_cfg = load_config(demo, [f"cache.root={model_cache_root}"])
+    index_cfg = load_config(DEMO_CONFIG, [f"cache.root={tmp_path}"])
+    model_cfg = load_config(DEMO_CONFIG, [f"cache.root={model_cache_root}"])
     retriever = open_retriever(index_cfg, build_index(index_cfg).corpus_key)
     examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))[:8]
     ctx = evaluation.method_context(model_cfg, model_cfg.datasets[0].display_name, retriever)

@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from semoe import evaluation
-from semoe.config import SemoeConfig
-from semoe.data import DataContext
-from semoe.data.loading import load_examples
-from semoe.indexing import build_index, open_retriever
 from semoe.metrics import exact_match
 
 pytestmark = pytest.mark.slow
 
 
-def test_single_retrieval_beats_no_retrieval_on_synthetic_questions(tmp_path, model_cache_root):
-    settings = {
-        "synthetic": {"seed": 11, "n_entities": 150, "n_questions": 40},
-        "generation": {"max_new_tokens": 20, "batch_size": 8, "few_shot": 2},
+def test_single_retrieval_beats_no_retrieval_on_synthetic_questions(demo_answers):
+    examples = demo_answers.examples
+    em = {
+        method: sum(exact_match(o.prediction, ex.answers) for o, ex in zip(outs, examples, strict=True)) / len(examples)
+        for method, outs in demo_answers.outputs.items()
     }
-    index_cfg = SemoeConfig.model_validate({**settings, "cache": {"root": str(tmp_path)}})
-    model_cfg = SemoeConfig.model_validate({**settings, "cache": {"root": model_cache_root}})
-    info = build_index(index_cfg)
-    retriever = open_retriever(index_cfg, info.corpus_key)
-    examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))
-    em = {}
-    for method in ("no-retrieval", "single-retrieval"):
-        outs, _ = evaluation.answer_chunk(model_cfg, evaluation.WorkItem("synthetic", method, examples), retriever)
-        em[method] = sum(exact_match(o.prediction, ex.answers) for o, ex in zip(outs, examples)) / len(examples)
+    # On the demo's first 24 questions today: 7 against 1 right (EM 0.29 vs 0.04; the README's
+    # 50: 0.22 vs 0.02), a margin 2.5 times the one asserted; without retrieval's passages
+    # single-retrieval would score as low as no-retrieval.
     assert em["single-retrieval"] > em["no-retrieval"] + 0.1, em

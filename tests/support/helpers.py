@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -113,6 +114,50 @@ def make_tiny_olmoe(out: Path, extra_tokens: Sequence[str] = ()) -> str:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+DEMO_METHODS = ("no-retrieval", "single-retrieval")
+
+
+@dataclass(frozen=True)
+class DemoAnswers:
+    """The README demo's first questions answered by the embedded SmolLM2 (``answer_demo``)."""
+
+    cfg: object  # the demo's SemoeConfig, its cache root holding the converted model
+    retriever: object  # over the demo's corpus
+    examples: list  # Example, in the dataset's order
+    outputs: dict[str, list]  # method -> MethodOutput per example, answered with the answer stop
+    chunk: int  # examples per call: outputs[:chunk] are what a call on examples[:chunk] alone gives
+
+
+def answer_demo(index_root: Path, model_cache_root: str, n_questions: int) -> DemoAnswers:
+    """Answer the demo's first ``n_questions`` with ``DEMO_METHODS`` as the pipeline does: in
+    calls of one batch (``generation.batch_size``) each, so every batch's rows are those of a
+    run on that chunk alone (``ChatLM`` batches a call's prompts sorted by length). The index is
+    built under ``index_root``; the model comes from ``model_cache_root``."""
+    from semoe import evaluation
+    from semoe.config import load_config
+    from semoe.data import DataContext
+    from semoe.data.loading import load_examples
+    from semoe.indexing import build_index, open_retriever
+
+    index_cfg = load_config(DEMO_CONFIG, [f"cache.root={index_root}"])
+    cfg = load_config(DEMO_CONFIG, [f"cache.root={model_cache_root}"])
+    retriever = open_retriever(index_cfg, build_index(index_cfg).corpus_key)
+    examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))[:n_questions]
+    chunk = cfg.generation.batch_size
+    outputs = {
+        method: [
+            out
+            for start in range(0, len(examples), chunk)
+            for out in evaluation.answer_chunk(
+                cfg, evaluation.WorkItem("synthetic", method, examples[start : start + chunk]), retriever
+            )[0]
+        ]
+        for method in DEMO_METHODS
+    }
+    return DemoAnswers(cfg, retriever, examples, outputs, chunk)
 
 
 # Result tables without the columns that measure time: equal for runs that computed the same.
