@@ -1,7 +1,7 @@
 """The benchmark suites: the paper configs carry the values their comments cite from DRAGIN's and
 PRAG's repositories (so an edit cannot drift from the papers silently), and configs/real-cpu.yaml
 passes `semoe validate`'s preflight on ../shared/data. That every config under configs/ passes the
-registry checks is tests/test_config.py's test_every_shipped_config_validates."""
+registry checks is tests/config/test_config.py's test_every_shipped_config_validates."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def _decode_dropping_finished(
     multinomial draw and stopping criteria), except that a row leaves the batch as soon as a
     criterion stops it (EOS, ``stop_when``), taking its KV-cache and attention-mask rows with
     it, so no decode step is spent on finished rows. Greedy rows get the tokens they would
-    get in the full batch (``tests/test_generation_batching.py``); sampled rows draw from the
+    get in the full batch (``tests/generation/test_generation_batching.py``); sampled rows draw from the
     same distributions, but the seeded stream is shared by fewer rows.
 
     Returns the new tokens of each input row, its stopping token included. ``on_rows(rows)``

@@ -2,7 +2,7 @@
 fields in the table's column order (migrations append columns, so later columns come last).
 
 Every producer builds its rows through these classes, so a column added, renamed or dropped
-by a migration is one edit here (``tests/test_rows.py`` checks each class against its migrated
+by a migration is one edit here (``tests/storage/test_rows.py`` checks each class against its migrated
 table), never a silently missing column in one of the producers. Rows travel as plain dicts
 (``Row.as_dict``): Prefect task results, Parquet shards and the store's keyed writes.
 Pure Python: no DuckDB, polars or Prefect import.

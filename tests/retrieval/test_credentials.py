@@ -13,7 +13,7 @@ from semoe.retrieval.backends.elasticsearch_bm25 import _auth
 from semoe.retrieval.base import RetrievalError
 from semoe.storage.results import ResultStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 URL_WITH_PASSWORD = "https://elastic:hunter2@es.example:9200"
 ES_ENV = ("SEMOE_ES_API_KEY", "SEMOE_ES_USER", "SEMOE_ES_PASSWORD", "SEMOE_ES_CA_CERTS")
 

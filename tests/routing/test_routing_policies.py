@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
-from test_routing_adapters import logits, one_thread, tiny_moe, token_ids  # noqa: F401
 
 from semoe.routing import (
     RoutingNoOpError,
@@ -18,6 +17,7 @@ from semoe.routing import (
 )
 from semoe.routing.adapters.olmoe import OlmoeAdapter
 from semoe.routing.sites import RouterSite
+from tests.routing.test_routing_adapters import logits, one_thread, tiny_moe, token_ids  # noqa: F401
 
 
 def site(num_experts: int = 64, top_k: int = 8, index: int = 0) -> RouterSite:

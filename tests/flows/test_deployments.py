@@ -17,7 +17,7 @@ from semoe.cli import main
 from semoe.config import ConfigError, load_config
 from semoe.deployments import FLOWS, check, render, served_deployment
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "deployments" / "prefect.yaml"
 TEMPLATE = REPO / "deployments" / "k8s-gpu-job-template.json"
 

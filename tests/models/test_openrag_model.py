@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_routing_adapters import logits, one_thread, token_ids  # noqa: F401
-from test_routing_roe import greedy_by_recomputation
 
 from semoe.models.openrag import REFLECTION_TOKENS, is_openrag_config
 from semoe.routing import RoutingNoOpError, create_tau_map, find_routers, fit_empirical_null, roe_generate, route_with
 from semoe.routing.decoding import greedy_decode
 from semoe.routing.memory import cache_bytes
+from tests.routing.test_routing_adapters import logits, one_thread, token_ids  # noqa: F401
+from tests.routing.test_routing_roe import greedy_by_recomputation
 from tests.support.openrag import make_tiny_openrag, reflection_tokenizer, tiny_openrag
 
 LAYERS = 4
@@ -323,7 +323,7 @@ def test_gpu_config_validates_without_downloading():
     from semoe.config import load_config
     from semoe.models.openrag import RELEASED_ID
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "routing-openrag.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "routing-openrag.yaml")
     check_config(cfg)
     r = cfg.routing
     assert [m.spec for m in r.models] == [RELEASED_ID] and (r.dtype, r.device) == ("bfloat16", "cuda")

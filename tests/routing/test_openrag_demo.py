@@ -15,7 +15,7 @@ from semoe.config import load_config
 from semoe.generation.methods.reflection import ReflectionRetrieval
 from semoe.storage.results import ResultStore
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "openrag-cpu-demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "openrag-cpu-demo.yaml"
 CONTEXT = 1024  # scripts/make_tiny_openrag.py's default: Open-RAG's prompt and two passages fit
 
 

@@ -8,7 +8,7 @@ from semoe.checks import check_config
 from semoe.config import ConfigError, MethodSpec, SemoeConfig, apply_overrides, config_from_dict, load_config
 from semoe.registry import Registry, UnknownNameError
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_demo_config_loads_and_names_resolve():

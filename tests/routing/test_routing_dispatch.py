@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_routing_adapters import FAMILIES, logits, one_thread, tiny_moe, token_ids  # noqa: F401
 
 from semoe.routing import find_routers, fit_empirical_null, route_with
+from tests.routing.test_routing_adapters import FAMILIES, logits, one_thread, tiny_moe, token_ids  # noqa: F401
 
 
 def variable_k_policies(model) -> dict[str, dict]:

@@ -106,9 +106,8 @@ def test_rows_that_say_eos_leave_the_batch_and_the_rest_keep_their_tokens(tiny):
 
 
 def test_rows_with_their_own_experts_keep_them_when_others_leave(tiny):
-    from test_expert_inference import make_expert
-
     from semoe.experts.inference import generate_with_experts
+    from tests.experts.test_expert_inference import make_expert
 
     conversations = [[{"role": "user", "content": f"Who built tower {i}?" + " Tell me." * (i % 3)}] for i in range(6)]
     experts = [[make_expert(tiny.model, f"x{i}", 2, 70 + i)] * (i % 2) for i in range(len(conversations))]

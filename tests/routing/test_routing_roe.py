@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_routing_adapters import logits, one_thread, tiny_moe, token_ids  # noqa: F401
 
 from semoe.routing import RoutingError, create_tau_map, roe_generate, roe_next_token_probs
 from semoe.routing.decoding import greedy_decode
 from semoe.routing.memory import cache_bytes
+from tests.routing.test_routing_adapters import logits, one_thread, tiny_moe, token_ids  # noqa: F401
 
 
 def greedy_by_recomputation(model, ids, new_tokens: int) -> torch.Tensor:

@@ -23,8 +23,8 @@ from semoe.data.schema import DataFormatError, Passage
 from semoe.registry import UnknownNameError
 from tests.support.helpers import shared_file
 
-FORMATS = Path(__file__).resolve().parent / "support" / "formats"
-REPO = Path(__file__).resolve().parents[1]
+FORMATS = Path(__file__).resolve().parents[1] / "support" / "formats"
+REPO = Path(__file__).resolve().parents[2]
 CTX = DataContext(synthetic=SyntheticConfig())
 
 

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
 
 from semoe.config import PolicySpec, RoutingEvalConfig
 from semoe.routing.decoding import decode, perplexity
@@ -17,6 +16,7 @@ from semoe.routing.heatmaps import HEATMAP_DPI, heatmap_figure
 from semoe.routing.measure import evaluate_policy, write_heatmap_png
 from semoe.routing.tables import ROUTING_LAYER_STATS_COLUMNS, ROUTING_RUNS_COLUMNS, policy_key
 from semoe.storage.results import migrate
+from tests.routing.test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from test_routing_adapters import one_thread  # noqa: F401
-from test_routing_eval import read_png
 
 from semoe.checks import check_config
 from semoe.config import ConfigError, PolicySpec, RoutingEvalConfig, SemoeConfig
@@ -18,6 +16,8 @@ from semoe.routing.base import make_policy
 from semoe.routing.grid import Cell, grid_cells, plan_cells, split_texts
 from semoe.storage.results import ResultStore, migrate
 from semoe.storage.schema import MIGRATIONS
+from tests.routing.test_routing_adapters import one_thread  # noqa: F401
+from tests.routing.test_routing_eval import read_png
 
 TINY_MOE_LM = dict(
     d_model=32,
