@@ -35,8 +35,19 @@ def _tables(store: ResultStore) -> dict[str, list[dict]]:
     return result_tables(store.path, TABLES)
 
 
+@pytest.fixture(scope="module")
+def local_cluster(prefect_api) -> str:
+    """The scheduler address of one local cluster of 2 worker processes, started as the
+    pipeline starts its own (``shared_cluster``; its subflows then run on the address too),
+    shared by both models: the workers import semoe and Prefect once."""
+    from semoe.flows.runners import shared_cluster
+
+    with shared_cluster(SemoeConfig(runner={"kind": "dask", "n_workers": 2})) as cfg:
+        yield cfg.runner.address
+
+
 @pytest.mark.parametrize("model", ["dummy", pytest.param("tiny", marks=[pytest.mark.slow, pytest.mark.real_model])])
-def test_dask_runner_matches_default_runner(model, tmp_path, prefect_api, monkeypatch, request):
+def test_dask_runner_matches_default_runner(model, tmp_path, local_cluster, monkeypatch, request):
     import semoe.flows.pipeline as flows
     import semoe.flows.runners as runners
     from semoe.storage import shards
@@ -52,7 +63,7 @@ def test_dask_runner_matches_default_runner(model, tmp_path, prefect_api, monkey
 
     monkeypatch.setattr(runners, "ingest_shard", counting_ingest)
     default_cfg = _config(tmp_path, model, spec, "default", {})
-    dask_cfg = _config(tmp_path, model, spec, "dask", {"kind": "dask", "n_workers": 2})
+    dask_cfg = _config(tmp_path, model, spec, "dask", {"kind": "dask", "address": local_cluster})
     default = flows.pipeline(default_cfg)
     assert ingested == []
     dask = flows.pipeline(dask_cfg)
