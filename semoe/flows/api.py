@@ -145,6 +145,10 @@ def _watch(server, api: ApiServer) -> None:
         if api._stopping.is_set():
             return
         api.died = code
+        # Prefect's API log worker writes "--- Error logging to API ---" and the bare exception
+        # text, without a newline, for every batch it cannot send; semoe reports the dead API in
+        # one line of its own instead.
+        logging.raiseExceptions = False
 
         _thread.interrupt_main()
         time.sleep(UNWIND_S)
@@ -158,7 +162,8 @@ def _exit_dead(api: ApiServer) -> None:
     """One ``semoe: error:`` line, exit code 2, without Prefect's exit hooks."""
     with _exit_lock:
         sys.stdout.flush()
-        print(f"semoe: error: {api.died_message()}", file=sys.stderr, flush=True)
+        # on a line of its own: a partial line of Prefect's log worker may precede it
+        print(f"\nsemoe: error: {api.died_message()}", file=sys.stderr, flush=True)
         os._exit(2)
 
 
