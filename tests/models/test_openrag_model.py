@@ -246,7 +246,7 @@ def test_bh_and_adaptive_k_vary_the_adapters_per_token(model):
 
 def test_heatmap_is_layers_by_adapters(model, tmp_path):
     """The routing flow's heatmap data: one row per layer, one column per adapter expert."""
-    from semoe.routing.measure import write_heatmap_png
+    from semoe.routing.heatmaps import write_heatmap_png
 
     ids = token_ids(model, batch=2)
     with route_with(model, {"name": "topk", "params": {"k": 3}}) as session:

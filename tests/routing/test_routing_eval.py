@@ -12,8 +12,8 @@ import torch
 from semoe.config import PolicySpec, RoutingEvalConfig
 from semoe.routing.decoding import decode, perplexity
 from semoe.routing.grid import Cell, grid_cells, heatmap_names, heatmap_path
-from semoe.routing.heatmaps import HEATMAP_DPI, heatmap_figure
-from semoe.routing.measure import evaluate_policy, write_heatmap_png
+from semoe.routing.heatmaps import HEATMAP_DPI, heatmap_figure, write_heatmap_png
+from semoe.routing.measure import evaluate_policy
 from semoe.routing.tables import ROUTING_LAYER_STATS_COLUMNS, ROUTING_RUNS_COLUMNS, policy_key
 from semoe.storage.results import migrate
 from tests.routing.test_routing_adapters import one_thread, tiny_moe, token_ids  # noqa: F401
