@@ -55,10 +55,10 @@ def main() -> None:
 
     import semoe.generation.lm as lm_module
     import semoe.generation.methods.standard as standard
-    from semoe import evaluation
     from semoe.config import MethodSpec, load_config
     from semoe.data import DataContext
     from semoe.data.loading import load_examples
+    from semoe.evaluation.answer_chunks import method_context
     from semoe.generation.base import build_method
     from semoe.indexing import build_index, open_retriever
 
@@ -66,7 +66,7 @@ def main() -> None:
     cfg = load_config(args.config, [f"model.dtype={args.dtype}"])
     retriever = open_retriever(cfg, build_index(cfg).corpus_key)
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))[: args.questions]
-    ctx = evaluation.method_context(cfg, cfg.datasets[0].display_name, retriever)
+    ctx = method_context(cfg, cfg.datasets[0].display_name, retriever)
     steps: list[int] = []
     ctx.lm.model.register_forward_pre_hook(
         lambda _m, _a, kw: steps.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,

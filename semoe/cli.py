@@ -18,7 +18,7 @@ from semoe.config import ConfigError, config_yaml, load_config
 from semoe.data import CORPORA, DATASETS
 from semoe.data.schema import DataFormatError
 from semoe.deployments import check, render, served_deployment
-from semoe.evaluation import preflight
+from semoe.evaluation.preflight import preflight
 from semoe.experts.format import ExpertFileError
 from semoe.flows.api import STARTUP_TIMEOUT_ENV, STARTUP_TIMEOUT_S, ApiError, prefect_api
 from semoe.generation import METHODS

@@ -18,7 +18,7 @@ from semoe.cli import _store_option, main
 from semoe.config import ConfigError, DatasetConfig
 from semoe.data.loading import sample_by_type
 from semoe.data.schema import Example, Passage
-from semoe.evaluation import to_rows
+from semoe.evaluation.scoring import to_rows
 from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.retrieval.base import Hit
 from semoe.storage.columns import COLUMNS, markdown_table

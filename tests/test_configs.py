@@ -12,7 +12,7 @@ import pytest
 from semoe.config import load_config
 from semoe.data import DataContext
 from semoe.data.loading import load_examples
-from semoe.evaluation import preflight
+from semoe.evaluation.preflight import preflight
 from tests.support.helpers import ROOT, SHARED
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from semoe import evaluation
 from semoe.config import ConfigError, SemoeConfig
 from semoe.data import DataContext
 from semoe.data.loading import load_examples
 from semoe.data.schema import DataFormatError
+from semoe.evaluation.passage_sources import needs_index, provided_datasets
+from semoe.evaluation.run_ids import qa_run_id
 from semoe.storage.results import ResultStore
 
 ROWS = [
@@ -107,30 +108,30 @@ def test_a_changed_context_reanswers_retrieving_methods_only(tmp_path, prefect_a
 def test_passages_setting_chooses_the_corpus_or_the_contexts(tmp_path):
     data = _write_jsonl(tmp_path / "orag.jsonl", ROWS)
     auto = _config(tmp_path, data)
-    assert evaluation.provided_datasets(auto, _examples(auto)) == {"orag"}
-    assert not evaluation.needs_index(auto, _examples(auto))
+    assert provided_datasets(auto, _examples(auto)) == {"orag"}
+    assert not needs_index(auto, _examples(auto))
     corpus = _config(tmp_path, data, passages="corpus")
-    assert evaluation.provided_datasets(corpus, _examples(corpus)) == set()
-    assert evaluation.needs_index(corpus, _examples(corpus))
+    assert provided_datasets(corpus, _examples(corpus)) == set()
+    assert needs_index(corpus, _examples(corpus))
     # The setting is part of the run identity; `auto` leaves configs written before it unchanged.
     assert "passages" not in auto.datasets[0].identity()
-    assert evaluation.qa_run_id(corpus, _examples(corpus), "c") != evaluation.qa_run_id(auto, _examples(auto), "c")
+    assert qa_run_id(corpus, _examples(corpus), "c") != qa_run_id(auto, _examples(auto), "c")
 
     plain = _write_jsonl(tmp_path / "plain.jsonl", [{"question": "Q?", "answer": "A"}])
-    assert evaluation.provided_datasets(_config(tmp_path, plain), _examples(_config(tmp_path, plain))) == set()
+    assert provided_datasets(_config(tmp_path, plain), _examples(_config(tmp_path, plain))) == set()
     provided = _config(tmp_path, plain, passages="provided")
     with pytest.raises(DataFormatError, match=r"dataset 'orag': question '0' has no contexts"):
-        evaluation.provided_datasets(provided, _examples(provided))
+        provided_datasets(provided, _examples(provided))
 
 
 def test_a_generated_query_on_provided_contexts_is_a_config_error(tmp_path):
     data = _write_jsonl(tmp_path / "orag.jsonl", ROWS)
     cfg = _config(tmp_path, data, methods=["single-retrieval", "dragin"])
     with pytest.raises(ConfigError, match=r"'dragin' \(dragin\) retrieves with queries it generates.*dataset 'orag'"):
-        evaluation.provided_datasets(cfg, _examples(cfg))
+        provided_datasets(cfg, _examples(cfg))
     # Retrieving with the question itself is what the contexts answer: allowed.
     direct = _config(tmp_path, data, methods=[{"name": "dragin", "params": {"query_formulation": "direct"}}])
-    assert evaluation.provided_datasets(direct, _examples(direct)) == {"orag"}
+    assert provided_datasets(direct, _examples(direct)) == {"orag"}
     # On the corpus a generated query is fine.
     corpus = _config(tmp_path, data, methods=["dragin"], passages="corpus")
-    assert evaluation.provided_datasets(corpus, _examples(corpus)) == set()
+    assert provided_datasets(corpus, _examples(corpus)) == set()

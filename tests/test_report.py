@@ -1,5 +1,5 @@
 """Reports, views, Parquet export and the polars loader, on a store filled with the rows the
-evaluate flow writes (``evaluation.to_rows`` of method outputs, ``ExpertRecord`` rows) and
+evaluate flow writes (``evaluation.scoring.to_rows`` of method outputs, ``ExpertRecord`` rows) and
 routing rows shaped like migration v3's ``routing_runs``."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import scipy.stats
 from semoe.cli import main
 from semoe.config import SemoeConfig
 from semoe.data.schema import Example, Passage
-from semoe.evaluation import expert_use, to_rows
+from semoe.evaluation.scoring import expert_use, to_rows
 from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.reporting import (
     BH_SOFTMAX_NOTE,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
-from semoe import evaluation
 from semoe.config import SemoeConfig
+from semoe.evaluation.run_ids import register_run
 from semoe.storage.locks import run_lock
 from semoe.storage.results import ResultStore
 
@@ -19,7 +19,7 @@ def run_lifecycle(
     """Hold the run's lock and its ``runs`` row for the block; yields the run's previous
     status ("new", "running", "failed", "finished"). The CLI may hold the lock already."""
     with run_lock(store.path, run_id):
-        previous = evaluation.register_run(store, run_id, config, config_hash, code_kinds)
+        previous = register_run(store, run_id, config, config_hash, code_kinds)
         try:
             yield previous
         except BaseException as e:

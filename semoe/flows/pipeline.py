@@ -10,12 +10,17 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from semoe import evaluation, identity
+from semoe import identity
 from semoe.checks import check_config
 from semoe.config import SemoeConfig
 from semoe.data import DataContext
 from semoe.data.loading import corpus_key
 from semoe.data.schema import Example
+from semoe.evaluation.configured import method_uses_retrieval
+from semoe.evaluation.passage_experts import expert_passages, expert_settings, translator_settings
+from semoe.evaluation.passage_sources import needs_index
+from semoe.evaluation.planning import reuse_stored_answers
+from semoe.evaluation.run_ids import qa_run_id
 from semoe.flows.lifecycle import run_lifecycle
 from semoe.flows.progress import Progress
 from semoe.flows.runners import runner_for, shared_cluster, with_runner
@@ -53,14 +58,14 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     check_config(config)
     ensure_gpu_limits(config)
     examples = _load_examples(config)
-    run_id = evaluation.qa_run_id(config, examples, corpus_key)
+    run_id = qa_run_id(config, examples, corpus_key)
     store = ResultStore(config.store.path)
     with (
         run_lifecycle(store, run_id, config, identity.qa_config_hash(config), ("answers", "scores")) as previous,
         runner_for(config.runner.kind, store, run_id) as runner,
     ):
         runner.resume()
-        items, reused = evaluation.reuse_stored_answers(config, store, run_id, examples, corpus_key)
+        items, reused = reuse_stored_answers(config, store, run_id, examples, corpus_key)
         logger = get_run_logger()
         logger.info(
             "run %s (%s before): %d answers reused from earlier runs, %d to produce",
@@ -82,7 +87,7 @@ def _load_examples(config: SemoeConfig) -> dict[str, list[Example]]:
 
 
 def _answer_call(config: SemoeConfig, run_id: str, item, corpus_key: str | None) -> tuple:
-    retrieves = evaluation.method_uses_retrieval(config, item.method)
+    retrieves = method_uses_retrieval(config, item.method)
     return (
         config,
         run_id,
@@ -119,12 +124,12 @@ def build_experts(config: SemoeConfig, corpus_key: str | None = None) -> dict:
     run) it indexes the corpus first (reused when built) if a dataset retrieves from it."""
     ensure_gpu_limits(config)
     examples = _load_examples(config)
-    if corpus_key is None and evaluation.needs_index(config, examples):
+    if corpus_key is None and needs_index(config, examples):
         corpus_key = index_corpus(config)["corpus_key"]
-    passages = [p.as_dict() for p in evaluation.expert_passages(config, examples, corpus_key)]
+    passages = [p.as_dict() for p in expert_passages(config, examples, corpus_key)]
     calls = [  # every distinct expert setting of the configured methods, chunk by chunk
         (config, params, passages[i : i + params.augment.chunk_size], passages[i]["id"])
-        for params in evaluation.expert_settings(config)
+        for params in expert_settings(config)
         for i in range(0, len(passages), params.augment.chunk_size)
     ]
     store = ResultStore(config.store.path)
@@ -146,7 +151,7 @@ def build_translator(config: SemoeConfig, corpus_key: str | None = None) -> dict
     ``corpus_key`` (a deployment run) it indexes the corpus first (reused when built)."""
     ensure_gpu_limits(config)
     corpus_key = corpus_key or index_corpus(config)["corpus_key"]
-    calls = [(config, params, corpus_key) for params in evaluation.translator_settings(config)]
+    calls = [(config, params, corpus_key) for params in translator_settings(config)]
     store = ResultStore(config.store.path)
     key = "translator-" + identity.digest([corpus_key, [c[1].identity() for c in calls]])
     with runner_for(config.runner.kind, store, key) as runner:
@@ -162,10 +167,10 @@ def pipeline(config: SemoeConfig) -> dict:
     questions bring their own passages), build passage experts when a method inserts trained
     ones and the parameter translator when one translates them, then evaluate."""
     check_config(config)
-    key = index_corpus(config)["corpus_key"] if evaluation.needs_index(config, _load_examples(config)) else None
+    key = index_corpus(config)["corpus_key"] if needs_index(config, _load_examples(config)) else None
     with shared_cluster(config) as config:
-        if evaluation.expert_settings(config):
+        if expert_settings(config):
             with_runner(build_experts, config)(config, key)
-        if evaluation.translator_settings(config):
+        if translator_settings(config):
             with_runner(build_translator, config)(config, key)
         return with_runner(evaluate, config)(config, corpus_key=key)

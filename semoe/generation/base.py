@@ -55,7 +55,7 @@ class MethodOutput:
 class MethodContext:
     """What a method runs with: the shared generation and retrieval settings, the model,
     the retriever (retrieving methods), the passage-expert provider (expert methods) and the
-    prompt template of the dataset (None: ``generic``; ``evaluation.method_context`` always
+    prompt template of the dataset (None: ``generic``; ``evaluation.answer_chunks.method_context`` always
     gives the dataset's, ``semoe.generation.templates.template_for``)."""
 
     generation: GenerationConfig

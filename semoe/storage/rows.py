@@ -120,7 +120,7 @@ class PredictionRow(Row):
     expert_rank: int | None
     expert_targets: list[str] | None
     answer_marker_found: bool | None  # NULL: an error row, or a row stored before migration 7
-    recall_all: float | None  # recall counting no retrieval as 0 (``evaluation.score``)
+    recall_all: float | None  # recall counting no retrieval as 0 (``evaluation.scoring.score``)
 
 
 @dataclass(**_ROW)

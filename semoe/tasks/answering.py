@@ -6,11 +6,15 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
-from semoe import evaluation
 from semoe.config import DatasetConfig, SemoeConfig
 from semoe.data import DataContext
 from semoe.data.loading import load_examples
 from semoe.data.schema import Example
+from semoe.evaluation.answer_chunks import answer_chunk
+from semoe.evaluation.configured import method_uses_retrieval
+from semoe.evaluation.passage_sources import retriever_for
+from semoe.evaluation.planning import WorkItem
+from semoe.evaluation.scoring import expert_use, to_rows
 from semoe.storage.artifacts import content_key
 from semoe.tasks.common import hand_back, retry_on_transient_io
 from semoe.tasks.gpu import gpu_slot
@@ -60,11 +64,11 @@ def _answer(
     corpus_key: str | None,
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     items = [Example.from_dict(e) for e in examples]
-    item = evaluation.WorkItem(dataset, method, items, answer_keys)
-    retrieves = evaluation.method_uses_retrieval(config, method)
-    retriever = evaluation.retriever_for(config, dataset, items, corpus_key) if retrieves else None
+    item = WorkItem(dataset, method, items, answer_keys)
+    retrieves = method_uses_retrieval(config, method)
+    retriever = retriever_for(config, dataset, items, corpus_key) if retrieves else None
     use_threads(config)
     with gpu_slot(config):
-        outputs, catalogue = evaluation.answer_chunk(config, item, retriever)
-    experts = evaluation.expert_use(config, method)
-    return evaluation.to_rows(run_id, dataset, method, items, outputs, answer_keys, experts=experts), catalogue
+        outputs, catalogue = answer_chunk(config, item, retriever)
+    experts = expert_use(config, method)
+    return to_rows(run_id, dataset, method, items, outputs, answer_keys, experts=experts), catalogue

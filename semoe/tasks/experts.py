@@ -7,9 +7,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
-from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data.schema import Passage
+from semoe.evaluation.answer_chunks import expert_provider, load_lm
+from semoe.evaluation.passage_experts import translator_passages
 from semoe.generation.methods.parametric import ExpertParams
 from semoe.storage.artifacts import content_key
 from semoe.tasks.common import hand_back
@@ -28,7 +29,7 @@ def build_experts_task(
 
     use_threads(config)
     with gpu_slot(config):
-        provider = evaluation.expert_provider(config, evaluation.load_lm(config), params)
+        provider = expert_provider(config, load_lm(config), params)
         provider.ensure([Passage(**p) for p in passages])
     key = "experts-" + content_key([p["id"] for p in passages], params.identity())
     return hand_back(provider.drain_rows(), shard_root, key)
@@ -45,6 +46,6 @@ def build_translator_task(
 
     use_threads(config)
     with gpu_slot(config):
-        provider = evaluation.expert_provider(config, evaluation.load_lm(config), params, corpus_key)
-        record = provider.build_translator(lambda: evaluation.translator_passages(config, params.experts.translator))
+        provider = expert_provider(config, load_lm(config), params, corpus_key)
+        record = provider.build_translator(lambda: translator_passages(config, params.experts.translator))
     return hand_back(provider.drain_rows(), shard_root, "translator-" + content_key(record.key))

@@ -233,9 +233,16 @@ def test_methods_answer_with_a_built_translator_and_rekey_when_it_changes(tmp_pa
     """The provider builds the translator from the PRAG experts of corpus passages (seeded
     augmentations: a tiny model writes no usable QA pairs), dyprag / dyprag-combine / SEMoE
     answer with translated experts, and the answer keys follow the checkpoint."""
-    from semoe import evaluation
     from semoe.data import DataContext
     from semoe.data.loading import load_examples
+    from semoe.evaluation.answer_chunks import answer_chunk, expert_provider, load_lm
+    from semoe.evaluation.passage_experts import (
+        expert_settings,
+        translator_keys,
+        translator_passages,
+        translator_settings,
+    )
+    from semoe.evaluation.planning import WorkItem, plan_work
     from semoe.generation.methods.parametric import ExpertParams
     from semoe.indexing import build_index, open_retriever
     from tests.support.helpers import seed_augmentations
@@ -258,32 +265,32 @@ def test_methods_answer_with_a_built_translator_and_rekey_when_it_changes(tmp_pa
     retriever = open_retriever(cfg, info.corpus_key)
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))
     with pytest.raises(TranslatorError, match="no translator was built"):
-        evaluation.translator_keys(cfg, info.corpus_key)
-    assert evaluation.translator_keys(cfg, info.corpus_key, required=False)["dyprag"].startswith("recipe:")
+        translator_keys(cfg, info.corpus_key)
+    assert translator_keys(cfg, info.corpus_key, required=False)["dyprag"].startswith("recipe:")
 
-    (params,) = evaluation.translator_settings(cfg)
-    assert evaluation.expert_settings(cfg) == []  # no PRAG experts of the questions' passages needed
-    provider = evaluation.expert_provider(cfg, evaluation.load_lm(cfg), params, info.corpus_key)
-    chosen = evaluation.translator_passages(cfg, params.experts.translator)
+    (params,) = translator_settings(cfg)
+    assert expert_settings(cfg) == []  # no PRAG experts of the questions' passages needed
+    provider = expert_provider(cfg, load_lm(cfg), params, info.corpus_key)
+    chosen = translator_passages(cfg, params.experts.translator)
     record = provider.build_translator(lambda: chosen)
     rows = provider.drain_rows()
     assert record.trained and record.pairs == 4 == len(rows["experts"])
     assert len(rows["translator_training"]) == 4 and {r["checkpoint_key"] for r in rows["translator_training"]} == {
         record.key
     }
-    again = evaluation.expert_provider(cfg, evaluation.load_lm(cfg), params, info.corpus_key)
+    again = expert_provider(cfg, load_lm(cfg), params, info.corpus_key)
     assert again.build_translator(lambda: pytest.fail("a built translator reads no passages")).key == record.key
 
-    keys = evaluation.translator_keys(cfg, info.corpus_key)
+    keys = translator_keys(cfg, info.corpus_key)
     assert set(keys.values()) == {record.key} and set(keys) == {"dyprag", "dyprag-combine", "semoe-translator"}
     for label in keys:
-        outputs, catalogue = evaluation.answer_chunk(cfg, evaluation.WorkItem("synthetic", label, examples), retriever)
+        outputs, catalogue = answer_chunk(cfg, WorkItem("synthetic", label, examples), retriever)
         assert len(outputs) == len(examples) and all(o.retrievals for o in outputs)
         assert catalogue["experts"] == [] and catalogue["augmentations"] == []  # nothing trained to answer
         if label.startswith("dyprag"):
             assert all(o.extra["experts"] == 2 for o in outputs)
 
-    planned = evaluation.plan_work(cfg, {"synthetic": examples}, set(), info.corpus_key)
+    planned = plan_work(cfg, {"synthetic": examples}, set(), info.corpus_key)
     # Another translator (a different hidden size) gives other answer keys for the same question.
     retuned = cfg.model_copy(
         update={
@@ -292,11 +299,9 @@ def test_methods_answer_with_a_built_translator_and_rekey_when_it_changes(tmp_pa
             )
         }
     )
-    (params2,) = evaluation.translator_settings(retuned)
-    evaluation.expert_provider(retuned, evaluation.load_lm(cfg), params2, info.corpus_key).build_translator(
-        lambda: chosen
-    )
-    replanned = evaluation.plan_work(retuned, {"synthetic": examples}, set(), info.corpus_key)
+    (params2,) = translator_settings(retuned)
+    expert_provider(retuned, load_lm(cfg), params2, info.corpus_key).build_translator(lambda: chosen)
+    replanned = plan_work(retuned, {"synthetic": examples}, set(), info.corpus_key)
     assert {k for i in planned for k in i.answer_keys}.isdisjoint(k for i in replanned for k in i.answer_keys)
     assert isinstance(params, ExpertParams)
 

@@ -101,7 +101,7 @@ def test_failing_run_is_marked_failed_not_finished(tiny_config, prefect_api, mon
     def broken(cfg, item, retriever=None):
         raise RuntimeError(f"method {item.method} broke")
 
-    monkeypatch.setattr("semoe.evaluation.answer_chunk", broken)
+    monkeypatch.setattr("semoe.tasks.answering.answer_chunk", broken)
     cfg = SemoeConfig.model_validate({**tiny_config.model_dump(), "methods": ["no-retrieval"]})
     with pytest.raises(RuntimeError, match="no-retrieval broke"):
         evaluate(cfg)

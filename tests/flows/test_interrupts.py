@@ -92,7 +92,7 @@ def test_run_lock_is_reentrant_within_a_process(tmp_path):
 def test_cli_run_of_a_run_already_running_stops_with_one_line(tmp_path, capsys):
     from semoe.cli import main
     from semoe.config import load_config
-    from semoe.evaluation import preflight
+    from semoe.evaluation.preflight import preflight
 
     config = tmp_path / "c.yaml"
     config.write_text(

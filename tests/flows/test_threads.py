@@ -65,7 +65,8 @@ def _model_tasks(monkeypatch, seen: list[int]):
     threads of the thread the task body runs on."""
     import torch
 
-    import semoe.evaluation as evaluation
+    import semoe.tasks.answering as answering_tasks
+    import semoe.tasks.experts as expert_tasks
     import semoe.tasks.routing as routing_tasks
     from semoe.generation.methods.parametric import ExpertParams
     from semoe.tasks.answering import answer_chunk_task
@@ -95,10 +96,10 @@ def _model_tasks(monkeypatch, seen: list[int]):
         seen.append(torch.get_num_threads())
         return {"routing_runs": []}
 
-    monkeypatch.setattr(evaluation, "load_lm", lambda config: None)
-    monkeypatch.setattr(evaluation, "expert_provider", lambda config, lm, params: Provider())
-    monkeypatch.setattr(evaluation, "answer_chunk", answer)
-    monkeypatch.setattr(evaluation, "to_rows", lambda *a, **k: {})
+    monkeypatch.setattr(expert_tasks, "load_lm", lambda config: None)
+    monkeypatch.setattr(expert_tasks, "expert_provider", lambda config, lm, params: Provider())
+    monkeypatch.setattr(answering_tasks, "answer_chunk", answer)
+    monkeypatch.setattr(answering_tasks, "to_rows", lambda *a, **k: {})
     monkeypatch.setattr(routing_tasks, "routing_model", loaded)
     monkeypatch.setattr(routing_tasks, "evaluate_cell", cell)
     return {

@@ -171,10 +171,10 @@ def _assert_same_answers(stopped, full):
 
 
 def test_methods_answer_the_same_with_the_stop_on_the_tiny_model(tiny_lm_dir, monkeypatch):
-    from semoe import evaluation
     from semoe.config import SemoeConfig
     from semoe.data import DataContext
     from semoe.data.loading import load_examples
+    from semoe.evaluation.answer_chunks import method_context
 
     cfg = SemoeConfig.model_validate(
         {
@@ -184,7 +184,7 @@ def test_methods_answer_the_same_with_the_stop_on_the_tiny_model(tiny_lm_dir, mo
         }
     )
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))
-    ctx = evaluation.method_context(cfg, cfg.datasets[0].display_name)
+    ctx = method_context(cfg, cfg.datasets[0].display_name)
     _assert_same_answers(*_answer_with_and_without_stop(ctx, examples, "no-retrieval", monkeypatch))
 
 
@@ -194,10 +194,10 @@ def test_methods_answer_the_same_with_the_stop_on_the_real_model(tmp_path, model
     every reply is "The answer is ..." and EOS (nothing to cut); asked to say why after the
     answer, it runs on for question 5 with passages ("The answer is not possible to determine
     with certainty. The two individuals ..."): the stop cuts that tail and nothing else."""
-    from semoe import evaluation
     from semoe.config import load_config
     from semoe.data import DataContext
     from semoe.data.loading import load_examples
+    from semoe.evaluation.answer_chunks import method_context
     from semoe.indexing import build_index, open_retriever
     from tests.support.helpers import DEMO_CONFIG
 
@@ -205,7 +205,7 @@ def test_methods_answer_the_same_with_the_stop_on_the_real_model(tmp_path, model
     model_cfg = load_config(DEMO_CONFIG, [f"cache.root={model_cache_root}"])
     retriever = open_retriever(index_cfg, build_index(index_cfg).corpus_key)
     examples = load_examples(index_cfg.datasets[0], DataContext.of(index_cfg))[:8]
-    ctx = evaluation.method_context(model_cfg, model_cfg.datasets[0].display_name, retriever)
+    ctx = method_context(model_cfg, model_cfg.datasets[0].display_name, retriever)
     ctx.template = dataclasses.replace(ctx.template, task="Answer the question, then say in one more sentence why.")
     saved = {}
     for method in ("no-retrieval", "single-retrieval"):

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from semoe import evaluation
 from semoe.config import SemoeConfig
 from semoe.data import DataContext
 from semoe.data.loading import load_examples
+from semoe.evaluation.answer_chunks import answer_chunk
+from semoe.evaluation.planning import WorkItem
+from semoe.evaluation.scoring import expert_use, to_rows
 from semoe.indexing import build_index, open_retriever
 
 pytestmark = pytest.mark.slow
@@ -35,8 +37,8 @@ def setup(tmp_path_factory, tiny_lm_dir):
 @pytest.mark.parametrize("method", ["prag", "combine", "semoe", "semoe-icl"])
 def test_expert_methods_answer_every_question_when_augmentation_fails(setup, method):
     cfg, retriever, examples = setup
-    outputs, catalogue = evaluation.answer_chunk(cfg, evaluation.WorkItem("synthetic", method, examples), retriever)
-    rows = evaluation.to_rows("run", "synthetic", method, examples, outputs, experts=evaluation.expert_use(cfg, method))
+    outputs, catalogue = answer_chunk(cfg, WorkItem("synthetic", method, examples), retriever)
+    rows = to_rows("run", "synthetic", method, examples, outputs, experts=expert_use(cfg, method))
     assert len(rows["predictions"]) == len(examples)
     assert all(r["retrieval_count"] >= 1 for r in rows["predictions"])
     if method.startswith("semoe"):
@@ -64,8 +66,8 @@ def test_semoe_trains_missing_experts_while_decoding(tmp_path, tiny_lm_dir):
     seed_augmentations(cfg)  # the tiny model cannot write QA pairs
     info = build_index(cfg)
     examples = load_examples(cfg.datasets[0], DataContext.of(cfg))
-    item = evaluation.WorkItem("synthetic", "semoe", examples)
-    outputs, catalogue = evaluation.answer_chunk(cfg, item, open_retriever(cfg, info.corpus_key))
+    item = WorkItem("synthetic", "semoe", examples)
+    outputs, catalogue = answer_chunk(cfg, item, open_retriever(cfg, info.corpus_key))
     assert len(outputs) == len(examples) and all(o.retrievals for o in outputs)
     assert len(catalogue["experts"]) >= 1  # trained on demand
     assert all(r["status"] == "ok" for r in catalogue["experts"] if "status" in r)

@@ -247,7 +247,7 @@ def test_without_passages_few_shot_turns_are_dropped(small_context):
 
 @pytest.mark.parametrize("method", ["single-retrieval", "no-retrieval", "prag", "fix-sentence-retrieval", "dragin"])
 def test_question_that_cannot_fit_is_an_error_row_without_generation(small_context, method, tmp_path):
-    from semoe.evaluation import to_rows
+    from semoe.evaluation.scoring import to_rows
     from semoe.storage.results import ResultStore
 
     lm = small_context

@@ -11,10 +11,13 @@ import re
 
 import pytest
 
-from semoe import evaluation, identity
+from semoe import identity
 from semoe.checks import check_config
 from semoe.config import ConfigError, MethodSpec, SemoeConfig
 from semoe.data.schema import Example, Passage
+from semoe.evaluation.answer_chunks import answer_chunk
+from semoe.evaluation.planning import WorkItem
+from semoe.evaluation.scoring import to_rows
 from semoe.generation.answer import ANSWER_MARKER, extract_answer, has_answer_marker
 from semoe.generation.dummy import DummyChatLM
 from semoe.generation.prompts import PromptBudget, build_messages, fit_messages
@@ -194,24 +197,24 @@ def test_each_prediction_records_whether_its_reply_had_the_answer_marker(monkeyp
             examples[2].question: "I wonder what the answer is. Maybe Oster.",  # a phrase that introduces nothing
         }
     )
-    monkeypatch.setattr(evaluation, "load_lm", lambda cfg: lm)
+    monkeypatch.setattr("semoe.evaluation.answer_chunks.load_lm", lambda cfg: lm)
     cfg = _cfg(
         {"name": "custom", "label": "mine", "path": "c.json", "prompt": "strategyqa"},
         generation={"few_shot": 1, "max_new_tokens": 16},
         methods=["no-retrieval"],
     )
-    item = evaluation.WorkItem("mine", "no-retrieval", examples)
-    outputs, _ = evaluation.answer_chunk(cfg, item)
+    item = WorkItem("mine", "no-retrieval", examples)
+    outputs, _ = answer_chunk(cfg, item)
     # the dataset's template reached the model: its instruction and its first exemplar
     strategy = template_named("strategyqa")
     assert lm.prompts and all(strategy.task in p and strategy.exemplars[0].question in p for p in lm.prompts)
 
-    rows = evaluation.to_rows("r", "mine", "no-retrieval", examples, outputs, experts=None)["predictions"]
+    rows = to_rows("r", "mine", "no-retrieval", examples, outputs, experts=None)["predictions"]
     assert [r["prediction"] for r in rows] == ["Oslo", "Lyon, I believe", "I wonder what the answer is"]
     assert [r["answer_marker_found"] for r in rows] == [True, False, False]
-    failed = evaluation.to_rows(
-        "r", "mine", "no-retrieval", examples[:1], [outputs[0].failed("too long")], experts=None
-    )["predictions"]
+    failed = to_rows("r", "mine", "no-retrieval", examples[:1], [outputs[0].failed("too long")], experts=None)[
+        "predictions"
+    ]
     assert failed[0]["answer_marker_found"] is None  # no reply: nothing to record
 
     store = ResultStore(tmp_path / "s.duckdb")

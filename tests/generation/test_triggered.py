@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from semoe.config import ConfigError, GenerationConfig, MethodSpec, RetrievalConfig, SemoeConfig, TriggerConfig
-from semoe.evaluation import trigger_event_rows
+from semoe.evaluation.scoring import trigger_event_rows
 from semoe.generation import METHODS
 from semoe.generation.answer import sentence_complete, split_sentences
 from semoe.generation.base import MethodContext, build_method
@@ -599,7 +599,7 @@ def test_method_runs_on_a_context_without_trigger_section(tiny):
 def test_dragin_and_token_end_to_end(model_cache_root, tmp_path):
     from semoe.config import SyntheticConfig
     from semoe.data.encyclopedia import build_encyclopedia
-    from semoe.evaluation import to_rows
+    from semoe.evaluation.scoring import to_rows
     from semoe.generation.lm import ChatLM
     from semoe.models.loading import load_model
     from semoe.retrieval import RETRIEVERS

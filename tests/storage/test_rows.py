@@ -12,9 +12,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from semoe import evaluation
+import semoe
 from semoe.config import SemoeConfig
 from semoe.data.schema import Example, Passage
+from semoe.evaluation.scoring import ExpertUse, expert_use, to_rows
 from semoe.generation.base import MethodOutput, RetrievalStep
 from semoe.retrieval.base import Hit
 from semoe.storage import rows as rows_module
@@ -22,7 +23,7 @@ from semoe.storage.results import ResultStore, StoreError, migrate
 from semoe.storage.rows import ROWS, ExpertRow, RetrievalRow, rekeyed
 from semoe.storage.schema import MIGRATIONS
 
-SEMOE = Path(evaluation.__file__).parent
+SEMOE = Path(semoe.__file__).parent
 # DuckDB type of a column → the Python type its row field is annotated with (less "| None").
 PY_TYPE = {
     "VARCHAR": "str",
@@ -205,9 +206,7 @@ def _output(experts_s: float = 0.0, events: list | None = None) -> MethodOutput:
 
 def test_trigger_events_are_stored_once_in_their_table(tmp_path):
     examples = _examples()
-    tables = evaluation.to_rows(
-        "r", "synthetic", "dragin", examples, [_output(events=EVENTS), _output(events=[])], experts=None
-    )
+    tables = to_rows("r", "synthetic", "dragin", examples, [_output(events=EVENTS), _output(events=[])], experts=None)
     first = tables["predictions"][0]
     assert json.loads(first["extra"]) == {"tokens": 4, "prefill_tokens": 9}  # counters are columns, events a table
     assert (first["hallucination_events"], first["sentences"]) == (2, 2)
@@ -241,18 +240,18 @@ def _cfg(tmp_path) -> SemoeConfig:
 def test_expert_use_is_each_methods_resolved_expert_settings(tmp_path):
     cfg = _cfg(tmp_path)
     spec, shared = cfg.model.spec, ("down_proj", "gate_proj", "up_proj")  # the default targets, as resolved
-    assert evaluation.expert_use(cfg, "no-retrieval") is None
-    assert evaluation.expert_use(cfg, "prag") == evaluation.ExpertUse(spec, cfg.experts.rank, shared)
-    assert evaluation.expert_use(cfg, "prag-r4") == evaluation.ExpertUse(spec, 4, shared)
-    assert evaluation.expert_use(cfg, "semoe") == evaluation.ExpertUse(spec, cfg.experts.rank, ("down_proj",))
-    rows = evaluation.to_rows(
-        "r", "d", "prag-r4", _examples(), [_output(0.05)] * 2, experts=evaluation.expert_use(cfg, "prag-r4")
-    )["predictions"]
+    assert expert_use(cfg, "no-retrieval") is None
+    assert expert_use(cfg, "prag") == ExpertUse(spec, cfg.experts.rank, shared)
+    assert expert_use(cfg, "prag-r4") == ExpertUse(spec, 4, shared)
+    assert expert_use(cfg, "semoe") == ExpertUse(spec, cfg.experts.rank, ("down_proj",))
+    rows = to_rows("r", "d", "prag-r4", _examples(), [_output(0.05)] * 2, experts=expert_use(cfg, "prag-r4"))[
+        "predictions"
+    ]
     assert {(r["base_model"], r["expert_rank"], tuple(r["expert_targets"])) for r in rows} == {(spec, 4, shared)}
-    (plain,) = evaluation.to_rows("r", "d", "no-retrieval", _examples()[:1], [_output()], experts=None)["predictions"]
+    (plain,) = to_rows("r", "d", "no-retrieval", _examples()[:1], [_output()], experts=None)["predictions"]
     assert (plain["base_model"], plain["expert_rank"], plain["expert_targets"]) == (None, None, None)
     with pytest.raises(TypeError, match="experts"):
-        evaluation.to_rows("r", "d", "prag", _examples(), [_output(0.05)] * 2)  # no silent NULL settings
+        to_rows("r", "d", "prag", _examples(), [_output(0.05)] * 2)  # no silent NULL settings
 
 
 def _expert(cfg, passage_id: str, rank: int, targets: list[str], nbytes: int) -> ExpertRow:
@@ -282,9 +281,7 @@ def test_cost_view_sizes_each_methods_experts_by_its_own_rank(tmp_path):
     for label in ("no-retrieval", "prag", "prag-r4", "semoe"):
         spent = 0.0 if label == "no-retrieval" else 0.05
         store.write_predictions(
-            evaluation.to_rows(
-                "r", "d", label, _examples(), [_output(spent)] * 2, experts=evaluation.expert_use(cfg, label)
-            )
+            to_rows("r", "d", label, _examples(), [_output(spent)] * 2, experts=expert_use(cfg, label))
         )
     targets = ["down_proj", "gate_proj", "up_proj"]  # resolved params sort them: so the experts table has them
     store.write_rows(

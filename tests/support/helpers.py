@@ -136,10 +136,11 @@ def answer_demo(index_root: Path, model_cache_root: str, n_questions: int) -> De
     calls of one batch (``generation.batch_size``) each, so every batch's rows are those of a
     run on that chunk alone (``ChatLM`` batches a call's prompts sorted by length). The index is
     built under ``index_root``; the model comes from ``model_cache_root``."""
-    from semoe import evaluation
     from semoe.config import load_config
     from semoe.data import DataContext
     from semoe.data.loading import load_examples
+    from semoe.evaluation.answer_chunks import answer_chunk
+    from semoe.evaluation.planning import WorkItem
     from semoe.indexing import build_index, open_retriever
 
     index_cfg = load_config(DEMO_CONFIG, [f"cache.root={index_root}"])
@@ -151,9 +152,7 @@ def answer_demo(index_root: Path, model_cache_root: str, n_questions: int) -> De
         method: [
             out
             for start in range(0, len(examples), chunk)
-            for out in evaluation.answer_chunk(
-                cfg, evaluation.WorkItem("synthetic", method, examples[start : start + chunk]), retriever
-            )[0]
+            for out in answer_chunk(cfg, WorkItem("synthetic", method, examples[start : start + chunk]), retriever)[0]
         ]
         for method in DEMO_METHODS
     }
