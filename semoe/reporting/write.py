@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from semoe.reporting.model import Report
 from semoe.reporting.render import to_html, to_markdown
+from semoe.storage.atomic import write_atomic
 from semoe.storage.results import StoreError
 
 REPORT_FORMATS = ("md", "html")
@@ -16,12 +16,6 @@ REPORT_FORMATS = ("md", "html")
 
 def default_report_dir(store_path: str | Path, run_id: str) -> Path:
     return Path(store_path).expanduser().parent / "reports" / run_id
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_report(report: Report, out_dir: str | Path, formats: Sequence[str] = REPORT_FORMATS) -> dict[str, Path]:
@@ -37,10 +31,10 @@ def write_report(report: Report, out_dir: str | Path, formats: Sequence[str] = R
         out.mkdir(parents=True, exist_ok=True)
         for plot in report.plots:
             paths[plot.name] = out / plot.filename
-            _write_atomic(paths[plot.name], plot.png)
+            write_atomic(paths[plot.name], plot.png)
         for fmt in formats:
             paths[fmt] = out / f"report.{fmt}"
-            _write_atomic(paths[fmt], renderers[fmt]().encode())
+            write_atomic(paths[fmt], renderers[fmt]())
     except OSError as e:
         raise StoreError(f"cannot write the report to {out}: {e}") from None
     return paths

@@ -6,10 +6,10 @@ Views are defined in the store migrations (``semoe/storage/schema.py``); this mo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
+from semoe.storage.atomic import atomic_path
 from semoe.storage.results import ResultStore, StoreError
 from semoe.storage.schema import MIGRATIONS
 
@@ -97,14 +97,10 @@ def export_parquet(store_path: str | Path, out_dir: str | Path, names: Sequence[
             replace = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in json_cols)
             select = f'SELECT * REPLACE ({replace}) FROM "{name}"' if json_cols else f'SELECT * FROM "{name}"'
             final = out / f"{name}.parquet"
-            tmp = out / f".{name}.parquet.tmp"
             try:
-                con.execute(f"COPY ({select}) TO {_quote_literal(str(tmp))} (FORMAT parquet)")
-                os.replace(tmp, final)
-            except BaseException as e:
-                tmp.unlink(missing_ok=True)
-                if isinstance(e, (duckdb.Error, OSError)):
-                    raise StoreError(f"cannot export {name} to {final}: {e}") from None
-                raise
+                with atomic_path(final) as tmp:
+                    con.execute(f"COPY ({select}) TO {_quote_literal(str(tmp))} (FORMAT parquet)")
+            except (duckdb.Error, OSError) as e:
+                raise StoreError(f"cannot export {name} to {final}: {e}") from None
             written[name] = final
     return written
