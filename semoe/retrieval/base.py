@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 from pydantic import BaseModel, ConfigDict
 
 from semoe.data.schema import Passage
+from semoe.storage.atomic import write_atomic
 
 if TYPE_CHECKING:
     from semoe.config import RetrievalConfig
@@ -92,9 +93,7 @@ class Retriever(ABC):
 
     def write_manifest(self, manifest: dict) -> None:
         """Mark the build complete: the manifest is written last, atomically."""
-        tmp = self.index_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, self.manifest_path)
+        write_atomic(self.manifest_path, json.dumps(manifest, indent=2))
 
     def map_queries(self, items: list, one: Callable[[Any], list[Hit]]) -> list[list[Hit]]:
         """``[one(item) for item in items]`` on ``search_threads`` threads (the engines release

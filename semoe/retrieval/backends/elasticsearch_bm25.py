@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
     from semoe.config import RetrievalConfig
 
-MANIFEST = "manifest.json"
 PING_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 120.0
 MSEARCH_BATCH = 256
@@ -300,9 +299,7 @@ class ElasticsearchRetriever(Retriever):
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **stats,
         }
-        tmp = self.index_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, self.index_dir / MANIFEST)
+        self.write_manifest(manifest)
 
     def _body(self, query: str, k: int) -> dict:
         return {
@@ -355,7 +352,7 @@ class ElasticsearchRetriever(Retriever):
             es.options(ignore_status=404).indices.delete(index=self.index_name)
         except (TransportError, ApiError) as e:
             raise self._fail(e) from None
-        (self.index_dir / MANIFEST).unlink(missing_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._client is not None:
