@@ -4,9 +4,10 @@ bar, titled with the model, the routing policy and its setting."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
+
+from semoe.storage.atomic import atomic_path
 
 HEATMAP_DPI = 100
 # Figure size in inches: grows with the matrix, within bounds, so 8 or 64 experts stay legible.
@@ -59,10 +60,9 @@ def heatmap_figure(counts: Sequence[Sequence[float]], title: str):
 
 def write_heatmap_png(path: str | Path, counts: Sequence[Sequence[float]], title: str = "") -> Path:
     """Save :func:`heatmap_figure` as a PNG of ``figsize × HEATMAP_DPI`` pixels at ``path``
-    (written to a temporary name, then renamed: never half a file)."""
+    (``semoe.storage.atomic.atomic_path``: never half a file)."""
     path = Path(path)
     fig = heatmap_figure(counts, title)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=HEATMAP_DPI, metadata={"Software": None})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=HEATMAP_DPI, metadata={"Software": None})
     return path
