@@ -73,10 +73,10 @@ def worker(mode: str, path: str, limit: int | None) -> dict:
         )
         wall0, cpu0 = time.perf_counter(), time.process_time()
         if mode == "read":
+            from semoe.data import DataContext
             from semoe.data.loading import iter_passages
-            from semoe.evaluation import data_context
 
-            n = sum(1 for _ in iter_passages(cfg.corpus, data_context(cfg)))
+            n = sum(1 for _ in iter_passages(cfg.corpus, DataContext.of(cfg)))
         else:
             from semoe.indexing import build_index
 
