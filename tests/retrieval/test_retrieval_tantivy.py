@@ -159,3 +159,34 @@ def test_builds_from_lazy_generator(tmp_path):
     assert peak_alive <= 10, f"{peak_alive} passages were held in memory at once"
     [hits] = r.search(["tok12345x"], 3)
     assert hits[0].passage.id == "g12345"
+
+
+def test_indexes_built_with_positions_are_reused_and_score_the_same(tmp_path, monkeypatch):
+    """Postings are built without positions (BM25 needs only frequencies); an index built
+    before that, with positions, keeps being reused and gives the same hits and scores."""
+    import numpy as np
+
+    from semoe.retrieval.backends import tantivy_bm25
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(400)]
+    zipf = 1 / np.arange(1, len(vocab) + 1)
+    words = lambda n: " ".join(rng.choice(vocab, n, p=zipf / zipf.sum()))  # noqa: E731
+    corpus = [Passage(id=f"d{i}", title=words(2), text=words(40)) for i in range(300)]
+    queries = [words(6) for _ in range(40)]
+
+    positions = tantivy_bm25._schema
+    monkeypatch.setattr(tantivy_bm25, "_schema", lambda name: positions(name, index_option="position"))
+    old = make(tmp_path / "old")
+    old.build(iter(corpus))
+    monkeypatch.undo()
+    new = make(tmp_path / "new")
+    new.build(iter(corpus))
+    reopened = make(tmp_path / "old")
+    assert reopened.is_built(), "an index built with positions stays complete"
+    as_pairs = lambda hits: [[(h.passage.id, h.score) for h in q] for q in hits]  # noqa: E731
+    expected = as_pairs(reopened.search(queries, 5))
+    assert as_pairs(new.search(queries, 5)) == expected
+    assert sum(len(q) for q in expected) > 150
+    for r in (old, new, reopened):
+        r.close()
