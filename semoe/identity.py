@@ -37,11 +37,22 @@ from semoe.hashing import digest
 # Modules (relative to the package) whose code can change a result of each kind.
 CODE_PARTS: dict[str, tuple[str, ...]] = {
     # How a question becomes an answer: data readers (passages), retrieval, prompts, decoding,
-    # answer extraction, passage experts, model loading.
-    "answers": ("data", "retrieval", "indexing.py", "generation", "experts", "models"),
-    # How an answer becomes EM/F1/recall and their intervals: a change re-scores stored answers,
-    # never re-answers.
-    "scores": ("metrics.py", "stats.py"),
+    # answer extraction, passage experts, model loading, and the evaluation modules that pick a
+    # question's passage source, its methods' context and its passage-expert settings.
+    "answers": (
+        "data",
+        "retrieval",
+        "indexing.py",
+        "generation",
+        "experts",
+        "models",
+        "evaluation/answer_chunks.py",
+        "evaluation/passage_sources.py",
+        "evaluation/passage_experts.py",
+    ),
+    # How an answer becomes EM/F1/recall and their intervals (and which rows score 0 or None):
+    # a change re-scores stored answers, never re-answers.
+    "scores": ("metrics.py", "stats.py", "evaluation/scoring.py"),
     # Routing cells: policies, patching, measurements, the small MoE LM, and the QA path they score.
     "routing": ("routing", "moe_lm", "models", "data", "generation", "metrics.py"),
 }

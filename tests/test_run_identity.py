@@ -247,6 +247,18 @@ def test_code_that_can_change_a_result_is_part_of_its_identity(tmp_path):
     after = _digests(root)
     assert after["scores"] != before["scores"] and after["answers"] == before["answers"]  # re-score, not re-answer
 
+    for rel, kind in (
+        ("evaluation/scoring.py", "scores"),  # recall None vs 0, error rows scoring 0
+        ("evaluation/passage_sources.py", "answers"),  # provided contexts vs the index
+        ("evaluation/answer_chunks.py", "answers"),
+        ("evaluation/passage_experts.py", "answers"),
+    ):
+        root = _package_copy(tmp_path / rel.replace("/", "-"))
+        (root / rel).write_text((root / rel).read_text(encoding="utf-8") + "\nEDITED = 1\n", encoding="utf-8")
+        after = _digests(root)
+        changed = {k for k in after if after[k] != before[k]}
+        assert kind in changed and (kind == "answers" or "answers" not in changed), (rel, changed)
+
     root = _package_copy(tmp_path / "c")
     (root / "routing" / "policies" / "extra.py").write_text("K = 3\n", encoding="utf-8")
     after = _digests(root)
