@@ -21,6 +21,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from semoe.storage.atomic import atomic_path
+
 PREFIX = "base_model.model."
 # What peft's save_pretrained writes into an adapter directory.
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -54,10 +56,8 @@ def save_expert(path: str | Path, expert: LoraExpert) -> None:
         tensors[f"{PREFIX}{module}.lora_A.weight"] = a.detach().contiguous().cpu()
         tensors[f"{PREFIX}{module}.lora_B.weight"] = b.detach().contiguous().cpu()
     meta = {**expert.meta, "passage_id": expert.passage_id, "rank": str(expert.rank), "alpha": str(expert.alpha)}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def expert_digest(path: str | Path) -> str:
