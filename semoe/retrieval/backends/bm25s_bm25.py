@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from array import array
 from dataclasses import dataclass
@@ -48,10 +49,6 @@ if TYPE_CHECKING:
 PASSAGES = "passages.jsonl"
 OFFSETS = "offsets.npy"
 FORMAT_VERSION = 1
-# Postings above 1/DENSE_FRACTION of the passages are summed in a dense array instead of
-# sorted (the break-even measured at 1M passages: ~250k postings).
-DENSE_FRACTION = 4
-
 # Relative margin of every pruning test: a bound and the scores it bounds are float64 sums
 # in different orders, whose rounding differs by far less than this (~1e-15 relative for a
 # few dozen terms), so nothing is pruned that could reach θ.
@@ -62,7 +59,6 @@ SEED_ROWS = 1024
 # Columns checked (and sorted, if needed) at load a chunk of this many postings at a time,
 # so the check never holds a temporary array the size of the matrix.
 CHECK_CHUNK = 1 << 24
-
 
 
 class Bm25sParams(AnalyzerParams):
@@ -113,6 +109,7 @@ class ScoreMatrix:
 
         self.data, self.indices, self.indptr = data, indices, np.asarray(indptr, dtype=np.int64)
         self.num_docs = int(num_docs)
+        self._local = threading.local()  # each search thread's accumulator
         self._check_and_sort_columns()
         lengths = np.diff(self.indptr)
         self.max_scores = np.zeros(len(lengths), dtype=data.dtype)
@@ -156,24 +153,28 @@ class ScoreMatrix:
         first, only rows with score > 0 (fewer than k when fewer match), and what it cost.
 
         A row's score is the sum of its query terms' scores (each term once, however often
-        the query repeats it), in float64, added in ascending term id: every row, whatever
-        decides it, is summed the same way, so scores equal an exhaustive sum bit for bit.
+        the query repeats it) in float64, added in one fixed order: the terms by maximum score
+        descending, then by term id. Every row is summed that way whatever decides it, so the
+        scores equal an exhaustive sum in that order bit for bit.
 
         MaxScore: θ, a lower bound of the k-th best score, is the k-th best full score among
-        the best rows of the rarest terms. Terms sorted by maximum score, the longest prefix
-        whose maxima sum below θ is *non-essential*: a row holding only those terms scores
-        below θ and cannot be a hit, so candidates are the rows of the other (essential)
-        terms' postings only. A candidate whose essential scores plus the non-essential maxima
-        stay below θ is dropped too; the rest are scored in full (non-essential scores found by
-        binary search in their row-sorted postings). The result is the exhaustive top-k.
+        the best rows of the rarest terms. The longest run of lowest-maximum terms whose
+        maxima sum below θ is *non-essential*: a row holding only those terms scores below θ
+        and cannot be a hit, so candidates are the rows of the other (essential) terms'
+        postings only. A candidate whose partial score plus the maxima of the terms not yet
+        added stays below θ is dropped before each non-essential term is looked up (by binary
+        search in its row-sorted postings); the survivors' scores are complete. The result is
+        the exhaustive top-k.
         """
         import numpy as np
 
         terms = np.unique(np.asarray(term_ids, dtype=np.int64))
         terms = terms[self.indptr[terms + 1] > self.indptr[terms]]
-        spans = [(int(self.indptr[t]), int(self.indptr[t + 1])) for t in terms]
-        columns = [(self.indices[a:b], self.data[a:b]) for a, b in spans]
-        postings = sum(b - a for a, b in spans)
+        maxima = self.max_scores[terms].astype(np.float64)
+        order = np.lexsort((terms, -maxima))  # the summation order
+        terms, maxima = terms[order], maxima[order]
+        columns = [(self.indices[a:b], self.data[a:b]) for a, b in zip(self.indptr[terms], self.indptr[terms + 1])]
+        postings = sum(len(rows) for rows, _ in columns)
         if k < 1 or not columns:
             return [], TopKStats(len(columns), 0, postings, 0, 0, 0, 0)
 
@@ -181,26 +182,25 @@ class ScoreMatrix:
         theta = 0.0
         if seed.size >= k:
             theta = float(np.partition(self._scores(columns, seed), seed.size - k)[seed.size - k])
+        # still[j]: the most that terms j, j+1, ... can add to a row's score
+        still = np.append(np.cumsum(maxima[::-1])[::-1], 0.0)
+        essential = 1
+        while essential < len(columns) and not _below(still[essential], theta):
+            essential += 1
+        essential_postings = sum(len(rows) for rows, _ in columns[:essential])
 
-        maxima = self.max_scores[terms].astype(np.float64)
-        bound, non_essential = 0.0, set()
-        for i in np.argsort(maxima, kind="stable"):
-            if not _below(bound + maxima[i], theta):
-                break
-            bound += maxima[i]
-            non_essential.add(int(i))
-        essential = [columns[i] for i in range(len(columns)) if i not in non_essential]
-        essential_postings = sum(len(rows) for rows, _ in essential)
-
-        rows, sums = self._sum_columns(essential)
+        rows, sums = self._partial_sums(columns[:essential], still[essential], theta)
         candidates = rows.size
-        if non_essential:
-            keep = ~_below(sums + bound, theta)
-            rows = rows[keep]
-            sums = self._scores(columns, rows)
-        # else: every term is essential and ``sums`` holds the full scores, summed in term order
+        for j in range(essential, len(columns)):
+            if rows.size > k:
+                # A partial score only grows as terms are added: the k-th best one is a
+                # lower bound of the k-th best score too.
+                theta = max(theta, float(np.partition(sums, rows.size - k)[rows.size - k]))
+            keep = ~_below(sums + still[j], theta)
+            rows, sums = rows[keep], sums[keep]
+            sums = sums + self._lookup(columns[j], rows)
         hits = [(r, s) for r, s in _best(rows, sums, k) if s > 0]
-        stats = TopKStats(len(columns), len(essential), postings, essential_postings, seed.size, candidates, rows.size)
+        stats = TopKStats(len(columns), essential, postings, essential_postings, seed.size, candidates, rows.size)
         return hits, stats
 
     def _seed_rows(self, columns, k: int):
@@ -215,42 +215,59 @@ class ScoreMatrix:
             if len(rows) > cap:
                 rows = rows[np.argpartition(scores, len(rows) - cap)[len(rows) - cap :]]
             picked.append(rows)
-            seen = np.unique(np.concatenate(picked))
+            seen = _distinct(np.concatenate(picked))
             if seen.size >= k:
                 break
         return seen
 
-    def _sum_columns(self, columns):
-        """(rows ascending, float64 sums) over the union of ``columns``' postings, each row's
-        sum added in the columns' order."""
+    def _partial_sums(self, columns, still: float, theta: float):
+        """(rows ascending, float64 sums over ``columns`` in their order) of the rows in
+        ``columns``' postings that can still reach θ with ``still`` more."""
         import numpy as np
 
-        total = sum(len(rows) for rows, _ in columns)
         if len(columns) == 1:
-            rows, scores = columns[0]
-            return rows, scores.astype(np.float64)
-        if total * DENSE_FRACTION > self.num_docs:
-            # Long postings: accumulating over the corpus is cheaper than sorting them. A row
-            # whose sum is 0 scores 0 or below θ (its other terms are non-essential): no hit.
-            acc = np.zeros(self.num_docs, dtype=np.float64)
-            for rows, scores in columns:
-                acc[rows] += scores  # rows are distinct within a column
-            rows = np.flatnonzero(acc)
-            return rows, acc[rows]
-        rows, inverse = np.unique(np.concatenate([r for r, _ in columns]), return_inverse=True)
-        sums = np.bincount(inverse, weights=np.concatenate([s for _, s in columns]), minlength=rows.size)
-        return rows, sums
+            rows, sums = columns[0][0], columns[0][1].astype(np.float64)
+            keep = ~_below(sums + still, theta)
+            return rows[keep], sums[keep]
+        # A dense accumulator over the passages, kept per thread and left all zeros:
+        # scattering the postings costs their length, where sorting them costs more.
+        acc = getattr(self._local, "acc", None)
+        if acc is None:
+            acc = self._local.acc = np.zeros(self.num_docs, dtype=np.float64)
+        touched = np.concatenate([r for r, _ in columns])
+        try:
+            for col_rows, scores in columns:  # rows are distinct within a column
+                np.put(acc, col_rows, acc.take(col_rows) + scores)
+            rows = _distinct(touched[~_below(acc.take(touched) + still, theta)])
+            return rows, acc.take(rows)
+        finally:
+            np.put(acc, touched, 0)
 
     @staticmethod
-    def _scores(columns, rows):
+    def _lookup(column, rows):
+        """The column's scores of ``rows`` (ascending; 0 where the term is absent)."""
+        import numpy as np
+
+        col_rows, scores = column
+        at = np.minimum(np.searchsorted(col_rows, rows), len(col_rows) - 1)
+        return np.where(col_rows.take(at) == rows, scores.take(at), 0)
+
+    def _scores(self, columns, rows):
         """Full float64 scores of ``rows`` (ascending), the columns' scores added in order."""
         import numpy as np
 
         total = np.zeros(rows.size, dtype=np.float64)
-        for col_rows, scores in columns:
-            at = np.minimum(np.searchsorted(col_rows, rows), len(col_rows) - 1)
-            total += np.where(col_rows[at] == rows, scores[at], 0)
+        for column in columns:
+            total += self._lookup(column, rows)
         return total
+
+
+def _distinct(rows):
+    """``rows`` sorted, each once (``np.unique`` is ~50x slower on int32 rows in numpy 2.4)."""
+    import numpy as np
+
+    rows = np.sort(rows)
+    return rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
 
 
 def _below(bound, theta: float):
