@@ -2,13 +2,21 @@
 magnitude faster lexical search via eager sparse scoring"), FlashRAG's default BM25.
 
 bm25s scores eagerly: at build time it stores the BM25 score of every (term, passage)
-pair in a sparse matrix (bm25s builds, saves and loads it), so a query is a sum of a few
-matrix columns. The sum and top-k are done here, over the passages in the query terms'
-postings only: bm25s's own ``retrieve`` (numpy backend) fills a score array over the whole
-corpus and runs ``argpartition`` on it, which costs a pass over every passage per query
-and is slow on mostly-zero arrays (measured 7 ms a query at 50k passages), and it pads the
-top-k with score-0 passages. The matrix lives in memory: 8 bytes per distinct (term,
-passage) pair (float32 score + int32 row).
+pair in a sparse matrix (bm25s builds, saves and loads it; each term's column holds its
+passages in ascending order), so a query is a sum of a few matrix columns. The sum and
+top-k are done here (``ScoreMatrix.top_k``), not by bm25s's own ``retrieve`` (numpy
+backend), which fills a score array over the whole corpus and runs ``argpartition`` on
+it (measured 7 ms a query at 50k passages) and pads the top-k with score-0 passages.
+
+The top-k is exact and pruned with MaxScore (Turtle & Flood, 1995): a first lower bound θ
+of the k-th best score from the rarest terms' best passages makes the terms whose maximum
+scores sum below θ non-essential; only the other terms' postings are read, and the
+non-essential scores of the passages that can still reach θ are found by binary search. So
+a query no longer pays the long postings of its common terms; hits and scores equal an
+exhaustive sum bit for bit (float64, one fixed order; ``tests/retrieval/
+test_bm25s_maxscore.py``). Memory: 8 bytes per distinct (term, passage) pair (float32
+score + int32 row), 4 bytes per term (its maximum score) and 8 bytes per passage for each
+search thread (the accumulator of a query's essential postings).
 
 Terms come from semoe's analyzer (``semoe.retrieval.analysis``, the same as the tantivy
 backend's), over title and text as one field. ``retrieval.options``: the analyzer plus
@@ -132,19 +140,15 @@ class ScoreMatrix:
                 rows, scores = self.indices[a:b], self.data[a:b]
                 if scores.min() < 0:
                     raise RetrievalError("bm25s scores are negative: MaxScore needs scores ≥ 0")
-                starts = indptr[first + 1 : last] - a  # column starts inside the chunk
-                step = np.diff(rows.astype(np.int64))
-                step[starts[(starts > 0) & (starts < b - a)] - 1] = 1  # a new column may start lower
-                if (step <= 0).any():
+                starts = indptr[first + 1 : last] - a
+                starts = starts[(starts > 0) & (starts < b - a)]  # column starts inside the chunk
+                if (_row_steps(rows, starts) <= 0).any():
                     col = np.repeat(np.arange(last - first), np.diff(indptr[first : last + 1]))
                     order = np.lexsort((rows, col))
                     if not self.indices.flags.writeable or not self.data.flags.writeable:
                         self.indices, self.data = self.indices.copy(), self.data.copy()
                     self.indices[a:b], self.data[a:b] = rows[order], scores[order]
-                    rows = self.indices[a:b]
-                    step = np.diff(rows.astype(np.int64))
-                    step[starts[(starts > 0) & (starts < b - a)] - 1] = 1
-                    if (step == 0).any():
+                    if (_row_steps(self.indices[a:b], starts) == 0).any():
                         raise RetrievalError("bm25s score matrix holds a row twice in one term's column")
             first = last
 
@@ -260,6 +264,16 @@ class ScoreMatrix:
         for column in columns:
             total += self._lookup(column, rows)
         return total
+
+
+def _row_steps(rows, starts):
+    """Differences of consecutive ``rows`` of a chunk of columns; 1 where a column starts
+    (``starts``: offsets of the chunk's column starts after its first), whose row may be lower."""
+    import numpy as np
+
+    step = np.diff(rows.astype(np.int64))
+    step[starts - 1] = 1
+    return step
 
 
 def _distinct(rows):
