@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from _common import load_average
 
 from semoe.config import RetrievalConfig
 from semoe.data.schema import Passage
@@ -292,6 +293,8 @@ def main() -> None:
         "x: ratio to the first variant at the same thread count (higher is faster). "
         "+anon/+file MB: resident memory the opened index added (first opening only)."
     )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"process peak RSS {peak:,.0f} MB; {load_average()}")
 
 
 def _mb(value: float | None) -> str:

@@ -2,13 +2,21 @@
 magnitude faster lexical search via eager sparse scoring"), FlashRAG's default BM25.
 
 bm25s scores eagerly: at build time it stores the BM25 score of every (term, passage)
-pair in a sparse matrix (bm25s builds, saves and loads it), so a query is a sum of a few
-matrix columns. The sum and top-k are done here, over the passages in the query terms'
-postings only: bm25s's own ``retrieve`` (numpy backend) fills a score array over the whole
-corpus and runs ``argpartition`` on it, which costs a pass over every passage per query
-and is slow on mostly-zero arrays (measured 7 ms a query at 50k passages), and it pads the
-top-k with score-0 passages. The matrix lives in memory: 8 bytes per distinct (term,
-passage) pair (float32 score + int32 row).
+pair in a sparse matrix (bm25s builds, saves and loads it; each term's column holds its
+passages in ascending order), so a query is a sum of a few matrix columns. The sum and
+top-k are done here (``ScoreMatrix.top_k``), not by bm25s's own ``retrieve`` (numpy
+backend), which fills a score array over the whole corpus and runs ``argpartition`` on
+it (measured 7 ms a query at 50k passages) and pads the top-k with score-0 passages.
+
+The top-k is exact and pruned with MaxScore (Turtle & Flood, 1995): a first lower bound θ
+of the k-th best score from the rarest terms' best passages makes the terms whose maximum
+scores sum below θ non-essential; only the other terms' postings are read, and the
+non-essential scores of the passages that can still reach θ are found by binary search. So
+a query no longer pays the long postings of its common terms; hits and scores equal an
+exhaustive sum bit for bit (float64, one fixed order; ``tests/retrieval/
+test_bm25s_maxscore.py``). Memory: 8 bytes per distinct (term, passage) pair (float32
+score + int32 row), 4 bytes per term (its maximum score) and 8 bytes per passage for each
+search thread (the accumulator of a query's essential postings).
 
 Terms come from semoe's analyzer (``semoe.retrieval.analysis``, the same as the tantivy
 backend's), over title and text as one field. ``retrieval.options``: the analyzer plus
@@ -29,8 +37,10 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
@@ -47,9 +57,16 @@ if TYPE_CHECKING:
 PASSAGES = "passages.jsonl"
 OFFSETS = "offsets.npy"
 FORMAT_VERSION = 1
-# Postings above 1/DENSE_FRACTION of the passages are summed in a dense array instead of
-# sorted (the break-even measured at 1M passages: ~250k postings).
-DENSE_FRACTION = 4
+# Relative margin of every pruning test: a bound and the scores it bounds are float64 sums
+# in different orders, whose rounding differs by far less than this (~1e-15 relative for a
+# few dozen terms), so nothing is pruned that could reach θ.
+SLACK = 1e-9
+# The first θ scores at most this many rows of each of the rarest terms (those with the
+# highest scores in the term's own column; at least k).
+SEED_ROWS = 1024
+# Columns checked (and sorted, if needed) at load a chunk of this many postings at a time,
+# so the check never holds a temporary array the size of the matrix.
+CHECK_CHUNK = 1 << 24
 
 
 class Bm25sParams(AnalyzerParams):
@@ -66,6 +83,223 @@ class Bm25sParams(AnalyzerParams):
     def index_identity(self) -> dict:
         # Scores are precomputed at build time: every setting decides what the index holds.
         return {"analyzer": self.analyzer_identity(), "k1": self.k1, "b": self.b, "method": self.method}
+
+
+@dataclass(frozen=True)
+class TopKStats:
+    """What one query cost: ``postings`` is what an exhaustive scorer reads (the query
+    terms' postings); MaxScore reads ``essential_postings`` of them and looks up ``scored``
+    rows (``seed`` for the first θ, then the candidates left after the upper-bound test)."""
+
+    terms: int
+    essential: int
+    postings: int
+    essential_postings: int
+    seed: int
+    candidates: int
+    scored: int
+
+
+class ScoreMatrix:
+    """bm25s's precomputed scores as a CSC matrix (one column of (row, score) postings per
+    term, rows ascending within a column) with each term's maximum score, and an exact top-k
+    over it with MaxScore dynamic pruning (Turtle & Flood, 1995, "Query evaluation:
+    strategies and optimizations"; the idea behind Lucene's MaxScore and WAND), vectorised
+    with numpy.
+
+    ``data`` float32 scores, ``indices`` rows, ``indptr`` (terms + 1) column starts, as bm25s
+    saves them; ``num_docs`` rows. Raises ``RetrievalError`` for a matrix MaxScore cannot be
+    exact on: a negative score, or a row twice in one column.
+    """
+
+    def __init__(self, data, indices, indptr, num_docs: int):
+        import numpy as np
+
+        self.data, self.indices, self.indptr = data, indices, np.asarray(indptr, dtype=np.int64)
+        self.num_docs = int(num_docs)
+        self._local = threading.local()  # each search thread's accumulator
+        self._check_and_sort_columns()
+        lengths = np.diff(self.indptr)
+        self.max_scores = np.zeros(len(lengths), dtype=data.dtype)
+        filled = lengths > 0
+        if filled.any():  # reduceat over the non-empty columns only: an empty one has no max
+            self.max_scores[filled] = np.maximum.reduceat(data, self.indptr[:-1][filled])
+
+    def _check_and_sort_columns(self) -> None:
+        """bm25s builds its columns with rows ascending (a sort by (term, row)); sorts any
+        column that is not, in chunks of whole columns."""
+        import numpy as np
+
+        indptr, n_terms = self.indptr, len(self.indptr) - 1
+        first = 0
+        while first < n_terms:
+            last = max(first + 1, int(np.searchsorted(indptr, indptr[first] + CHECK_CHUNK, side="right")) - 1)
+            last = min(last, n_terms)
+            a, b = int(indptr[first]), int(indptr[last])
+            if b > a:
+                rows, scores = self.indices[a:b], self.data[a:b]
+                if scores.min() < 0:
+                    raise RetrievalError("bm25s scores are negative: MaxScore needs scores ≥ 0")
+                starts = indptr[first + 1 : last] - a
+                starts = starts[(starts > 0) & (starts < b - a)]  # column starts inside the chunk
+                if (_row_steps(rows, starts) <= 0).any():
+                    col = np.repeat(np.arange(last - first), np.diff(indptr[first : last + 1]))
+                    order = np.lexsort((rows, col))
+                    if not self.indices.flags.writeable or not self.data.flags.writeable:
+                        self.indices, self.data = self.indices.copy(), self.data.copy()
+                    self.indices[a:b], self.data[a:b] = rows[order], scores[order]
+                    if (_row_steps(self.indices[a:b], starts) == 0).any():
+                        raise RetrievalError("bm25s score matrix holds a row twice in one term's column")
+            first = last
+
+    def top_k(self, term_ids, k: int) -> tuple[list[tuple[int, float]], TopKStats]:
+        """The k best rows for a query: ``[(row, score)]``, score descending then lower row
+        first, only rows with score > 0 (fewer than k when fewer match), and what it cost.
+
+        A row's score is the sum of its query terms' scores (each term once, however often
+        the query repeats it) in float64, added in one fixed order: the terms by maximum score
+        descending, then by term id. Every row is summed that way whatever decides it, so the
+        scores equal an exhaustive sum in that order bit for bit.
+
+        MaxScore: θ, a lower bound of the k-th best score, is the k-th best full score among
+        the best rows of the rarest terms. The longest run of lowest-maximum terms whose
+        maxima sum below θ is *non-essential*: a row holding only those terms scores below θ
+        and cannot be a hit, so candidates are the rows of the other (essential) terms'
+        postings only. A candidate whose partial score plus the maxima of the terms not yet
+        added stays below θ is dropped before each non-essential term is looked up (by binary
+        search in its row-sorted postings); the survivors' scores are complete. The result is
+        the exhaustive top-k.
+        """
+        import numpy as np
+
+        terms = np.unique(np.asarray(term_ids, dtype=np.int64))
+        terms = terms[self.indptr[terms + 1] > self.indptr[terms]]
+        maxima = self.max_scores[terms].astype(np.float64)
+        order = np.lexsort((terms, -maxima))  # the summation order
+        terms, maxima = terms[order], maxima[order]
+        columns = [(self.indices[a:b], self.data[a:b]) for a, b in zip(self.indptr[terms], self.indptr[terms + 1])]
+        postings = sum(len(rows) for rows, _ in columns)
+        if k < 1 or not columns:
+            return [], TopKStats(len(columns), 0, postings, 0, 0, 0, 0)
+
+        seed = self._seed_rows(columns, k)
+        theta = 0.0
+        if seed.size >= k:
+            theta = float(np.partition(self._scores(columns, seed), seed.size - k)[seed.size - k])
+        # still[j]: the most that terms j, j+1, ... can add to a row's score
+        still = np.append(np.cumsum(maxima[::-1])[::-1], 0.0)
+        essential = 1
+        while essential < len(columns) and not _below(still[essential], theta):
+            essential += 1
+        essential_postings = sum(len(rows) for rows, _ in columns[:essential])
+
+        rows, sums = self._partial_sums(columns[:essential], still[essential], theta)
+        candidates = rows.size
+        for j in range(essential, len(columns)):
+            if rows.size > k:
+                # A partial score only grows as terms are added: the k-th best one is a
+                # lower bound of the k-th best score too.
+                theta = max(theta, float(np.partition(sums, rows.size - k)[rows.size - k]))
+            keep = ~_below(sums + still[j], theta)
+            rows, sums = rows[keep], sums[keep]
+            sums = sums + self._lookup(columns[j], rows)
+        hits = [(r, s) for r, s in _best(rows, sums, k) if s > 0]
+        stats = TopKStats(len(columns), essential, postings, essential_postings, seed.size, candidates, rows.size)
+        return hits, stats
+
+    def _seed_rows(self, columns, k: int):
+        """Distinct rows for the first θ: the best rows (by their own score) of the rarest
+        terms, rarest first, until at least k or every term is taken."""
+        import numpy as np
+
+        cap = max(SEED_ROWS, k)
+        picked, seen = [], np.empty(0, dtype=np.int64)
+        for i in sorted(range(len(columns)), key=lambda i: len(columns[i][0])):
+            rows, scores = columns[i]
+            if len(rows) > cap:
+                rows = rows[np.argpartition(scores, len(rows) - cap)[len(rows) - cap :]]
+            picked.append(rows)
+            seen = _distinct(np.concatenate(picked))
+            if seen.size >= k:
+                break
+        return seen
+
+    def _partial_sums(self, columns, still: float, theta: float):
+        """(rows ascending, float64 sums over ``columns`` in their order) of the rows in
+        ``columns``' postings that can still reach θ with ``still`` more."""
+        import numpy as np
+
+        if len(columns) == 1:
+            rows, sums = columns[0][0], columns[0][1].astype(np.float64)
+            keep = ~_below(sums + still, theta)
+            return rows[keep], sums[keep]
+        # A dense accumulator over the passages, kept per thread and left all zeros:
+        # scattering the postings costs their length, where sorting them costs more.
+        acc = getattr(self._local, "acc", None)
+        if acc is None:
+            acc = self._local.acc = np.zeros(self.num_docs, dtype=np.float64)
+        touched = np.concatenate([r for r, _ in columns])
+        try:
+            for col_rows, scores in columns:  # rows are distinct within a column
+                np.put(acc, col_rows, acc.take(col_rows) + scores)
+            rows = _distinct(touched[~_below(acc.take(touched) + still, theta)])
+            return rows, acc.take(rows)
+        finally:
+            np.put(acc, touched, 0)
+
+    @staticmethod
+    def _lookup(column, rows):
+        """The column's scores of ``rows`` (ascending; 0 where the term is absent)."""
+        import numpy as np
+
+        col_rows, scores = column
+        at = np.minimum(np.searchsorted(col_rows, rows), len(col_rows) - 1)
+        return np.where(col_rows.take(at) == rows, scores.take(at), 0)
+
+    def _scores(self, columns, rows):
+        """Full float64 scores of ``rows`` (ascending), the columns' scores added in order."""
+        import numpy as np
+
+        total = np.zeros(rows.size, dtype=np.float64)
+        for column in columns:
+            total += self._lookup(column, rows)
+        return total
+
+
+def _row_steps(rows, starts):
+    """Differences of consecutive ``rows`` of a chunk of columns; 1 where a column starts
+    (``starts``: offsets of the chunk's column starts after its first), whose row may be lower."""
+    import numpy as np
+
+    step = np.diff(rows.astype(np.int64))
+    step[starts - 1] = 1
+    return step
+
+
+def _distinct(rows):
+    """``rows`` sorted, each once (``np.unique`` is ~50x slower on int32 rows in numpy 2.4)."""
+    import numpy as np
+
+    rows = np.sort(rows)
+    return rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
+
+
+def _below(bound, theta: float):
+    """``bound`` is certainly below θ: with θ = 0 nothing is."""
+    return bound * (1 + SLACK) < theta
+
+
+def _best(rows, scores, k: int) -> list[tuple[int, float]]:
+    """The k best (row, score), score descending, then lower row first."""
+    import numpy as np
+
+    if rows.size > k:
+        # The k-th best score decides; every row tied with it competes on its row number.
+        kth = np.partition(scores, rows.size - k)[rows.size - k]
+        keep = scores >= kth
+        rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return [(int(rows[i]), float(scores[i])) for i in order]
 
 
 def _bm25s():
@@ -85,7 +319,8 @@ class Bm25sRetriever(Retriever):
     def __init__(self, cfg: "RetrievalConfig", index_dir: Path, corpus_key: str):
         super().__init__(cfg, index_dir, corpus_key)
         self._analyzer = self.params.text_analyzer()
-        self._model: Any = None  # bm25s.BM25 once loaded
+        self._vocab: dict[str, int] = {}  # term -> column, once loaded
+        self._matrix: ScoreMatrix | None = None  # None for an empty corpus
         self._offsets: Any = None  # numpy int64 array, one offset per passage + end
         self._passages_fh = None
 
@@ -177,54 +412,32 @@ class Bm25sRetriever(Retriever):
             raise RetrievalError(
                 f"bm25s index at {self.index_dir} cannot be opened (delete it to rebuild): {e}"
             ) from None
-        self._model, self._offsets = model, offsets
+        if model is not None:
+            m = model.scores
+            try:
+                self._matrix = ScoreMatrix(m["data"], m["indices"], m["indptr"], m["num_docs"])
+            except RetrievalError as e:
+                raise RetrievalError(f"bm25s index at {self.index_dir}: {e}") from None
+            self._vocab = model.vocab_dict
+        self._offsets = offsets
 
     def _passage(self, row: int) -> Passage:
         start, end = int(self._offsets[row]), int(self._offsets[row + 1])
         d = json.loads(os.pread(self._passages_fh.fileno(), end - start, start))
         return Passage(id=d["id"], title=d["title"], text=d["text"])
 
-    def _top_k(self, term_ids: list[int], k: int) -> list[tuple[int, float]]:
-        """(row, score) of the k best passages holding any of ``term_ids``, best first (ties:
-        lower row first). Sums bm25s's precomputed columns; only passages in the postings
-        are candidates, so a query costs its postings, not a pass over the corpus."""
-        import numpy as np
-
-        scores = self._model.scores
-        data, indices, indptr, n_docs = scores["data"], scores["indices"], scores["indptr"], scores["num_docs"]
-        spans = [(int(indptr[t]), int(indptr[t + 1])) for t in term_ids]
-        postings = sum(b - a for a, b in spans)
-        if postings * DENSE_FRACTION > n_docs:
-            # Long postings: accumulating into one array over the corpus is cheaper than
-            # sorting them (np.add.at beats fancy-index +=). The top-k is then taken among the
-            # non-zero entries only: argpartition over an array of mostly equal zeros is
-            # ~20x slower (measured 55-100 ms at 1M passages).
-            acc = np.zeros(n_docs, dtype=np.float32)
-            for a, b in spans:
-                np.add.at(acc, indices[a:b], data[a:b])
-            rows = np.flatnonzero(acc)
-            sums = acc[rows]
-        else:
-            rows, inverse = np.unique(np.concatenate([indices[a:b] for a, b in spans]), return_inverse=True)
-            sums = np.bincount(inverse, weights=np.concatenate([data[a:b] for a, b in spans]).astype(np.float64))
-        if rows.size > k:
-            keep = np.argpartition(-sums, k - 1)[:k]
-            rows, sums = rows[keep], sums[keep]
-        order = np.lexsort((rows, -sums))
-        return [(int(rows[i]), float(sums[i])) for i in order if sums[i] > 0]
-
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         self._load()
-        if k < 1 or self._model is None:
+        matrix = self._matrix
+        if k < 1 or matrix is None:
             return [[] for _ in queries]
-        vocab = self._model.vocab_dict
+        vocab = self._vocab
         # A query without known terms matches nothing (bm25s would rank every passage at 0).
-        ids = [list(dict.fromkeys(vocab[t] for t in self._analyzer.analyze(q or "") if t in vocab)) for q in queries]
+        ids = [[vocab[t] for t in self._analyzer.analyze(q or "") if t in vocab] for q in queries]
 
         def one(term_ids: list[int]) -> list[Hit]:
-            if not term_ids:
-                return []
-            return [Hit(self._passage(r), s, rank) for rank, (r, s) in enumerate(self._top_k(term_ids, k), start=1)]
+            hits, _ = matrix.top_k(term_ids, k)
+            return [Hit(self._passage(r), s, rank) for rank, (r, s) in enumerate(hits, start=1)]
 
         return self.map_queries(ids, one)
 
@@ -233,4 +446,5 @@ class Bm25sRetriever(Retriever):
         if self._passages_fh is not None:
             with contextlib.suppress(OSError):
                 self._passages_fh.close()
-        self._model = self._offsets = self._passages_fh = None
+        self._matrix = self._offsets = self._passages_fh = None
+        self._vocab = {}
