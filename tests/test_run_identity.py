@@ -55,6 +55,7 @@ def qa_config(tmp_path):
                 "retrieval": {"top_k": 2},
                 "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 4},
                 "cache": {"root": str(tmp_path / "cache")},
+                "report": {"write": False},
             }
         )
 
@@ -172,8 +173,11 @@ def test_unrelated_sections_leave_each_job_identity_alone():
     # the corpus decides retrieving methods' answers only; operational settings decide nothing
     assert scope(demo, "no-retrieval", "c1") == scope(demo, "no-retrieval", "c2")
     assert scope(demo, "single-retrieval", "c1") != scope(demo, "single-retrieval", "c2")
-    moved = load_config(CONFIGS / "demo.yaml", ["retrieval.es_url=http://elsewhere:9200", "augment.chunk_size=3"])
+    moved = load_config(
+        CONFIGS / "demo.yaml", ["retrieval.es_url=http://elsewhere:9200", "augment.chunk_size=3", "report.write=false"]
+    )
     assert scope(moved, "prag") == scope(demo, "prag")
+    assert identity.qa_run_id(moved, examples, "c") == identity.qa_run_id(demo, examples, "c")
 
 
 def test_a_dataset_is_identified_by_its_content_not_its_location(tmp_path):
