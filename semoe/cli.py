@@ -122,7 +122,10 @@ def cmd_run(args) -> int:
         f"run {run_id}: {result['produced']} new answers, {result['reused']} reused from earlier runs, "
         f"in {time.perf_counter() - t0:.1f} s"
     )
-    print(f"report: {' and '.join(result['report'])}")
+    if result["report"]:
+        print(f"report: {' and '.join(result['report'])}")
+    else:
+        print(f"report: not written (report.write: false); semoe report {run_id}{store} writes it")
     print(f"results: {result['store']}  (columns: semoe columns)")
     print(f"  semoe compare {run_id}{store}    # intervals, per question type, paired tests")
     print(f'  semoe sql{store} "select method, avg(f1) from predictions group by 1"')

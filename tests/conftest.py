@@ -1,5 +1,7 @@
-"""Test isolation: Prefect state and the artifact cache live in a per-session temp dir
-(Prefect's cached task results would otherwise leak between sessions)."""
+"""Test isolation: Prefect state and the artifact cache live in a per-process temp dir
+(Prefect's cached task results would otherwise leak between sessions, and between the xdist
+workers of one session, each a process that imports this file). Each process and its
+subprocesses compute with one torch thread: xdist runs one worker per core (tests/README.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from pathlib import Path
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="semoe-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+# Before torch is imported (it reads them once); a test that sets threads itself still does.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
@@ -23,10 +28,22 @@ REAL_MODEL_FIXTURES = {"tiny_lm_dir", "model_cache_root"}
 DEMO_QUESTIONS = 16
 
 
+# Before xdist's own hook, which turns xdist_group marks into the work units of --dist loadgroup.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    grouped = config.getoption("dist", "no") == "loadgroup"
     for item in items:
         if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_model)
+        if grouped and _uses_module_fixture(item):
+            # One worker runs them, so the module's fixture is built once; other tests go one by one.
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def _uses_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info else ()
+    return any(d.scope in ("module", "class", "package") for fixturedefs in defs for d in fixturedefs)
 
 
 CAPTURE_FIXTURES = {"capsys", "capsysbinary", "capfd", "capfdbinary"}
@@ -61,10 +78,11 @@ def model_cache_root() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> str:
-    """A tiny random Llama with a real tokenizer: generation logic without real weights."""
-    from tests.support.helpers import make_tiny_lm
+    """A tiny random Llama with a real tokenizer: generation logic without real weights. Built
+    once per session, shared by the xdist workers (``session_artifact``)."""
+    from tests.support.helpers import make_tiny_lm, session_artifact
 
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny-llama"))
+    return str(session_artifact(tmp_path_factory, "tiny-llama", make_tiny_lm))
 
 
 @pytest.fixture(scope="session")

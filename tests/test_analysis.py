@@ -242,6 +242,12 @@ def test_semoe_run_prints_its_report_and_compare_shows_intervals_types_and_pairs
     assert md.name == "report.md" and md.is_file() and "## Paired comparisons" in md.read_text()
     hints = [line for line in out.splitlines() if line.strip().startswith("semoe ")]
     assert len(hints) == 2 and all(f"--store '{store}'" in h for h in hints)
+    # report.write is operational: the same run, nothing answered again, the report left as it was
+    md.unlink()
+    assert main(["run", str(config), "--set", "report.write=false"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id}: 0 new answers" in out and not md.exists()
+    assert f"report: not written (report.write: false); semoe report {run_id} --store '{store}' writes it" in out
 
     assert main(["compare", run_id[:8], "--store", str(store), "--format", "json"]) == 0
     tables = json.loads(capsys.readouterr().out)

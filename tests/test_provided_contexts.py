@@ -56,6 +56,7 @@ def _config(tmp_path: Path, data: str, methods=("no-retrieval", "single-retrieva
             "retrieval": {"top_k": 2},
             "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 4},
             "cache": {"root": str(tmp_path / "cache")},
+            "report": {"write": False},
         }
     )
 

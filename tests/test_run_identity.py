@@ -55,6 +55,7 @@ def qa_config(tmp_path):
                 "retrieval": {"top_k": 2},
                 "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 4},
                 "cache": {"root": str(tmp_path / "cache")},
+                "report": {"write": False},
             }
         )
 
@@ -172,8 +173,11 @@ def test_unrelated_sections_leave_each_job_identity_alone():
     # the corpus decides retrieving methods' answers only; operational settings decide nothing
     assert scope(demo, "no-retrieval", "c1") == scope(demo, "no-retrieval", "c2")
     assert scope(demo, "single-retrieval", "c1") != scope(demo, "single-retrieval", "c2")
-    moved = load_config(CONFIGS / "demo.yaml", ["retrieval.es_url=http://elsewhere:9200", "augment.chunk_size=3"])
+    moved = load_config(
+        CONFIGS / "demo.yaml", ["retrieval.es_url=http://elsewhere:9200", "augment.chunk_size=3", "report.write=false"]
+    )
     assert scope(moved, "prag") == scope(demo, "prag")
+    assert identity.qa_run_id(moved, examples, "c") == identity.qa_run_id(demo, examples, "c")
 
 
 def test_a_dataset_is_identified_by_its_content_not_its_location(tmp_path):
@@ -201,8 +205,8 @@ def _package_copy(tmp_path) -> Path:
     return root
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {kind: identity.source_digest(root, parts) for kind, parts in identity.CODE_PARTS.items()}
+def _digests(root: Path, kinds=tuple(identity.CODE_PARTS)) -> dict[str, str]:
+    return {kind: identity.source_digest(root, identity.CODE_PARTS[kind]) for kind in kinds}
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -269,13 +273,13 @@ def test_every_passage_expert_module_is_answer_code(tmp_path):
     """The passage-expert modules (augmentation, training, insertion), however the package is
     split, decide the answers of the methods with experts: each one is in the answer code."""
     root = _package_copy(tmp_path)
-    before = _digests(root)
+    before = _digests(root, ("answers", "scores"))  # the kinds asserted: each digest parses a package
     modules = sorted((root / "experts").glob("*.py"))
     assert {"augment.py", "lockstep.py", "training_data.py", "cache.py"} <= {m.name for m in modules}
     for module in modules:
         text = module.read_text(encoding="utf-8")
         module.write_text(text + "\nEDITED = 1\n", encoding="utf-8")
-        after = _digests(root)
+        after = _digests(root, before)
         assert after["answers"] != before["answers"] and after["scores"] == before["scores"], module.name
         module.write_text(text, encoding="utf-8")
 

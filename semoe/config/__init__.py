@@ -27,7 +27,7 @@ from semoe.config.moe_lm import MoeLMConfig
 from semoe.config.retrieval import RetrievalConfig
 from semoe.config.root import SemoeConfig
 from semoe.config.routing import DecodeSpeedConfig, PolicySpec, QAConfig, RoutingEvalConfig, RoutingModelConfig
-from semoe.config.runtime import WORKER_ENV, CacheConfig, GpuConfig, RunnerConfig, StoreConfig
+from semoe.config.runtime import WORKER_ENV, CacheConfig, GpuConfig, ReportConfig, RunnerConfig, StoreConfig
 from semoe.config.trigger import QueryFormulation, TriggerConfig
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "PolicySpec",
     "QAConfig",
     "QueryFormulation",
+    "ReportConfig",
     "RetrievalConfig",
     "RoutingEvalConfig",
     "RoutingModelConfig",

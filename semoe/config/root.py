@@ -14,14 +14,14 @@ from semoe.config.generation import GenerationConfig, ModelConfig
 from semoe.config.methods import MethodSpec
 from semoe.config.retrieval import RetrievalConfig
 from semoe.config.routing import RoutingEvalConfig
-from semoe.config.runtime import CacheConfig, GpuConfig, RunnerConfig, StoreConfig
+from semoe.config.runtime import CacheConfig, GpuConfig, ReportConfig, RunnerConfig, StoreConfig
 from semoe.config.trigger import TriggerConfig
 
 
 class SemoeConfig(Section):
     """The whole configuration; each component is handed only its own section."""
 
-    operational = ("name", "store", "cache", "runner", "gpu")
+    operational = ("name", "store", "cache", "runner", "gpu", "report")
 
     name: str = "semoe"
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -41,6 +41,7 @@ class SemoeConfig(Section):
     cache: CacheConfig = CacheConfig()
     runner: RunnerConfig = RunnerConfig()
     gpu: GpuConfig = GpuConfig()
+    report: ReportConfig = ReportConfig()
     routing: RoutingEvalConfig | None = Field(None, description="routing-policy evaluations (`semoe route`)")
 
     @field_validator("methods", "datasets")

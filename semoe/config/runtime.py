@@ -1,5 +1,5 @@
-"""Operational sections: where results and artifacts live, where tasks run, GPU limits.
-None of them decides a result (``semoe.identity`` leaves them out)."""
+"""Operational sections: where results and artifacts live, where tasks run, GPU limits,
+whether a run writes its report. None of them decides a result (``semoe.identity`` leaves them out)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ WORKER_ENV = "SEMOE_WORKER_NAME"
 class StoreConfig(Section):
     path: str = "results/semoe.duckdb"
     write_every: int = Field(16, ge=1, description="examples per committed write batch (resume granularity)")
+
+
+class ReportConfig(Section):
+    """The end-of-run report of ``semoe run`` (markdown, HTML, PNG plots and the Prefect summary
+    artifact). Operational: the stored results and their views are the same either way, and
+    ``semoe report RUN_ID`` writes the report of any stored run later."""
+
+    write: bool = Field(True, description="write the report when a run ends; false: the leaderboard artifact only")
 
 
 class CacheConfig(Section):

@@ -79,7 +79,8 @@ def evaluate(config: SemoeConfig, corpus_key: str | None = None) -> dict:
         for i in runner.run(answer_chunk_task, calls):
             progress.advance(i)
         store.compute_metrics(run_id)
-    return _publish_leaderboard(store, run_id) | {"produced": sum(len(i.examples) for i in items), "reused": reused}
+    published = _publish_leaderboard(store, run_id, config.report.write)
+    return published | {"produced": sum(len(i.examples) for i in items), "reused": reused}
 
 
 def _load_examples(config: SemoeConfig) -> dict[str, list[Example]]:
@@ -100,14 +101,17 @@ def _answer_call(config: SemoeConfig, run_id: str, item, corpus_key: str | None)
     )
 
 
-def _publish_leaderboard(store: ResultStore, run_id: str) -> dict:
-    """The run's leaderboard and report as Prefect artifacts; the flow's result."""
+def _publish_leaderboard(store: ResultStore, run_id: str, write_report: bool) -> dict:
+    """The run's leaderboard and (``report.write``) its report as Prefect artifacts; the flow's
+    result, whose ``report`` lists the report's files (none when not written)."""
     board = store.leaderboard(run_id)
     create_table_artifact(
         [{k: r[k] for k in LEADERBOARD_COLUMNS} for r in board],
         key="semoe-leaderboard",
         description=f"leaderboard of run {run_id}",
     )
+    if not write_report:
+        return {"run_id": run_id, "store": str(store.path), "leaderboard": board, "report": []}
     report = write_run_report(store.path, run_id)
     create_markdown_artifact(
         report.artifact_markdown(), key="semoe-summary", description=f"report of run {run_id}: {report.paths['html']}"

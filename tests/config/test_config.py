@@ -29,7 +29,9 @@ def test_overrides_parse_yaml_values_and_nested_keys():
 def test_hash_changes_with_results_settings_but_not_with_store_location():
     base = SemoeConfig()
     assert base.config_hash() == SemoeConfig().config_hash()
-    moved = SemoeConfig.model_validate({"store": {"path": "/elsewhere.duckdb"}, "cache": {"root": "/tmp/x"}})
+    moved = SemoeConfig.model_validate(
+        {"store": {"path": "/elsewhere.duckdb"}, "cache": {"root": "/tmp/x"}, "report": {"write": False}}
+    )
     assert moved.config_hash() == base.config_hash()
     assert SemoeConfig.model_validate({"retrieval": {"top_k": 5}}).config_hash() != base.config_hash()
 

@@ -322,6 +322,7 @@ def test_pipeline_builds_the_translator_and_stores_every_row(tmp_path, tiny_lm_d
             "experts": {"translator": {"passages": 3, "hidden": 4, "epochs": 1}},
             "store": {"path": str(tmp_path / "results.duckdb")},
             "cache": {"root": str(tmp_path / "cache")},
+            "report": {"write": False},
         }
     )
     seed_augmentations(cfg)

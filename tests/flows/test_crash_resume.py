@@ -37,6 +37,7 @@ def _config(tmp_path, model: str, spec: str, name: str) -> dict:
         "methods": methods,
         "store": {"path": str(tmp_path / name / "results.duckdb"), "write_every": 1},
         "cache": {"root": str(tmp_path / name / "cache")},
+        "report": {"write": False},
     }
 
 

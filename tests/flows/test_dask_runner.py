@@ -26,6 +26,7 @@ def _config(tmp_path, model: str, spec: str, name: str, runner: dict) -> SemoeCo
             "augment": {"max_attempts": 1, "rewrite_max_new_tokens": 8, "qa_max_new_tokens": 8, "chunk_size": 4},
             "store": {"path": str(tmp_path / name / "results.duckdb"), "write_every": 2},
             "cache": {"root": str(tmp_path / name / "cache")},
+            "report": {"write": False},
             "runner": runner,
         }
     )

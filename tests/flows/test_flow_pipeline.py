@@ -26,6 +26,7 @@ def _config(tmp_path, spec: str, methods: list[str]) -> SemoeConfig:
             "augment": {"max_attempts": 1, "rewrite_max_new_tokens": 8, "qa_max_new_tokens": 8},
             "store": {"path": str(tmp_path / "results.duckdb"), "write_every": 4},
             "cache": {"root": str(tmp_path / "cache")},
+            "report": {"write": False},
         }
     )
 
@@ -35,7 +36,7 @@ def tiny_config(tmp_path) -> SemoeConfig:
     return _config(tmp_path, "dummy", ["no-retrieval", "single-retrieval"])
 
 
-def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefect_api):
+def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, tmp_path, prefect_api):
     from semoe.flows.pipeline import pipeline
 
     first = pipeline(tiny_config)
@@ -55,6 +56,7 @@ def test_pipeline_stores_rows_reruns_idempotently_and_resumes(tiny_config, prefe
     assert store.query("select status, n_predictions from runs")[0] == {"status": "finished", "n_predictions": 12}
     assert {r["method"] for r in first["leaderboard"]} == {"no-retrieval", "single-retrieval"}
     assert store.query("select count(*) n from indexes")[0]["n"] == 1
+    assert first["report"] == [] and not (tmp_path / "reports").exists()  # report.write: false
     before = store.query(PREDICTION_ROWS)
 
     index_row = store.query("select * from indexes")
@@ -145,6 +147,7 @@ def test_one_config_sweeps_method_params_as_labelled_rows(tmp_path, tiny_lm_dir,
             ],
             "store": {"path": str(tmp_path / "results.duckdb")},
             "cache": {"root": str(tmp_path / "cache")},
+            "report": {"write": False},
         }
     )
     seed_augmentations(cfg)

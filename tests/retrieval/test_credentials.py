@@ -83,6 +83,7 @@ def test_credentials_never_land_in_the_run_rows(tmp_path, tiny_lm_dir, no_es_env
         "methods": ["no-retrieval"],
         "store": {"path": str(tmp_path / "results.duckdb")},
         "cache": {"root": str(tmp_path / "cache")},
+        "report": {"write": False},
         "gpu": {"limit": "on", "worker": "credentials-test"},
     }
     assert evaluate(SemoeConfig.model_validate(data))["produced"] == 2

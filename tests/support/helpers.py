@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytest
 
@@ -114,6 +114,19 @@ def make_tiny_olmoe(out: Path, extra_tokens: Sequence[str] = ()) -> str:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+def session_artifact(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """The directory ``name`` that ``build(dir)`` writes, built once per test session: under
+    xdist the first worker to ask builds it in the session's shared temp dir (the parent of
+    each worker's) while the others wait, then all read it (semoe's ``ArtifactCache``: a file
+    lock, a temp dir renamed into place). ``build`` must give the same files every time."""
+    from semoe.storage.artifacts import ArtifactCache
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    return ArtifactCache(root / "shared").get_or_build("session", name, lambda out: build(out) and None)
 
 
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
