@@ -24,6 +24,16 @@ index as an extra input), and the output layer's bias starts at the mean of the 
 targets (DyPRAG starts near zero and first spends steps learning the initial LoRA that every
 PRAG expert shares), its weights near zero as in DyPRAG (N(0, 1e-7)).
 
+Deviation for creation speed (``encoder_layers``: N): the passage may be read by the base
+model's first N decoder layers only (a shallow cut of its decoder, sharing the weights), the
+state after layer N with the model's final norm applied, so that N = all layers is exactly
+DyPRAG's input (``hidden_states[-1]``) and every depth feeds the MLPs a state on the scale the
+final norm gives; ``own`` reads layer l's output up to N and the cut's last state beyond.
+Creation costs one encoder forward, about N/depth of the whole model's (the translator's MLPs
+and the LM head, which is never run, are not the cost). The default stays all layers (DyPRAG):
+the quality sweep that would choose a smaller N (``benchmarks/bench_translator.py --parts
+layers``: held-out QA log-likelihood gain per N) has not been measured to the end yet.
+
 Checkpoint: one safetensors file of the translator's tensors, its layout and settings in the
 metadata; :func:`load_translator` raises :class:`TranslatorError` naming the file for anything
 it cannot use. :func:`ensure_translator` keys it by the content of its training pairs (their
@@ -32,6 +42,7 @@ expert keys, which cover passage, augmentation and PRAG settings) and its own se
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -190,8 +201,6 @@ def encoder(model: "nn.Module", encoder_layers: int | None) -> "nn.Module":
     """The base model's decoder cut after its first ``encoder_layers`` layers (None, or at
     least the model's depth: all of them), final norm kept: a shallow copy sharing every
     weight, so the model itself is never modified (another thread may be generating with it)."""
-    import copy
-
     from torch import nn
 
     decoder = model.get_decoder()
