@@ -164,7 +164,7 @@ def test_checkpoint_round_trip_and_clear_errors(tiny, trained, tmp_path):
     p = [("p7", item(7).passage)]
     a, b = translate(translator, model, tok, p, 64)[0], translate(loaded, model, tok, p, 64)[0]
     assert all(torch.equal(a.weights[m][j], b.weights[m][j]) for m in a.weights for j in (0, 1))
-    assert loaded.encoder_layers is None
+    assert loaded.encoder_layers == translator.encoder_layers == TCFG.encoder_layers
     shallow = tmp_path / "shallow.safetensors"
     save_translator(shallow, ParameterTranslator(translator.layout, 4, "last", encoder_layers=1), "tiny")
     assert load_translator(shallow).encoder_layers == 1  # a checkpoint reads passages as it was trained to
