@@ -18,6 +18,7 @@ from semoe.config import ConfigError, config_yaml, load_config
 from semoe.data import CORPORA, DATASETS
 from semoe.data.schema import DataFormatError
 from semoe.deployments import check, render, served_deployment
+from semoe.evaluation.passage_experts import translator_settings
 from semoe.evaluation.preflight import preflight
 from semoe.experts.format import ExpertFileError
 from semoe.flows.api import STARTUP_TIMEOUT_ENV, STARTUP_TIMEOUT_S, ApiError, prefect_api
@@ -77,15 +78,25 @@ def _prefect_defaults() -> None:
     logging.getLogger("semoe").setLevel(logging.INFO)
 
 
-def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call):
+def _run_flow(args, cfg, run_id: str, kept_sql: str, kept_what: str, flow_call, prepare=None):
     """``flow_call()`` holding the run's lock (another process with the same run id: wait
     ``args.wait`` s, then stop), on a Prefect API that a Ctrl-C leaves alive (semoe.flows.api).
-    Ctrl-C raises ``Interrupted`` saying how many ``kept_what`` (``kept_sql``'s count) were kept."""
+    ``prepare()``, when given, runs first on the same API under ``run_id``'s lock and returns
+    the run's final id, whose lock ``flow_call()`` then holds (a run whose id names artifacts
+    that ``prepare`` builds). Ctrl-C raises ``Interrupted`` saying how many ``kept_what``
+    (``kept_sql``'s count) were kept."""
 
-    with run_lock(cfg.store.path, run_id, args.wait, lambda note: print(f"semoe: {note}", file=sys.stderr)):
+    def note(text: str) -> None:
+        print(f"semoe: {text}", file=sys.stderr)
+
+    with run_lock(cfg.store.path, run_id, args.wait, note):
         try:
             with prefect_api(), interrupts.deferred_interrupts():
-                return flow_call()
+                if prepare is None:
+                    return flow_call()
+                run_id = prepare()
+                with run_lock(cfg.store.path, run_id, args.wait, note):
+                    return flow_call()
         except BaseException:
             if not interrupts.requested():
                 raise
@@ -107,11 +118,26 @@ def cmd_run(args) -> int:
     cfg = _load(args)
     run_id = preflight(cfg)
     _prefect_defaults()
-    from semoe.flows.pipeline import LEADERBOARD_COLUMNS, pipeline
+    from semoe.flows.pipeline import LEADERBOARD_COLUMNS, build_translators_first, pipeline
 
     t0 = time.perf_counter()
+    prepare = None
+    if translator_settings(cfg):
+        # The run id names each translator's checkpoint, known once it is built (before that,
+        # preflight's id names its recipe): build them first (reused when built), then lock the
+        # id the run is stored under.
+        def prepare() -> str:
+            build_translators_first(cfg)
+            return preflight(cfg)
+
     result = _run_flow(
-        args, cfg, run_id, "SELECT count(*) AS n FROM predictions WHERE run_id = ?", "answers", lambda: pipeline(cfg)
+        args,
+        cfg,
+        run_id,
+        "SELECT count(*) AS n FROM predictions WHERE run_id = ?",
+        "answers",
+        lambda: pipeline(cfg),
+        prepare,
     )
     cols = LEADERBOARD_COLUMNS
     print()

@@ -43,6 +43,12 @@ class TranslatorConfig(Section):
         "last",
         description="pooled hidden state fed to layer l's MLP: the last layer's (DyPRAG) or layer l's own output",
     )
+    encoder_layers: PositiveInt | None = Field(
+        4,
+        description="decoder layers of the base model that read the passage (the first N, final norm applied; "
+        "None or more than the model has: all, as DyPRAG); a given checkpoint reads as it was trained. 4: the "
+        "smallest measured depth whose held-out QA gain is not clearly below all layers' (semoe.experts.translator)",
+    )
     max_passage_tokens: PositiveInt = Field(512, description="passage tokens read (longer passages are cut)")
     epochs: PositiveInt = Field(2, description="passes over the training pairs (one pair per step, shuffled)")
     lr: PositiveFloat = Field(1e-3, description="AdamW learning rate (DyPRAG: 1e-5 over ~20k pairs)")

@@ -165,6 +165,13 @@ def build_translator(config: SemoeConfig, corpus_key: str | None = None) -> dict
     return {"translators": len(calls)}
 
 
+def build_translators_first(config: SemoeConfig) -> None:
+    """Build the parameter translators ``pipeline`` would build (reused when built), before
+    it: ``semoe run`` calls it before locking the run, whose id names their checkpoints."""
+    with shared_cluster(config) as config:
+        with_runner(build_translator, config)(config)
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(config: SemoeConfig) -> dict:
     """The main job: index the corpus when a method retrieves from it (not on datasets whose

@@ -91,6 +91,27 @@ def test_translator_writes_the_expert_format(tiny):
     assert torch.equal(last[:, 0], last[:, 1])  # DyPRAG: every layer reads the last layer's state
 
 
+def test_encoder_layers_read_the_passage_with_the_first_layers(tiny):
+    """``encoder_layers: 1`` pools the state after the first decoder layer, final norm applied,
+    as the whole model computes it; the model keeps its layers; more layers than the model has
+    is all of them."""
+    model, tok = tiny
+    layout = Layout.of(model, CFG)
+    text = "Tobin Ashcroft painted harbours"
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([tok(text)["input_ids"]]), output_hidden_states=True).hidden_states
+        after_first = model.get_decoder().norm(hidden[1])[0, -1]
+    one = pool(model, tok, [text], layout, "last", 64, encoder_layers=1)
+    torch.testing.assert_close(one[0, 0], after_first, atol=1e-5, rtol=1e-4)
+    assert len(model.get_decoder().layers) == 2
+    every = pool(model, tok, [text], layout, "last", 64)
+    torch.testing.assert_close(every[0, 0], hidden[-1][0, -1], atol=1e-5, rtol=1e-4)
+    assert (one - every).abs().max() > 1e-3
+    assert torch.equal(pool(model, tok, [text], layout, "last", 64, encoder_layers=5), every)
+    own = pool(model, tok, [text], layout, "own", 64, encoder_layers=1)
+    assert torch.equal(own[:, 0], own[:, 1])  # layers beyond the encoder read its last state
+
+
 def test_training_lowers_the_loss_and_experts_load_through_insertion(tiny, pairs, trained):
     from semoe.experts.inference import heterogeneous_experts, merged
 
@@ -114,9 +135,13 @@ def test_training_lowers_the_loss_and_experts_load_through_insertion(tiny, pairs
     torch.testing.assert_close(per_row, merged_logits, atol=1e-5, rtol=1e-4)
 
 
-def test_a_batch_translates_as_one_at_a_time(tiny, trained):
+@pytest.mark.parametrize("encoder_layers", [None, 1])
+def test_a_batch_translates_as_one_at_a_time(tiny, trained, encoder_layers):
     model, tok = tiny
     translator, _ = trained
+    if encoder_layers is not None:
+        torch.manual_seed(1)
+        translator = ParameterTranslator(translator.layout, 4, "last", encoder_layers=encoder_layers)
     texts = ["Quorvanthe is a river town", "Tobin Ashcroft painted harbours and lighthouses all his life", "Bells"]
     passages = [(f"q{i}", t) for i, t in enumerate(texts)]  # different lengths: padding in the batch
     batch = translate(translator, model, tok, passages, 64, batch_size=3)
@@ -139,6 +164,10 @@ def test_checkpoint_round_trip_and_clear_errors(tiny, trained, tmp_path):
     p = [("p7", item(7).passage)]
     a, b = translate(translator, model, tok, p, 64)[0], translate(loaded, model, tok, p, 64)[0]
     assert all(torch.equal(a.weights[m][j], b.weights[m][j]) for m in a.weights for j in (0, 1))
+    assert loaded.encoder_layers == translator.encoder_layers == TCFG.encoder_layers
+    shallow = tmp_path / "shallow.safetensors"
+    save_translator(shallow, ParameterTranslator(translator.layout, 4, "last", encoder_layers=1), "tiny")
+    assert load_translator(shallow).encoder_layers == 1  # a checkpoint reads passages as it was trained to
 
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -192,6 +221,8 @@ def test_trained_experts_keep_their_identity():
     assert dyprag.identity()["translator"]["hidden"] == 32
     given = ExpertConfig(source="translator", translator={"checkpoint": "/x.safetensors", "hidden": 64})
     assert given.identity()["translator"] == {"checkpoint": "given", "max_passage_tokens": 512}
+    shallow = ExpertConfig(source="translator", translator={"encoder_layers": 2})
+    assert shallow.identity() != dyprag.identity() and shallow.trained().identity() == plain.identity()
     with pytest.raises(ValueError, match="nothing to train on"):
         TranslatorConfig(mse_weight=0, lm_weight=0, kl_weight=0)
 
@@ -226,6 +257,19 @@ def test_answer_key_follows_the_translator_checkpoint():
     spec = MethodSpec(name="dyprag", params={"experts": {"translator": {"hidden": 8}}})
     other = SemoeConfig(methods=[spec])
     assert identity.answer_scope(other, spec, "c", other.datasets[0], "ckpt-a") != a  # its settings are part of it too
+    # The encoder depth changes the checkpoint built for a recipe, and the answers with it.
+    from semoe.experts.translator import recipe_key
+
+    depths = [dyprag.model_copy(update={"params": {"experts": {"translator": {"encoder_layers": n}}}}) for n in (4, 8)]
+    shallow, deeper = (SemoeConfig(methods=[d]) for d in depths)
+    assert identity.answer_scope(shallow, depths[0], "c", shallow.datasets[0], "ckpt-a") != identity.answer_scope(
+        deeper, depths[1], "c", deeper.datasets[0], "ckpt-a"
+    )
+    recipes = {
+        recipe_key("m", "c", {}, ExpertConfig(source="translator", translator={"encoder_layers": n}))
+        for n in (None, 4, 8)
+    }
+    assert len(recipes) == 3
 
 
 @pytest.mark.slow
