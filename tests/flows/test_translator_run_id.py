@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from semoe import cli, evaluation
+from semoe import cli
+from semoe.evaluation.preflight import preflight
+from semoe.flows import lifecycle
 from semoe.storage.results import ResultStore
 
 
@@ -32,10 +34,10 @@ def test_first_run_locks_the_id_it_is_stored_under(tmp_path, tiny_lm_dir, prefec
         )
     )
     seed_augmentations(load_config(str(config), []))
-    provisional = evaluation.preflight(load_config(str(config), []))
+    provisional = preflight(load_config(str(config), []))
 
     held_by_cli: list[str] = []  # the run ids whose lock the CLI holds, innermost last
-    real_lock, real_register = cli.run_lock, evaluation.register_run
+    real_lock, real_register = cli.run_lock, lifecycle.register_run
     registered: list[tuple[str, list[str]]] = []
 
     def recording_lock(store_path, run_id, *args, **kwargs):
@@ -57,10 +59,10 @@ def test_first_run_locks_the_id_it_is_stored_under(tmp_path, tiny_lm_dir, prefec
         return real_register(store, run_id, *args, **kwargs)
 
     monkeypatch.setattr(cli, "run_lock", recording_lock)
-    monkeypatch.setattr(evaluation, "register_run", recording_register)
+    monkeypatch.setattr(lifecycle, "register_run", recording_register)
     assert cli.main(["run", str(config)]) == 0
 
     stored = [r["run_id"] for r in ResultStore(tmp_path / "results.duckdb").query("select run_id from runs")]
     assert len(stored) == 1 and stored[0] != provisional  # the provisional id names the translator's recipe
     assert registered == [(stored[0], [provisional, stored[0]])]
-    assert evaluation.preflight(load_config(str(config), [])) == stored[0]  # a rerun locks it from the start
+    assert preflight(load_config(str(config), [])) == stored[0]  # a rerun locks it from the start
