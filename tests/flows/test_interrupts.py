@@ -367,7 +367,16 @@ def test_dead_api_fails_fast_with_one_line(tmp_path):
     assert 1 <= kept[0]["n"] < N_QUESTIONS  # the death was noticed at once, not at the end of the run
 
 
-def test_ctrl_c_inside_a_flow_run_is_raised_only_at_safe_points(monkeypatch):
+@pytest.fixture()
+def default_sigint():
+    """Python's own Ctrl-C handler for the test: whatever ran earlier in this process (an xdist
+    worker, a library starting subprocesses) may have left SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_a_flow_run_is_raised_only_at_safe_points(monkeypatch, default_sigint):
     """A Ctrl-C during Prefect's bookkeeping is held to the next safe point (a commit, the
     start of a task body, or the fallback delay); inside a task body, or a second one, at once."""
     from semoe.tasks import interrupts
