@@ -17,6 +17,7 @@ from semoe.moe_lm.tokenizer import ByteTokenizer
 from semoe.moe_lm.training import MOE_TRAINING_COLUMNS, checkpoint_key, load_or_train, train
 from semoe.storage.artifacts import ArtifactCache
 from semoe.storage.results import ResultStore
+from tests.support.helpers import tiny_moe_lm_config
 
 ROUTERS = [("linear", "sequence"), ("gru", "sequence"), ("gru", "layers"), ("rnn", "sequence"), ("rnn", "layers")]
 TEXTS = [
@@ -38,22 +39,7 @@ def one_thread():
 
 
 def tiny(**overrides) -> MoeLMConfig:
-    base = dict(
-        d_model=32,
-        n_layers=2,
-        num_heads=4,
-        num_experts=4,
-        k=2,
-        ffn_hidden_dim=32,
-        max_seq_len=64,
-        router_hidden_dim=8,
-        seq_len=32,
-        batch_size=4,
-        steps=4,
-        warmup_steps=2,
-        lr=1e-2,
-    )
-    return MoeLMConfig(**{**base, **overrides})
+    return tiny_moe_lm_config(**{"batch_size": 4, "steps": 4, "warmup_steps": 2, "lr": 1e-2, **overrides})
 
 
 def tiny_model(router_type="gru", recurrent_mode="sequence", **overrides) -> MoeLM:

@@ -232,22 +232,11 @@ def test_mirror_router_interface_is_checked():
 
 def test_semoe_moe_lm_routers_are_supported():
     moe_lm = pytest.importorskip("semoe.moe_lm.model")
-    from semoe.config import MoeLMConfig
+    from tests.support.helpers import tiny_moe_lm_config
 
     for router_type in ("linear", "gru"):
         torch.manual_seed(0)
-        cfg = MoeLMConfig(
-            d_model=32,
-            n_layers=2,
-            num_heads=4,
-            num_experts=4,
-            k=2,
-            ffn_hidden_dim=32,
-            max_seq_len=64,
-            router_hidden_dim=8,
-            seq_len=32,
-            router_type=router_type,
-        )
+        cfg = tiny_moe_lm_config(router_type=router_type)
         model = moe_lm.MoeLM(cfg).eval()
         ids = torch.randint(0, 258, (2, 10), generator=torch.Generator().manual_seed(0))
         base = logits(model, ids)

@@ -82,22 +82,11 @@ def test_every_experts_implementation_skips_padding(impl):
 
 def test_semoe_moe_lm_skips_padding():
     moe_lm = pytest.importorskip("semoe.moe_lm.model")
-    from semoe.config import MoeLMConfig
+    from tests.support.helpers import tiny_moe_lm_config
 
     for router_type in ("linear", "gru"):
         torch.manual_seed(0)
-        cfg = MoeLMConfig(
-            d_model=32,
-            n_layers=2,
-            num_heads=4,
-            num_experts=8,
-            k=2,
-            ffn_hidden_dim=32,
-            max_seq_len=64,
-            router_hidden_dim=8,
-            seq_len=32,
-            router_type=router_type,
-        )
+        cfg = tiny_moe_lm_config(num_experts=8, router_type=router_type)
         model = moe_lm.MoeLM(cfg).eval()
         with torch.no_grad():  # decisive routers: a flat one at init gives every token max_k
             for site in find_routers(model):

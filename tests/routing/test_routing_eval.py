@@ -202,20 +202,10 @@ def test_importing_the_package_stays_light():
 
 def test_semoe_moe_lm_through_the_evaluation_helpers():
     moe_lm = pytest.importorskip("semoe.moe_lm.model")
-    from semoe.config import MoeLMConfig
+    from tests.support.helpers import tiny_moe_lm_config
 
     torch.manual_seed(0)
-    cfg = MoeLMConfig(
-        d_model=32,
-        n_layers=2,
-        num_heads=4,
-        num_experts=4,
-        k=2,
-        ffn_hidden_dim=32,
-        max_seq_len=64,
-        router_hidden_dim=8,
-        seq_len=32,
-    )
+    cfg = tiny_moe_lm_config()
     model = moe_lm.MoeLM(cfg).eval()
     ids = torch.randint(0, 258, (1, 12), generator=torch.Generator().manual_seed(0))
     assert perplexity(model, [ids], {"name": "topk", "params": {"k": 3}}).stats.experts_per_token() == 3

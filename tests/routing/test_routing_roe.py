@@ -74,24 +74,11 @@ def test_roe_refuses_what_it_cannot_do():
 def test_roe_on_the_small_moe_lm(router_type):
     """MoeLM runs the K copies as batch rows; only the clean row's keys, values and recurrent
     router state are kept, so τ = 0 is greedy decoding and the cache is the clean path's."""
-    from semoe.config import MoeLMConfig
     from semoe.moe_lm.model import MoeLM
+    from tests.support.helpers import tiny_moe_lm_config
 
     torch.manual_seed(0)
-    model = MoeLM(
-        MoeLMConfig(
-            d_model=32,
-            n_layers=3,
-            num_heads=4,
-            num_experts=4,
-            k=2,
-            ffn_hidden_dim=32,
-            max_seq_len=64,
-            router_hidden_dim=8,
-            seq_len=32,
-            router_type=router_type,
-        )
-    ).eval()
+    model = MoeLM(tiny_moe_lm_config(n_layers=3, router_type=router_type)).eval()
     with torch.no_grad():
         for layer in model.layers:
             layer.mlp.gate.weight.mul_(20)

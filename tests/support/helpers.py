@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import pytest
 
+from semoe.config import MoeLMConfig
 from semoe.data.schema import Passage
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
@@ -220,3 +221,20 @@ def seed_augmentations(cfg) -> int:
         )
         n += 1
     return n
+
+
+def tiny_moe_lm_config(**overrides) -> MoeLMConfig:
+    """The small MoE LM the routing and MoE LM tests share: 2 layers, 4 MoE experts, top-2,
+    d_model 32 (``overrides`` for the router, the depth or training settings)."""
+    base = dict(
+        d_model=32,
+        n_layers=2,
+        num_heads=4,
+        num_experts=4,
+        k=2,
+        ffn_hidden_dim=32,
+        max_seq_len=64,
+        router_hidden_dim=8,
+        seq_len=32,
+    )
+    return MoeLMConfig(**{**base, **overrides})
