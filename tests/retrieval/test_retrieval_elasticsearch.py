@@ -10,18 +10,15 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-import weakref
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from pydantic import ValidationError
 
 from semoe.config import RetrievalConfig
-from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
-from tests.support.helpers import AWKWARD_QUERIES, CORPUS
+from tests.support.helpers import AWKWARD_QUERIES, CORPUS, TrackedPassages
 
 ES_URL = os.environ.get("SEMOE_ES_URL")
 
@@ -169,25 +166,8 @@ class TestLiveServer:
         assert "junk" not in ids and "p1" in ids
 
     def test_builds_from_lazy_generator(self, fresh):
-        n_total = 20_000
-        alive = peak = produced = 0
-
-        def released() -> None:
-            nonlocal alive
-            alive -= 1
-
-        def lazy() -> Iterator[Passage]:
-            nonlocal alive, peak, produced
-            for i in range(n_total):
-                p = Passage(f"g{i}", f"Entity {i}", f"filler text number {i} with token tok{i}x")
-                weakref.finalize(p, released)
-                produced += 1
-                alive += 1
-                peak = max(peak, alive)
-                yield p
-                del p
-
+        stream = TrackedPassages(20_000)
         r = fresh(bulk_batch_size=2000)
-        assert r.build(lazy())["passages"] == n_total == produced
-        assert peak <= 10, f"{peak} passages held at once"
+        assert r.build(iter(stream))["passages"] == stream.n == stream.produced
+        assert stream.peak_alive <= 10, f"{stream.peak_alive} passages held at once"
         assert r.search(["tok12345x"], 3)[0][0].passage.id == "g12345"

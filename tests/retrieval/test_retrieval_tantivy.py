@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -13,7 +12,7 @@ from semoe.config import RetrievalConfig
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
-from tests.support.helpers import AWKWARD_QUERIES, CORPUS
+from tests.support.helpers import AWKWARD_QUERIES, CORPUS, TrackedPassages
 
 
 def make(tmp_path: Path, key: str = "corpus-a", **cfg):
@@ -131,32 +130,13 @@ def test_rebuild_replaces_previous_index(built):
 def test_builds_from_lazy_generator(tmp_path):
     """Streaming, not materialising: at no point are more than a handful of the
     20k passages alive at once (each is tracked until it is garbage)."""
-    n_total = 20_000
-    produced = 0
-    alive = 0
-    peak_alive = 0
-
-    def released() -> None:
-        nonlocal alive
-        alive -= 1
-
-    def lazy() -> Iterator[Passage]:
-        nonlocal produced, alive, peak_alive
-        for i in range(n_total):
-            p = Passage(f"g{i}", f"Entity {i}", f"filler text number {i} with token tok{i}x")
-            weakref.finalize(p, released)
-            produced += 1
-            alive += 1
-            peak_alive = max(peak_alive, alive)
-            yield p
-            del p
-
-    gen = lazy()
-    assert produced == 0
+    stream = TrackedPassages(20_000)
+    gen = iter(stream)
+    assert stream.produced == 0
     r = make(tmp_path, writer_heap_mb=16)
     stats = r.build(gen, total=None)
-    assert stats["passages"] == n_total == produced
-    assert peak_alive <= 10, f"{peak_alive} passages were held in memory at once"
+    assert stats["passages"] == stream.n == stream.produced
+    assert stream.peak_alive <= 10, f"{stream.peak_alive} passages were held in memory at once"
     [hits] = r.search(["tok12345x"], 3)
     assert hits[0].passage.id == "g12345"
 

@@ -238,3 +238,27 @@ def tiny_moe_lm_config(**overrides) -> MoeLMConfig:
         seq_len=32,
     )
     return MoeLMConfig(**{**base, **overrides})
+
+
+class TrackedPassages:
+    """``n`` generated passages (``g{i}``, text holding ``tok{i}x``) streamed one by one, each
+    tracked until it is garbage: ``produced`` and ``peak_alive`` tell whether a consumer
+    streamed them or held them in memory."""
+
+    def __init__(self, n: int):
+        self.n, self.produced, self.alive, self.peak_alive = n, 0, 0, 0
+
+    def _released(self) -> None:
+        self.alive -= 1
+
+    def __iter__(self):
+        import weakref
+
+        for i in range(self.n):
+            p = Passage(f"g{i}", f"Entity {i}", f"filler text number {i} with token tok{i}x")
+            weakref.finalize(p, self._released)
+            self.produced += 1
+            self.alive += 1
+            self.peak_alive = max(self.peak_alive, self.alive)
+            yield p
+            del p
