@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -13,7 +12,7 @@ from semoe.config import RetrievalConfig
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.base import RetrievalError
-from tests.support.helpers import AWKWARD_QUERIES, CORPUS
+from tests.support.helpers import AWKWARD_QUERIES, CORPUS, TrackedPassages
 
 pytest.importorskip("bm25s")
 
@@ -116,25 +115,10 @@ def test_rebuild_replaces_previous_index(built):
 
 def test_builds_from_lazy_generator_without_holding_passages(tmp_path):
     """Passages are written to disk as they come: only their term ids stay in memory."""
-    n_total, alive, peak_alive = 5000, 0, 0
-
-    def released() -> None:
-        nonlocal alive
-        alive -= 1
-
-    def lazy() -> Iterator[Passage]:
-        nonlocal alive, peak_alive
-        for i in range(n_total):
-            p = Passage(f"g{i}", f"Entity {i}", f"filler text number {i} with token tok{i}x")
-            weakref.finalize(p, released)
-            alive += 1
-            peak_alive = max(peak_alive, alive)
-            yield p
-            del p
-
+    stream = TrackedPassages(5000)
     r = make(tmp_path)
-    assert r.build(lazy())["passages"] == n_total
-    assert peak_alive <= 10, f"{peak_alive} passages were held in memory at once"
+    assert r.build(iter(stream))["passages"] == stream.n
+    assert stream.peak_alive <= 10, f"{stream.peak_alive} passages were held in memory at once"
     [hits] = r.search(["tok1234x"], 3)
     assert hits[0].passage == Passage("g1234", "Entity 1234", "filler text number 1234 with token tok1234x")
 
