@@ -10,7 +10,9 @@ Prefect tasks receive the spec string, never the model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import logging
 import threading
@@ -59,13 +61,52 @@ def _embedded_gguf_path(alias: str) -> Path:
     return path
 
 
+# One GGUF conversion at a time per process: ``_one_gguf_parse`` swaps module attributes of gguf.
+_CONVERT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_gguf_parse():
+    """Within the block, gguf's reader and tensor-name map are memoised.
+
+    transformers' GGUF loading parses the file once for the tokenizer, once for the config
+    and once for the weights (a ``gguf.GGUFReader`` each: ~6.5 s of CPU for SmolLM2's
+    49k-entry vocabulary arrays, read element by element), and builds gguf's tensor-name map
+    for each of the model's ~400 submodules (~8 s). Both are read-only once built, so sharing
+    one of each gives the same tensors and tokenizer: the converted files are byte-identical
+    (``tests/models/test_gguf_conversion.py`` on a tiny GGUF; ``benchmarks/bench_model_convert.py``
+    on the embedded model, 3.2x less CPU). transformers imports both names from ``gguf`` at
+    call time; should it stop doing so, the memo is simply bypassed."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], object] = {}
+
+    def shared_reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    with _CONVERT_LOCK:
+        gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, functools.lru_cache(maxsize=None)(name_map)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict:
-    """Dequantise a GGUF checkpoint and save it as safetensors + tokenizer."""
+    """Dequantise a GGUF checkpoint and save it as safetensors + tokenizer (transformers'
+    own GGUF loading, the file parsed once: ``_one_gguf_parse``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    with _one_gguf_parse():
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
     # A GGUF-loaded model refuses save_pretrained; rebuild it from its config.
     model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
@@ -121,18 +162,51 @@ def _local_model_dir(spec: str) -> str:
     return str(p)
 
 
+def _embedded_entry(spec: str) -> tuple[Path, str]:
+    """(GGUF file, artifact-cache name of its conversion) of an embedded alias. The name
+    changes with the file and with transformers (whose GGUF loading does the conversion);
+    the version is read from the package metadata, so checking the cache imports nothing."""
+    gguf = _embedded_gguf_path(spec)
+    key = content_key(spec, gguf.stat().st_size, gguf.stat().st_mtime_ns, importlib.metadata.version("transformers"))
+    return gguf, f"{spec}-{key}"
+
+
 def resolve_model_dir(spec: str, cache_root: str | Path) -> str:
     """Return something ``from_pretrained`` accepts: a directory or a hub id."""
     if spec in EMBEDDED_MODELS:
-        gguf = _embedded_gguf_path(spec)
-        import transformers
-
-        key = content_key(spec, gguf.stat().st_size, gguf.stat().st_mtime_ns, transformers.__version__)
-        cache = ArtifactCache(cache_root)
-        return str(cache.get_or_build("models", f"{spec}-{key}", lambda out: _convert_gguf(gguf, out)))
+        gguf, name = _embedded_entry(spec)
+        return str(ArtifactCache(cache_root).get_or_build("models", name, lambda out: _convert_gguf(gguf, out)))
     if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
         return _local_model_dir(spec)
     return spec  # HF hub id
+
+
+def convert_in_background(spec: str, cache_root: str | Path) -> threading.Thread | None:
+    """Start converting embedded model ``spec`` into the artifact cache on a daemon thread
+    when it is not there yet (a cold cache: ~12 s of CPU for SmolLM2), so that the CLI's
+    Prefect API start, the index and the run plan happen meanwhile; the first task that
+    needs the model waits for it on the cache entry's lock (``ArtifactCache.get_or_build``)
+    and loads the same files. Returns the thread, or None when there is nothing to convert
+    (not an embedded alias, already converted, or its wheel missing: the task then raises
+    the error). A conversion that fails here is logged and left to the task to report."""
+    if spec not in EMBEDDED_MODELS:
+        return None
+    try:
+        _, name = _embedded_entry(spec)
+    except ModelLoadError:
+        return None
+    if ArtifactCache(cache_root).is_complete("models", name):
+        return None
+
+    def convert() -> None:
+        try:
+            resolve_model_dir(spec, cache_root)
+        except Exception as e:  # the task that needs the model converts again and raises it
+            log.debug("converting %s in the background failed: %s", spec, e)
+
+    thread = threading.Thread(target=convert, name=f"convert-{spec}", daemon=True)
+    thread.start()
+    return thread
 
 
 def pick_device(device: str) -> str:

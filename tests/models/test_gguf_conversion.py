@@ -1,0 +1,146 @@
+"""Embedded GGUF → safetensors conversion: the memoised parse gives byte-identical files."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semoe.models import loading
+
+HIDDEN, FFN, LAYERS, HEADS, KV_HEADS = 16, 32, 2, 4, 2
+TOKENS = ["<|endoftext|>", "a", "b", "c", "Ġ", "ab", "Ġa", "abc"]
+MERGES = ["a b", "Ġ a", "ab c"]
+
+
+def make_tiny_gguf(path: Path, seed: int = 0) -> Path:
+    """A 2-layer llama GGUF (float32 tensors, an 8-token byte-level BPE), like the embedded
+    SmolLM2 file in kind: tokenizer arrays, config fields, tied output embedding."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_context_length(64)
+    w.add_embedding_length(HIDDEN)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_rope_dimension_count(HIDDEN // HEADS)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(TOKENS)
+    w.add_token_merges(MERGES)
+    w.add_token_types([gguf.TokenType.CONTROL] + [gguf.TokenType.NORMAL] * (len(TOKENS) - 1))
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    kv = HIDDEN // HEADS * KV_HEADS
+    shapes = {"token_embd.weight": (len(TOKENS), HIDDEN), "output_norm.weight": (HIDDEN,)}
+    for i in range(LAYERS):
+        shapes |= {
+            f"blk.{i}.attn_norm.weight": (HIDDEN,),
+            f"blk.{i}.attn_q.weight": (HIDDEN, HIDDEN),
+            f"blk.{i}.attn_k.weight": (kv, HIDDEN),
+            f"blk.{i}.attn_v.weight": (kv, HIDDEN),
+            f"blk.{i}.attn_output.weight": (HIDDEN, HIDDEN),
+            f"blk.{i}.ffn_norm.weight": (HIDDEN,),
+            f"blk.{i}.ffn_gate.weight": (FFN, HIDDEN),
+            f"blk.{i}.ffn_up.weight": (FFN, HIDDEN),
+            f"blk.{i}.ffn_down.weight": (HIDDEN, FFN),
+        }
+    for name, shape in shapes.items():
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture()
+def parses(monkeypatch) -> list[str]:
+    """Paths gguf's reader parsed during the test."""
+    import gguf
+
+    seen: list[str] = []
+    real = gguf.GGUFReader
+
+    def counting(path, mode="r"):
+        seen.append(str(path))
+        return real(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    return seen
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_one_parse_gives_the_same_files_as_transformers_alone(tmp_path, parses, monkeypatch):
+    gguf_file = make_tiny_gguf(tmp_path / "tiny.gguf")
+    loading._convert_gguf(gguf_file, tmp_path / "memoised")
+    memoised_parses = len(parses)
+    monkeypatch.setattr(loading, "_one_gguf_parse", contextlib.nullcontext)
+    loading._convert_gguf(gguf_file, tmp_path / "plain")
+
+    assert memoised_parses == 1
+    assert len(parses) - memoised_parses == 3  # tokenizer, config, weights
+    memoised, plain = _files(tmp_path / "memoised"), _files(tmp_path / "plain")
+    assert {"model.safetensors", "tokenizer.json", "config.json"} <= set(plain)
+    assert memoised == plain
+
+
+def test_gguf_is_restored_after_the_conversion_even_on_error(tmp_path):
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with pytest.raises(RuntimeError, match="inside"):
+        with loading._one_gguf_parse():
+            assert gguf.GGUFReader is not reader
+            raise RuntimeError("inside")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+
+
+@pytest.fixture()
+def tiny_embedded(tmp_path, monkeypatch) -> str:
+    """An embedded alias whose 'wheel' holds the tiny GGUF."""
+    gguf_file = make_tiny_gguf(tmp_path / "tiny.gguf")
+    alias = "tiny-embedded"
+    monkeypatch.setitem(
+        loading.EMBEDDED_MODELS, alias, loading.EmbeddedModel("tiny_pkg", "tiny-pkg", gguf_file.name, "")
+    )
+    monkeypatch.setattr(loading, "_embedded_gguf_path", lambda spec: gguf_file)
+    return alias
+
+
+def test_background_conversion_fills_the_cache_the_task_then_reads(tmp_path, tiny_embedded, parses):
+    cache_root = tmp_path / "cache"
+    thread = loading.convert_in_background(tiny_embedded, cache_root)
+    assert thread is not None
+    thread.join(timeout=120)
+    assert len(parses) == 1
+    _, name = loading._embedded_entry(tiny_embedded)
+    assert loading.ArtifactCache(cache_root).is_complete("models", name)
+
+    # The task's own resolution finds the entry: no second conversion, nothing left to start.
+    assert loading.resolve_model_dir(tiny_embedded, cache_root) == str(
+        loading.ArtifactCache(cache_root).path("models", name)
+    )
+    assert len(parses) == 1
+    assert loading.convert_in_background(tiny_embedded, cache_root) is None
+
+
+def test_nothing_is_converted_in_the_background_for_other_specs(tmp_path, monkeypatch):
+    assert loading.convert_in_background("dummy", tmp_path) is None
+    assert loading.convert_in_background(str(tmp_path / "a-local-model"), tmp_path) is None
+
+    def missing_wheel(spec):
+        raise loading.ModelLoadError("needs the wheel")
+
+    monkeypatch.setattr(loading, "_embedded_gguf_path", missing_wheel)
+    assert loading.convert_in_background("smollm2-135m-instruct", tmp_path) is None  # the task reports it
+    assert not (tmp_path / "models").exists()
