@@ -70,13 +70,14 @@ def _one_gguf_parse():
     """Within the block, gguf's reader and tensor-name map are memoised.
 
     transformers' GGUF loading parses the file once for the tokenizer, once for the config
-    and once for the weights (a ``gguf.GGUFReader`` each: ~6.5 s of CPU for SmolLM2's
-    49k-entry vocabulary arrays, read element by element), and builds gguf's tensor-name map
-    for each of the model's ~400 submodules (~8 s). Both are read-only once built, so sharing
-    one of each gives the same tensors and tokenizer: the converted files are byte-identical
-    (``tests/models/test_gguf_conversion.py`` on a tiny GGUF; ``benchmarks/bench_model_convert.py``
-    on the embedded model, 3.2x less CPU). transformers imports both names from ``gguf`` at
-    call time; should it stop doing so, the memo is simply bypassed."""
+    and once for the weights (a ``gguf.GGUFReader`` each, slow on SmolLM2's 49k-entry
+    vocabulary arrays, read element by element), and builds gguf's tensor-name map for each
+    of the model's ~400 submodules: most of the conversion's CPU. Both are read-only once
+    built, so sharing one of each gives the same tensors and tokenizer: the converted files
+    are byte-identical (``tests/models/test_gguf_conversion.py`` on a tiny GGUF;
+    ``benchmarks/bench_model_convert.py`` on the embedded model: 2.5x less CPU, 24 -> 10 s).
+    transformers imports both names from ``gguf`` at call time; should it stop doing so, the
+    memo is simply bypassed."""
     import gguf
 
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
@@ -183,7 +184,7 @@ def resolve_model_dir(spec: str, cache_root: str | Path) -> str:
 
 def convert_in_background(spec: str, cache_root: str | Path) -> threading.Thread | None:
     """Start converting embedded model ``spec`` into the artifact cache on a daemon thread
-    when it is not there yet (a cold cache: ~12 s of CPU for SmolLM2), so that the CLI's
+    when it is not there yet (a cold cache: ~10 s of CPU for SmolLM2), so that the CLI's
     Prefect API start, the index and the run plan happen meanwhile; the first task that
     needs the model waits for it on the cache entry's lock (``ArtifactCache.get_or_build``)
     and loads the same files. Returns the thread, or None when there is nothing to convert
