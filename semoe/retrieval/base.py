@@ -47,24 +47,27 @@ class Hit:
     rank: int  # 1-based
 
 
-def top_k_in_corpus_order(fetch: Callable[[int], Sequence[tuple[float, int, T]]], k: int) -> list[tuple[float, int, T]]:
+def top_k_in_corpus_order(
+    fetch: Callable[[int], Sequence[tuple[float, T]]], rows: Callable[[list[T]], Sequence[int]], k: int
+) -> list[tuple[float, T]]:
     """The k best hits of an engine whose order among equal scores is not corpus order:
-    ``[(score, row, payload)]``, score descending, then lower corpus row first.
+    ``[(score, payload)]``, score descending, then lower corpus row first.
 
     Why: an engine returns equal scores in index-layout order (segments, doc addresses),
     and a multi-threaded build lays segments out differently from build to build, so a tie
     at the cut-off would retrieve different passages from the same corpus, config and code
     (and the index, keyed by content, looks the same). The rule of every backend: score
-    descending, then corpus order (``row``: the passage's position in the stream the index
-    was built from, first passage 0); bm25s applies it in ``bm25s_bm25._best``,
-    Elasticsearch by its sort.
+    descending, then corpus order (row: the passage's position in the stream the index was
+    built from, first passage 0); bm25s applies it in ``bm25s_bm25._best``, Elasticsearch by
+    its sort.
 
-    ``fetch(n)`` returns the engine's best n hits as ``(score, row, payload)``, score
-    descending (ties in any order), fewer when fewer match. It is asked for k+1; while the
-    last hit ties with the k-th and the engine returned all n asked, n doubles. Exact: every
-    hit scoring above the k-th score is in the engine's top-n for any n >= k, and the loop
-    stops only once every hit tied with the k-th is in. Costs one row more per query, and a
-    repeated search only when more than one hit ties past the k-th.
+    ``fetch(n)`` returns the engine's best n hits as ``(score, payload)``, score descending
+    (ties in any order), fewer when fewer match; ``rows(payloads)`` their corpus rows, asked
+    only when two of the hits that compete for the top k tie. fetch is asked for k+1; while
+    the last hit ties with the k-th and the engine returned all n asked, n doubles. Exact:
+    every hit scoring above the k-th score is in the engine's top-n for any n >= k, and the
+    loop stops only once every hit tied with the k-th is in. Costs one hit more per query,
+    and a repeated search only when more than one hit ties past the k-th.
     """
     if k < 1:
         return []
@@ -73,7 +76,10 @@ def top_k_in_corpus_order(fetch: Callable[[int], Sequence[tuple[float, int, T]]]
     while len(found) == n and found[-1][0] == found[k - 1][0]:
         n *= 2
         found = fetch(n)
-    return sorted(found, key=lambda hit: (-hit[0], hit[1]))[:k]
+    if all(a[0] != b[0] for a, b in zip(found[:k], found[1:])):
+        return list(found[:k])  # no tie: the engine's order is the rule's
+    keyed = sorted(zip(found, rows([payload for _, payload in found])), key=lambda hit: (-hit[0][0], hit[1]))
+    return [hit for hit, _ in keyed[:k]]
 
 
 @contextlib.contextmanager

@@ -75,19 +75,24 @@ def assert_corpus_order(hits) -> None:
 
 
 def engine(scores: list[float], seed: int):
-    """A fake engine over rows 0..n-1: ``fetch(n)`` answers its best n by score, equal
-    scores in a shuffled (layout) order, and records each n asked."""
+    """A fake engine over rows 0..n-1 (payload ``doc<row>``): ``fetch(n)`` answers its best n
+    by score, equal scores in a shuffled (layout) order; ``rows`` reads the payloads' rows.
+    ``asked`` records each n fetched and each rows call."""
     rng = random.Random(seed)
     layout = list(range(len(scores)))
     rng.shuffle(layout)
     ranked = sorted(layout, key=lambda row: -scores[row])  # stable: ties keep the layout order
-    asked: list[int] = []
+    asked: list = []
 
     def fetch(n: int):
         asked.append(n)
-        return [(scores[row], row, f"doc{row}") for row in ranked[:n]]
+        return [(scores[row], f"doc{row}") for row in ranked[:n]]
 
-    return fetch, asked
+    def rows(payloads: list[str]):
+        asked.append("rows")
+        return [int(p[3:]) for p in payloads]
+
+    return fetch, rows, asked
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -95,24 +100,24 @@ def test_rule_is_exact_for_any_layout(seed):
     rng = random.Random(seed)
     scores = [float(rng.choice([1.0, 2.0, 2.5, 3.0])) for _ in range(rng.randint(0, 40))]
     for k in range(1, len(scores) + 3):
-        fetch, _ = engine(scores, seed)
-        expected = sorted((-s, row) for row, s in enumerate(scores))[:k]
-        got = top_k_in_corpus_order(fetch, k)
-        assert [(-s, row) for s, row, _ in got] == expected
-        assert all(payload == f"doc{row}" for _, row, payload in got)
+        fetch, rows, _ = engine(scores, seed)
+        expected = sorted(((s, f"doc{row}") for row, s in enumerate(scores)), key=lambda h: (-h[0], int(h[1][3:])))
+        assert top_k_in_corpus_order(fetch, rows, k) == expected[:k]
 
 
 def test_rule_fetches_k_plus_one_then_doubles_while_ties_continue():
-    fetch, asked = engine([5.0, 4.0, 3.0, 2.0, 1.0], seed=0)
-    assert [row for _, row, _ in top_k_in_corpus_order(fetch, 3)] == [0, 1, 2]
-    assert asked == [4], "no tie at the cut-off: one search of k+1"
+    fetch, rows, asked = engine([5.0, 4.0, 3.0, 2.0, 1.0], seed=0)
+    assert [p for _, p in top_k_in_corpus_order(fetch, rows, 3)] == ["doc0", "doc1", "doc2"]
+    assert asked == [4], "no tie: one search of k+1, no row read"
 
-    fetch, asked = engine([9.0] + [1.0] * 20, seed=1)
-    assert [row for _, row, _ in top_k_in_corpus_order(fetch, 3)] == [0, 1, 2]
-    assert asked == [4, 8, 16, 32], "doubled until the engine returned fewer than asked"
+    fetch, rows, asked = engine([9.0] + [1.0] * 20, seed=1)
+    assert [p for _, p in top_k_in_corpus_order(fetch, rows, 3)] == ["doc0", "doc1", "doc2"]
+    assert asked == [4, 8, 16, 32, "rows"], "doubled until the engine returned fewer than asked"
 
-    fetch, asked = engine([9.0, 8.0, 1.0, 1.0], seed=2)
-    assert top_k_in_corpus_order(fetch, 0) == [] and asked == []
+    fetch, rows, asked = engine([9.0, 8.0, 1.0, 1.0], seed=2)
+    assert [p for _, p in top_k_in_corpus_order(fetch, rows, 2)] == ["doc0", "doc1"]
+    assert asked == [3], "a tie below the k-th does not matter"
+    assert top_k_in_corpus_order(fetch, rows, 0) == [] and asked == [3]
 
 
 # ---- tantivy -------------------------------------------------------------------------

@@ -203,16 +203,16 @@ class TantivyRetriever(Retriever):
             [(tantivy.Occur.Should, tantivy.Query.term_query(self._schema, f, t)) for t in terms for f in SEARCH_FIELDS]
         )
 
-    def _top(
-        self, searcher: tantivy.Searcher, query: tantivy.Query, n: int
-    ) -> list[tuple[float, int, tantivy.DocAddress]]:
-        """tantivy's best n hits as (score, corpus row, address); equal scores in layout order."""
+    def _top(self, searcher: tantivy.Searcher, query: tantivy.Query, n: int) -> list[tuple[float, tantivy.DocAddress]]:
+        """tantivy's best n hits as (score, address); equal scores in layout order."""
         try:
-            found = searcher.search(query, n, count=False).hits
-            rows = searcher.fast_field_values("row", [address for _, address in found])
+            return searcher.search(query, n, count=False).hits
         except ValueError as e:
             raise RetrievalError(f"tantivy search in {self.index_dir} failed: {e}") from None
-        return [(float(score), row, address) for (score, address), row in zip(found, rows)]
+
+    @staticmethod
+    def _rows(searcher: tantivy.Searcher, addresses: list[tantivy.DocAddress]) -> list[int]:
+        return searcher.fast_field_values("row", addresses)
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         searcher = self._get_searcher()
@@ -224,13 +224,15 @@ class TantivyRetriever(Retriever):
             if query is None:
                 return []
             hits = []
-            best = top_k_in_corpus_order(functools.partial(self._top, searcher, query), k)
-            for rank, (score, _, address) in enumerate(best, start=1):
+            best = top_k_in_corpus_order(
+                functools.partial(self._top, searcher, query), functools.partial(self._rows, searcher), k
+            )
+            for rank, (score, address) in enumerate(best, start=1):
                 doc = searcher.doc(address)
                 passage = Passage(
                     id=doc.get_first("id"), title=doc.get_first("title") or "", text=doc.get_first("text") or ""
                 )
-                hits.append(Hit(passage=passage, score=score, rank=rank))
+                hits.append(Hit(passage=passage, score=float(score), rank=rank))
             return hits
 
         return self.map_queries(built, one)
