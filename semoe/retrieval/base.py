@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 
 MANIFEST = "manifest.json"  # an embedded engine's record of a complete build
+T = TypeVar("T")
 
 
 class RetrievalError(RuntimeError):
@@ -44,6 +45,41 @@ class Hit:
     passage: Passage
     score: float
     rank: int  # 1-based
+
+
+def top_k_in_corpus_order(
+    fetch: Callable[[int], Sequence[tuple[float, T]]], rows: Callable[[list[T]], Sequence[int]], k: int
+) -> list[tuple[float, T]]:
+    """The k best hits of an engine whose order among equal scores is not corpus order:
+    ``[(score, payload)]``, score descending, then lower corpus row first.
+
+    Why: an engine returns equal scores in index-layout order (segments, doc addresses),
+    and a multi-threaded build lays segments out differently from build to build, so a tie
+    at the cut-off would retrieve different passages from the same corpus, config and code
+    (and the index, keyed by content, looks the same). The rule of every backend: score
+    descending, then corpus order (row: the passage's position in the stream the index was
+    built from, first passage 0); bm25s applies it in ``bm25s_bm25._best``, Elasticsearch by
+    its sort.
+
+    ``fetch(n)`` returns the engine's best n hits as ``(score, payload)``, score descending
+    (ties in any order), fewer when fewer match; ``rows(payloads)`` their corpus rows, asked
+    only when two of the hits that compete for the top k tie. fetch is asked for k+1; while
+    the last hit ties with the k-th and the engine returned all n asked, n doubles. Exact:
+    every hit scoring above the k-th score is in the engine's top-n for any n >= k, and the
+    loop stops only once every hit tied with the k-th is in. Costs one hit more per query,
+    and a repeated search only when more than one hit ties past the k-th.
+    """
+    if k < 1:
+        return []
+    n = k + 1
+    found = fetch(n)
+    while len(found) == n and found[-1][0] == found[k - 1][0]:
+        n *= 2
+        found = fetch(n)
+    if all(a[0] != b[0] for a, b in zip(found[:k], found[1:])):
+        return list(found[:k])  # no tie: the engine's order is the rule's
+    keyed = sorted(zip(found, rows([payload for _, payload in found])), key=lambda hit: (-hit[0][0], hit[1]))
+    return [hit for hit, _ in keyed[:k]]
 
 
 @contextlib.contextmanager
@@ -134,7 +170,9 @@ class Retriever(ABC):
 
     @abstractmethod
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """Top-k BM25 hits for each query, best first."""
+        """Top-k BM25 hits for each query, best first: score descending, then corpus order
+        (the passage's position in the stream the index was built from; see
+        :func:`top_k_in_corpus_order`), so equal scores never depend on the index layout."""
 
     def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing to release
         """Release open handles (index readers, clients); the default holds none."""

@@ -15,6 +15,13 @@ function. Queries are ``multi_match`` of type ``most_fields`` over title and tex
 scores summed, as tantivy does); a match query analyses its text instead of parsing query
 syntax, so free text needs no escaping.
 
+Ties: corpus order, as every backend (``semoe.retrieval.base.top_k_in_corpus_order``).
+Each document holds its corpus position ``row`` (a ``long``) and a search sorts by
+``_score`` descending, then ``row`` ascending (``track_scores`` keeps ``_score`` in the
+hits), so equal scores never come back in segment order. ``_meta.schema_version`` names
+the document layout: an index of another version is not built (the pipeline rebuilds it)
+and is refused by ``search`` with one message.
+
 Completeness: the index is created with ``_meta.semoe_complete = false`` and flipped to
 true (with the passage count) only after every bulk chunk succeeded and the index was
 refreshed; ``is_built`` reads that flag, so a killed build is deleted and redone.
@@ -47,6 +54,8 @@ PING_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 120.0
 MSEARCH_BATCH = 256
 BM25 = {"type": "BM25", "k1": 1.2, "b": 0.75}
+# 2: documents hold their corpus position ``row`` (the tie order); indexes of 1 have none.
+SCHEMA_VERSION = 2
 SETTINGS: dict[str, Any] = {
     "number_of_shards": 1,
     "number_of_replicas": 0,
@@ -57,7 +66,9 @@ PROPERTIES: dict[str, Any] = {
     "id": {"type": "keyword"},
     "title": {"type": "text", "similarity": "semoe_bm25"},
     "text": {"type": "text", "similarity": "semoe_bm25"},
+    "row": {"type": "long"},
 }
+SORT = [{"_score": "desc"}, {"row": "asc"}]  # ties: corpus order
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,254}$")
 
 
@@ -139,6 +150,7 @@ class ElasticsearchRetriever(Retriever):
                 f"invalid Elasticsearch index name {self.index_name!r}: use lower-case letters, digits, '.', '_', '-'"
             )
         self._client: "Elasticsearch | None" = None
+        self._schema_checked = False
 
     @property
     def display_url(self) -> str:
@@ -231,7 +243,29 @@ class ElasticsearchRetriever(Retriever):
 
     def is_built(self) -> bool:
         meta = self._meta()
-        return bool(meta) and meta.get("semoe_complete") is True and meta.get("corpus_key") == self.corpus_key
+        return (
+            bool(meta)
+            and meta.get("semoe_complete") is True
+            and meta.get("corpus_key") == self.corpus_key
+            and meta.get("schema_version") == SCHEMA_VERSION
+        )
+
+    def _check_schema(self) -> None:
+        """Once per retriever: the index exists and has this code's document layout (an older
+        one has no ``row`` to sort ties by)."""
+        if self._schema_checked:
+            return
+        meta = self._meta()
+        where = f"Elasticsearch at {self.display_url}: index {self.index_name!r}"
+        if meta is None:
+            raise RetrievalError(f"{where} not found; build it first")
+        version = meta.get("schema_version", 1)
+        if version != SCHEMA_VERSION:
+            raise RetrievalError(
+                f"{where} has schema version {version}, this semoe reads {SCHEMA_VERSION} "
+                "(documents need their corpus row for the tie order); rebuild it with semoe index"
+            )
+        self._schema_checked = True
 
     def build(self, passages: Iterable[Passage], total: int | None = None) -> dict:
         from elastic_transport import TransportError
@@ -241,7 +275,7 @@ class ElasticsearchRetriever(Retriever):
 
         es = self._connect()
         started = time.perf_counter()
-        meta = {"semoe_complete": False, "corpus_key": self.corpus_key, "bm25": BM25}
+        meta = {"semoe_complete": False, "corpus_key": self.corpus_key, "bm25": BM25, "schema_version": SCHEMA_VERSION}
         n = 0
         try:
             es.options(ignore_status=404).indices.delete(index=self.index_name)
@@ -280,11 +314,11 @@ class ElasticsearchRetriever(Retriever):
         return {"passages": n, "seconds": seconds}
 
     def _actions(self, passages: Iterable[Passage]) -> Iterator[dict]:
-        for p in passages:
+        for row, p in enumerate(passages):
             yield {
                 "_index": self.index_name,
                 "_id": str(p.id),
-                "_source": {"id": str(p.id), "title": p.title or "", "text": p.text or ""},
+                "_source": {"id": str(p.id), "title": p.title or "", "text": p.text or "", "row": row},
             }
 
     def _write_manifest(self, stats: dict) -> None:
@@ -305,6 +339,8 @@ class ElasticsearchRetriever(Retriever):
         return {
             "size": k,
             "track_total_hits": False,
+            "sort": SORT,
+            "track_scores": True,
             "_source": ["id", "title", "text"],
             "query": {"multi_match": {"query": query, "fields": ["title", "text"], "type": "most_fields"}},
         }
@@ -317,6 +353,7 @@ class ElasticsearchRetriever(Retriever):
         todo = [(i, q) for i, q in enumerate(queries) if q and q.strip()] if k >= 1 else []
         if not todo:
             return results
+        self._check_schema()
         es = self._connect()
         for start in range(0, len(todo), MSEARCH_BATCH):
             chunk = todo[start : start + MSEARCH_BATCH]

@@ -10,6 +10,12 @@ analyzer the fields are indexed with and turned into a flat disjunction of term
 queries over title and text, i.e. what the parser makes of plain words, without its
 syntax. BM25 uses tantivy's fixed parameters (k1=1.2, b=0.75).
 
+Ties: corpus order. tantivy returns equal scores in index-layout order, which a
+multi-threaded build changes from build to build; each passage's corpus position is a
+fast field ``row``, and the top-k is cut by ``semoe.retrieval.base.top_k_in_corpus_order``
+(the engine's top k+1, more while hits tie past the k-th; then score descending, lower row
+first), so the hits do not depend on how the index happened to be built.
+
 The analyzer (``retrieval.options``: stop words, stemmer, see ``semoe.retrieval.analysis``)
 is registered as the fields' tokenizer and recorded in the manifest; an index whose
 manifest names another analyzer is not complete for this one.
@@ -25,6 +31,7 @@ GIL while it searches.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -36,12 +43,13 @@ import tantivy
 from semoe.data.schema import Passage
 from semoe.retrieval import RETRIEVERS
 from semoe.retrieval.analysis import DEFAULT_TOKENIZER, AnalyzerParams
-from semoe.retrieval.base import Hit, RetrievalError, Retriever, build_lock
+from semoe.retrieval.base import Hit, RetrievalError, Retriever, build_lock, top_k_in_corpus_order
 
 if TYPE_CHECKING:
     from semoe.config import RetrievalConfig
 
-SCHEMA_VERSION = 1
+# 2: the ``row`` fast field (corpus position, for the tie order); indexes without it are rebuilt.
+SCHEMA_VERSION = 2
 # Each commit flushes the writer's segments; without them the final merge of a 2M-passage
 # build peaked at 1.6 GB RSS (0.64 GB with them), for no gain in speed.
 COMMIT_EVERY = 100_000
@@ -50,12 +58,15 @@ SEARCH_FIELDS = ("title", "text")
 
 def _schema(tokenizer_name: str, index_option: str = "freq") -> tantivy.Schema:
     # BM25 needs term frequencies and field norms, not positions (no phrase queries): "freq"
-    # postings cut a 2M-row DPR build's CPU by 1.22x. Indexes built with positions (before)
-    # score identically and stay reused, hence no SCHEMA_VERSION bump.
+    # postings cut a 2M-row DPR build's CPU by 1.22x. Indexes built with positions score
+    # identically, hence that change bumped no SCHEMA_VERSION.
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("id", stored=True, tokenizer_name="raw")
     sb.add_text_field("title", stored=True, tokenizer_name=tokenizer_name, index_option=index_option)
     sb.add_text_field("text", stored=True, tokenizer_name=tokenizer_name, index_option=index_option)
+    # A fast (columnar) field: the rows of a query's top k+1 are read in one call, without
+    # loading the stored documents of hits that are then cut.
+    sb.add_integer_field("row", fast=True)
     return sb.build()
 
 
@@ -130,7 +141,7 @@ class TantivyRetriever(Retriever):
                     disable=total is None,
                 ) as progress:
                     for p in passages:
-                        add(Document(id=str(p.id), title=p.title or "", text=p.text or ""))
+                        add(Document(id=str(p.id), title=p.title or "", text=p.text or "", row=n))
                         n += 1
                         if not n % COMMIT_EVERY:
                             writer.commit()
@@ -192,6 +203,17 @@ class TantivyRetriever(Retriever):
             [(tantivy.Occur.Should, tantivy.Query.term_query(self._schema, f, t)) for t in terms for f in SEARCH_FIELDS]
         )
 
+    def _top(self, searcher: tantivy.Searcher, query: tantivy.Query, n: int) -> list[tuple[float, tantivy.DocAddress]]:
+        """tantivy's best n hits as (score, address); equal scores in layout order."""
+        try:
+            return searcher.search(query, n, count=False).hits
+        except ValueError as e:
+            raise RetrievalError(f"tantivy search in {self.index_dir} failed: {e}") from None
+
+    @staticmethod
+    def _rows(searcher: tantivy.Searcher, addresses: list[tantivy.DocAddress]) -> list[int]:
+        return searcher.fast_field_values("row", addresses)
+
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         searcher = self._get_searcher()
         if k < 1:
@@ -201,12 +223,11 @@ class TantivyRetriever(Retriever):
         def one(query: tantivy.Query | None) -> list[Hit]:
             if query is None:
                 return []
-            try:
-                found = searcher.search(query, k, count=False).hits
-            except ValueError as e:
-                raise RetrievalError(f"tantivy search in {self.index_dir} failed: {e}") from None
             hits = []
-            for rank, (score, address) in enumerate(found, start=1):
+            best = top_k_in_corpus_order(
+                functools.partial(self._top, searcher, query), functools.partial(self._rows, searcher), k
+            )
+            for rank, (score, address) in enumerate(best, start=1):
                 doc = searcher.doc(address)
                 passage = Passage(
                     id=doc.get_first("id"), title=doc.get_first("title") or "", text=doc.get_first("text") or ""
