@@ -37,9 +37,9 @@ def pytest_collection_modifyitems(config, items):
         if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_model)
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        from tests.support.scheduling import UNITS_ENV, record_units
+        from tests.support.scheduling import UNITS_ENV, order_and_record_units
 
-        record_units(items, Path(os.environ[UNITS_ENV]))
+        order_and_record_units(items, Path(os.environ[UNITS_ENV]))
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

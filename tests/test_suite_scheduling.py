@@ -1,6 +1,7 @@
 """The suite's own xdist work units (tests.support.scheduling): tests sharing a module-scoped
-fixture run on one worker, which builds the fixture once. A pytest or pytest-xdist upgrade that
-breaks the grouping fails here instead of silently building such fixtures on every worker."""
+fixture run on one worker, which builds the fixture once, and a slow test collected last starts
+first on its worker. A pytest or pytest-xdist upgrade that breaks the grouping fails here
+instead of silently building such fixtures on every worker."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def test_alone(i):
     pass
 """
 
+SLOW = """
+import pytest
+
+@pytest.mark.slow
+def test_slow():
+    pass
+"""
+
 
 def test_tests_sharing_a_module_fixture_run_on_one_worker(tmp_path):
     (tmp_path / "conftest.py").write_text(
@@ -40,7 +49,8 @@ def test_tests_sharing_a_module_fixture_run_on_one_worker(tmp_path):
     )
     (tmp_path / "test_shared.py").write_text(textwrap.dedent(SHARED))
     (tmp_path / "test_alone.py").write_text(textwrap.dedent(ALONE))
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_slow.py").write_text(textwrap.dedent(SLOW))
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers = slow: runs for long\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SEMOE_TEST_UNITS", None)  # this run's controller sets its own
     done = subprocess.run(
@@ -53,5 +63,7 @@ def test_tests_sharing_a_module_fixture_run_on_one_worker(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     ran = re.findall(r"\[(gw\d)\] .*PASSED (test_\w+\.py)::", done.stdout)
-    assert len(ran) == 12, done.stdout
+    assert len(ran) == 13, done.stdout
     assert len({worker for worker, module in ran if module == "test_shared.py"}) == 1, done.stdout
+    first = {worker: module for worker, module in reversed(ran)}  # each worker's first test
+    assert "test_slow.py" in first.values(), done.stdout
