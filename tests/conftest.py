@@ -17,6 +17,9 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
+# Where the xdist workers tell the controller their work units (tests.support.scheduling): set
+# by the controller, which imports this file before it starts the workers; they inherit it.
+os.environ.setdefault("SEMOE_TEST_UNITS", str(_SESSION_DIR / "xdist-units.json"))
 
 import pytest  # noqa: E402
 
@@ -28,22 +31,25 @@ REAL_MODEL_FIXTURES = {"tiny_lm_dir", "model_cache_root"}
 DEMO_QUESTIONS = 16
 
 
-# Before xdist's own hook, which turns xdist_group marks into the work units of --dist loadgroup.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    grouped = config.getoption("dist", "no") == "loadgroup"
     for item in items:
         if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_model)
-        if grouped and _uses_module_fixture(item):
-            # One worker runs them, so the module's fixture is built once; other tests go one by one.
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from tests.support.scheduling import UNITS_ENV, order_and_record_units
+
+        order_and_record_units(items, Path(os.environ[UNITS_ENV]))
 
 
-def _uses_module_fixture(item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    defs = info.name2fixturedefs.values() if info else ()
-    return any(d.scope in ("module", "class", "package") for fixturedefs in defs for d in fixturedefs)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` (addopts): tests sharing a module-scoped fixture are one work unit."""
+    if config.getvalue("dist") == "loadgroup":
+        from tests.support.scheduling import UnitScheduling
+
+        return UnitScheduling(config, log)
+    return None
 
 
 CAPTURE_FIXTURES = {"capsys", "capsysbinary", "capfd", "capfdbinary"}

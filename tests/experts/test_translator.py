@@ -300,7 +300,8 @@ def test_methods_answer_with_a_built_translator_and_rekey_when_it_changes(tmp_pa
             "generation": {"max_new_tokens": 6, "few_shot": 0},
             "trigger": {"hallucination_threshold": 0.0, "max_retrievals": 1},
             "retrieval": {"top_k": 2},
-            "experts": {"lr": 1e-2, "translator": {"passages": 4, "hidden": 4, "epochs": 1}},
+            "experts": {"lr": 1e-2, "measure_loss": False, "translator": {"passages": 4, "hidden": 4, "epochs": 1}},
+            "augment": {"n_qa": 1},
             "cache": {"root": str(tmp_path / "cache")},
         }
     )
@@ -363,7 +364,8 @@ def test_pipeline_builds_the_translator_and_stores_every_row(tmp_path, tiny_lm_d
             "generation": {"max_new_tokens": 6, "few_shot": 0},
             "retrieval": {"top_k": 2},
             "methods": ["prag", "dyprag"],
-            "experts": {"translator": {"passages": 3, "hidden": 4, "epochs": 1}},
+            "experts": {"measure_loss": False, "translator": {"passages": 3, "hidden": 4, "epochs": 1}},
+            "augment": {"n_qa": 1},
             "store": {"path": str(tmp_path / "results.duckdb")},
             "cache": {"root": str(tmp_path / "cache")},
             "report": {"write": False},

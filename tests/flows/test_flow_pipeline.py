@@ -139,6 +139,8 @@ def test_one_config_sweeps_method_params_as_labelled_rows(tmp_path, tiny_lm_dir,
             "generation": {"max_new_tokens": 6, "batch_size": 4, "few_shot": 0},
             "retrieval": {"top_k": 1},
             "trigger": {"max_retrievals": 1},
+            "experts": {"measure_loss": False},
+            "augment": {"n_qa": 1},
             "methods": [
                 {"name": "dragin", "label": "dragin-t0", "params": {"hallucination_threshold": 0.0}},
                 {"name": "dragin", "label": "dragin-t1e9", "params": {"hallucination_threshold": 1e9}},

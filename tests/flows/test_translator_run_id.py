@@ -27,9 +27,11 @@ def test_first_run_locks_the_id_it_is_stored_under(tmp_path, tiny_lm_dir, prefec
                 "generation": {"max_new_tokens": 4, "few_shot": 0},
                 "retrieval": {"top_k": 2},
                 "methods": ["dyprag"],
-                "experts": {"translator": {"passages": 2, "hidden": 4, "epochs": 1}},
+                "experts": {"measure_loss": False, "translator": {"passages": 2, "hidden": 4, "epochs": 1}},
+                "augment": {"n_qa": 1},
                 "store": {"path": str(tmp_path / "results.duckdb")},
                 "cache": {"root": str(tmp_path / "cache")},
+                "report": {"write": False},
             }
         )
     )

@@ -60,6 +60,8 @@ def test_semoe_trains_missing_experts_while_decoding(tmp_path, tiny_lm_dir):
             "generation": {"max_new_tokens": 6, "few_shot": 0},
             "trigger": {"hallucination_threshold": 0.0, "max_retrievals": 1},
             "retrieval": {"top_k": 1},
+            "experts": {"measure_loss": False},
+            "augment": {"n_qa": 1},
             "cache": {"root": str(tmp_path / "cache")},
         }
     )

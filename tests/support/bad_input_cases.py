@@ -50,6 +50,7 @@ def base_config(tmp: Path) -> dict:
         "methods": ["single-retrieval"],
         "store": {"path": str(tmp / "results.duckdb")},
         "cache": {"root": str(tmp / "cache")},
+        "report": {"write": False},  # no case is about the report: its plots cost a second a run
     }
 
 
@@ -130,6 +131,8 @@ def corrupt_expert(tmp: Path) -> list[str]:
         tmp,
         methods=["prag"],
         retrieval={"top_k": 1},
+        augment={"n_qa": 1},
+        experts={"measure_loss": False},
         corpus={"format": "jsonl", "path": passages},
         datasets=[{"name": "custom", "path": write(tmp, "qa.json", QA_BELLS)}],
     )
