@@ -25,7 +25,7 @@ from semoe.flows.api import STARTUP_TIMEOUT_ENV, STARTUP_TIMEOUT_S, ApiError, pr
 from semoe.generation import METHODS
 from semoe.generation.templates import TEMPLATES
 from semoe.indexing import build_index, describe_corpus, record_index
-from semoe.models.loading import EMBEDDED_MODELS, ModelLoadError, convert_in_background
+from semoe.models.loading import EMBEDDED_MODELS, ModelLoadError
 from semoe.moe_lm.cli import cli_main
 from semoe.registry import UnknownNameError
 from semoe.retrieval import RETRIEVERS
@@ -118,10 +118,9 @@ def cmd_run(args) -> int:
     cfg = _load(args)
     run_id = preflight(cfg)
     _prefect_defaults()
-    t0 = time.perf_counter()
-    convert_in_background(cfg.model.spec, cfg.cache.root)  # overlaps the API start and the run's planning
     from semoe.flows.pipeline import LEADERBOARD_COLUMNS, build_translators_first, pipeline
 
+    t0 = time.perf_counter()
     prepare = None
     if translator_settings(cfg):
         # The run id names each translator's checkpoint, known once it is built (before that,

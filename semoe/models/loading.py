@@ -182,34 +182,6 @@ def resolve_model_dir(spec: str, cache_root: str | Path) -> str:
     return spec  # HF hub id
 
 
-def convert_in_background(spec: str, cache_root: str | Path) -> threading.Thread | None:
-    """Start converting embedded model ``spec`` into the artifact cache on a daemon thread
-    when it is not there yet (a cold cache: ~10 s of CPU for SmolLM2), so that the CLI's
-    Prefect API start, the index and the run plan happen meanwhile; the first task that
-    needs the model waits for it on the cache entry's lock (``ArtifactCache.get_or_build``)
-    and loads the same files. Returns the thread, or None when there is nothing to convert
-    (not an embedded alias, already converted, or its wheel missing: the task then raises
-    the error). A conversion that fails here is logged and left to the task to report."""
-    if spec not in EMBEDDED_MODELS:
-        return None
-    try:
-        _, name = _embedded_entry(spec)
-    except ModelLoadError:
-        return None
-    if ArtifactCache(cache_root).is_complete("models", name):
-        return None
-
-    def convert() -> None:
-        try:
-            resolve_model_dir(spec, cache_root)
-        except Exception as e:  # the task that needs the model converts again and raises it
-            log.debug("converting %s in the background failed: %s", spec, e)
-
-    thread = threading.Thread(target=convert, name=f"convert-{spec}", daemon=True)
-    thread.start()
-    return thread
-
-
 def pick_device(device: str) -> str:
     if device != "auto":
         return device
