@@ -78,7 +78,7 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def model_cache_root() -> str:
     """Where the converted embedded model is cached. Shared with the user's cache by
-    default (converting the GGUF takes ~20 s); SEMOE_TEST_MODEL_CACHE overrides."""
+    default (converting the GGUF takes ~10 s of CPU); SEMOE_TEST_MODEL_CACHE overrides."""
     return os.environ.get("SEMOE_TEST_MODEL_CACHE", str(Path("~/.cache/semoe").expanduser()))
 
 
