@@ -20,6 +20,7 @@ import contextlib
 import shutil
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 from _common import add_timing_args, apply_threads, compare, print_table
 
@@ -29,12 +30,8 @@ from semoe.models import loading
 def convert(gguf_file: Path, out: Path, memoised: bool) -> dict[str, bytes]:
     shutil.rmtree(out, ignore_errors=True)
     scope = loading._one_gguf_parse if memoised else contextlib.nullcontext
-    real = loading._one_gguf_parse
-    loading._one_gguf_parse = scope
-    try:
+    with mock.patch.object(loading, "_one_gguf_parse", scope):
         loading._convert_gguf(gguf_file, out)
-    finally:
-        loading._one_gguf_parse = real
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 

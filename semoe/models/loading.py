@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import importlib.util
 import logging
 import threading
@@ -163,20 +162,15 @@ def _local_model_dir(spec: str) -> str:
     return str(p)
 
 
-def _embedded_entry(spec: str) -> tuple[Path, str]:
-    """(GGUF file, artifact-cache name of its conversion) of an embedded alias. The name
-    changes with the file and with transformers (whose GGUF loading does the conversion);
-    the version is read from the package metadata, so checking the cache imports nothing."""
-    gguf = _embedded_gguf_path(spec)
-    key = content_key(spec, gguf.stat().st_size, gguf.stat().st_mtime_ns, importlib.metadata.version("transformers"))
-    return gguf, f"{spec}-{key}"
-
-
 def resolve_model_dir(spec: str, cache_root: str | Path) -> str:
     """Return something ``from_pretrained`` accepts: a directory or a hub id."""
     if spec in EMBEDDED_MODELS:
-        gguf, name = _embedded_entry(spec)
-        return str(ArtifactCache(cache_root).get_or_build("models", name, lambda out: _convert_gguf(gguf, out)))
+        gguf = _embedded_gguf_path(spec)
+        import transformers
+
+        key = content_key(spec, gguf.stat().st_size, gguf.stat().st_mtime_ns, transformers.__version__)
+        cache = ArtifactCache(cache_root)
+        return str(cache.get_or_build("models", f"{spec}-{key}", lambda out: _convert_gguf(gguf, out)))
     if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
         return _local_model_dir(spec)
     return spec  # HF hub id

@@ -18,20 +18,11 @@ from semoe.storage.results import ResultStore, migrate
 from semoe.storage.schema import MIGRATIONS
 from tests.routing.test_routing_adapters import one_thread  # noqa: F401
 from tests.routing.test_routing_eval import read_png
+from tests.support.helpers import tiny_moe_lm_config
 
-TINY_MOE_LM = dict(
-    d_model=32,
-    n_layers=3,
-    num_heads=4,
-    num_experts=4,
-    k=2,
-    ffn_hidden_dim=32,
-    max_seq_len=128,
-    router_hidden_dim=8,
-    seq_len=32,
-    batch_size=4,
-    steps=3,
-    warmup_steps=1,
+# The shared small MoE LM, 3 layers deep, trained 3 steps (a config dict, as YAML gives it).
+TINY_MOE_LM = tiny_moe_lm_config(n_layers=3, max_seq_len=128, batch_size=4, steps=3, warmup_steps=1).model_dump(
+    exclude_defaults=True
 )
 POLICIES = [
     {"name": "topk", "params": {"k": 3}},
