@@ -68,10 +68,16 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(scope="session")
 def prefect_api():
-    """One temporary Prefect API for the flow tests, shut down cleanly at session end."""
+    """One temporary Prefect API for the flow tests, shut down cleanly at session end. Without
+    flow-run heartbeats, as on the CLI's own temporary API (``semoe.flows.api``): each flow
+    run's end would wait up to 1 s for Prefect's heartbeat thread."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 

@@ -13,7 +13,11 @@ before the flow (Prefect's own ``SubprocessASGIServer``, registered as its defau
 * with a startup timeout that suits a loaded machine (``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``,
   default ``STARTUP_TIMEOUT_S`` here), failing with one line (``ApiError``) instead of a traceback;
 * watched: should the server exit during the run, semoe stops the run at once instead of
-  retrying a dead API (``ApiServer.died``).
+  retrying a dead API (``ApiServer.died``);
+* without flow-run heartbeats, which only serve a server that outlives the process;
+* not waited for idly: the server takes ~9 s to start (its own process, on another core);
+  ``while_starting`` does the run's first work meanwhile (the CLI's: the flows' imports and
+  the embedded model's one-time conversion).
 
 With ``PREFECT_API_URL`` set (a real server, or the test harness) semoe uses it unchanged.
 """
@@ -28,7 +32,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 STARTUP_TIMEOUT_S = 120  # Prefect's own default (20 s) is too short for a loaded worker
 # After the server died, how long semoe lets the flow unwind (store the run as failed)
@@ -72,26 +76,40 @@ def startup_timeout_s() -> int:
 
 
 @contextmanager
-def prefect_api() -> Iterator[ApiServer]:
+def prefect_api(while_starting: Callable[[], None] | None = None) -> Iterator[ApiServer]:
     """The Prefect API for a CLI run: the configured one, or a temporary server semoe owns
-    for the duration of the block (see the module docstring). Raises ``ApiError`` when the
-    temporary server does not start in time."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+    for the duration of the block (see the module docstring). ``while_starting()`` runs in
+    this thread before the block, while a temporary server starts; should it raise, the
+    server is stopped and its error raised. Raises ``ApiError`` when the temporary server
+    does not start in time."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        temporary_settings,
+    )
 
     api = ApiServer()
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        if while_starting is not None:
+            while_starting()
         yield api  # a configured API (or Prefect's own "no API URL" error)
         return
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.server.api.server import SubprocessASGIServer
 
+    ensure_logging_setup()  # its "Starting temporary server on URL" line, before the flows' imports set it up
     server = SubprocessASGIServer()  # Prefect's default instance: its internal clients find it too
     timeout = startup_timeout_s()
-    _start_without_sigint(server, timeout)
+    _start_without_sigint(server, timeout, while_starting)
     api.url, api.pid = server.api_url, server.server_process.pid
     watcher = threading.Thread(target=_watch, args=(server, api), name="semoe-api-watch", daemon=True)
     watcher.start()
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        # No flow-run heartbeats: they let a server mark the runs of a dead process crashed, but
+        # this server dies with the process; and each flow run's end waits up to 1 s for
+        # Prefect's heartbeat thread (it sleeps in 1 s steps): ~1 s per flow and subflow run.
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             try:
                 yield api
             finally:
@@ -104,9 +122,9 @@ def prefect_api() -> Iterator[ApiServer]:
             _exit_dead(api)
 
 
-def _start_without_sigint(server, timeout: int) -> None:
+def _start_without_sigint(server, timeout: int, while_starting: Callable[[], None] | None = None) -> None:
     """``server.start(timeout)`` from a thread that blocks SIGINT (the server process inherits
-    the mask); the main thread stays interruptible meanwhile."""
+    the mask); the main thread stays interruptible meanwhile and runs ``while_starting()``."""
     failure: list[BaseException] = []
 
     def start() -> None:
@@ -119,9 +137,11 @@ def _start_without_sigint(server, timeout: int) -> None:
     thread = threading.Thread(target=start, name="semoe-api-start", daemon=True)
     thread.start()
     try:
+        if while_starting is not None:
+            while_starting()
         while thread.is_alive():
             thread.join(0.2)
-    except BaseException:  # Ctrl-C while starting: do not leave the server behind
+    except BaseException:  # Ctrl-C or a failed while_starting: do not leave the server behind
         server.stop()
         raise
     if failure:

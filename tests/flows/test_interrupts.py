@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -233,6 +234,80 @@ def test_startup_timeout_default_suits_a_loaded_machine(monkeypatch):
         startup_timeout_s()
 
 
+class _SlowServer:
+    """Stands in for Prefect's server: ``start`` returns once the test releases it."""
+
+    def __init__(self) -> None:
+        self.starting, self.release, self.stopped = threading.Event(), threading.Event(), False
+
+    def start(self, timeout: int) -> None:
+        self.starting.set()
+        assert self.release.wait(timeout)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.release.set()
+
+
+def test_the_first_work_runs_while_the_server_starts():
+    from semoe.flows.api import _start_without_sigint
+
+    server, seen = _SlowServer(), []
+
+    def while_starting() -> None:
+        assert server.starting.wait(10)
+        seen.append(("working", server.release.is_set()))
+        server.release.set()
+
+    _start_without_sigint(server, 10, while_starting)
+    assert seen == [("working", False)]  # it ran before the server was up, and start() then returned
+    assert not server.stopped
+
+
+def test_failed_first_work_stops_the_starting_server_and_raises_its_error():
+    from semoe.flows.api import _start_without_sigint
+
+    server = _SlowServer()
+
+    def while_starting() -> None:
+        raise ValueError("model file missing")
+
+    with pytest.raises(ValueError, match="model file missing"):
+        _start_without_sigint(server, 10, while_starting)
+    assert server.stopped
+
+
+class _UpServer:
+    """Stands in for Prefect's server class: up at once, its process a sleeping child."""
+
+    api_url = "http://127.0.0.1:9/api"
+
+    def __init__(self) -> None:
+        self.server_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def start(self, timeout: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.server_process.kill()
+        self.server_process.wait()
+
+
+def test_flows_on_the_temporary_api_send_no_heartbeats(monkeypatch):
+    from prefect.server.api import server as prefect_server
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from semoe.flows.api import prefect_api
+
+    monkeypatch.setattr(prefect_server, "SubprocessASGIServer", _UpServer)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no session API: semoe starts its own
+        assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is not None  # Prefect's default
+        with prefect_api() as api:
+            assert PREFECT_API_URL.value() == _UpServer.api_url and api.pid is not None
+            assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None
+        assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is not None
+
+
 def _semoe(args: list[str], **env) -> subprocess.Popen:
     """`semoe ARGS` in its own session (so a test can Ctrl-C its whole process group, as a
     terminal does), on a temporary Prefect API of its own."""
@@ -270,6 +345,7 @@ def test_api_that_cannot_start_gives_one_line(tmp_path):
             {
                 "name": "no-api",
                 "synthetic": {"seed": 1, "n_entities": 8, "n_questions": 2},
+                "model": {"spec": "dummy"},  # no embedded model to convert while the server fails
                 "methods": ["no-retrieval"],
                 "store": {"path": str(tmp_path / "results.duckdb")},
                 "cache": {"root": str(tmp_path / "cache")},

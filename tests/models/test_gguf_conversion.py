@@ -103,3 +103,25 @@ def test_gguf_is_restored_after_the_conversion_even_on_error(tmp_path):
             assert gguf.GGUFReader is not reader
             raise RuntimeError("inside")
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+
+
+def test_run_warm_up_converts_the_embedded_model_for_the_flow(tmp_path, monkeypatch):
+    """``semoe run`` converts an embedded model while its Prefect API starts (``cli._warm_up``):
+    the flow's load then finds it converted."""
+    from semoe import cli
+    from semoe.config import SemoeConfig
+
+    gguf_file = make_tiny_gguf(tmp_path / "tiny.gguf")
+    monkeypatch.setitem(loading.EMBEDDED_MODELS, "tiny-gguf", loading.EMBEDDED_MODELS["smollm2-135m-instruct"])
+    monkeypatch.setattr(loading, "_embedded_gguf_path", lambda alias: gguf_file)
+    cfg = SemoeConfig.model_validate({"model": {"spec": "tiny-gguf"}, "cache": {"root": str(tmp_path / "cache")}})
+    converted: list[Path] = []
+    convert = loading._convert_gguf
+    monkeypatch.setattr(loading, "_convert_gguf", lambda src, out: converted.append(out) or convert(src, out))
+
+    cli._warm_up(cfg)
+    assert len(converted) == 1
+    model, tokenizer = loading._load_model("tiny-gguf", cfg.cache.root, "float32", "cpu")
+    assert len(converted) == 1  # the load reused the warm-up's conversion
+    assert model.config.num_hidden_layers == LAYERS and tokenizer.convert_ids_to_tokens(7) == "abc"
+    loading._load_model.cache_clear()
