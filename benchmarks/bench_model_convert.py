@@ -2,9 +2,11 @@
 ``semoe run`` pays once per cache root, before its first answer.
 
 * ``transformers``: transformers' own GGUF loading alone: the file parsed three times
-  (tokenizer, config, weights) and gguf's tensor-name map built per submodule;
+  (tokenizer, config, weights) and gguf's tensor-name map built per submodule, the model
+  rebuilt for saving with the random initialisation its weights then overwrite;
 * ``one parse``: semoe's conversion (``semoe.models.loading._convert_gguf``): the same
-  loading with the reader and the name map memoised (``_one_gguf_parse``).
+  loading with the reader and the name map memoised (``_one_gguf_parse``), the rebuild
+  without that initialisation (``no_init_weights``).
 
 Both write the converted directory; the script fails unless the two are byte-identical.
 Timing (``_common``): process CPU time beside wall time, 1 torch thread (the conversion is
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,9 +32,15 @@ from semoe.models import loading
 
 def convert(gguf_file: Path, out: Path, memoised: bool) -> dict[str, bytes]:
     shutil.rmtree(out, ignore_errors=True)
-    scope = loading._one_gguf_parse if memoised else contextlib.nullcontext
-    with mock.patch.object(loading, "_one_gguf_parse", scope):
+    initialization = importlib.import_module("transformers.initialization")
+    if memoised:
         loading._convert_gguf(gguf_file, out)
+    else:
+        with (
+            mock.patch.object(loading, "_one_gguf_parse", contextlib.nullcontext),
+            mock.patch.object(initialization, "no_init_weights", contextlib.nullcontext),
+        ):
+            loading._convert_gguf(gguf_file, out)
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +81,13 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
-def test_one_parse_gives_the_same_files_as_transformers_alone(tmp_path, parses, monkeypatch):
+def test_one_parse_and_no_initialisation_give_the_same_files_as_transformers_alone(tmp_path, parses, monkeypatch):
     gguf_file = make_tiny_gguf(tmp_path / "tiny.gguf")
     loading._convert_gguf(gguf_file, tmp_path / "memoised")
     memoised_parses = len(parses)
     monkeypatch.setattr(loading, "_one_gguf_parse", contextlib.nullcontext)
+    initialization = importlib.import_module("transformers.initialization")
+    monkeypatch.setattr(initialization, "no_init_weights", contextlib.nullcontext)
     loading._convert_gguf(gguf_file, tmp_path / "plain")
 
     assert memoised_parses == 1
@@ -92,6 +95,18 @@ def test_one_parse_gives_the_same_files_as_transformers_alone(tmp_path, parses, 
     memoised, plain = _files(tmp_path / "memoised"), _files(tmp_path / "plain")
     assert {"model.safetensors", "tokenizer.json", "config.json"} <= set(plain)
     assert memoised == plain
+
+
+def test_the_converted_checkpoint_holds_exactly_the_gguf_weights(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf_file = make_tiny_gguf(tmp_path / "tiny.gguf")
+    loading._convert_gguf(gguf_file, tmp_path / "converted")
+    converted = AutoModelForCausalLM.from_pretrained(str(tmp_path / "converted")).state_dict()
+    original = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=gguf_file.name).state_dict()
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[k], original[k]) for k in original)
 
 
 def test_gguf_is_restored_after_the_conversion_even_on_error(tmp_path):
