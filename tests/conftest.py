@@ -21,6 +21,12 @@ os.environ.pop("PREFECT_API_URL", None)
 # by the controller, which imports this file before it starts the workers; they inherit it.
 os.environ.setdefault("SEMOE_TEST_UNITS", str(_SESSION_DIR / "xdist-units.json"))
 
+from semoe.models.malloc import keep_freed_memory  # noqa: E402
+
+# Tests run models in this process: with the allocator semoe gives its model processes
+# (runner.malloc: reuse), which also spares them a page fault per 4 KiB of every activation.
+keep_freed_memory()
+
 import pytest  # noqa: E402
 
 # Fixtures that need the embedded model's tokenizer or weights: their tests are in the real-model

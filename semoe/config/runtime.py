@@ -46,6 +46,12 @@ class RunnerConfig(Section):
         "None: OMP_NUM_THREADS when set, else all cores; a local Dask cluster's workers: cores ÷ "
         "(n_workers × threads_per_worker). Operational: results do not depend on it",
     )
+    malloc: Literal["reuse", "system"] = Field(
+        "reuse",
+        description="glibc malloc of each process that runs models: reuse keeps freed memory for the next "
+        "batch (no page fault per 4 KiB of every activation; CPU inference about a tenth faster, up to 1 GiB of free "
+        "memory kept); system leaves glibc's defaults. Operational: results do not depend on it",
+    )
 
 
 class GpuConfig(Section):

@@ -11,7 +11,8 @@ Resolution, per process: ``runner.threads`` when set; else ``OMP_NUM_THREADS`` w
 the process's environment; else every core the process may use. A local Dask cluster that
 semoe starts gives each worker process ``OMP_NUM_THREADS`` = its share of the cores
 (``local_worker_threads``), so its workers do not fight over them. Every model-using task
-applies the resolved number at its start (``use_threads``), on whichever process it runs.
+applies the resolved number at its start (``use_threads``), on whichever process it runs,
+and with it ``runner.malloc`` (``semoe.models.malloc``: freed memory kept for reuse).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 from typing import Mapping
 
 from semoe.config import RunnerConfig, SemoeConfig
+from semoe.models.malloc import keep_freed_memory
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read by torch's OpenMP / MKL at import
 
@@ -58,8 +60,13 @@ def local_worker_env(runner: RunnerConfig, cores: int | None = None) -> dict[str
 
 
 def use_threads(config: SemoeConfig) -> int:
-    """Set this process's torch intra-op threads (``process_threads``); returns the number."""
+    """Set this process's torch intra-op threads (``process_threads``) and, with
+    ``runner.malloc: reuse``, keep its freed memory for reuse (``semoe.models.malloc``);
+    returns the threads."""
     import torch
+
+    if config.runner.malloc == "reuse":
+        keep_freed_memory()
 
     n = process_threads(config.runner)
     if torch.get_num_threads() != n:

@@ -49,15 +49,27 @@ def test_threads_must_be_positive():
         config_from_dict({"runner": {"threads": 0}})
 
 
-def test_threads_leave_every_result_identity_alone():
+@pytest.mark.parametrize("runner", [{"threads": 1}, {"malloc": "system"}])
+def test_threads_and_malloc_leave_every_result_identity_alone(runner):
     from semoe import identity
 
-    base, threaded = SemoeConfig(), SemoeConfig(runner={"threads": 1})
-    assert threaded.config_hash() == base.config_hash()
-    assert identity.qa_config_hash(threaded) == identity.qa_config_hash(base)
+    base, tuned = SemoeConfig(), SemoeConfig(runner=runner)
+    assert tuned.config_hash() == base.config_hash()
+    assert identity.qa_config_hash(tuned) == identity.qa_config_hash(base)
     for method in base.methods:
-        scopes = [identity.answer_scope(c, method, "corpus", c.datasets[0]) for c in (threaded, base)]
+        scopes = [identity.answer_scope(c, method, "corpus", c.datasets[0]) for c in (tuned, base)]
         assert scopes[0] == scopes[1]
+
+
+def test_model_processes_keep_freed_memory_unless_told_not_to(monkeypatch, restore_threads):
+    import semoe.tasks.threads as threads
+
+    calls: list[bool] = []
+    monkeypatch.setattr(threads, "keep_freed_memory", lambda: calls.append(True) or True)
+    threads.use_threads(SemoeConfig(runner={"threads": 1, "malloc": "system"}))
+    assert calls == []
+    threads.use_threads(SemoeConfig(runner={"threads": 1}))
+    assert calls == [True]
 
 
 def _model_tasks(monkeypatch, seen: list[int]):
