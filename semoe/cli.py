@@ -116,7 +116,7 @@ def _count_kept(store_path, sql: str, run_id: str) -> str:
 
 
 def _warm_up(cfg) -> None:
-    """The run's first work, done while its temporary Prefect API starts (~9 s in a process of
+    """The run's first work, done while its temporary Prefect API starts (~7 s in a process of
     its own): the flows' imports and the embedded model's one-time conversion into the cache."""
     import semoe.flows.pipeline  # noqa: F401
 

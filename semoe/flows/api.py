@@ -15,7 +15,7 @@ before the flow (Prefect's own ``SubprocessASGIServer``, registered as its defau
 * watched: should the server exit during the run, semoe stops the run at once instead of
   retrying a dead API (``ApiServer.died``);
 * without flow-run heartbeats, which only serve a server that outlives the process;
-* not waited for idly: the server takes ~9 s to start (its own process, on another core);
+* not waited for idly: the server takes ~7 s to start (its own process, on another core);
   ``while_starting`` does the run's first work meanwhile (the CLI's: the flows' imports and
   the embedded model's one-time conversion).
 
