@@ -23,6 +23,8 @@ os.environ.setdefault("SEMOE_TEST_UNITS", str(_SESSION_DIR / "xdist-units.json")
 
 import pytest  # noqa: E402
 
+from tests.support.prefect_api import API_ENV, SharedApi, shared_api_url, use_api  # noqa: E402
+
 # Fixtures that need the embedded model's tokenizer or weights: their tests are in the real-model
 # lane (fixtures built on them, such as demo_answers, count too: fixturenames is the closure).
 REAL_MODEL_FIXTURES = {"tiny_lm_dir", "model_cache_root"}
@@ -66,9 +68,35 @@ def pytest_runtest_setup(item):
         ensure_logging_setup()
 
 
+_SHARED_API = pytest.StashKey[SharedApi]()
+
+
+def pytest_configure(config):
+    # The xdist controller serves one Prefect API to all its workers (tests.support.prefect_api);
+    # a serial session (`-n 0`) starts its own in the fixture, as does a nested one.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    os.environ.pop(API_ENV, None)
+    if getattr(config.option, "numprocesses", None):
+        config.stash[_SHARED_API] = SharedApi(_SESSION_DIR / "prefect-api")
+        os.environ[API_ENV] = str(_SESSION_DIR / "prefect-api")
+
+
+def pytest_unconfigure(config):
+    # After the workers ended (xdist tears them down at session finish), also on failure or Ctrl-C.
+    api = config.stash.get(_SHARED_API, None)
+    if api is not None:
+        api.close()
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
-    """One temporary Prefect API for the flow tests, shut down cleanly at session end."""
+    """One temporary Prefect API for the flow tests: the controller's under xdist, else one of
+    this process, shut down cleanly at session end."""
+    if API_ENV in os.environ:
+        with use_api(shared_api_url(Path(os.environ[API_ENV]))):
+            yield
+        return
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
