@@ -17,7 +17,8 @@ class FakeServer:
         self.fail = fail
         self.started = self.stopped = 0
 
-    def start(self):
+    def start(self, folder):
+        assert folder.is_dir()
         if self.fail:
             raise RuntimeError(self.fail)
         self.started += 1

@@ -13,12 +13,16 @@ a subprocess that should start its own server (``flows/test_interrupts.py``) sti
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterator
+from unittest import mock
 
 API_ENV = "SEMOE_TEST_PREFECT_API"  # the folder: set by the controller, inherited by its workers
 START_TIMEOUT_S = 120  # a loaded machine: Prefect's own default (20 s) is too short
@@ -31,16 +35,22 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def start_prefect_server() -> tuple[str, Callable[[], None]]:
+def start_prefect_server(folder: Path) -> tuple[str, Callable[[], None]]:
     """Prefect's temporary API server, started from a thread that blocks SIGINT as `semoe run`
     does (Ctrl-C stops the session, whose unconfigure then stops the server, instead of killing
-    it under the workers): its URL and how to stop it."""
-    from prefect.server.api.server import SubprocessASGIServer
+    it under the workers): its URL and how to stop it. Its output goes to ``folder/server.log``:
+    the request errors it logs (a GPU limit created twice: "already exists") are no failure,
+    and a server inside a worker wrote them into that worker's captured output, not the terminal."""
+    import prefect.server.api.server as prefect_server
 
     from semoe.flows.api import _start_without_sigint
 
-    server = SubprocessASGIServer()
-    _start_without_sigint(server, START_TIMEOUT_S)
+    server = prefect_server.SubprocessASGIServer()
+    with (folder / "server.log").open("ab") as log:
+        # Prefect's Popen only (its module's `subprocess`), not the process's: no other child is redirected.
+        popen = functools.partial(subprocess.Popen, stdout=log, stderr=subprocess.STDOUT)
+        with mock.patch.object(prefect_server, "subprocess", SimpleNamespace(Popen=popen)):
+            _start_without_sigint(server, START_TIMEOUT_S)
     return server.api_url, server.stop
 
 
@@ -48,7 +58,7 @@ class SharedApi:
     """On the controller: serves the session's Prefect API from the first request until
     ``close`` (``start``: ``start_prefect_server`` or a stand-in)."""
 
-    def __init__(self, folder: Path, start: Callable[[], tuple[str, Callable[[], None]]] = start_prefect_server):
+    def __init__(self, folder: Path, start: Callable[[Path], tuple[str, Callable[[], None]]] = start_prefect_server):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._start = start
@@ -62,7 +72,7 @@ class SharedApi:
             if self._closing.wait(0.2):
                 return
         try:
-            url, self._stop = self._start()
+            url, self._stop = self._start(self.folder)
         except Exception as e:  # noqa: BLE001 (told to the workers, which fail their tests with it)
             _write(self.folder / _ERROR, str(e) or type(e).__name__)
             return
