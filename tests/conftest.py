@@ -29,6 +29,8 @@ keep_freed_memory()
 
 import pytest  # noqa: E402
 
+from tests.support.prefect_api import API_ENV, SharedApi, shared_api_url, use_api  # noqa: E402
+
 # Fixtures that need the embedded model's tokenizer or weights: their tests are in the real-model
 # lane (fixtures built on them, such as demo_answers, count too: fixturenames is the closure).
 REAL_MODEL_FIXTURES = {"tiny_lm_dir", "model_cache_root"}
@@ -72,18 +74,43 @@ def pytest_runtest_setup(item):
         ensure_logging_setup()
 
 
+_SHARED_API = pytest.StashKey[SharedApi]()
+
+
+def pytest_configure(config):
+    # The xdist controller serves one Prefect API to all its workers (tests.support.prefect_api);
+    # a serial session (`-n 0`) starts its own in the fixture, as does a nested one.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    os.environ.pop(API_ENV, None)
+    if getattr(config.option, "numprocesses", None):
+        config.stash[_SHARED_API] = SharedApi(_SESSION_DIR / "prefect-api")
+        os.environ[API_ENV] = str(_SESSION_DIR / "prefect-api")
+
+
+def pytest_unconfigure(config):
+    # After the workers ended (xdist tears them down at session finish), also on failure or Ctrl-C.
+    api = config.stash.get(_SHARED_API, None)
+    if api is not None:
+        api.close()
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
-    """One temporary Prefect API for the flow tests, shut down cleanly at session end. Without
-    flow-run heartbeats, as on the CLI's own temporary API (``semoe.flows.api``): each flow
-    run's end would wait up to 1 s for Prefect's heartbeat thread."""
+    """One temporary Prefect API for the flow tests: the controller's under xdist, else one of
+    this process, shut down cleanly at session end. Without flow-run heartbeats, as on the
+    CLI's own temporary API (``semoe.flows.api``): each flow run's end would wait up to 1 s for
+    Prefect's heartbeat thread."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    if API_ENV in os.environ:
+        with use_api(shared_api_url(Path(os.environ[API_ENV]))), no_heartbeats:
+            yield
+        return
     from prefect.testing.utilities import prefect_test_harness
 
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
+    with prefect_test_harness(server_startup_timeout=120), no_heartbeats:
         yield
 
 

@@ -4,7 +4,9 @@ a test with the right value; the code identity is tested in both directions."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -282,6 +284,29 @@ def test_every_passage_expert_module_is_answer_code(tmp_path):
         after = _digests(root, before)
         assert after["answers"] != before["answers"] and after["scores"] == before["scores"], module.name
         module.write_text(text, encoding="utf-8")
+
+
+def test_source_digest_parses_each_module_text_once_and_sees_every_edit(tmp_path, monkeypatch):
+    """Module trees are memoised by content: hashing the tree again, or a copy of it, parses
+    nothing; an edit that keeps the file's size and mtime is still seen, and parses that file only."""
+    root = _package_copy(tmp_path)
+    before = _digests(root)
+    parsed: list[str] = []
+    parse = ast.parse
+    monkeypatch.setattr(
+        ast, "parse", lambda text, filename, **kw: parsed.append(filename) or parse(text, filename, **kw)
+    )
+    assert _digests(root) == before and _digests(_package_copy(tmp_path / "copy")) == before
+    assert parsed == []
+
+    path = root / "metrics.py"
+    stat = path.stat()
+    _edit(path, "s.lower()", "s.upper()")  # the same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    after = _digests(root)
+    assert after["scores"] != before["scores"] and after["answers"] == before["answers"]
+    assert parsed == [str(path)]
 
 
 def test_library_versions_are_part_of_the_code_identity(monkeypatch):
