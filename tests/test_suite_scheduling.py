@@ -1,6 +1,6 @@
 """The suite's own xdist work units (tests.support.scheduling): tests sharing a module-scoped
-fixture run on one worker, which builds the fixture once, and a slow test collected last starts
-first on its worker. A pytest or pytest-xdist upgrade that breaks the grouping fails here
+fixture run on one worker, which builds the fixture once, and slow and long tests collected last
+start first on their workers. A pytest or pytest-xdist upgrade that breaks the grouping fails here
 instead of silently building such fixtures on every worker."""
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def test_slow():
     pass
 """
 
+LONG = SLOW.replace("slow", "long")
+
 
 def test_tests_sharing_a_module_fixture_run_on_one_worker(tmp_path):
     (tmp_path / "conftest.py").write_text(
@@ -50,7 +52,8 @@ def test_tests_sharing_a_module_fixture_run_on_one_worker(tmp_path):
     (tmp_path / "test_shared.py").write_text(textwrap.dedent(SHARED))
     (tmp_path / "test_alone.py").write_text(textwrap.dedent(ALONE))
     (tmp_path / "test_slow.py").write_text(textwrap.dedent(SLOW))
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers = slow: runs for long\n")
+    (tmp_path / "test_long.py").write_text(textwrap.dedent(LONG))
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: runs for long\n    long: too\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SEMOE_TEST_UNITS", None)  # this run's controller sets its own
     done = subprocess.run(
@@ -63,7 +66,9 @@ def test_tests_sharing_a_module_fixture_run_on_one_worker(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     ran = re.findall(r"\[(gw\d)\] .*PASSED (test_\w+\.py)::", done.stdout)
-    assert len(ran) == 13, done.stdout
+    assert len(ran) == 14, done.stdout
     assert len({worker for worker, module in ran if module == "test_shared.py"}) == 1, done.stdout
-    first = {worker: module for worker, module in reversed(ran)}  # each worker's first test
-    assert "test_slow.py" in first.values(), done.stdout
+    for worker in {w for w, _ in ran}:  # on each worker, slow and long tests before the short ones
+        modules = [m for w, m in ran if w == worker and m != "test_shared.py"]
+        early = [i for i, m in enumerate(modules) if m in ("test_slow.py", "test_long.py")]
+        assert all(i < len(early) for i in early), done.stdout

@@ -81,6 +81,7 @@ def _run_and_kill(config_path, after_chunks: int, delay_s: float) -> int:
     return committed
 
 
+@pytest.mark.long  # a `semoe run` killed and rerun in subprocesses: ~20 s with the dummy model
 @pytest.mark.parametrize("model", ["dummy", pytest.param("tiny", marks=[pytest.mark.slow, pytest.mark.real_model])])
 @pytest.mark.parametrize("seed", [20261125])
 def test_killed_run_resumes_to_the_uninterrupted_tables(seed, model, tmp_path, prefect_api, request):

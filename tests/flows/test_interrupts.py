@@ -300,12 +300,12 @@ def test_flows_on_the_temporary_api_send_no_heartbeats(monkeypatch):
     from semoe.flows.api import prefect_api
 
     monkeypatch.setattr(prefect_server, "SubprocessASGIServer", _UpServer)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no session API: semoe starts its own
-        assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is not None  # Prefect's default
+    # no session API (semoe starts its own), heartbeats on as by Prefect's default
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 180}, restore_defaults={PREFECT_API_URL}):
         with prefect_api() as api:
             assert PREFECT_API_URL.value() == _UpServer.api_url and api.pid is not None
             assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None
-        assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is not None
+        assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == 180
 
 
 def _semoe(args: list[str], **env) -> subprocess.Popen:
@@ -396,6 +396,7 @@ def _until_committed(proc: subprocess.Popen, lines: list[str]) -> int:
     pytest.fail("the run ended before its first commit:\n" + "".join(lines))
 
 
+@pytest.mark.long  # its own `semoe run` and API server: ~25 s
 def test_ctrl_c_ends_fast_with_exit_130_and_says_what_was_kept(tmp_path):
     proc = _semoe(["run", str(_slow_run_config(tmp_path))])
     lines: list[str] = []
@@ -423,6 +424,7 @@ def test_ctrl_c_ends_fast_with_exit_130_and_says_what_was_kept(tmp_path):
     assert _wait_group_gone(proc.pid), "the Prefect server outlived semoe"
 
 
+@pytest.mark.long  # its own `semoe run` and API server: ~25 s
 def test_dead_api_fails_fast_with_one_line(tmp_path):
     proc = _semoe(["run", str(_slow_run_config(tmp_path))])
     lines: list[str] = []

@@ -19,14 +19,17 @@ from xdist.scheduler import LoadScopeScheduling
 UNITS_ENV = "SEMOE_TEST_UNITS"  # the file: {node id: unit}, written by the workers
 
 
+EARLY_MARKERS = ("slow", "long")  # tests that run for tens of seconds: their units start first
+
+
 def order_and_record_units(items, path: Path) -> None:
-    """On a worker: put the units holding a ``slow`` test first (stably, in place: the worker
+    """On a worker: put the units holding a ``slow`` or ``long`` test first (stably, in place: the worker
     runs its items by their index in this order, and the controller schedules units in it), and
     write each item's unit to ``path`` (its module when it uses a module-, class- or
     package-scoped fixture, else its own node id). Every worker collects the same items: each
     writes the same file, replaced whole."""
     units = {item.nodeid: item.nodeid.split("::")[0] if uses_module_fixture(item) else item.nodeid for item in items}
-    slow = {units[item.nodeid] for item in items if item.get_closest_marker("slow") is not None}
+    slow = {units[item.nodeid] for item in items if any(item.get_closest_marker(m) for m in EARLY_MARKERS)}
     items.sort(key=lambda item: units[item.nodeid] not in slow)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(units), encoding="utf-8")
@@ -42,7 +45,7 @@ def uses_module_fixture(item) -> bool:
 class UnitScheduling(LoadScopeScheduling):
     """xdist's scope scheduling over the units of ``order_and_record_units``: a unit goes whole
     to one worker; units of more tests first (xdist's order), then in collection order, where
-    slow units come first, so that no long test starts at the end of the run."""
+    units with a slow or long test come first, so that no long test starts at the end of the run."""
 
     def __init__(self, config, log=None):
         super().__init__(config, log)
