@@ -76,7 +76,7 @@ def main() -> None:
     samples: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for r in range(args.repeats):
         for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-            argv = [a for a in sys.argv[1:]] + ["--variant", variant]
+            argv = [*sys.argv[1:], "--variant", variant]
             done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"the {variant} worker failed:\n{done.stderr[-3000:]}")

@@ -98,12 +98,11 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def prefect_api():
     """One temporary Prefect API for the flow tests: the controller's under xdist, else one of
-    this process, shut down cleanly at session end. Without flow-run heartbeats, as on the
-    CLI's own temporary API (``semoe.flows.api``): each flow run's end would wait up to 1 s for
-    Prefect's heartbeat thread."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    this process, shut down cleanly at session end; without flow-run heartbeats, as on the
+    CLI's own temporary API (``semoe.flows.api.without_heartbeats``)."""
+    from semoe.flows.api import without_heartbeats
 
-    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    no_heartbeats = without_heartbeats()
     if API_ENV in os.environ:
         with use_api(shared_api_url(Path(os.environ[API_ENV]))), no_heartbeats:
             yield

@@ -82,12 +82,7 @@ def prefect_api(while_starting: Callable[[], None] | None = None) -> Iterator[Ap
     this thread before the block, while a temporary server starts; should it raise, the
     server is stopped and its error raised. Raises ``ApiError`` when the temporary server
     does not start in time."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        PREFECT_SERVER_EPHEMERAL_ENABLED,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
     api = ApiServer()
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
@@ -106,10 +101,7 @@ def prefect_api(while_starting: Callable[[], None] | None = None) -> Iterator[Ap
     watcher = threading.Thread(target=_watch, args=(server, api), name="semoe-api-watch", daemon=True)
     watcher.start()
     try:
-        # No flow-run heartbeats: they let a server mark the runs of a dead process crashed, but
-        # this server dies with the process; and each flow run's end waits up to 1 s for
-        # Prefect's heartbeat thread (it sleeps in 1 s steps): ~1 s per flow and subflow run.
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), without_heartbeats():
             try:
                 yield api
             finally:
@@ -120,6 +112,16 @@ def prefect_api(while_starting: Callable[[], None] | None = None) -> Iterator[Ap
         server.stop()
         if api.died is not None:  # skip Prefect's exit hooks: they would retry the dead API
             _exit_dead(api)
+
+
+def without_heartbeats():
+    """Prefect settings (a context manager) for flow runs on a temporary API: no flow-run
+    heartbeats. They let a server mark the runs of a dead process crashed, but a temporary
+    server dies with its process; and each flow run's end waits up to 1 s for Prefect's
+    heartbeat thread (it sleeps in 1 s steps): ~1 s per flow and subflow run."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def _start_without_sigint(server, timeout: int, while_starting: Callable[[], None] | None = None) -> None:

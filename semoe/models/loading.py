@@ -74,7 +74,7 @@ def _one_gguf_parse():
     of the model's ~400 submodules: most of the conversion's CPU. Both are read-only once
     built, so sharing one of each gives the same tensors and tokenizer: the converted files
     are byte-identical (``tests/models/test_gguf_conversion.py`` on a tiny GGUF;
-    ``benchmarks/bench_model_convert.py`` on the embedded model: 2.5x less CPU, 24 -> 10 s).
+    ``benchmarks/bench_model_convert.py`` on the embedded model, with the rebuild below).
     transformers imports both names from ``gguf`` at call time; should it stop doing so, the
     memo is simply bypassed."""
     import gguf

@@ -16,29 +16,20 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
-import threading
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30  # bytes of free memory at the heap's top before it is returned to the OS
 
-_lock = threading.Lock()
-_applied: bool | None = None
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make this process's glibc malloc keep freed memory for reuse (see the module docstring).
-    Once per process; True when in effect, False where the C library is not glibc or refuses."""
-    global _applied
-    with _lock:
-        if _applied is None:
-            _applied = _mallopt()
-        return _applied
-
-
-def _mallopt() -> bool:
+    Once per process (setting it twice is harmless); True when in effect, False where the C
+    library is not glibc or refuses."""
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))

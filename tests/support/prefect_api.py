@@ -14,7 +14,6 @@ a subprocess that should start its own server (``flows/test_interrupts.py``) sti
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 import threading
 import time
@@ -24,15 +23,11 @@ from types import SimpleNamespace
 from typing import Callable, Iterator
 from unittest import mock
 
+from semoe.storage.atomic import write_atomic
+
 API_ENV = "SEMOE_TEST_PREFECT_API"  # the folder: set by the controller, inherited by its workers
 START_TIMEOUT_S = 120  # a loaded machine: Prefect's own default (20 s) is too short
 _REQUEST, _URL, _ERROR = "request", "url", "error"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def start_prefect_server(folder: Path) -> tuple[str, Callable[[], None]]:
@@ -74,9 +69,9 @@ class SharedApi:
         try:
             url, self._stop = self._start(self.folder)
         except Exception as e:  # noqa: BLE001 (told to the workers, which fail their tests with it)
-            _write(self.folder / _ERROR, str(e) or type(e).__name__)
+            write_atomic(self.folder / _ERROR, str(e) or type(e).__name__)
             return
-        _write(self.folder / _URL, url)
+        write_atomic(self.folder / _URL, url)
 
     def close(self) -> None:
         """Stop the server (a start in progress first finishes, at most ``START_TIMEOUT_S``)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from xdist.scheduler import LoadScopeScheduling
 
+from semoe.storage.atomic import write_atomic
+
 UNITS_ENV = "SEMOE_TEST_UNITS"  # the file: {node id: unit}, written by the workers
 
 
@@ -31,9 +33,7 @@ def order_and_record_units(items, path: Path) -> None:
     units = {item.nodeid: item.nodeid.split("::")[0] if uses_module_fixture(item) else item.nodeid for item in items}
     slow = {units[item.nodeid] for item in items if any(item.get_closest_marker(m) for m in EARLY_MARKERS)}
     items.sort(key=lambda item: units[item.nodeid] not in slow)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(units), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(units))
 
 
 def uses_module_fixture(item) -> bool:
