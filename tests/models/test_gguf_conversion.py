@@ -67,13 +67,13 @@ def parses(monkeypatch) -> list[str]:
     import gguf
 
     seen: list[str] = []
-    real = gguf.GGUFReader
+    real = gguf.GGUFReader.__init__
 
-    def counting(path, mode="r"):
+    def counting(self, path, mode="r"):
         seen.append(str(path))
-        return real(path, mode)
+        real(self, path, mode)
 
-    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", counting)
     return seen
 
 
