@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from semoe.config import ConfigError
+from semoe.generation.kv_cache import in_place_cache
 from semoe.generation.prompts import FittedPrompt, PromptBudget, fit_messages
 
 if TYPE_CHECKING:
@@ -379,15 +380,12 @@ class ChatLM:
             suffix = r[shared:]
             input_ids[b, shared + width - len(suffix) :] = torch.tensor(suffix)
             mask[b, shared + width - len(suffix) :] = 1
-        kwargs = {}
+        cache = in_place_cache(self.model.config, reserve=max_new_tokens)
+        kwargs = {"cache": cache}
         if shared:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self.model.config)
             with torch.inference_mode():  # only the cache is wanted: no logits over the whole prefix
                 self.model(input_ids=input_ids[:1, :shared].to(device), cache=cache, use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(len(rows))
-            kwargs["cache"] = cache
         if stop_when is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RowStop(tok, input_ids.shape[1], stop_when)])
         with torch.inference_mode():
