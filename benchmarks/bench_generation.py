@@ -1,14 +1,18 @@
-"""Decode steps of finished rows (issue 13): the README demo's questions answered by
-``no-retrieval`` and ``single-retrieval`` two ways, in one process:
+"""Decode steps of finished rows and the KV cache (issue 13): the README demo's questions
+answered by ``no-retrieval`` and ``single-retrieval`` three ways, in one process:
 
 * ``rows-stay``: as before issue 13: transformers' own decoding loop (``GenerationMixin._sample``),
-  every row decoded until the batch's longest row stops, no answer stop;
-* ``rows-leave``: the current core: a row leaves the batch once finished (EOS, its answer
-  sentence complete).
+  every row decoded until the batch's longest row stops, no answer stop, transformers'
+  ``DynamicCache`` (the whole cache concatenated at every step);
+* ``concat``: the current loop (a row leaves the batch once finished: EOS, its answer sentence
+  complete) over transformers' ``DynamicCache``;
+* ``rows-leave``: the current core: that loop over the cache that appends in place
+  (``semoe.generation.kv_cache``).
 
 Prints process CPU time beside wall time per side and method (median of ``--repeats`` after a
-warm-up of each side), their ratios, the decode row-steps (rows run per one-token forward,
-summed) and whether the extracted answers are identical. Trust the CPU ratio on a busy machine.
+warm-up of each side), the ratios of ``rows-leave`` to each baseline, the decode row-steps
+(rows run per one-token forward, summed) and whether the extracted answers are identical.
+Trust the CPU ratio on a busy machine.
 
     python benchmarks/bench_generation.py --questions 16 --repeats 3 --threads 1
 """
@@ -72,14 +76,21 @@ def main() -> None:
         lambda _m, _a, kw: steps.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,
         with_kwargs=True,
     )
-    current_decode, current_stop = lm_module._decode_dropping_finished, standard.answer_complete
+    from transformers import DynamicCache
+
+    current = lm_module._decode_dropping_finished, standard.answer_complete, lm_module.in_place_cache
+
+    def concat_cache(config, reserve):
+        return DynamicCache(config=config)
+
     sides = {
-        "rows-stay": (rows_stay, lambda reply: False),
-        "rows-leave": (current_decode, current_stop),
+        "rows-stay": (rows_stay, lambda reply: False, concat_cache),
+        "concat": (current[0], current[1], concat_cache),
+        "rows-leave": current,
     }
 
     def run(side: str, method: str):
-        lm_module._decode_dropping_finished, standard.answer_complete = sides[side]
+        lm_module._decode_dropping_finished, standard.answer_complete, lm_module.in_place_cache = sides[side]
         steps.clear()
         c0, w0 = time.process_time(), time.perf_counter()
         outs = build_method(MethodSpec(name=method), cfg).run(examples, ctx)
@@ -103,14 +114,16 @@ def main() -> None:
                 reps[0][2],
                 reps[0][3],
             )
-        (c0, w0, s0, p0), (c1, w1, s1, p1) = results["rows-stay"], results["rows-leave"]
-        print(f"{method:17s} rows-stay  cpu {c0:7.2f} s  wall {w0:7.2f} s  decode row-steps {s0}")
-        print(f"{method:17s} rows-leave cpu {c1:7.2f} s  wall {w1:7.2f} s  decode row-steps {s1}")
-        print(
-            f"{method:17s} ratio      cpu {c1 / c0:7.2f}    wall {w1 / w0:7.2f}    row-steps {s1 / s0:.2f}   "
-            f"answers identical: {p0 == p1}"
-        )
-    lm_module._decode_dropping_finished, standard.answer_complete = current_decode, current_stop
+        c1, w1, s1, p1 = results["rows-leave"]
+        for side, (c, w, s, _) in results.items():
+            print(f"{method:17s} {side:10s} cpu {c:7.2f} s  wall {w:7.2f} s  decode row-steps {s}")
+        for side in ("rows-stay", "concat"):
+            c0, w0, s0, p0 = results[side]
+            print(
+                f"{method:17s} rows-leave/{side:9s} cpu {c1 / c0:5.2f}  wall {w1 / w0:5.2f}  "
+                f"row-steps {s1 / s0:.2f}  answers identical: {p0 == p1}"
+            )
+    lm_module._decode_dropping_finished, standard.answer_complete, lm_module.in_place_cache = current
     print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

@@ -5,8 +5,8 @@
   (tokenizer, config, weights) and gguf's tensor-name map built per submodule, the model
   rebuilt for saving with the random initialisation its weights then overwrite;
 * ``one parse``: semoe's conversion (``semoe.models.loading._convert_gguf``): the same
-  loading with the reader and the name map memoised (``_one_gguf_parse``), the rebuild
-  without that initialisation (``no_init_weights``).
+  loading with the reader (over a plain array view of its memory map) and the name map
+  memoised (``_one_gguf_parse``), the rebuild without that initialisation (``no_init_weights``).
 
 Both write the converted directory; the script fails unless the two are byte-identical.
 Timing (``_common``): process CPU time beside wall time, 1 torch thread (the conversion is

@@ -2,6 +2,8 @@
 DynamicCache holds through every operation generation uses, without copying the cache at
 each decoding step."""
 
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -66,3 +68,16 @@ def test_a_decoding_step_writes_into_the_buffer_instead_of_copying_the_cache():
     after_select = layer.keys.data_ptr()
     _update([cache], 2, 1, seed=9)  # the selected rows kept their room: no reallocation
     assert layer.keys.data_ptr() == after_select and layer.keys.shape == (2, 2, 12, 8)
+
+
+def test_a_deep_copy_holds_the_same_values_and_still_appends_in_place():
+    """The triggered engine's KV session keeps deep copies of its cache (``KVSession.remember``)."""
+    cache = in_place_cache(CONFIG, reserve=4)
+    _update([cache], 1, 7, seed=0)
+    snapshot = copy.deepcopy(cache)
+    _same(cache, snapshot)
+    layer = snapshot.layers[0]
+    before = layer.keys.data_ptr()
+    _update([cache, snapshot], 1, 1, seed=5)
+    _same(cache, snapshot)
+    assert layer.keys.data_ptr() == before and before != cache.layers[0].keys.data_ptr()

@@ -138,7 +138,7 @@ class TriggeredGenerator:
         self.settings = settings
         self.retrieve = retrieve
         self.knowledge = knowledge or Knowledge()
-        self.kv = KVSession(lm.model, forward)
+        self.kv = KVSession(lm.model, forward, reserve=settings.generate_max_length)
         self.record_attention = trigger.needs_attention or settings.query_formulation == "real_words"
         self.attention = LastLayerAttention(lm.model) if self.record_attention else None
         eos = getattr(lm.model.generation_config, "eos_token_id", None)

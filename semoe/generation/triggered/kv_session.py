@@ -9,6 +9,8 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from semoe.generation.kv_cache import in_place_cache
+
 if TYPE_CHECKING:
     import torch
 
@@ -49,10 +51,11 @@ class KVSession:
     has moved on to another prompt by then (e.g. one with passages) and shares only the
     chat header with it."""
 
-    def __init__(self, model, forward: Forward = default_forward, max_snapshots: int = 4):
+    def __init__(self, model, forward: Forward = default_forward, max_snapshots: int = 4, reserve: int = 64):
         self.model = model
         self.forward = forward
         self.max_snapshots = max_snapshots
+        self.reserve = reserve  # decoding room of each new cache (``semoe.generation.kv_cache``)
         self.ids: list[int] = []
         self.cache = None
         self.logits = None
@@ -80,8 +83,6 @@ class KVSession:
         return self.logits
 
     def sync(self, target: Sequence[int]):
-        from transformers import DynamicCache
-
         target = list(target)
         if not target:
             raise ValueError("cannot run an empty sequence")
@@ -97,7 +98,7 @@ class KVSession:
             return self.logits
         n = min(n, len(target) - 1)  # at least one token must run to give logits
         if self.cache is None or n == 0:
-            self.cache, n = DynamicCache(config=self.model.config), 0
+            self.cache, n = in_place_cache(self.model.config, self.reserve), 0
         elif n < len(self.ids):
             self.cache.crop(n - len(self.ids))  # negative: tokens to remove
         self.reused += n
