@@ -29,8 +29,9 @@ API_ENV = "SEMOE_TEST_PREFECT_API"  # the folder: set by the controller, inherit
 # Prefect work that no test reads, switched off for the session's processes (conftest.py) and
 # the servers they start: flows' log lines sent to the API, and the server's event services
 # (automations, the event store, task runs recorded from events; flow runs, artifacts,
-# blocks and concurrency limits are plain API calls). Per dummy-model pipeline of 20 task
-# runs they cost ~0.7 s of the flow process's CPU and ~3 s of the server's. Only
+# blocks and concurrency limits are plain API calls). Measured on three dummy-model pipelines
+# (44 task runs): the log lines ~0.7 s of a flow process's CPU per 20 task runs and ~4 s of
+# the server's in all, the event services ~7 s of the server's. Only
 # `flows/test_interrupts.py`'s `semoe run` subprocesses keep Prefect's defaults: their own
 # server, and its failures, are what they test.
 QUIET_SETTINGS = {
