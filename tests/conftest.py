@@ -29,7 +29,9 @@ keep_freed_memory()
 
 import pytest  # noqa: E402
 
-from tests.support.prefect_api import API_ENV, SharedApi, shared_api_url, use_api  # noqa: E402
+from tests.support.prefect_api import API_ENV, QUIET_SETTINGS, SharedApi, shared_api_url, use_api  # noqa: E402
+
+os.environ.update(QUIET_SETTINGS)  # before Prefect reads its settings
 
 # Fixtures that need the embedded model's tokenizer or weights: their tests are in the real-model
 # lane (fixtures built on them, such as demo_answers, count too: fixturenames is the closure).

@@ -17,6 +17,7 @@ import yaml
 
 from semoe.storage.locks import RunLockedError, lock_path, run_lock
 from semoe.storage.results import ResultStore, StoreError
+from tests.support.prefect_api import QUIET_SETTINGS
 
 ENOSPC_TEXT = os.strerror(28)  # "No space left on device"
 
@@ -310,8 +311,8 @@ def test_flows_on_the_temporary_api_send_no_heartbeats(monkeypatch):
 
 def _semoe(args: list[str], **env) -> subprocess.Popen:
     """`semoe ARGS` in its own session (so a test can Ctrl-C its whole process group, as a
-    terminal does), on a temporary Prefect API of its own."""
-    environ = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    terminal does), on a temporary Prefect API of its own, with Prefect's default settings."""
+    environ = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL" and k not in QUIET_SETTINGS}
     environ.update(OMP_NUM_THREADS="1", SEMOE_PROGRESS_EVERY_S="0", **env)  # a progress line per commit
     return subprocess.Popen(
         [sys.executable, "-m", "semoe", *args],

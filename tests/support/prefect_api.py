@@ -26,6 +26,21 @@ from unittest import mock
 from semoe.storage.atomic import write_atomic
 
 API_ENV = "SEMOE_TEST_PREFECT_API"  # the folder: set by the controller, inherited by its workers
+# Prefect work that no test reads, switched off for the session's processes (conftest.py) and
+# the servers they start: flows' log lines sent to the API, and the server's event services
+# (automations, the event store, task runs recorded from events; flow runs, artifacts,
+# blocks and concurrency limits are plain API calls). Measured on three dummy-model pipelines
+# (44 task runs): the log lines ~0.7 s of a flow process's CPU per 20 task runs and ~4 s of
+# the server's in all, the event services ~7 s of the server's. Only
+# `flows/test_interrupts.py`'s `semoe run` subprocesses keep Prefect's defaults: their own
+# server, and its failures, are what they test.
+QUIET_SETTINGS = {
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
+    "PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED": "false",
+}
 START_TIMEOUT_S = 120  # a loaded machine: Prefect's own default (20 s) is too short
 _REQUEST, _URL, _ERROR = "request", "url", "error"
 
