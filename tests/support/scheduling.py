@@ -25,14 +25,15 @@ EARLY_MARKERS = ("slow", "long")  # tests that run for tens of seconds: their un
 
 
 def order_and_record_units(items, path: Path) -> None:
-    """On a worker: put the units holding a ``slow`` or ``long`` test first (stably, in place: the worker
-    runs its items by their index in this order, and the controller schedules units in it), and
+    """On a worker: put the units holding a test marked with one of ``EARLY_MARKERS`` first
+    (stably, in place: the worker runs its items by their index in this order, and the
+    controller schedules units in it), and
     write each item's unit to ``path`` (its module when it uses a module-, class- or
     package-scoped fixture, else its own node id). Every worker collects the same items: each
     writes the same file, replaced whole."""
     units = {item.nodeid: item.nodeid.split("::")[0] if uses_module_fixture(item) else item.nodeid for item in items}
-    slow = {units[item.nodeid] for item in items if any(item.get_closest_marker(m) for m in EARLY_MARKERS)}
-    items.sort(key=lambda item: units[item.nodeid] not in slow)
+    early = {units[item.nodeid] for item in items if any(item.get_closest_marker(m) for m in EARLY_MARKERS)}
+    items.sort(key=lambda item: units[item.nodeid] not in early)
     write_atomic(path, json.dumps(units))
 
 
