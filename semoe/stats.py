@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999
@@ -46,6 +45,8 @@ def bootstrap_interval(scores: Sequence[float | None], seed: int = SEED) -> Inte
 
     Fewer than two values give no interval (``lo = hi = None`` with the reason); values all
     equal give the point value on both ends (every resample has that mean)."""
+    from scipy import stats  # ~0.8 s to import: only where an interval is computed
+
     values = _values(scores)
     if len(values) < 2:
         return Interval(None, None, f"{len(values)} value(s): an interval needs at least 2")
@@ -97,6 +98,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = SEED) 
     mean = float(np.mean(x - y)) if n else None
     if n < 2:
         return PairedDifference(n, mean, None, None, None, f"{n} question(s): a test needs at least 2")
+    from scipy import stats
+
     interval = bootstrap_interval(list(x - y), seed)
     test = stats.permutation_test(
         (x, y),

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from semoe.storage.connections import close_connection, open_connection
 from semoe.storage.errors import StoreError, StoreLockedError
 from semoe.storage.rows import RunRow, as_dicts
 from semoe.storage.schema import MIGRATIONS
@@ -116,7 +117,7 @@ class ResultStore:
         deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=self.read_only)
+                con = open_connection(self.path, self.read_only)
                 break
             except duckdb.Error as e:
                 if _is_lock_error(e):
@@ -132,13 +133,13 @@ class ResultStore:
             yield con
         except BaseException as e:
             with suppress(duckdb.Error):
-                con.close()
+                close_connection(self.path, con)
             failure = write_failure(self.path, e) if isinstance(e, duckdb.Error) else None
             if failure is not None:
                 raise failure from None
             raise
         try:
-            con.close()  # a checkpoint: a write too
+            close_connection(self.path, con)  # the file's last connection checkpoints it: a write too
         except duckdb.Error as e:
             raise (write_failure(self.path, e) or StoreError(f"cannot close results store {self.path}: {e}")) from None
 

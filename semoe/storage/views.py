@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from semoe.storage.atomic import atomic_path
+from semoe.storage.connections import quote_literal
 from semoe.storage.results import ResultStore, StoreError
 from semoe.storage.schema import MIGRATIONS
 
@@ -23,7 +24,8 @@ class UnknownRelationError(StoreError):
 def relations(store: ResultStore) -> dict[str, str]:
     """Tables and views of the store's main schema, name -> "table" or "view", sorted by name."""
     rows = store.query(
-        "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'main' ORDER BY table_name"
+        "SELECT table_name, table_type FROM information_schema.tables"
+        " WHERE table_catalog = current_database() AND table_schema = 'main' ORDER BY table_name"
     )
     return {r["table_name"]: "view" if r["table_type"] == "VIEW" else "table" for r in rows}
 
@@ -57,10 +59,6 @@ def load_view(store_path: str | Path, name: str):
         return con.sql(f'SELECT * FROM "{name}"').pl()
 
 
-def _quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def export_parquet(store_path: str | Path, out_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, Path]:
     """Write one Parquet file per table and view (or per name in ``names``) into ``out_dir``.
 
@@ -90,7 +88,8 @@ def export_parquet(store_path: str | Path, out_dir: str | Path, names: Sequence[
                 r[0]
                 for r in con.execute(
                     "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_schema = 'main' AND table_name = ? AND data_type = 'JSON'",
+                    " WHERE table_catalog = current_database() AND table_schema = 'main'"
+                    " AND table_name = ? AND data_type = 'JSON'",
                     [name],
                 ).fetchall()
             ]
@@ -99,7 +98,7 @@ def export_parquet(store_path: str | Path, out_dir: str | Path, names: Sequence[
             final = out / f"{name}.parquet"
             try:
                 with atomic_path(final) as tmp:
-                    con.execute(f"COPY ({select}) TO {_quote_literal(str(tmp))} (FORMAT parquet)")
+                    con.execute(f"COPY ({select}) TO {quote_literal(str(tmp))} (FORMAT parquet)")
             except (duckdb.Error, OSError) as e:
                 raise StoreError(f"cannot export {name} to {final}: {e}") from None
             written[name] = final

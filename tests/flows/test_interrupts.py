@@ -153,13 +153,16 @@ class _FullDiskConnection:
 
 @pytest.fixture
 def full_disk(monkeypatch):
-    """From now on every commit of the store fails with ENOSPC (patched at duckdb.connect)."""
-    import duckdb
+    """From now on every commit of the store fails with ENOSPC (patched where the store opens
+    its connections)."""
+    import semoe.storage.results as results
 
-    real = duckdb.connect
+    real = results.open_connection
 
     def switch():
-        monkeypatch.setattr(duckdb, "connect", lambda path, **kw: _FullDiskConnection(real(path, **kw), path))
+        monkeypatch.setattr(
+            results, "open_connection", lambda path, read_only: _FullDiskConnection(real(path, read_only), str(path))
+        )
 
     return switch
 
