@@ -38,11 +38,13 @@ class _Host:
         self.con = duckdb.connect(":memory:")
         self.lock = threading.Lock()
         self.files: dict[str, _Attached] = {}
+        self.plain: set[int] = set()  # ids of open connections of another instance (``open``)
 
     def open(self, path: Path, read_only: bool):
-        """A new connection to ``path`` (attached if it is not yet). Raises ``duckdb.Error``
-        as ``duckdb.connect`` does: a lock held by another process, a file that is no
-        DuckDB database, a file open here in the other mode (read-only or not)."""
+        """A new connection to ``path`` (attached if it is not yet; a plain ``duckdb.connect``
+        one if another DuckDB instance of this process has the file open). Raises
+        ``duckdb.Error`` as ``duckdb.connect`` does: a lock held by another process, a file
+        that is no DuckDB database, a file open here in the other mode (read-only or not)."""
         import duckdb
 
         key = os.path.realpath(path)
@@ -51,7 +53,16 @@ class _Host:
             if entry is None:
                 entry = _Attached(self._alias(path.stem), read_only)
                 mode = " (READ_ONLY)" if read_only else ""
-                self.con.execute(f"ATTACH {quote_literal(key)} AS {_identifier(entry.alias)}{mode}")
+                try:
+                    self.con.execute(f"ATTACH {quote_literal(key)} AS {_identifier(entry.alias)}{mode}")
+                except duckdb.Error as e:
+                    if "unique file handle conflict" not in str(e).lower():
+                        raise
+                    # Open in another instance of this process (a caller's own duckdb.connect):
+                    # join it through duckdb's instance cache, as every connection did before.
+                    plain = duckdb.connect(key, read_only=read_only)
+                    self.plain.add(id(plain))
+                    return plain
                 self.files[key] = entry
             elif entry.read_only != read_only:  # as duckdb.connect with another configuration
                 mode = "read-only" if entry.read_only else "for writing"
@@ -77,6 +88,9 @@ class _Host:
         cursor.close()
         key = os.path.realpath(path)
         with self.lock:
+            if id(cursor) in self.plain:
+                self.plain.discard(id(cursor))
+                return
             entry = self.files[key]
             entry.users -= 1
             if entry.users:

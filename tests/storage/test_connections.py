@@ -68,18 +68,34 @@ def test_one_mode_per_file_at_a_time_in_a_process(tmp_path):
     writer.start_run("r1", "n", "h", "v", "{}")  # after both closed, either mode opens
 
 
+def test_a_connection_of_the_callers_own_is_joined_not_refused(tmp_path):
+    """A caller (a notebook) holding its own ``duckdb.connect`` to the store: the store's
+    operations share that instance, as they did when every connection was a ``duckdb.connect``."""
+    import duckdb
+
+    store = ResultStore(tmp_path / "r.duckdb")
+    own = duckdb.connect(str(store.path))
+    try:
+        store.start_run("r1", "n", "h", "v", "{}")
+        assert own.execute("SELECT run_id FROM runs").fetchall() == [("r1",)]
+        assert store.run_status("r1") == "running"
+    finally:
+        own.close()
+    with store.connect() as con:  # attached again once the caller's connection is gone
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_does_not_write_through_the_parents_instance(tmp_path):
     """The parent's instance, copied into a forked child with the parent's file attached, must
-    not serve the child: the child would write the file the parent holds. DuckDB refuses the
-    child's own attach (its registry of open files is copied too, so not by the file's lock)."""
+    not serve the child: the child would write the file the parent holds."""
     parent = ResultStore(tmp_path / "parent.duckdb")
     with parent.connect():
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                with pytest.raises(StoreError, match="already attached"):
+                with pytest.raises(StoreError, match="cannot open results store|locked by another process"):
                     ResultStore(parent.path, lock_wait_s=0).start_run("c", "n", "h", "v", "{}")
                 ResultStore(tmp_path / "child.duckdb").start_run("c", "n", "h", "v", "{}")
                 code = 0
