@@ -51,10 +51,9 @@ class _Host:
         with self.lock:
             entry = self.files.get(key)
             if entry is None:
-                entry = _Attached(self._alias(path.stem), read_only)
-                mode = " (READ_ONLY)" if read_only else ""
+                alias, mode = self._alias(path.stem), " (READ_ONLY)" if read_only else ""
                 try:
-                    self.con.execute(f"ATTACH {quote_literal(key)} AS {_identifier(entry.alias)}{mode}")
+                    self.con.execute(f"ATTACH {quote_literal(key)} AS {_identifier(alias)}{mode}")
                 except duckdb.Error as e:
                     if "unique file handle conflict" not in str(e).lower():
                         raise
@@ -63,7 +62,7 @@ class _Host:
                     plain = duckdb.connect(key, read_only=read_only)
                     self.plain.add(id(plain))
                     return plain
-                self.files[key] = entry
+                entry = self.files[key] = _Attached(alias, read_only)
             elif entry.read_only != read_only:  # as duckdb.connect with another configuration
                 mode = "read-only" if entry.read_only else "for writing"
                 raise duckdb.ConnectionException(f"{key} is open {mode} in this process until its connections close")
